@@ -1,0 +1,87 @@
+"""Closed-form parameter and FLOP counts by component, from a config alone (no torch).
+
+Training FLOPs per token follow the formula of PaLM / nanoGPT: 6 per parameter (forward
+2, backward 4) plus 12 * n_layer * T * d_model for the attention scores and weighted sum
+(QK^T and AV, forward and backward), where T is the context length (block_size).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tformer_cli.config import ModelConfig
+
+
+@dataclass
+class Part:
+    name: str  # component, e.g. "attention Q/K/V"
+    group: str  # embeddings | attention | ffn | other
+    params: int
+    flops: int  # training FLOPs per token (6 x matmul params, + attention scores)
+    layer: int | None = None
+
+
+def parts(m: ModelConfig, vocab_size: int) -> list[Part]:
+    d, V, b = m.d_model, vocab_size, int(m.bias)
+    T = m.block_size
+    out = [Part("token embedding (V x d_model)", "embeddings", V * d, 0)]
+    if m.arch == "lstm":
+        for i in range(m.n_layer):
+            p = 4 * (d * d + d * d) + 4 * 2 * d * b  # W_ih, W_hh for 4 gates, two bias vectors
+            out.append(Part("LSTM", "recurrent", p, 6 * p, i))
+    else:
+        if m.pos_encoding == "learned":
+            out.append(Part("position embedding (block x d_model)", "embeddings", T * d, 0))
+        ln = d * (1 + b)
+        f = m.d_ff_resolved
+        for i in range(m.n_layer):
+            qkv = 3 * d * d + 3 * d * b
+            o = d * d + d * b
+            out.append(Part("layernorm 1", "other", ln, 6 * ln, i))
+            out.append(Part("attention Q/K/V", "attention", qkv, 6 * qkv, i))
+            out.append(Part("attention scores (QK^T, AV)", "attention", 0, 12 * T * d, i))
+            out.append(Part("attention output W_O", "attention", o, 6 * o, i))
+            if m.ffn:
+                w1 = d * f + f * b
+                if m.activation == "swiglu":
+                    w1 *= 2  # W1 and the gate W3
+                w2 = f * d + d * b
+                out.append(Part("layernorm 2", "other", ln, 6 * ln, i))
+                out.append(Part("FFN W1" + (" + W3 (gate)" if m.activation == "swiglu" else ""), "ffn", w1, 6 * w1, i))
+                out.append(Part("FFN W2", "ffn", w2, 6 * w2, i))
+    out.append(Part("final layernorm", "other", d * (1 + b), 6 * d * (1 + b)))
+    head_params = 0 if m.tie_weights else V * d
+    out.append(Part("LM head (d_model x V)" + (", tied to the embedding" if m.tie_weights else ""),
+                    "embeddings", head_params, 6 * V * d))
+    return out
+
+
+@dataclass
+class Totals:
+    params: int  # all parameters (a tied head counted once)
+    non_embedding: int  # less the position table: nanoGPT's N
+    flops_per_token: int  # training FLOPs per token: 6N + 12 L T d
+    by_group_params: dict[str, int]
+    by_group_flops: dict[str, int]
+
+
+def totals(m: ModelConfig, vocab_size: int) -> Totals:
+    ps = parts(m, vocab_size)
+    params = sum(p.params for p in ps)
+    pos = sum(p.params for p in ps if p.name.startswith("position"))
+    n = params - pos
+    attn = 0 if m.arch == "lstm" else 12 * m.n_layer * m.block_size * m.d_model
+    groups_p: dict[str, int] = {}
+    groups_f: dict[str, int] = {}
+    for p in ps:
+        groups_p[p.group] = groups_p.get(p.group, 0) + p.params
+        groups_f[p.group] = groups_f.get(p.group, 0) + p.flops
+    return Totals(params, n, 6 * n + attn, groups_p, groups_f)
+
+
+def memory_bytes(params: int) -> dict[str, dict[str, int]]:
+    """Weights, gradients and AdamW state (two moments) in fp32 and bf16."""
+    return {
+        "float32": {"weights": 4 * params, "gradients": 4 * params, "adamw": 8 * params},
+        "bfloat16": {"weights": 2 * params, "gradients": 2 * params, "adamw": 4 * params},
+    }

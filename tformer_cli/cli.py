@@ -1,0 +1,93 @@
+"""The Typer application and its one error boundary.
+
+Every command lives in tformer_cli/commands/<name>.py and registers itself here.  Command
+modules import nothing heavy at module level, so `tformer --help` never imports torch.
+Exit codes: 0 ok, 1 runtime error, 2 usage/config error, 130 interrupted.
+Set TFORMER_DEBUG=1 to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from tformer_cli import __version__
+from tformer_cli.commands import COMMAND_MODULES
+
+app = typer.Typer(
+    name="tformer",
+    help="A command-line laboratory for decoder-only (GPT-style) transformers.\n\n"
+    "Train a small GPT, sample from it, and measure what each part of the architecture buys you.\n\n"
+    "Example: tformer train && tformer sample runs/<RUN> --prompt 'The '",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tformer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    pass
+
+
+for _module in COMMAND_MODULES:
+    _module.register(app)
+
+
+def _err(message: str, hint: str | None = None) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the app, turn every known failure into one line and an exit code."""
+    import click
+
+    from tformer_cli.errors import TformerError
+
+    debug = os.environ.get("TFORMER_DEBUG") == "1"
+    try:
+        code = app(args=argv, prog_name="tformer", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        _err("interrupted")
+        sys.exit(130)
+    except click.ClickException as e:
+        if debug:
+            raise
+        _err(e.format_message(), "run with --help for usage")
+        sys.exit(2)
+    except TformerError as e:
+        if debug:
+            raise
+        _err(str(e), e.hint)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        _err("interrupted")
+        sys.exit(130)
+    except Exception as e:  # the last line of defence: one line, never a traceback
+        if debug:
+            raise
+        if type(e).__name__ == "OutOfMemoryError":
+            _err("the GPU ran out of memory",
+                 "use a smaller train.batch_size or model.block_size, or raise train.grad_accum")
+            sys.exit(1)
+        _err(f"unexpected {type(e).__name__}: {e}", "set TFORMER_DEBUG=1 to see the traceback")
+        sys.exit(1)

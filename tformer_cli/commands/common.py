@@ -1,0 +1,107 @@
+"""Options shared by every command that trains (train, ablate, sweeps, bench) and their config."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any, List, Optional
+
+import typer
+
+ConfigArg = Annotated[
+    Optional[Path],
+    typer.Argument(help="A YAML config file (sections model:, data:, train:). Default: the quick preset.",
+                   show_default=False),
+]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="A built-in preset (`tformer presets`).")]
+SetOpt = Annotated[
+    Optional[List[str]],
+    typer.Option("--set", "-s", help="Override one key, e.g. --set model.n_head=8 (repeatable; wins over flags).",
+                 show_default=False),
+]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="train.steps: optimizer steps.", show_default=False)]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="train.device: auto, cpu, cuda, cuda:N, mps.",
+                                                  show_default=False)]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="train.seed.", show_default=False)]
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option("--data", help="data.corpus: a built-in corpus (`tformer corpora`) or a UTF-8 text file.",
+                 show_default=False),
+]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
+
+
+def build_config(
+    config: Optional[Path] = None,
+    preset: Optional[str] = None,
+    sets: Optional[List[str]] = None,
+    *,
+    steps: Optional[int] = None,
+    device: Optional[str] = None,
+    seed: Optional[int] = None,
+    data: Optional[str] = None,
+    extra: Optional[dict[str, Any]] = None,
+):
+    """defaults < preset < config file < flags < --set; validated, all problems at once."""
+    from tformer_cli import config as cfgmod
+
+    if config is None and preset is None:
+        preset = "quick"
+    overrides: dict[str, Any] = {}
+    for key, value in (("train.steps", steps), ("train.device", device), ("train.seed", seed),
+                       ("data.corpus", data)):
+        if value is not None:
+            overrides[key] = value
+    overrides.update(extra or {})
+    overrides.update(cfgmod.parse_set(sets or []))
+    return cfgmod.resolve(config, preset, overrides)
+
+
+def flag_overrides(steps=None, device=None, seed=None, data=None, sets=None) -> dict[str, Any]:
+    """The overrides a user gave explicitly (to check them against a run being resumed)."""
+    from tformer_cli import config as cfgmod
+
+    out: dict[str, Any] = {}
+    for key, value in (("train.steps", steps), ("train.device", device), ("train.seed", seed),
+                       ("data.corpus", data)):
+        if value is not None:
+            out[key] = value
+    out.update(cfgmod.parse_set(sets or []))
+    return out
+
+
+class StopOnInterrupt:
+    """First Ctrl-C: ask the loop to stop after the current step (it saves and returns).
+    Second Ctrl-C: exit at once (KeyboardInterrupt, exit code 130)."""
+
+    def __init__(self, notice=None):
+        self.requested = False
+        self.notice = notice
+        self._old = None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        msg = "\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)\n"
+        if self.notice:
+            self.notice(msg)
+        else:
+            sys.stderr.write(msg)
+
+    def __enter__(self):
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False

@@ -1,0 +1,95 @@
+"""`tformer train`: train a GPT and leave a self-describing run directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from tformer_cli.commands.common import (
+    ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt,
+    build_config, flag_overrides,
+)
+
+# Keys that may change when a run is resumed; anything else must match the run's config.
+RESUMABLE_CHANGES = {"train.steps", "train.device", "train.compile", "train.log_interval"}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command(
+        help="Train a GPT and write a run directory (config, metrics, checkpoint, tokenizer, summary, plot).\n\n"
+        "Examples:\n\n"
+        "  tformer train                                   # the quick preset on built-in English prose\n\n"
+        "  tformer train --preset shakespeare_char --data ../shared/data/tinyshakespeare.txt\n\n"
+        "  tformer train --set model.n_head=8 --set model.pos_encoding=rope --steps 300\n\n"
+        "  tformer train --resume runs/20260101-120000      # continue from the last checkpoint"
+    )
+    def train(
+        config: ConfigArg = None,
+        preset: PresetOpt = None,
+        set_: SetOpt = None,
+        steps: StepsOpt = None,
+        device: DeviceOpt = None,
+        seed: SeedOpt = None,
+        data: DataOpt = None,
+        out: OutOpt = None,
+        resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.",
+                                                       show_default=False)] = None,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what is in --out.")] = False,
+        json_: JsonOpt = False,
+    ) -> None:
+        from tformer_cli import report
+
+        if resume is not None:
+            cfg, run_dir = _resume_config(resume, config, preset, set_, steps, device, seed, data)
+        else:
+            cfg = build_config(config, preset, set_, steps=steps, device=device, seed=seed, data=data)
+            from tformer_cli.train import default_run_dir, prepare_run_dir
+
+            run_dir = out or default_run_dir()
+            prepare_run_dir(run_dir, overwrite)
+        result = run_training(cfg, run_dir, resume=resume is not None, json_=json_)
+        if json_:
+            report.print_json(result.to_dict())
+        else:
+            report.console().print(report.summary_table(result.to_dict()))
+        if result.interrupted:
+            report.err_console().print(f"interrupted: resume with  tformer train --resume {run_dir}")
+            raise typer.Exit(130)
+        if not json_:
+            report.console().print(f"next: tformer sample {run_dir} --prompt \"The \"")
+
+
+def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title: str = "training"):
+    """Train with the live display and Ctrl-C handling; the result of tformer_cli.train.train."""
+    from tformer_cli import report
+    from tformer_cli.train import train as core_train
+
+    with report.TrainDisplay(title, to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:
+        return core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop)
+
+
+def _resume_config(resume, config, preset, sets, steps, device, seed, data):
+    from tformer_cli import config as cfgmod
+    from tformer_cli.errors import ConfigError
+    from tformer_cli.train import is_run_dir
+
+    if not is_run_dir(resume):
+        raise ConfigError(f"--resume {resume}: not a tformer run directory (no config.yaml)",
+                          hint="give a directory written by `tformer train`")
+    if config is not None or preset is not None:
+        raise ConfigError("--resume takes its config from the run; do not pass a config file or --preset")
+    base = cfgmod.from_dict(cfgmod.load_yaml(resume / "config.yaml"))
+    given = flag_overrides(steps, device, seed, data, sets)
+    conflicts = [
+        f"{k}={v!r} (the run has {base.get(k)!r})"
+        for k, v in given.items()
+        if k not in RESUMABLE_CHANGES and base.get(k) != v
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"--resume {resume}: flags conflict with the run's config: {', '.join(conflicts)}",
+            hint=f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume; start a new run otherwise",
+        )
+    return base.replace({k: v for k, v in given.items() if k in RESUMABLE_CHANGES}), resume

@@ -1,0 +1,397 @@
+"""Typed configuration: dataclasses, YAML files, ``--set a.b=c`` overrides, validation.
+
+This module never imports torch, so the CLI can validate a configuration (and print
+help) instantly.  One name per thing everywhere: the dataclass field, the YAML key,
+the ``--set`` path, the sweep axis and the table column are all ``model.n_head`` etc.
+
+Precedence: defaults < YAML file < flags and ``--set`` (later wins).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from tformer_cli.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "experiments"
+
+ACTIVATIONS = ("relu", "gelu", "swiglu")
+POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
+ARCHS = ("gpt", "lstm")
+OBJECTIVES = ("clm", "mlm")
+TOKENIZERS = ("char", "bpe")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "gpt"  # gpt | lstm (a recurrent baseline with the same embedding and head)
+    d_model: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    d_ff: Optional[int] = None  # None: 4 * d_model (relu/gelu), 8/3 * d_model for swiglu (same params)
+    block_size: int = 64
+    dropout: float = 0.0
+    bias: bool = True
+    activation: str = "gelu"  # relu | gelu | swiglu
+    pos_encoding: str = "learned"  # learned | sinusoidal | rope | none
+    causal: bool = True  # False turns every block into a bidirectional (encoder) block
+    ffn: bool = True  # False: attention-only blocks
+    tie_weights: bool = True  # share the token embedding with the LM head
+    rope_base: float = 10000.0
+
+    @property
+    def d_k(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def d_ff_resolved(self) -> int:
+        """The hidden width of the FFN actually built."""
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.activation == "swiglu":
+            # Gated FFNs have three matrices; 2/3 of 4*d keeps the parameter count of a 4*d FFN.
+            return _round_up(int(8 * self.d_model / 3), 8)
+        return 4 * self.d_model
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "prose"  # a built-in name (see `tformer corpora`) or a path to a UTF-8 text file
+    tokenizer: str = "char"  # char | bpe
+    vocab_size: int = 512  # BPE only
+    val_fraction: float = 0.1  # the last fraction of the corpus is the validation split
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 16
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: Optional[float] = None  # None: lr / 10
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 100
+    eval_iters: int = 20
+    log_interval: int = 10
+    ckpt_interval: Optional[int] = None  # None: at every evaluation
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | float32 | bfloat16 | float16
+    compile: Optional[bool] = None  # None: on for CUDA, off on CPU (measured slower there)
+    objective: str = "clm"  # clm (next token) | mlm (BERT-style masked tokens, bidirectional)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def get(self, path: str) -> Any:
+        section, key = path.split(".", 1)
+        return getattr(getattr(self, section), key)
+
+    def replace(self, overrides: dict[str, Any]) -> "Config":
+        """A validated copy with ``{"model.n_head": 8, ...}`` applied."""
+        data = self.to_dict()
+        for path, value in overrides.items():
+            section, key = path.split(".", 1)
+            data[section][key] = value
+        return from_dict(data)
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return (x + multiple - 1) // multiple * multiple
+
+
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(path: str, value: Any, hint: Any) -> tuple[Any, str | None]:
+    """Check ``value`` against the annotated type; return (value, problem)."""
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+    if value is None or (optional and value in ("auto", "none", "null")):
+        if optional:
+            return None, None
+        return value, f"{path}: a value is required (got null)"
+    if hint is bool:
+        if isinstance(value, bool):
+            return value, None
+        return value, f"{path}: expected true or false, got {value!r}"
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value, None
+        if isinstance(value, float) and value.is_integer():
+            return int(value), None
+        return value, f"{path}: expected an integer, got {value!r}"
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value), None
+        return value, f"{path}: expected a number, got {value!r}"
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value), None
+        return value, f"{path}: expected a string, got {value!r}"
+    return value, None
+
+
+def from_dict(data: dict[str, Any], problems: list[str] | None = None) -> Config:
+    """Build a Config from nested dicts, collecting every problem before raising."""
+    own = problems is None
+    problems = [] if own else problems
+    if not isinstance(data, dict):
+        raise ConfigError("the configuration must be a mapping with sections model:, data:, train:")
+    sections = {}
+    for name, section in data.items():
+        if name not in SECTIONS:
+            problems.append(f"unknown section '{name}'{_suggest(str(name), list(SECTIONS))}")
+            continue
+        if section is None:
+            section = {}
+        if not isinstance(section, dict):
+            problems.append(f"{name}: expected a mapping of keys, got {section!r}")
+            continue
+        sections[name] = section
+    built = {}
+    for name, cls in SECTIONS.items():
+        hints = _field_types(cls)
+        kwargs = {}
+        for key, value in sections.get(name, {}).items():
+            if key not in hints:
+                problems.append(
+                    f"unknown key '{name}.{key}'{_suggest(f'{name}.{key}', all_keys())}"
+                )
+                continue
+            value, problem = _coerce(f"{name}.{key}", value, hints[key])
+            if problem:
+                problems.append(problem)
+            else:
+                kwargs[key] = value
+        built[name] = cls(**kwargs)
+    cfg = Config(**built)
+    problems.extend(validate(cfg))
+    if own and problems:
+        raise ConfigError(problems, hint="see `tformer keys` for every key, its type and default")
+    return cfg
+
+
+def valid_head_counts(d_model: int) -> list[int]:
+    return [h for h in range(1, d_model + 1) if d_model % h == 0]
+
+
+def head_count_problem(d_model: int, n_head: int) -> str | None:
+    if n_head <= 0 or d_model <= 0 or d_model % n_head == 0:
+        return None
+    valid = ", ".join(map(str, valid_head_counts(d_model)))
+    return (
+        f"model.n_head: d_model={d_model} is not divisible by n_head={n_head}; "
+        f"valid head counts for d_model={d_model}: {valid}"
+    )
+
+
+def validate(cfg: Config) -> list[str]:
+    """Every impossible value, named by its key."""
+    p: list[str] = []
+    m, d, t = cfg.model, cfg.data, cfg.train
+
+    def choice(path: str, value: str, choices: tuple[str, ...]) -> None:
+        if value not in choices:
+            p.append(
+                f"{path}: '{value}' is not one of {', '.join(choices)}{_suggest(value, list(choices))}"
+            )
+
+    def positive(path: str, value: float | int | None) -> None:
+        if value is not None and value <= 0:
+            p.append(f"{path}: must be positive, got {value}")
+
+    choice("model.arch", m.arch, ARCHS)
+    choice("model.activation", m.activation, ACTIVATIONS)
+    choice("model.pos_encoding", m.pos_encoding, POS_ENCODINGS)
+    choice("data.tokenizer", d.tokenizer, TOKENIZERS)
+    choice("train.dtype", t.dtype, DTYPES)
+    choice("train.objective", t.objective, OBJECTIVES)
+    for key in ("d_model", "n_layer", "n_head", "block_size", "d_ff"):
+        positive(f"model.{key}", getattr(m, key))
+    if problem := head_count_problem(m.d_model, m.n_head):
+        p.append(problem)
+    if m.pos_encoding == "rope" and m.n_head > 0 and m.d_model % m.n_head == 0 and m.d_k % 2:
+        p.append(f"model.pos_encoding: rope needs an even head size d_k, got d_k={m.d_k}")
+    if m.pos_encoding == "sinusoidal" and m.d_model % 2:
+        p.append(f"model.pos_encoding: sinusoidal needs an even d_model, got {m.d_model}")
+    if not 0.0 <= m.dropout < 1.0:
+        p.append(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    positive("model.rope_base", m.rope_base)
+    if d.tokenizer == "bpe" and d.vocab_size < 257:
+        p.append(f"data.vocab_size: byte-level BPE needs at least 257 (256 bytes + 1), got {d.vocab_size}")
+    if not 0.0 < d.val_fraction < 1.0:
+        p.append(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
+    if not d.corpus:
+        p.append("data.corpus: empty; give a built-in name or a file path")
+    for key in ("steps", "batch_size", "grad_accum", "lr", "eval_interval", "eval_iters", "log_interval", "ckpt_interval"):
+        positive(f"train.{key}", getattr(t, key))
+    for key in ("warmup_steps", "weight_decay", "grad_clip"):
+        if getattr(t, key) < 0:
+            p.append(f"train.{key}: must be >= 0, got {getattr(t, key)}")
+    if t.min_lr is not None and t.min_lr < 0:
+        p.append(f"train.min_lr: must be >= 0, got {t.min_lr}")
+    for key in ("beta1", "beta2"):
+        if not 0.0 <= getattr(t, key) < 1.0:
+            p.append(f"train.{key}: must be in [0, 1), got {getattr(t, key)}")
+    if t.objective == "mlm" and m.causal:
+        # MLM is defined with bidirectional attention; say so rather than silently change it.
+        p.append("train.objective: mlm needs a bidirectional model; also set model.causal=false")
+    if m.arch == "lstm" and t.objective == "mlm":
+        p.append("train.objective: mlm needs model.arch=gpt (an LSTM reads left to right)")
+    dev = t.device
+    if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        p.append(f"train.device: '{dev}' is not one of auto, cpu, cuda, cuda:N, mps")
+    return p
+
+
+# ---------------------------------------------------------------- files and overrides
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML file with the safe loader (tags that build Python objects are refused)."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}", hint="give a path to a YAML file, or --preset NAME")
+    if path.is_dir():
+        raise ConfigError(f"config path is a directory, not a YAML file: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        what = e.problem or "invalid YAML"
+        if "constructor" in type(e).__name__.lower() or "tag" in (e.problem or ""):
+            what = f"{what} (tags that construct Python objects are not allowed)"
+        raise ConfigError(f"cannot parse {path} at {where}: {what}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"cannot parse {path}: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with sections model:, data:, train:")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"unknown preset '{name}'{_suggest(name, preset_names())}",
+            hint=f"presets: {', '.join(preset_names())}",
+        )
+    return path
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """``["model.n_head=8", "train.lr=3e-4"]`` -> ``{"model.n_head": 8, "train.lr": 0.0003}``."""
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        if "=" not in item:
+            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. model.n_head=8")
+            continue
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in all_keys():
+            problems.append(f"--set: unknown key '{key}'{_suggest(key, all_keys())}")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out[key] = value
+    if problems:
+        raise ConfigError(problems, hint="see `tformer keys` for every key")
+    return out
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Apply dotted overrides to a nested dict (a copy)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
+    for path, value in overrides.items():
+        section, key = path.split(".", 1)
+        if not isinstance(out.get(section), dict):
+            out[section] = {}
+        out[section][key] = value
+    return out
+
+
+def resolve(
+    config_file: str | Path | None = None,
+    preset: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Config:
+    """defaults < preset < YAML file < overrides (flags and --set), validated once."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        data = load_yaml(preset_path(preset))
+    if config_file is not None:
+        file_data = load_yaml(config_file)
+        for section, values in file_data.items():
+            if isinstance(values, dict) and isinstance(data.get(section), dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+    return from_dict(merge(data, overrides or {}))
+
+
+def describe_keys() -> list[tuple[str, str, str]]:
+    """(key, type, default) for every configuration key, for `tformer keys`."""
+    rows = []
+    default = Config()
+    for section, cls in SECTIONS.items():
+        hints = _field_types(cls)
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            name = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+            rows.append((f"{section}.{f.name}", name, repr(default.get(f"{section}.{f.name}"))))
+    return rows

@@ -1,0 +1,343 @@
+"""Corpora, tokenizers, the on-disk token cache and batches.
+
+Built-in corpora need no download: ``prose`` is the English reference text that ships
+with every CPython (``pydoc_data.topics``), ``code`` is the standard library's own
+source, and the synthetic tasks are generated from a seed.  Any UTF-8 file works by path.
+
+Token ids are cached under ``$TFORMER_CACHE`` (default ``~/.cache/tformer``), keyed by a
+hash of the corpus text and the tokenizer settings, as raw little-endian integer files
+that are memory-mapped, so a second run neither re-reads nor re-tokenizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tformer_cli.config import DataConfig
+from tformer_cli.errors import DataError
+from tformer_cli.io import atomic_write_text
+
+FORMAT_VERSION = 1
+
+
+# ---------------------------------------------------------------- corpora
+
+
+def _prose() -> str:
+    import pydoc_data.topics as topics
+
+    return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics))
+
+
+def _code(limit: int = 2_000_000) -> str:
+    root = Path(sysconfig.get_paths()["stdlib"])
+    parts, size = [], 0
+    for path in sorted(root.glob("*.py")):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError):
+            continue
+        parts.append(text)
+        size += len(text)
+        if size >= limit:
+            break
+    return "\n".join(parts)
+
+
+def _repeat(n_lines: int = 20_000, seed: int = 0) -> str:
+    """Random 8-letter strings each followed by a copy: "qxmbtfzr|qxmbtfzr".
+
+    The second copy can only be predicted by looking back (an induction head); the
+    first copy is noise.  Its task metric is the loss on each half of the line.
+    """
+    rng = random.Random(seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    lines = []
+    for _ in range(n_lines):
+        s = "".join(rng.choice(letters) for _ in range(8))
+        lines.append(f"{s}|{s}")
+    return "\n".join(lines) + "\n"
+
+
+def _modadd(n_lines: int = 30_000, seed: int = 0, modulus: int = 97) -> str:
+    """Lines "a+b=c" with c = (a + b) mod 97: an algorithmic task whose answer is a
+    non-linear function of the inputs (carries and wrap-around)."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n_lines):
+        a, b = rng.randrange(modulus), rng.randrange(modulus)
+        lines.append(f"{a:02d}+{b:02d}={(a + b) % modulus:02d}")
+    return "\n".join(lines) + "\n"
+
+
+BUILTIN = {
+    "prose": ("English prose: the Python reference topics shipped with CPython (pydoc_data)", _prose),
+    "code": ("Python source: the standard library's own modules (about 2 MB)", _code),
+    "repeat": ("synthetic: random strings each followed by its copy (induction)", _repeat),
+    "modadd": ("synthetic: 'a+b=c' modulo 97 (needs the FFN's non-linearity)", _modadd),
+}
+
+
+def read_corpus(name_or_path: str) -> tuple[str, str]:
+    """Return (text, label). A built-in name wins over a file of the same name."""
+    if name_or_path in BUILTIN:
+        return BUILTIN[name_or_path][1](), name_or_path
+    path = Path(name_or_path).expanduser()
+    hint = f"built-in corpora: {', '.join(BUILTIN)}; or give a path to a UTF-8 text file"
+    if not path.exists():
+        raise DataError(f"corpus not found: {name_or_path}", hint=hint)
+    if path.is_dir():
+        raise DataError(f"corpus path is a directory, not a file: {path}", hint=hint)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"cannot read corpus {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"corpus {path} is not UTF-8: invalid byte 0x{raw[e.start]:02x} at byte {e.start} (line {line})",
+            hint="convert it first, e.g. iconv -f latin1 -t utf-8",
+        ) from None
+    if not text.strip():
+        raise DataError(f"corpus {path} is empty", hint="give a file with some text in it")
+    return text, str(path)
+
+
+# ---------------------------------------------------------------- tokenizers
+
+
+class CharTokenizer:
+    """One token per Unicode character of the corpus (vocabulary sorted, so it is deterministic)."""
+
+    kind = "char"
+
+    def __init__(self, chars: str):
+        self.chars = chars
+        self.stoi = {c: i for i, c in enumerate(chars)}
+
+    @classmethod
+    def train(cls, text: str) -> "CharTokenizer":
+        return cls("".join(sorted(set(text))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def unknown(self, text: str) -> list[str]:
+        return sorted({c for c in text if c not in self.stoi})
+
+    def encode(self, text: str) -> list[int]:
+        return [self.stoi[c] for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.chars[i] for i in ids if 0 <= i < len(self.chars))
+
+    def to_json(self) -> dict:
+        return {"type": "char", "chars": self.chars}
+
+
+class BPETokenizer:
+    """Byte-level BPE trained locally with the `tokenizers` package: never an unknown character."""
+
+    kind = "bpe"
+
+    def __init__(self, tok):
+        self.tok = tok
+
+    @classmethod
+    def train(cls, text: str, vocab_size: int) -> "BPETokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        lines = text.splitlines(keepends=True)
+        chunks = ["".join(lines[i : i + 64]) for i in range(0, len(lines), 64)]
+        tok.train_from_iterator(chunks, trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def unknown(self, text: str) -> list[str]:
+        return []
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids))
+
+    def to_json(self) -> dict:
+        return {"type": "bpe", "hf": self.tok.to_str()}
+
+
+def tokenizer_from_json(data: dict):
+    if data.get("type") == "char":
+        return CharTokenizer(data["chars"])
+    if data.get("type") == "bpe":
+        from tokenizers import Tokenizer
+
+        return BPETokenizer(Tokenizer.from_str(data["hf"]))
+    raise DataError(f"unknown tokenizer type {data.get('type')!r}")
+
+
+def load_tokenizer(path: str | Path):
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read tokenizer {path}: {e}") from None
+    return tokenizer_from_json(data)
+
+
+# ---------------------------------------------------------------- prepared data
+
+
+@dataclass
+class Dataset:
+    """Token ids of both splits (memory-mapped), the tokenizer, and what they cost in bytes."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: object
+    corpus: str
+    train_bytes_per_token: float
+    val_bytes_per_token: float
+    cache_dir: Path
+    from_cache: bool
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TFORMER_CACHE", Path.home() / ".cache" / "tformer"))
+
+
+def prepare(cfg: DataConfig) -> Dataset:
+    """Read, split, tokenize (or load from the cache) and return the dataset."""
+    text, label = read_corpus(cfg.corpus)
+    spec = {"v": FORMAT_VERSION, "tokenizer": cfg.tokenizer, "val_fraction": cfg.val_fraction}
+    if cfg.tokenizer == "bpe":
+        spec["vocab_size"] = cfg.vocab_size
+    digest = hashlib.sha256(text.encode("utf-8"))
+    digest.update(json.dumps(spec, sort_keys=True).encode())
+    cache_dir = cache_root() / digest.hexdigest()[:24]
+    meta_path = cache_dir / "meta.json"
+    from_cache = meta_path.exists()
+    if not from_cache:
+        _build_cache(text, cfg, cache_dir)
+    meta = json.loads(meta_path.read_text())
+    dtype = np.dtype(meta["dtype"])
+    train = np.memmap(cache_dir / "train.bin", dtype=dtype, mode="r") if meta["n_train"] else np.zeros(0, dtype)
+    val = np.memmap(cache_dir / "val.bin", dtype=dtype, mode="r") if meta["n_val"] else np.zeros(0, dtype)
+    return Dataset(
+        train=train,
+        val=val,
+        tokenizer=load_tokenizer(cache_dir / "tokenizer.json"),
+        corpus=label,
+        train_bytes_per_token=meta["train_bytes"] / max(meta["n_train"], 1),
+        val_bytes_per_token=meta["val_bytes"] / max(meta["n_val"], 1),
+        cache_dir=cache_dir,
+        from_cache=from_cache,
+    )
+
+
+def _build_cache(text: str, cfg: DataConfig, cache_dir: Path) -> None:
+    split = int(len(text) * (1.0 - cfg.val_fraction))
+    train_text, val_text = text[:split], text[split:]
+    if cfg.tokenizer == "char":
+        tok = CharTokenizer.train(text)  # the whole corpus, so validation has no unknown characters
+    else:
+        tok = BPETokenizer.train(train_text, cfg.vocab_size)
+    dtype = np.dtype("<u2") if tok.vocab_size <= 65535 else np.dtype("<u4")
+    tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    n = {}
+    for name, part in (("train", train_text), ("val", val_text)):
+        ids = np.asarray(tok.encode(part), dtype=dtype)
+        ids.tofile(tmp / f"{name}.bin")
+        n[name] = len(ids)
+    atomic_write_text(tmp / "tokenizer.json", json.dumps(tok.to_json()))
+    meta = {
+        "dtype": dtype.str,
+        "n_train": n["train"],
+        "n_val": n["val"],
+        "train_bytes": len(train_text.encode("utf-8")),
+        "val_bytes": len(val_text.encode("utf-8")),
+        "vocab_size": tok.vocab_size,
+    }
+    atomic_write_text(tmp / "meta.json", json.dumps(meta))
+    try:
+        os.replace(tmp, cache_dir)  # atomic publish; a concurrent builder may have won the race
+    except OSError:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_lengths(ds: Dataset, block_size: int, corpus: str) -> None:
+    need = block_size + 1
+    for name, ids in (("training", ds.train), ("validation", ds.val)):
+        if len(ids) < need:
+            raise DataError(
+                f"corpus {corpus}: the {name} split has {len(ids)} tokens, but block_size={block_size} "
+                f"needs at least {need}",
+                hint="use a longer corpus, a smaller model.block_size, or change data.val_fraction",
+            )
+
+
+# ---------------------------------------------------------------- batches
+
+
+def mix_seed(*parts: int) -> int:
+    """A 63-bit seed from several integers (seed, step, micro-step, rank ...), stable across runs."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        h.update(int(p).to_bytes(8, "little", signed=True))
+    return int.from_bytes(h.digest(), "little") >> 1
+
+
+def sample_windows(ids: np.ndarray, block: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n random windows: x (n, block) and the next-token targets y (n, block), as int64.
+
+    The start positions come from a generator seeded by ``seed`` alone, so the data order
+    is a pure function of (seed, step, micro-step): nothing to save for an exact resume, and
+    the same global batch whatever the number of processes (a rank takes its rows of it).
+    """
+    rng = np.random.Generator(np.random.PCG64(seed))
+    starts = rng.integers(0, len(ids) - block, size=n)
+    idx = starts[:, None] + np.arange(block + 1)[None, :]
+    win = np.asarray(ids[idx], dtype=np.int64)
+    return win[:, :-1], win[:, 1:]
+
+
+def mlm_mask(x: np.ndarray, vocab_size: int, mask_id: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's masking: 15% of positions are targets; of those 80% become [MASK], 10% a random
+    token, 10% stay.  Targets are -100 (no loss) everywhere else."""
+    rng = np.random.Generator(np.random.PCG64(seed))
+    chosen = rng.random(x.shape) < 0.15
+    y = np.where(chosen, x, -100)
+    r = rng.random(x.shape)
+    x = x.copy()
+    x[chosen & (r < 0.8)] = mask_id
+    rand = chosen & (r >= 0.8) & (r < 0.9)
+    x[rand] = rng.integers(0, vocab_size, size=int(rand.sum()))
+    return x, y

@@ -1,0 +1,132 @@
+"""Devices, precision and the hardware figures behind MFU and peak memory."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+from tformer_cli.errors import ConfigError
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s.
+DATASHEET_BF16 = {
+    "H100 SXM": 989e12,
+    "H100 80GB HBM3": 989e12,
+    "H100 NVL": 835e12,
+    "H100 PCIe": 756e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+    "RTX 4090": 165e12,
+}
+
+
+def select(name: str = "auto") -> torch.device:
+    """auto picks cuda > mps > cpu; an explicit device that is absent is a usage error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine",
+                              hint="use --device cpu or --device auto")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: MPS is not available on this machine", hint="use --device cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    """Mixed precision: weights and optimizer stay float32; matmuls run in ``dtype``."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def setup_backends(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any float32 matmul left outside autocast
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+@dataclass
+class Peak:
+    flops: float  # FLOP/s
+    source: str  # how it was obtained
+
+
+_PEAK_CACHE: dict[tuple[str, str], Peak] = {}
+
+
+def peak_flops(device: torch.device, dtype: torch.dtype) -> Peak:
+    """The denominator of MFU: the datasheet bf16 peak for known GPUs, else a timed matmul."""
+    key = (str(device), str(dtype))
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
+        name = torch.cuda.get_device_name(device)
+        for card, flops in DATASHEET_BF16.items():
+            if card.lower() in name.lower() or card.split()[0].lower() in name.lower():
+                _PEAK_CACHE[key] = Peak(flops, f"datasheet dense bf16 peak of {card}")
+                return _PEAK_CACHE[key]
+    _PEAK_CACHE[key] = Peak(timed_matmul(device, dtype), f"timed {dtype_name(dtype)} matmul on {device.type}")
+    return _PEAK_CACHE[key]
+
+
+def timed_matmul(device: torch.device, dtype: torch.dtype, m: int = 2048, k: int = 4096, n: int = 2048) -> float:
+    """Best of a few (m x k) @ (k x n) products, in FLOP/s."""
+    if device.type == "cuda":
+        m, k, n = 8192, 8192, 8192
+    a = torch.randn(m, k, device=device, dtype=dtype)
+    b = torch.randn(k, n, device=device, dtype=dtype)
+    a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(3 if device.type == "cpu" else 10):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * m * k * n / best
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, what was measured): CUDA max allocated, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated"
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (rss if sys.platform == "darwin" else rss * 1024), "process peak RSS"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

@@ -1,0 +1,332 @@
+"""The GPT, one model whose every switch is a ModelConfig field read here, in one place.
+
+Classes in dependency order: positional encodings, KV cache, attention, FFN, block, GPT,
+and the LSTM baseline.  Shapes are written as B batch, T time, C = d_model,
+nh = n_head, hs = d_k = C / nh, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from tformer_cli.config import ModelConfig, head_count_problem
+from tformer_cli.errors import ConfigError
+
+
+# ---------------------------------------------------------------- positions
+
+
+def sinusoidal_table(n_pos: int, d: int) -> torch.Tensor:
+    """The fixed encoding of Vaswani et al. (2017): sin on even dims, cos on odd dims."""
+    pos = torch.arange(n_pos, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(n_pos, d)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)
+    return table  # (n_pos, d)
+
+
+def rope_tables(n_pos: int, hs: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables for rotary embeddings (Su et al., 2021), rotating pairs (i, i + hs/2)."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+    angles = torch.arange(n_pos, dtype=torch.float32)[:, None] * inv_freq[None, :]  # (n_pos, hs/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (n_pos, hs)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    # x: (B, nh, T, hs); cos/sin: (T, hs)
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return (x * cos + rotated * sin).type_as(x)
+
+
+# ---------------------------------------------------------------- KV cache
+
+
+class KVCache:
+    """Per-layer key/value buffers for generation: (B, nh, block_size, hs) each, filled left to right.
+
+    The cached tokens occupy positions 0..length-1 of the current window; the model's
+    positional encodings use those same positions, so cached and recomputed keys agree.
+    """
+
+    def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, hs: int, device, dtype):
+        shape = (batch, n_head, max_len, hs)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.length = 0
+        self.max_len = max_len
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.length, self.length + k.size(2)
+        self.k[layer][:, :, start:end] = k
+        self.v[layer][:, :, start:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+# ---------------------------------------------------------------- attention
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention; causal unless config.causal is False (then it is an encoder's)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.d_model, self.causal = cfg.n_head, cfg.d_model, cfg.causal
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # W_Q, W_K, W_V stacked
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # W_O
+        self.dropout = cfg.dropout
+        self.attn_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        explicit: bool = False,
+        head_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        B, T, C = x.shape
+        hs = C // self.n_head
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
+        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nh, Tk, hs), Tk = cached + T
+        Tk = k.size(2)
+        weights = None
+        if explicit:
+            # The readable path: softmax(QK^T / sqrt(d_k) + M) V, with M = -inf above the diagonal.
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk)
+            if self.causal:
+                att = att.masked_fill(_future_mask(T, Tk, x.device), float("-inf"))
+            weights = F.softmax(att.float(), dim=-1).type_as(q)
+            y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
+        else:
+            # The fast path: fused kernels (flash / memory-efficient on GPU).
+            dropout = self.dropout if self.training else 0.0
+            if not self.causal or T == 1:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            elif T == Tk:
+                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+            else:  # a chunk of queries after cached keys: mask by absolute position
+                mask = ~_future_mask(T, Tk, x.device)
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        if head_mask is not None:
+            y = y * head_mask.view(1, -1, 1, 1).to(y.dtype)  # zero the output of masked heads
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
+        return self.resid_dropout(self.proj(y)), weights
+
+
+def _future_mask(T: int, Tk: int, device) -> torch.Tensor:
+    """True where query i (at absolute position Tk - T + i) would see a later key."""
+    q_pos = torch.arange(Tk - T, Tk, device=device)[:, None]
+    k_pos = torch.arange(Tk, device=device)[None, :]
+    return k_pos > q_pos  # (T, Tk)
+
+
+# ---------------------------------------------------------------- feed-forward
+
+
+class FeedForward(nn.Module):
+    """Position-wise FFN: act(x W1 + b1) W2 + b2, or SwiGLU: (silu(x W1) * x W3) W2."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d_ff = cfg.d_ff_resolved
+        self.activation = cfg.activation
+        self.w1 = nn.Linear(cfg.d_model, d_ff, bias=cfg.bias)
+        self.w3 = nn.Linear(cfg.d_model, d_ff, bias=cfg.bias) if cfg.activation == "swiglu" else None
+        self.w2 = nn.Linear(d_ff, cfg.d_model, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.w1(x)
+        if self.activation == "relu":
+            h = F.relu(h)
+        elif self.activation == "gelu":
+            h = F.gelu(h)
+        else:
+            h = F.silu(h) * self.w3(x)
+        return self.dropout(self.w2(h))
+
+
+# ---------------------------------------------------------------- block and GPT
+
+
+class Block(nn.Module):
+    """Pre-norm: x + Attn(LN(x)), then x + FFN(LN(x)) (the FFN half is absent when ffn=False)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cfg.ffn else None
+        self.ffn = FeedForward(cfg) if cfg.ffn else None
+
+    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None):
+        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask)
+        x = x + a
+        if self.ffn is not None:
+            x = x + self.ffn(self.ln2(x))
+        return x, weights
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # (B, T, V), or (B, 1, V) with last_only
+    loss: torch.Tensor | None = None
+    attentions: list[torch.Tensor] | None = None  # per layer (B, nh, T, Tk), with need_weights
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        if problem := head_count_problem(cfg.d_model, cfg.n_head):
+            raise ConfigError(problem)
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)  # the V x d_model embedding matrix
+        self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.pos_encoding == "learned" else None
+        if cfg.pos_encoding == "sinusoidal":
+            self.register_buffer("pos_table", sinusoidal_table(cfg.block_size, cfg.d_model), persistent=False)
+        if cfg.pos_encoding == "rope":
+            cos, sin = rope_tables(cfg.block_size, cfg.d_k, cfg.rope_base)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf, 2017)
+        self.apply(self._init_weights)
+        # GPT-2: scale the init of residual projections by 1/sqrt(2 * n_layer).
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("ffn.w2.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """All parameters; with non_embedding, less the position table (nanoGPT's N for MFU)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.pos_emb is not None:
+            n -= self.pos_emb.weight.numel()
+        return n
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        start_pos: int = 0,
+        cache: KVCache | None = None,
+        need_weights: bool = False,
+        explicit: bool = False,
+        head_mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> ModelOutput:
+        """idx (B, T) token ids at window positions start_pos..start_pos+T-1.
+
+        targets: (B, T) ids, -100 where no loss is taken.  head_mask: (n_layer, n_head) of 0/1.
+        """
+        B, T = idx.shape
+        if start_pos + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.cfg.block_size}")
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
+        elif self.cfg.pos_encoding == "sinusoidal":
+            x = x + self.pos_table[start_pos : start_pos + T].to(x.dtype)
+        rope = None
+        if self.cfg.pos_encoding == "rope":
+            rope = (self.rope_cos[start_pos : start_pos + T], self.rope_sin[start_pos : start_pos + T])
+        x = self.drop(x)
+        explicit = explicit or need_weights
+        attentions = [] if need_weights else None
+        for i, block in enumerate(self.blocks):
+            x, w = block(x, rope, cache, i, explicit, None if head_mask is None else head_mask[i])
+            if need_weights:
+                attentions.append(w)
+        if cache is not None:
+            cache.length += T
+        if last_only:
+            x = x[:, -1:, :]
+        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        return ModelOutput(logits, loss, attentions)
+
+    def new_cache(self, batch: int, device, dtype) -> KVCache:
+        c = self.cfg
+        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.d_k, device, dtype)
+
+    @property
+    def supports_cache(self) -> bool:
+        # A bidirectional model's keys for old tokens change when new tokens arrive: no cache.
+        return self.cfg.causal
+
+
+class LSTMLM(nn.Module):
+    """A recurrent baseline: the same embedding and head around torch.nn.LSTM (n_layer layers).
+
+    The hidden size is d_model; the LSTM state plays the role of the KV cache in generation.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
+        super().__init__()
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
+                            dropout=cfg.dropout if cfg.n_layer > 1 else 0.0, bias=cfg.bias)
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.tok_emb.weight
+        nn.init.normal_(self.tok_emb.weight, std=0.02)
+        if not cfg.tie_weights:
+            nn.init.normal_(self.lm_head.weight, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def forward(self, idx, targets=None, *, state=None, last_only=False, **_ignored) -> ModelOutput:
+        h, state = self.lstm(self.tok_emb(idx), state)
+        if last_only:
+            h = h[:, -1:, :]
+        logits = self.lm_head(self.ln_f(h))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
+        out = ModelOutput(logits, loss)
+        out.state = state  # type: ignore[attr-defined]
+        return out
+
+    @property
+    def supports_cache(self) -> bool:
+        return False
+
+
+def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    if cfg.arch == "lstm":
+        return LSTMLM(cfg, vocab_size)
+    return GPT(cfg, vocab_size)

@@ -1,0 +1,522 @@
+"""The training loop: silent, reports through a callback, returns a TrainResult.
+
+Reproducibility by construction: before step s the global RNG is seeded from (seed, s) and
+the batch of step s is drawn from a generator seeded from (seed, s, micro-step).  The data
+order and dropout are therefore pure functions of the step, so a resumed run replays
+exactly what an uninterrupted one would have done (bitwise on CPU), whatever the number of
+processes, with nothing but weights and optimizer moments in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tformer_cli import anatomy, checkpoint, device as dev
+from tformer_cli.config import Config
+from tformer_cli.data import Dataset, check_lengths, mix_seed, mlm_mask, prepare, sample_windows
+from tformer_cli.errors import ConfigError, RunError
+from tformer_cli.io import atomic_write_text
+from tformer_cli.model import build_model
+
+EVAL_SEED = 0x7F0E  # the fixed validation windows, identical for every run and every eval
+
+
+@dataclass
+class Event:
+    """What the loop reports: kind is "start", "log", "eval", "checkpoint" or "end"."""
+
+    kind: str
+    step: int
+    steps: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+    lr: float | None = None
+    tokens_per_s: float | None = None
+    elapsed: float = 0.0
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    run_dir: str
+    steps_done: int
+    steps: int
+    interrupted: bool
+    train_loss: float | None
+    val_loss: float | None
+    val_bpb: float | None  # bits per byte of validation text
+    best_val_loss: float | None
+    tokens_per_s: float | None  # median over log intervals after the first (warm-up), eval excluded
+    ms_per_step: float | None
+    mfu: float | None
+    peak_flops: float | None
+    peak_source: str
+    peak_memory_bytes: int
+    memory_source: str
+    params: int
+    non_embedding_params: int
+    flops_per_token: int
+    device: str
+    dtype: str
+    compiled: bool
+    vocab_size: int
+    tokens_seen: int
+    elapsed_s: float
+    init_loss_ref: float  # ln(vocab): the loss of a uniform guess
+    resumed_from: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class DistInfo:
+    """Process-group facts for DDP (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up to train.lr, then cosine decay to min_lr at the last step (0-based step)."""
+    t = cfg.train
+    min_lr = t.lr / 10 if t.min_lr is None else t.min_lr
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    span = max(1, t.steps - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / span)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, weight decay on matrices only (not on biases, norms); fused on CUDA."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    kwargs: dict[str, Any] = {"lr": cfg.train.lr, "betas": (cfg.train.beta1, cfg.train.beta2)}
+    if device.type == "cuda":
+        kwargs["fused"] = True
+    else:
+        kwargs["foreach"] = True
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+class Batcher:
+    """Draws the batch of (step, micro-step) for this rank; host-to-device copies are async on CUDA."""
+
+    def __init__(self, ds: Dataset, cfg: Config, device: torch.device, dist: DistInfo, vocab_size: int):
+        self.ds, self.cfg, self.device, self.dist = ds, cfg, device, dist
+        self.mlm = cfg.train.objective == "mlm"
+        self.mask_id = vocab_size - 1  # the extra [MASK] token of the MLM model
+
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _finish(self, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mlm:  # predict the masked tokens of the same window, not the next ones
+            x, y = mlm_mask(x, self.mask_id, self.mask_id, seed)
+        return self._to_device(x), self._to_device(y)
+
+    def train_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        B, W = self.cfg.train.batch_size, self.dist.world
+        seed = mix_seed(self.cfg.train.seed, step, micro)
+        x, y = sample_windows(self.ds.train, self.cfg.model.block_size, B * W, seed)
+        rows = slice(self.dist.rank * B, (self.dist.rank + 1) * B)  # this rank's share of the global batch
+        return self._finish(x[rows], y[rows], seed + 1)
+
+    def eval_batches(self, split: str, n_batches: int):
+        ids = self.ds.val if split == "val" else self.ds.train
+        B = self.cfg.train.batch_size
+        for i in range(n_batches):
+            if i % self.dist.world != self.dist.rank:
+                continue  # ranks share the evaluation windows; results are summed over ranks
+            seed = mix_seed(EVAL_SEED, i)
+            x, y = sample_windows(ids, self.cfg.model.block_size, B, seed)
+            yield self._finish(x, y, seed + 1)
+
+
+@torch.no_grad()
+def evaluate(model, batcher: Batcher, n_batches: int, device, dtype, split: str = "val") -> float:
+    """Mean teacher-forced loss over fixed windows (the same windows at every evaluation)."""
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device, dtype=torch.float64)
+    count = torch.zeros((), device=device, dtype=torch.float64)
+    for x, y in batcher.eval_batches(split, n_batches):
+        with dev.autocast(device, dtype):
+            out = model(x, y)
+        total += out.loss.double()
+        count += 1
+    if batcher.dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.all_reduce(total)
+        tdist.all_reduce(count)
+    model.train(was_training)
+    return (total / count.clamp(min=1)).item()
+
+
+@torch.no_grad()
+def causal_consistent_loss(model, batcher: Batcher, n_windows: int, device, dtype) -> float:
+    """Loss where the prediction for position t sees tokens <= t only (a forward pass per prefix).
+
+    For a causal model this equals the teacher-forced loss; for a model trained without the
+    mask it exposes the leak: at generation time the future is not there to copy.
+    """
+    was_training = model.training
+    model.eval()
+    losses = []
+    done = 0
+    for x, y in batcher.eval_batches("val", max(1, math.ceil(n_windows / batcher.cfg.train.batch_size))):
+        x, y = x[: n_windows - done], y[: n_windows - done]
+        T = x.size(1)
+        for t in range(T):
+            with dev.autocast(device, dtype):
+                logits = model(x[:, : t + 1], last_only=True).logits[:, -1, :].float()
+            losses.append(torch.nn.functional.cross_entropy(logits, y[:, t], reduction="none"))
+        done += x.size(0)
+        if done >= n_windows:
+            break
+    model.train(was_training)
+    return torch.cat(losses).mean().item()
+
+
+# ---------------------------------------------------------------- run directory
+
+
+RUN_MARKERS = ("config.yaml", checkpoint.CKPT_NAME, "metrics.jsonl")
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").exists()
+
+
+def prepare_run_dir(path: Path, overwrite: bool) -> None:
+    """Create the run directory; refuse to clobber anything unless told to."""
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"--out {path} exists and is a file", hint="choose another --out")
+        if any(path.iterdir()):
+            if not overwrite:
+                what = "a run" if is_run_dir(path) else "a non-empty directory that is not a run"
+                raise ConfigError(
+                    f"--out {path} is {what}",
+                    hint="use --resume to continue a run, --overwrite to replace it, or another --out",
+                )
+            import shutil
+
+            for child in path.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"cannot write to output directory {path}: {e.strerror}",
+                          hint="choose a writable --out") from None
+
+
+def default_run_dir(root: str | Path = "runs") -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path(root) / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path(root) / f"{stamp}-{n}"
+    return path
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a crash
+            if row.get("step", 0) <= upto:
+                rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: Callable[[Event], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    dist: DistInfo | None = None,
+    dataset: Dataset | None = None,
+) -> TrainResult:
+    """Train ``cfg`` into ``run_dir`` (created by the caller with prepare_run_dir, or resumed)."""
+    dist = dist or DistInfo()
+    run_dir = Path(run_dir)
+    report = progress or (lambda e: None)
+    stop = should_stop or (lambda: False)
+    t_start = time.perf_counter()
+
+    device = dev.select(cfg.train.device)
+    if dist.world > 1 and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    dev.setup_backends(device)
+    dtype = dev.resolve_dtype(cfg.train.dtype, device)
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.dtype: bfloat16 is not supported on this GPU", hint="use float16 or float32")
+
+    ds = dataset or prepare(cfg.data)
+    check_lengths(ds, cfg.model.block_size, ds.corpus)
+    vocab_size = ds.vocab_size + (1 if cfg.train.objective == "mlm" else 0)  # + [MASK]
+
+    start_step, resumed_from = 0, None
+    ckpt = None
+    if resume:
+        ckpt = checkpoint.load(run_dir)
+        start_step = resumed_from = int(ckpt.train_state.get("step", 0))
+
+    torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed alone
+    raw_model = build_model(cfg.model, vocab_size).to(device)
+    optimizer = make_optimizer(raw_model, cfg, device)
+    state: dict[str, Any] = {"step": 0, "best_val_loss": None, "loss_sum": 0.0, "loss_count": 0,
+                             "last_val_loss": None, "last_train_loss": None}
+    if ckpt is not None:
+        checkpoint.load_model_weights(raw_model, ckpt)
+        try:
+            optimizer.load_state_dict(ckpt.optimizer_state())
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise RunError(f"cannot restore the optimizer from {ckpt.path}: {e}") from None
+        state.update(ckpt.train_state)
+
+    compile_on = cfg.train.compile if cfg.train.compile is not None else device.type == "cuda"
+    model = raw_model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+    if compile_on:
+        model = torch.compile(model)
+
+    totals = anatomy.totals(cfg.model, vocab_size)
+    peak = dev.peak_flops(device, dtype) if dist.main else None
+    batcher = Batcher(ds, cfg, device, dist, vocab_size)
+    tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum * dist.world
+
+    metrics_path, perf_path = run_dir / "metrics.jsonl", run_dir / "perf.jsonl"
+    if dist.main:
+        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+        atomic_write_text(run_dir / "tokenizer.json", json.dumps(ds.tokenizer.to_json()))
+        kept = _read_metrics(metrics_path, start_step)  # drop what came after the checkpoint
+        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        kept_perf = _read_metrics(perf_path, start_step)
+        atomic_write_text(perf_path, "".join(json.dumps(r) + "\n" for r in kept_perf))
+    metrics_file = open(metrics_path, "a") if dist.main else None
+    perf_file = open(perf_path, "a") if dist.main else None
+
+    def write_metrics(row: dict[str, Any]) -> None:
+        if metrics_file:
+            metrics_file.write(json.dumps(row) + "\n")
+            metrics_file.flush()
+
+    steps = cfg.train.steps
+    ckpt_interval = cfg.train.ckpt_interval or cfg.train.eval_interval
+    loss_sum = torch.tensor(state["loss_sum"], device=device, dtype=torch.float32)
+    loss_count = int(state["loss_count"])
+    rates: list[float] = []
+    interval_t0, interval_steps, eval_time = time.perf_counter(), 0, 0.0
+    report(Event("start", start_step, steps, message=f"{device.type} {dev.dtype_name(dtype)}"))
+
+    def checkpoint_now(step: int) -> None:
+        if not dist.main:
+            return
+        state["loss_sum"], state["loss_count"] = loss_sum.item(), loss_count
+        if not math.isfinite(state["loss_sum"]) or not all(torch.isfinite(p).all() for p in raw_model.parameters()):
+            raise _nan_error(step, cfg, dtype)
+        state["step"] = step
+        checkpoint.save(run_dir, raw_model, optimizer, cfg, vocab_size, state)
+        report(Event("checkpoint", step, steps, elapsed=time.perf_counter() - t_start))
+
+    model.train()
+    step = start_step
+    interrupted = False
+    try:
+        while step < steps:
+            if stop():
+                interrupted = True
+                break
+            lr = lr_at(step, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(mix_seed(cfg.train.seed, step, dist.rank))  # dropout of this step
+            for micro in range(cfg.train.grad_accum):
+                x, y = batcher.train_batch(step, micro)
+                last = micro == cfg.train.grad_accum - 1
+                sync_ctx = model.no_sync() if (dist.world > 1 and not last and hasattr(model, "no_sync")) \
+                    else contextlib.nullcontext()
+                with sync_ctx:
+                    with dev.autocast(device, dtype):
+                        loss = model(x, y).loss / cfg.train.grad_accum
+                    loss.backward()
+                loss_sum += loss.detach().float()  # stays on the device: no sync in the hot loop
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_count += 1
+            interval_steps += 1
+
+            is_log = step % cfg.train.log_interval == 0 or step == steps
+            is_eval = step % cfg.train.eval_interval == 0 or step == steps
+            if is_log:
+                mean = (loss_sum / loss_count).item()  # the one read-back per log interval
+                if dist.world > 1:
+                    import torch.distributed as tdist
+
+                    t = torch.tensor([mean], device=device)
+                    tdist.all_reduce(t)
+                    mean = t.item() / dist.world
+                if not math.isfinite(mean):
+                    raise _nan_error(step, cfg, dtype)
+                now = time.perf_counter()
+                rate = interval_steps * tokens_per_step / max(now - interval_t0 - eval_time, 1e-9)
+                rates.append(rate)
+                state["last_train_loss"] = mean
+                write_metrics({"step": step, "train_loss": round(mean, 6), "lr": lr,
+                               "tokens": step * tokens_per_step})
+                if perf_file:
+                    perf_file.write(json.dumps({"step": step, "tokens_per_s": round(rate, 1)}) + "\n")
+                    perf_file.flush()
+                report(Event("log", step, steps, train_loss=mean, lr=lr, tokens_per_s=rate,
+                             elapsed=now - t_start))
+                loss_sum.zero_()
+                loss_count = 0
+                interval_t0, interval_steps, eval_time = now, 0, 0.0
+            if is_eval:
+                t0 = time.perf_counter()
+                val = evaluate(model, batcher, cfg.train.eval_iters, device, dtype)
+                if not math.isfinite(val):
+                    raise _nan_error(step, cfg, dtype)
+                state["last_val_loss"] = val
+                if state["best_val_loss"] is None or val < state["best_val_loss"]:
+                    state["best_val_loss"] = val
+                write_metrics({"step": step, "val_loss": round(val, 6),
+                               "val_bpb": round(val / math.log(2) / ds.val_bytes_per_token, 6)})
+                report(Event("eval", step, steps, val_loss=val, elapsed=time.perf_counter() - t_start))
+                eval_time += time.perf_counter() - t0
+            if step % ckpt_interval == 0 or step == steps:
+                t0 = time.perf_counter()
+                checkpoint_now(step)
+                eval_time += time.perf_counter() - t0
+    finally:  # a raw KeyboardInterrupt may land mid-step: nothing is saved then (the CLI asks politely)
+        if metrics_file:
+            metrics_file.close()
+        if perf_file:
+            perf_file.close()
+    if interrupted and step > start_step:
+        checkpoint_now(step)
+    elapsed = time.perf_counter() - t_start
+
+    steady = rates[1:] if len(rates) > 1 else rates  # the first interval includes warm-up
+    tps = statistics.median(steady) if steady else None
+    mfu = tps * totals.flops_per_token / peak.flops if (tps and peak) else None
+    mem, mem_src = dev.peak_memory(device)
+    val = state.get("last_val_loss")
+    result = TrainResult(
+        run_dir=str(run_dir),
+        steps_done=step,
+        steps=steps,
+        interrupted=interrupted,
+        train_loss=state.get("last_train_loss"),
+        val_loss=val,
+        val_bpb=val / math.log(2) / ds.val_bytes_per_token if val is not None else None,
+        best_val_loss=state.get("best_val_loss"),
+        tokens_per_s=tps,
+        ms_per_step=1000 * tokens_per_step / tps if tps else None,
+        mfu=mfu,
+        peak_flops=peak.flops if peak else None,
+        peak_source=peak.source if peak else "",
+        peak_memory_bytes=mem,
+        memory_source=mem_src,
+        params=raw_model.num_params(),
+        non_embedding_params=raw_model.num_params(non_embedding=True),
+        flops_per_token=totals.flops_per_token,
+        device=str(device),
+        dtype=dev.dtype_name(dtype),
+        compiled=bool(compile_on),
+        vocab_size=vocab_size,
+        tokens_seen=step * tokens_per_step,
+        elapsed_s=elapsed,
+        init_loss_ref=math.log(vocab_size),
+        resumed_from=resumed_from,
+    )
+    if dist.main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
+        try:
+            from tformer_cli.plots import loss_curve
+
+            loss_curve(run_dir)
+        except Exception:  # a plot is a convenience; never lose a run over it
+            pass
+    report(Event("end", step, steps, elapsed=elapsed))
+    return result
+
+
+def _nan_error(step: int, cfg: Config, dtype: torch.dtype) -> RunError:
+    return RunError(
+        f"the loss became NaN or infinite at step {step}; the last good checkpoint was kept",
+        hint=f"lower train.lr (now {cfg.train.lr:g}), keep train.grad_clip on, or train in float32 "
+        f"(now {dev.dtype_name(dtype)})",
+    )
+
+
+def load_for_inference(run_dir: str | Path, device_name: str = "auto"):
+    """(model in eval mode, tokenizer, config, checkpoint) from a run directory."""
+    from tformer_cli.data import load_tokenizer
+
+    ckpt = checkpoint.load(run_dir, with_optimizer=False)
+    cfg = ckpt.config
+    device = dev.select(device_name)
+    model = build_model(cfg.model, ckpt.vocab_size)
+    checkpoint.load_model_weights(model, ckpt)
+    model.to(device).eval()
+    tok_path = Path(run_dir) / "tokenizer.json"
+    if not tok_path.exists():
+        raise RunError(f"no tokenizer.json in {run_dir}", hint="the run directory is incomplete")
+    return model, load_tokenizer(tok_path), cfg, ckpt, device
+
+
+def env_dist() -> DistInfo:
+    """Rank facts from the environment torchrun sets (1 process when absent)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
