@@ -1,0 +1,65 @@
+"""Shared fixtures: a token cache shared by the whole session, a tiny config, an in-process CLI."""
+
+from __future__ import annotations
+
+import io
+import os
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "model": {"d_model": 32, "n_layer": 2, "n_head": 2, "block_size": 16, "dropout": 0.0},
+    "data": {"corpus": "prose", "tokenizer": "char"},
+    "train": {"steps": 20, "batch_size": 4, "lr": 0.003, "warmup_steps": 2, "eval_interval": 10,
+              "eval_iters": 2, "log_interval": 5, "device": "cpu"},
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _token_cache(tmp_path_factory):
+    if "TFORMER_CACHE" not in os.environ:
+        os.environ["TFORMER_CACHE"] = str(tmp_path_factory.mktemp("tformer-cache"))
+    yield
+
+
+@pytest.fixture
+def tiny_config():
+    """The tiny config as nested dicts (a fresh copy each test)."""
+    return {k: dict(v) for k, v in TINY.items()}
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path, tiny_config) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    return path
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, out={self.out[-500:]!r}, err={self.err[-500:]!r})"
+
+
+def run_cli(*args) -> CliResult:
+    """Run `tformer ARGS` in this process through the real entry point (error boundary included)."""
+    from tformer_cli.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    return run_cli
