@@ -54,20 +54,21 @@ def _err(message: str, hint: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turn every known failure into one line and an exit code."""
-    import click
-
     from tformer_cli.errors import TformerError
 
+    # Typer re-exports click's exception types (newer Typer vendors click); find the base
+    # class of usage errors through a public name rather than importing click itself.
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     debug = os.environ.get("TFORMER_DEBUG") == "1"
     try:
         code = app(args=argv, prog_name="tformer", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         _err("interrupted")
         sys.exit(130)
-    except click.ClickException as e:
+    except click_exception as e:
         if debug:
             raise
         _err(e.format_message(), "run with --help for usage")

@@ -155,6 +155,11 @@ def _coerce(path: str, value: Any, hint: Any) -> tuple[Any, str | None]:
         if isinstance(value, bool):
             return value, None
         return value, f"{path}: expected true or false, got {value!r}"
+    if hint in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string; accept it as the number it means
+            value = float(value) if hint is float else int(value)
+        except ValueError:
+            pass
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value, None

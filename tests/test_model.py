@@ -1,0 +1,134 @@
+"""The model's invariants: shapes, closed-form parameter counts, causality, fast == explicit attention."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tformer_cli import anatomy
+from tformer_cli.config import ModelConfig
+from tformer_cli.errors import ConfigError
+from tformer_cli.model import GPT, build_model
+
+V = 37
+POS = ["learned", "sinusoidal", "rope", "none"]
+
+
+def cfg(**kw) -> ModelConfig:
+    base = dict(d_model=32, n_layer=2, n_head=4, block_size=16)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.mark.parametrize("pos", POS)
+@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
+def test_shapes_and_closed_form_param_count(pos, activation):
+    for tie in (True, False):
+        for bias in (True, False):
+            for ffn in (True, False):
+                c = cfg(pos_encoding=pos, activation=activation, tie_weights=tie, bias=bias, ffn=ffn)
+                model = GPT(c, V)
+                idx = torch.randint(0, V, (3, 11))
+                out = model(idx, idx)
+                assert out.logits.shape == (3, 11, V)
+                assert out.loss.shape == ()
+                assert model.num_params() == anatomy.totals(c, V).params
+
+
+def test_lstm_param_count_matches_closed_form():
+    c = cfg(arch="lstm")
+    model = build_model(c, V)
+    assert model.num_params() == anatomy.totals(c, V).params
+    assert model(torch.randint(0, V, (2, 9))).logits.shape == (2, 9, V)
+
+
+def test_d_ff_defaults():
+    assert cfg().d_ff_resolved == 128  # 4 x d_model
+    assert cfg(d_ff=50).d_ff_resolved == 50
+    sw = cfg(activation="swiglu", d_model=96)
+    # the 2/3 rule keeps a gated FFN's parameters close to the 4x FFN's
+    plain = anatomy.totals(cfg(d_model=96), V).by_group_params["ffn"]
+    gated = anatomy.totals(sw, V).by_group_params["ffn"]
+    assert abs(gated - plain) / plain < 0.05
+
+
+def test_bad_head_count_is_a_clear_error():
+    with pytest.raises(ConfigError) as e:
+        GPT(cfg(d_model=32, n_head=3), V)
+    assert str(e.value) == (
+        "model.n_head: d_model=32 is not divisible by n_head=3; "
+        "valid head counts for d_model=32: 1, 2, 4, 8, 16, 32"
+    )
+
+
+@pytest.mark.parametrize("pos", POS)
+def test_causality_probe(pos):
+    """Changing tokens after position t never changes the logits at positions <= t."""
+    torch.manual_seed(0)
+    model = GPT(cfg(pos_encoding=pos), V).eval()
+    idx = torch.randint(0, V, (2, 16))
+    for t in (0, 5, 14):
+        other = idx.clone()
+        other[:, t + 1 :] = torch.randint(0, V, other[:, t + 1 :].shape)
+        a, b = model(idx).logits, model(other).logits
+        assert torch.allclose(a[:, : t + 1], b[:, : t + 1], atol=1e-5)
+        assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :], atol=1e-5)
+
+
+def test_without_the_mask_the_future_leaks():
+    torch.manual_seed(0)
+    model = GPT(cfg(causal=False), V).eval()
+    idx = torch.randint(0, V, (2, 16))
+    other = idx.clone()
+    other[:, -1] = (other[:, -1] + 1) % V
+    assert not torch.allclose(model(idx).logits[:, 0], model(other).logits[:, 0], atol=1e-6)
+
+
+@pytest.mark.parametrize("pos", POS)
+@pytest.mark.parametrize("causal", [True, False])
+def test_sdpa_equals_explicit_attention(pos, causal):
+    torch.manual_seed(0)
+    model = GPT(cfg(pos_encoding=pos, causal=causal), V).eval()
+    idx = torch.randint(0, V, (2, 16))
+    fast = model(idx).logits
+    slow = model(idx, explicit=True)
+    weights = model(idx, need_weights=True).attentions
+    assert torch.allclose(fast, slow.logits, atol=1e-5)
+    assert len(weights) == 2 and weights[0].shape == (2, 4, 16, 16)
+    assert torch.allclose(weights[0].sum(-1), torch.ones(2, 4, 16), atol=1e-5)
+    if causal:
+        assert torch.all(torch.triu(weights[0], diagonal=1) == 0)
+
+
+@pytest.mark.parametrize("pos", POS)
+def test_cached_forward_equals_full_forward(pos):
+    torch.manual_seed(0)
+    model = GPT(cfg(pos_encoding=pos), V).eval()
+    idx = torch.randint(0, V, (2, 12))
+    full = model(idx).logits
+    cache = model.new_cache(2, "cpu", torch.float32)
+    first = model(idx[:, :7], cache=cache).logits
+    steps = [model(idx[:, t : t + 1], start_pos=t, cache=cache).logits for t in range(7, 12)]
+    assert torch.allclose(torch.cat([first, *steps], dim=1), full, atol=1e-5)
+
+
+def test_initial_loss_is_close_to_ln_vocab():
+    torch.manual_seed(0)
+    model = GPT(cfg(), V)
+    idx, targets = torch.randint(0, V, (8, 16)), torch.randint(0, V, (8, 16))
+    loss = model(idx, targets).loss.item()
+    assert abs(loss - math.log(V)) < 0.1
+
+
+def test_weight_tying_shares_the_matrix():
+    model = GPT(cfg(tie_weights=True), V)
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert GPT(cfg(tie_weights=False), V).lm_head.weight is not GPT(cfg(tie_weights=False), V).tok_emb.weight
+
+
+def test_sequence_longer_than_block_is_refused():
+    model = GPT(cfg(), V)
+    with pytest.raises(ValueError, match="exceeds block_size=16"):
+        model(torch.zeros(1, 17, dtype=torch.long))

@@ -1,0 +1,115 @@
+"""End to end through the CLI: train a tiny config, check the run directory, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_a_self_describing_run(cli, tiny_yaml, tmp_path):
+    run = tmp_path / "run"
+    r = cli("train", tiny_yaml, "--out", run, "--json")
+    assert r.code == 0, r
+    summary = json.loads(r.out)
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.safetensors", "checkpoint.json",
+                 "tokenizer.json", "summary.json", "loss.png"):
+        assert (run / name).exists(), name
+    assert summary["steps_done"] == 20 and not summary["interrupted"]
+    assert summary["val_loss"] < summary["init_loss_ref"]  # learned something
+    assert summary["val_bpb"] == pytest.approx(summary["val_loss"] / math.log(2), rel=0.05)  # ~1 byte/char
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["d_model"] == 32 and cfg["train"]["steps"] == 20
+    with safe_open(str(run / "checkpoint.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("model.") for k in keys) and any(k.startswith("optim.") for k in keys)
+    assert not any("_orig_mod" in k for k in keys)
+    rows = _metrics(run)
+    assert [r["step"] for r in rows if "val_loss" in r] == [10, 20]
+
+
+def test_cli_resume_extends_a_run_and_refuses_conflicts(cli, tiny_yaml, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", tiny_yaml, "--out", run).code == 0
+    r = cli("train", "--resume", run, "--set", "model.n_head=4")
+    assert r.code == 2 and "conflict" in r.err and "model.n_head=4 (the run has 2)" in r.err
+    r = cli("train", "--resume", tmp_path, "--steps", "30")
+    assert r.code == 2 and "not a tformer run directory" in r.err
+    r = cli("train", "--resume", run, "--steps", "30", "--json")
+    assert r.code == 0, r
+    summary = json.loads(r.out)
+    assert summary["resumed_from"] == 20 and summary["steps_done"] == 30
+    steps = [row["step"] for row in _metrics(run) if "train_loss" in row]
+    assert steps == [5, 10, 15, 20, 25, 30]
+
+
+def test_resume_mid_run_is_exact(tiny_config, tmp_path):
+    """Stop a run after its step-10 checkpoint, resume: same metrics and bitwise weights."""
+    from tformer_cli.config import from_dict
+    from tformer_cli.train import prepare_run_dir, train
+
+    tiny_config["model"]["dropout"] = 0.1
+    tiny_config["train"]["grad_accum"] = 2
+    cfg = from_dict(tiny_config)
+    full, part = tmp_path / "full", tmp_path / "part"
+    for d in (full, part):
+        prepare_run_dir(d, False)
+    train(cfg, full)
+    seen = []
+
+    def stop_after_10():
+        return len(seen) > 0
+
+    def progress(e):
+        if e.kind == "checkpoint" and e.step == 10:
+            seen.append(e.step)
+
+    r = train(cfg, part, progress=progress, should_stop=stop_after_10)
+    assert r.interrupted and r.steps_done == 10
+    r = train(cfg, part, resume=True)
+    assert r.resumed_from == 10 and r.steps_done == 20
+    assert _metrics(part) == _metrics(full)
+    with safe_open(str(full / "checkpoint.safetensors"), "pt") as a, \
+            safe_open(str(part / "checkpoint.safetensors"), "pt") as b:
+        assert sorted(a.keys()) == sorted(b.keys())
+        for k in a.keys():
+            assert a.get_tensor(k).equal(b.get_tensor(k)), k
+
+
+def test_refuses_to_clobber_an_existing_run(cli, tiny_yaml, tmp_path):
+    run = tmp_path / "run"
+    assert cli("train", tiny_yaml, "--out", run, "--steps", "5").code == 0
+    r = cli("train", tiny_yaml, "--out", run, "--steps", "5")
+    assert r.code == 2 and "is a run" in r.err and "--resume" in r.err
+    assert cli("train", tiny_yaml, "--out", run, "--steps", "5", "--overwrite").code == 0
+
+
+def test_bpe_tokenizer_run(cli, tiny_yaml, tmp_path):
+    run = tmp_path / "bpe"
+    r = cli("train", tiny_yaml, "--out", run, "--steps", "5", "--set", "data.tokenizer=bpe",
+            "--set", "data.vocab_size=300", "--json")
+    assert r.code == 0, r
+    summary = json.loads(r.out)
+    assert summary["vocab_size"] == 300
+    tok = json.loads((run / "tokenizer.json").read_text())
+    assert tok["type"] == "bpe"
+    # bits per byte accounts for several bytes per token
+    assert summary["val_bpb"] < summary["val_loss"] / math.log(2)
+
+
+def test_token_cache_is_reused(tiny_config):
+    from tformer_cli.config import from_dict
+    from tformer_cli.data import prepare
+
+    cfg = from_dict(tiny_config)
+    prepare(cfg.data)
+    again = prepare(cfg.data)
+    assert again.from_cache
+    assert len(again.train) > 100_000 and again.vocab_size > 50
