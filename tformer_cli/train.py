@@ -114,11 +114,10 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
         {"params": no_decay, "weight_decay": 0.0},
     ]
     kwargs: dict[str, Any] = {"lr": cfg.train.lr, "betas": (cfg.train.beta1, cfg.train.beta2)}
-    if device.type == "cuda":
-        kwargs["fused"] = True
-    else:
-        kwargs["foreach"] = True
-    return torch.optim.AdamW(groups, **kwargs)
+    try:  # one fused kernel per step (CUDA, and CPU since torch 2.4): measured faster than foreach
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.AdamW(groups, foreach=True, **kwargs)
 
 
 class Batcher:
