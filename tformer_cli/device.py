@@ -62,9 +62,35 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 def setup_backends(device: torch.device) -> None:
+    if device.type == "cpu":
+        tune_cpu_allocator()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any float32 matmul left outside autocast
         torch.backends.cudnn.allow_tf32 = True
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep freed activation buffers in the heap instead of returning them to the OS.
+
+    glibc serves blocks over its mmap threshold with fresh pages, so every training step
+    page-faults its activations back in; raising the mmap and trim thresholds makes the
+    allocator reuse them (measured ~10% faster steps at nanoGPT's CPU shape, BENCHMARKS.md).
+    Process-wide and harmless elsewhere; TFORMER_NO_MALLOC_TUNING=1 turns it off.
+    Returns whether the setting was applied.
+    """
+    import ctypes
+    import os
+
+    if not sys.platform.startswith("linux") or os.environ.get("TFORMER_NO_MALLOC_TUNING") == "1":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum
+        ok &= libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
+        return bool(ok)
+    except (OSError, AttributeError):
+        return False
 
 
 def sync(device: torch.device) -> None:
