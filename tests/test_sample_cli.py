@@ -1,0 +1,252 @@
+"""`tformer sample`: streaming, JSON, seeds, --bench, and every bad input as a one-line error."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+
+import pytest
+import torch
+
+from conftest import TINY, run_cli
+from tformer_cli import checkpoint
+from tformer_cli.config import from_dict
+from tformer_cli.data import BPETokenizer, CharTokenizer
+from tformer_cli.model import build_model
+
+CHARS = "\n !',.?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny per-token ops run far faster on one thread when the CPUs are shared (docs/sample.md)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_run(run_dir, chars=CHARS, **sections):
+    """A run directory holding a random-init model: config.yaml, tokenizer.json, checkpoint."""
+    data = {k: dict(v) for k, v in TINY.items()}
+    for section, values in sections.items():
+        data[section].update(values)
+    cfg = from_dict(data)
+    tok = CharTokenizer(chars)
+    vocab = tok.vocab_size + (1 if cfg.train.objective == "mlm" else 0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, vocab)
+    run_dir.mkdir(parents=True)
+    checkpoint.save(run_dir, model, None, cfg, vocab, {"step": 0})
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    (run_dir / "tokenizer.json").write_text(json.dumps(tok.to_json()))
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return save_run(tmp_path_factory.mktemp("sample") / "run")
+
+
+def one_line_error(r, code, *words):
+    assert r.code == code, r
+    lines = [line for line in r.err.splitlines() if line.strip()]
+    assert lines and lines[0].startswith("error: ") and len(lines) <= 2, r.err  # error + optional hint
+    assert "Traceback" not in r.err + r.out
+    for w in words:
+        assert w in lines[0], r.err
+
+
+def test_streams_text_and_reports_speed(run):
+    writes = []
+
+    class Recorder(io.StringIO):
+        def write(self, s):
+            writes.append(s)
+            return super().write(s)
+
+    out, err = Recorder(), io.StringIO()
+    from tformer_cli.cli import main
+
+    with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as e:
+        main(["sample", str(run), "--prompt", "The ", "--max-new-tokens", "30", "--seed", "1"])
+    assert e.value.code == 0, err.getvalue()
+    assert out.getvalue().startswith("The ") and len(out.getvalue()) == len("The ") + 30 + 1  # + final newline
+    assert len([w for w in writes if w]) >= 30  # one write per token: streamed, not printed at the end
+    assert "30 new tokens" in err.getvalue() and "tokens/s" in err.getvalue()
+    assert "time to first token" in err.getvalue() and "KV cache" in err.getvalue()
+
+
+def test_same_seed_same_text(run):
+    a = run_cli("sample", run, "--prompt", "Hi", "--max-new-tokens", "25", "--seed", "3")
+    b = run_cli("sample", run, "--prompt", "Hi", "--max-new-tokens", "25", "--seed", "3")
+    c = run_cli("sample", run, "--prompt", "Hi", "--max-new-tokens", "25", "--seed", "4")
+    assert a.code == b.code == c.code == 0
+    assert a.out == b.out != c.out
+
+
+def test_json_has_samples_and_figures(run):
+    r = run_cli("sample", run, "--prompt", "ab", "--max-new-tokens", "12", "--num-samples", "2", "--seed", "0",
+                "--json")
+    assert r.code == 0, r
+    d = json.loads(r.out)
+    assert len(d["samples"]) == 2 and d["samples"][0]["text"] != d["samples"][1]["text"]
+    s = d["samples"][0]
+    assert s["new_tokens"] == 12 and len(s["tokens"]) == 12 and len(s["text"]) == 12
+    assert s["tokens_per_s"] > 0 and s["time_to_first_token_s"] > 0
+    assert d["total"]["new_tokens"] == 24 and d["kv_cache"] is True and d["seed"] == 0
+
+
+def test_greedy_with_and_without_cache_agree_past_block_size(run):
+    args = ("sample", run, "--prompt", "Hello", "--max-new-tokens", "40", "--temperature", "0", "--json")
+    cached, recompute = run_cli(*args), run_cli(*args, "--no-kv-cache")
+    assert cached.code == recompute.code == 0
+    assert json.loads(cached.out)["samples"][0]["tokens"] == json.loads(recompute.out)["samples"][0]["tokens"]
+    assert json.loads(recompute.out)["kv_cache"] is False
+
+
+def test_bench_reports_both_paths(run):
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--json", "--seed", "1")
+    assert r.code == 0, r
+    d = json.loads(r.out)
+    assert d["identical"] and d["new_tokens"] == 20 and d["speedup"] > 0
+    assert d["cached"]["tokens_per_s"] > 0 and d["recompute"]["tokens_per_s"] > 0
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20")
+    assert r.code == 0 and "KV cache" in r.out and "recompute" in r.out and "speed-up" in r.out
+
+
+def test_prompt_from_stdin_and_file(run, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("From stdin "))
+    r = run_cli("sample", run, "--max-new-tokens", "3")
+    assert r.code == 0 and r.out.startswith("From stdin "), r
+    f = tmp_path / "p.txt"
+    f.write_text("From a file ")
+    r = run_cli("sample", run, "--prompt-file", f, "--max-new-tokens", "3")
+    assert r.code == 0 and r.out.startswith("From a file "), r
+
+
+def test_empty_prompt_starts_from_newline(run):
+    r = run_cli("sample", run, "--prompt", "", "--max-new-tokens", "5", "--json")
+    assert r.code == 0 and json.loads(r.out)["prompt"] == "\n" and "newline" in r.err, r
+
+
+def test_empty_prompt_without_newline_uses_token_zero(tmp_path):
+    run = save_run(tmp_path / "run", chars="abc")
+    r = run_cli("sample", run, "--prompt", "", "--max-new-tokens", "5", "--json")
+    assert r.code == 0 and json.loads(r.out)["prompt"] == "a" and "token 0 ('a')" in r.err, r
+
+
+def test_unknown_characters_are_listed_or_skipped(run):
+    r = run_cli("sample", run, "--prompt", "Caf\u00e9 \u20ac1", "--max-new-tokens", "3")
+    one_line_error(r, 2, "3 character(s)", "'1'", "'\u00e9'", "'\u20ac'")
+    assert "--skip-unknown" in r.err
+    r = run_cli("sample", run, "--prompt", "Caf\u00e9 \u20ac1", "--max-new-tokens", "3", "--skip-unknown")
+    assert r.code == 0 and r.out.startswith("Caf "), r
+    assert "dropped 3 unknown" in r.err
+
+
+def test_missing_run_directory(tmp_path, monkeypatch):
+    one_line_error(run_cli("sample", tmp_path / "nope", "--prompt", "a"), 1, "run directory not found")
+
+    class NeverRead(io.StringIO):  # a piped stdin: the run is checked before stdin is read
+        def isatty(self):
+            return False
+
+        def read(self, *a):
+            raise AssertionError("stdin read before the run directory was checked")
+
+    monkeypatch.setattr(sys, "stdin", NeverRead())
+    one_line_error(run_cli("sample", tmp_path / "nope"), 1, "run directory not found")
+
+
+def test_directory_without_checkpoint(tmp_path):
+    one_line_error(run_cli("sample", tmp_path, "--prompt", "a"), 1, "no checkpoint")
+
+
+def test_truncated_checkpoint(run, tmp_path):
+    bad = save_run(tmp_path / "run")
+    path = bad / checkpoint.CKPT_NAME
+    path.write_bytes(path.read_bytes()[:-100])
+    one_line_error(run_cli("sample", bad, "--prompt", "a"), 1, "corrupt or truncated")
+
+
+def test_garbage_checkpoint(tmp_path):
+    bad = save_run(tmp_path / "run")
+    (bad / checkpoint.CKPT_NAME).write_bytes(b"not a checkpoint at all")
+    one_line_error(run_cli("sample", bad, "--prompt", "a"), 1, "corrupt or truncated")
+
+
+def test_tensors_not_matching_config(tmp_path):
+    bad = save_run(tmp_path / "run")
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = bad / checkpoint.CKPT_NAME
+    with safe_open(str(path), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    tensors["model.blocks.0.attn.qkv.weight"] = torch.zeros(5, 5)
+    save_file(tensors, str(path), metadata=meta)
+    one_line_error(run_cli("sample", bad, "--prompt", "a"), 1, "does not match its config",
+                   "blocks.0.attn.qkv.weight")
+
+
+def test_tokenizer_from_another_run(tmp_path):
+    bad = save_run(tmp_path / "run")
+    (bad / "tokenizer.json").write_text(json.dumps(CharTokenizer("abc").to_json()))
+    one_line_error(run_cli("sample", bad, "--prompt", "a"), 1, "tokenizer.json")
+
+
+def test_masked_lm_refuses_to_generate(tmp_path):
+    run = save_run(tmp_path / "run", model={"causal": False}, train={"objective": "mlm"})
+    one_line_error(run_cli("sample", run, "--prompt", "a"), 2, "masked language model",
+                   "no next-token distribution")
+
+
+def test_bidirectional_model_generates_and_warns_once(tmp_path):
+    run = save_run(tmp_path / "run", model={"causal": False})
+    r = run_cli("sample", run, "--prompt", "a", "--max-new-tokens", "20", "--num-samples", "2")
+    assert r.code == 0, r
+    assert r.err.count("warning") == 1 and "future tokens" in r.err
+    assert "recompute" in r.err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--temperature", "-1"], "--temperature"),
+    (["--top-k", "0"], "--top-k"),
+    (["--top-p", "2"], "--top-p"),
+    (["--max-new-tokens", "0"], "--max-new-tokens"),
+    (["--num-samples", "0"], "--num-samples"),
+    (["--prompt-file", "/nonexistent/p.txt"], "--prompt-file"),
+    (["--prompt-file", "x", "--prompt", "a"], "not both"),
+])
+def test_bad_options_are_usage_errors(run, args, words):
+    one_line_error(run_cli("sample", run, *args), 2, words)
+
+
+def test_bpe_stream_decodes_split_characters():
+    from tformer_cli.commands.sample import IncrementalDecoder
+
+    tok = BPETokenizer.train("plain ascii text only, nothing else here\n" * 20, 270)
+    text = "h\u00e9llo \u2603 w\u00f6rld"
+    ids = tok.encode(text)
+    assert len(ids) > len(text.encode("utf-8")) // 2  # unseen bytes stay single-byte tokens
+    dec = IncrementalDecoder(tok, ids[:1])
+    pieces = [dec.push(t) for t in ids[1:]]
+    assert tok.decode(ids[:1]) + "".join(pieces) == text
+    assert not any("\ufffd" in p for p in pieces)
+
+
+def test_help_explains_the_window():
+    r = run_cli("sample", "--help")
+    assert r.code == 0 and "block_size // 2" in r.out and "rebuilt" in r.out and "xample" in r.out
+
+
+
+def test_sample_a_run_from_tformer_train(cli, tiny_yaml, tmp_path):
+    run = tmp_path / "trained"
+    assert cli("train", tiny_yaml, "--out", run, "--steps", "10", "--json").code == 0
+    r = cli("sample", run, "--prompt", "The ", "--max-new-tokens", "40", "--seed", "1")
+    assert r.code == 0 and r.out.startswith("The ") and len(r.out) == len("The ") + 40 + 1, r
+    assert "40 new tokens" in r.err and "tokens/s" in r.err

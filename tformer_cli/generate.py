@@ -1,0 +1,274 @@
+"""Generation: a pure generator of token ids, with a KV cache, and the speed figures around it.
+
+Window policy, shared by the cached and the recompute path so that both condition every
+prediction on exactly the same tokens at exactly the same positions (greedy output is then
+token-for-token identical):
+
+* The model sees at most ``block_size`` tokens, at window positions ``0 .. L-1``.
+* A prompt longer than ``block_size`` is cut to its newest ``block_size`` tokens.
+* When appending a sampled token would make the window longer than ``block_size``, the window
+  is cut to its newest ``keep = max(1, block_size // 2)`` tokens (the new token included),
+  which then sit at positions ``0 .. keep-1``.  The cached path rebuilds its cache with one
+  prefill forward over those tokens; the recompute path forwards the whole window every step.
+
+Why halve instead of sliding by one token: with learned or sinusoidal positions every token's
+position (and so every cached key) changes when the window slides, so a one-token slide would
+cost a full prefill per token.  After a halving cut, the next ``block_size - keep`` tokens are
+cheap cached steps again.  An LSTM follows the same policy, its (h, c) state playing the cache.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable, Iterator
+
+import torch
+
+from tformer_cli.errors import ConfigError
+
+
+def keep_after_cut(block_size: int) -> int:
+    """How many of the newest tokens survive a window cut (see the module docstring)."""
+    return max(1, block_size // 2)
+
+
+def uses_cache(model: torch.nn.Module, use_cache: bool = True) -> bool:
+    """Whether generation will reuse state between steps: a KV cache (causal GPT) or the LSTM state.
+
+    A bidirectional GPT (model.causal=false) cannot: its keys for old tokens change whenever a
+    new token arrives, so every step recomputes the window.
+    """
+    if not use_cache:
+        return False
+    return model.cfg.arch == "lstm" or bool(getattr(model, "supports_cache", False))
+
+
+def sampling_problems(temperature: float, top_k: int | None, top_p: float | None) -> list[str]:
+    """Every problem with the sampling settings (empty when they are valid)."""
+    p = []
+    if not (math.isfinite(temperature) and temperature >= 0):
+        p.append(f"temperature must be >= 0 (0 means greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        p.append(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not (0 < top_p <= 1):
+        p.append(f"top_p must be in (0, 1], got {top_p}")
+    return p
+
+
+def generate(
+    model: torch.nn.Module,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+) -> Iterator[int]:
+    """Yield ``max_new_tokens`` new token ids continuing ``prompt_ids``, one at a time.
+
+    ``model`` (in eval mode) is a GPT or an LSTMLM.  temperature 0 is greedy (argmax); otherwise
+    logits / temperature, then top-k, then top-p (nucleus) filtering, then a draw with
+    ``generator`` (on the model's device).  ``use_cache=False`` recomputes the whole window at
+    every step; both paths follow the window policy of this module, so greedy tokens agree.
+    Arguments are checked here, before the first token is asked for.
+    """
+    problems = sampling_problems(temperature, top_k, top_p)
+    vocab = model.vocab_size
+    if max_new_tokens < 0:
+        problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not prompt_ids:
+        problems.append("the prompt is empty: give at least one token id")
+    elif not all(0 <= t < vocab for t in prompt_ids):
+        problems.append(f"prompt token ids must lie in [0, {vocab})")
+    if model.training:
+        problems.append("the model is in training mode (dropout on): call model.eval() first")
+    if problems:
+        raise ConfigError(problems)
+    sample = _sampler(temperature, top_k, top_p, generator)
+    return _tokens(model, list(prompt_ids), max_new_tokens, sample, uses_cache(model, use_cache))
+
+
+@torch.inference_mode()
+def _tokens(model, window: list[int], n: int, sample, cached: bool) -> Iterator[int]:
+    # torch.inference_mode on a generator function is re-entered at each resume, so the
+    # caller's own grad mode is untouched between tokens.
+    block = model.cfg.block_size
+    keep = keep_after_cut(block)
+    window = window[-block:]
+    step = _Stepper(model, cached)
+    logits = step.prefill(window)  # (1, V)
+    for i in range(n):
+        tok = sample(logits)  # (1, 1) on the model's device: fed back without a host copy
+        t = int(tok.item())  # the one host sync per token: the caller wants a Python int
+        yield t
+        if i == n - 1:
+            return  # no forward for a token nobody will ask for
+        window.append(t)
+        if len(window) > block:
+            window = window[-keep:]
+            logits = step.prefill(window)
+        elif cached:
+            logits = step.extend(tok, len(window) - 1)
+        else:
+            logits = step.prefill(window)
+
+
+class _Stepper:
+    """The model calls of one generation: a prefill over a window, or one token after the cache."""
+
+    def __init__(self, model, cached: bool):
+        self.model, self.cached = model, cached
+        self.device = next(model.parameters()).device
+        self.lstm = model.cfg.arch == "lstm"
+        self.cache = None
+        self.state = None  # LSTM (h, c)
+        if cached and not self.lstm:
+            self.cache = model.new_cache(1, self.device, next(model.parameters()).dtype)
+
+    def prefill(self, window: list[int]) -> torch.Tensor:
+        """Logits (1, V) after ``window`` at positions 0..len-1, (re)building the cache."""
+        idx = torch.tensor([window], dtype=torch.long, device=self.device)  # (1, T)
+        if self.lstm:
+            out = self.model(idx, state=None, last_only=True)
+            self.state = out.state if self.cached else None
+        elif self.cache is not None:
+            self.cache.length = 0  # reuse the buffers: update() writes from position `length`
+            out = self.model(idx, cache=self.cache, last_only=True)
+        else:
+            out = self.model(idx, last_only=True)
+        return out.logits[:, -1, :]
+
+    def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
+        """Logits (1, V) after one more token ``tok`` (1, 1) at window position ``pos``."""
+        if self.lstm:
+            out = self.model(tok, state=self.state, last_only=True)
+            self.state = out.state
+        else:
+            out = self.model(tok, start_pos=pos, cache=self.cache, last_only=True)
+        return out.logits[:, -1, :]
+
+
+def _sampler(temperature: float, top_k: int | None, top_p: float | None,
+             generator: torch.Generator | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function logits (1, V) -> token (1, 1), all on the device (no host sync)."""
+
+    def sample(logits: torch.Tensor) -> torch.Tensor:
+        if temperature == 0:
+            return logits.argmax(dim=-1, keepdim=True)
+        logits = logits.float() / temperature
+        if top_k is not None and top_k < logits.size(-1):
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (1, 1) the k-th largest
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if top_p is not None and top_p < 1.0:
+            logits = _nucleus(logits, top_p)
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, 1, generator=generator)
+
+    return sample
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of most likely tokens whose probability reaches top_p
+    (Holtzman et al., 2020): a token goes when the tokens ranked above it already hold top_p."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_above = probs.cumsum(dim=-1) - probs  # the most likely token has 0 above it: always kept
+    sorted_logits = sorted_logits.masked_fill(mass_above >= top_p, float("-inf"))
+    return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+
+
+# ---------------------------------------------------------------- speed
+
+
+@dataclass
+class Speed:
+    """Figures of one generation.
+
+    time_to_first_token_s: from the first request until the first token arrives (prompt
+    processing included).  tokens_per_s: the tokens after the first over the time after the
+    first, so prompt processing is excluded (DESIGN.md); None with fewer than two tokens.
+    """
+
+    new_tokens: int
+    time_to_first_token_s: float | None
+    tokens_per_s: float | None
+    total_s: float
+
+    @property
+    def decode_s(self) -> float:
+        return self.total_s - (self.time_to_first_token_s or 0.0)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def timed(tokens: Iterable[int], on_token: Callable[[int], None] | None = None,
+          clock: Callable[[], float] = time.perf_counter) -> tuple[list[int], Speed]:
+    """Drain a token iterator, calling ``on_token`` for each, and time it (see Speed)."""
+    ids: list[int] = []
+    start = clock()
+    first = None
+    for t in tokens:
+        if first is None:
+            first = clock() - start
+        ids.append(t)
+        if on_token is not None:
+            on_token(t)
+    total = clock() - start
+    rate = (len(ids) - 1) / (total - first) if len(ids) > 1 and total > first else None
+    return ids, Speed(len(ids), first, rate, total)
+
+
+def combine(speeds: list[Speed]) -> Speed:
+    """Several generations as one: token counts and times summed, time to first token averaged."""
+    n = sum(s.new_tokens for s in speeds)
+    ttfts = [s.time_to_first_token_s for s in speeds if s.time_to_first_token_s is not None]
+    later = sum(max(s.new_tokens - 1, 0) for s in speeds)
+    decode = sum(s.decode_s for s in speeds)
+    return Speed(n, sum(ttfts) / len(ttfts) if ttfts else None, later / decode if later and decode > 0 else None,
+                 sum(s.total_s for s in speeds))
+
+
+@dataclass
+class CacheBench:
+    """Cached vs recompute generation of the same tokens from the same prompt."""
+
+    new_tokens: int
+    prompt_tokens: int
+    block_size: int
+    cache_used: bool  # False for a bidirectional model: both paths recompute
+    cached: Speed
+    recompute: Speed
+    identical: bool  # both paths produced the same tokens
+
+    @property
+    def speedup(self) -> float | None:
+        if self.cached.tokens_per_s and self.recompute.tokens_per_s:
+            return self.cached.tokens_per_s / self.recompute.tokens_per_s
+        return None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["speedup"] = self.speedup
+        return d
+
+
+def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int = 500, *,
+                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                seed: int = 0, warmup: int = 8) -> CacheBench:
+    """Time ``new_tokens`` new tokens with the cache and by recomputation (each after a short
+    untimed warm-up), each path drawing from a generator seeded with ``seed``."""
+    device = next(model.parameters()).device
+    results = {}
+    for use_cache in (True, False):
+        for n in (warmup, new_tokens):
+            g = torch.Generator(device=device).manual_seed(seed)
+            ids, speed = timed(generate(model, prompt_ids, n, temperature=temperature, top_k=top_k,
+                                        top_p=top_p, generator=g, use_cache=use_cache))
+        results[use_cache] = (ids, speed)
+    return CacheBench(new_tokens, len(prompt_ids), model.cfg.block_size, uses_cache(model),
+                      results[True][1], results[False][1], results[True][0] == results[False][0])
