@@ -1,0 +1,326 @@
+"""The experiment engine (tformer_cli.study) and its commands: ablate, sweep, sweep-heads, study, runs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tformer_cli import study
+from tformer_cli.config import from_dict
+from tformer_cli.errors import RunError
+
+STUDY_DIR = Path(__file__).resolve().parents[1] / "tformer_cli" / "experiments" / "studies"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models train several times faster on one thread on a loaded 2-core machine."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------- a fake trainer
+
+
+class FakeTrainer:
+    """Writes what tformer_cli.train.train writes that the engine reads (summary.json, metrics,
+    a checkpoint marker); its val loss is a pure function of the member's config and seed."""
+
+    def __init__(self, fail: str | None = None, stop_after: int | None = None):
+        self.calls: list[tuple[str, int, bool]] = []
+        self.fail, self.stop_after = fail, stop_after
+
+    def __call__(self, cfg, run_dir, *, resume, progress, should_stop):
+        run_dir = Path(run_dir)
+        self.calls.append((run_dir.name, cfg.train.seed, resume))
+        if self.fail and run_dir.name.startswith(self.fail):
+            raise RunError("the loss became NaN or infinite at step 3")
+        interrupted = self.stop_after is not None and len(self.calls) > self.stop_after
+        loss = 2.0 + 0.5 * (not cfg.model.ffn) + 0.01 * (cfg.train.seed % 7) - 0.1 * (cfg.model.n_head == 4)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 5, "val_loss": loss + 1}) + "\n"
+                                               + json.dumps({"step": 10, "val_loss": loss}) + "\n")
+        (run_dir / "checkpoint.safetensors").write_text("")  # the checkpoint marker the engine looks for
+        summary = {"run_dir": str(run_dir), "steps_done": 5 if interrupted else 10, "steps": 10,
+                   "interrupted": interrupted, "train_loss": loss + 0.1, "val_loss": loss,
+                   "tokens_per_s": 1000.0 * cfg.model.n_head, "peak_memory_bytes": 1 << 20,
+                   "memory_source": "process peak RSS", "params": 123, "vocab_size": 65, "elapsed_s": 0.1,
+                   "extra": {"copy_acc": 0.5}}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+
+def fake_eval(run_dir, cfg, prompt):
+    val = json.loads((Path(run_dir) / "summary.json").read_text())["val_loss"]
+    return {"val_loss_causal": val + 3.0 * (not cfg.model.causal), "sample": "The cat"}
+
+
+def _spec(tiny_config, members, seeds=(1, 2)):
+    return study.Spec("ablate", from_dict(tiny_config).to_dict(), members, list(seeds))
+
+
+# ---------------------------------------------------------------- engine
+
+
+def test_engine_runs_every_member_and_seed_with_only_its_overrides(tiny_config, tmp_path):
+    base = from_dict(tiny_config)
+    members = study.ablation_members(base, no_causal_mask=True, no_ffn=True)
+    fake = FakeTrainer()
+    seen = {}
+
+    def trainer(cfg, run_dir, **kw):
+        seen[Path(run_dir).name] = cfg
+        return fake(cfg, run_dir, **kw)
+
+    r = study.run_experiment(_spec(tiny_config, members), tmp_path / "exp", trainer=trainer, evaluator=fake_eval)
+    assert [(x["member"], x["seed"]) for x in r.rows] == [
+        ("baseline", 1), ("baseline", 2), ("no-causal-mask", 1), ("no-causal-mask", 2), ("no-ffn", 1), ("no-ffn", 2)]
+    base_d = base.to_dict()
+    for name, cfg in seen.items():  # members differ from the base only in their overrides and the seed
+        d = cfg.to_dict()
+        diffs = {f"{s}.{k}" for s in d for k in d[s] if d[s][k] != base_d[s][k]}
+        want = {"baseline": set(), "no-causal-mask": {"model.causal"}, "no-ffn": {"model.ffn"}}[name.rsplit("-s", 1)[0]]
+        assert diffs - {"train.seed"} == want
+        assert cfg.train.seed == int(name.rsplit("-s", 1)[1])
+    by = {s["member"]: s for s in r.summary}
+    assert by["no-ffn"]["diff_vs_baseline"] == pytest.approx(0.5)
+    assert by["no-ffn"]["significant"] is True  # 0.5 against a seed spread of 0.01
+    assert by["no-causal-mask"]["diff_vs_baseline"] == pytest.approx(3.0)
+    assert by["baseline"]["is_baseline"] and by["baseline"]["p_value"] is None
+    assert study.LEAK_EXPLANATION in r.notes
+    assert Path(r.plot).name == "comparison.png" and Path(r.plot).stat().st_size > 0
+
+
+def test_results_csv_and_json_schema(tiny_config, tmp_path):
+    members = study.ablation_members(from_dict(tiny_config), no_ffn=True)
+    r = study.run_experiment(_spec(tiny_config, members), tmp_path / "exp", trainer=FakeTrainer(),
+                             evaluator=fake_eval)
+    with open(tmp_path / "exp" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    header = list(rows[0].keys())
+    assert header[: len(study.CSV_COLUMNS)] == study.CSV_COLUMNS
+    assert "copy_acc" in header and "d_k" in header  # TrainResult.extra and d_k become columns
+    assert len(rows) == 4 and {row["status"] for row in rows} == {"ok"}
+    assert float(rows[0]["val_loss"]) == pytest.approx(r.rows[0]["val_loss"])
+    assert int(rows[2]["params_ffn"]) == 0 and int(rows[0]["params_ffn"]) > 0  # anatomy split per member
+    data = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert set(data) >= {"kind", "rows", "summary", "members", "seeds", "significance_rule", "memory_note",
+                         "execution", "notes", "plot", "interrupted"}
+    assert data["rows"] == json.loads(json.dumps(r.rows))
+    assert json.loads((tmp_path / "exp" / "experiment.json").read_text())["seeds"] == [1, 2]
+
+
+def test_failed_member_is_recorded_and_the_others_run(tiny_config, tmp_path):
+    members = study.ablation_members(from_dict(tiny_config), no_causal_mask=True, no_ffn=True)
+    fake = FakeTrainer(fail="no-causal-mask")
+    r = study.run_experiment(_spec(tiny_config, members, seeds=[1]), tmp_path / "exp", trainer=fake,
+                             evaluator=fake_eval)
+    status = {x["member"]: (x["status"], x["error"]) for x in r.rows}
+    assert status["no-causal-mask"] == ("failed", "the loss became NaN or infinite at step 3")
+    assert status["no-ffn"][0] == "ok" and status["baseline"][0] == "ok"
+    assert not r.interrupted
+
+
+def test_resume_skips_finished_members_and_continues_the_unfinished(tiny_config, tmp_path):
+    members = study.ablation_members(from_dict(tiny_config), no_ffn=True, pos=["rope"])
+    spec = _spec(tiny_config, members, seeds=[1])
+    stops = iter([False, False, True])  # stop before the third member: it never starts
+    first = FakeTrainer(stop_after=1)  # the second member is interrupted half-way
+    r1 = study.run_experiment(spec, tmp_path / "exp", trainer=first, evaluator=fake_eval,
+                              should_stop=lambda: next(stops, True))
+    assert r1.interrupted
+    assert [x["status"] for x in r1.rows] == ["ok", "interrupted", "not run"]
+    second = FakeTrainer()
+    r2 = study.run_experiment(study.load_spec(tmp_path / "exp"), tmp_path / "exp", resume=True, trainer=second,
+                              evaluator=fake_eval)
+    assert second.calls == [("no-ffn-s1", 1, True), ("pos-rope-s1", 1, False)]  # baseline skipped
+    assert [x["status"] for x in r2.rows] == ["ok", "ok", "ok"] and not r2.interrupted
+
+
+def test_refuses_to_overwrite_an_experiment(tiny_config, tmp_path):
+    from tformer_cli.errors import ConfigError
+
+    spec = _spec(tiny_config, study.ablation_members(from_dict(tiny_config), no_ffn=True), seeds=[1])
+    study.run_experiment(spec, tmp_path / "exp", trainer=FakeTrainer(), evaluator=fake_eval)
+    with pytest.raises(ConfigError, match="exists and is not empty"):
+        study.run_experiment(spec, tmp_path / "exp", trainer=FakeTrainer(), evaluator=fake_eval)
+
+
+def test_ablating_the_baselines_own_value_is_refused(tiny_config):
+    from tformer_cli.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="baseline's value already"):
+        study.ablation_members(from_dict(tiny_config), pos=["learned"])
+
+
+def test_combine_makes_one_member_with_every_flag(tiny_config):
+    members = study.ablation_members(from_dict(tiny_config), no_ffn=True, activation=["relu"], combine=True)
+    assert [m.name for m in members] == ["baseline", "no-ffn+act-relu"]
+    assert members[1].overrides == {"model.ffn": False, "model.activation": "relu"}
+
+
+def test_grid_is_the_full_product_and_invalid_members_are_refused_before_training(tiny_config, tmp_path):
+    from tformer_cli.errors import ConfigError
+
+    base = from_dict(tiny_config)
+    grid = study.parse_grid(["model.n_head=1,2,4", "model.d_model=16,32"])
+    members = study.grid_members(base, grid)
+    assert len(members) == 6 and members[0].axes == {"model.n_head": 1, "model.d_model": 16}
+    bad = study.Spec("sweep", base.to_dict(), study.grid_members(base, {"model.n_head": [2, 3]}), [1])
+    fake = FakeTrainer()
+    with pytest.raises(ConfigError, match="member n_head-3: model.n_head: d_model=32 is not divisible"):
+        study.run_experiment(bad, tmp_path / "exp", trainer=fake, evaluator=fake_eval)
+    assert fake.calls == [] and not (tmp_path / "exp").exists()
+
+
+def test_welch_p_value():
+    # Welch's t = -2.191, df = 6 for these samples: two-sided p = 0.0710 (textbook value)
+    assert study.welch_p([1, 2, 3, 4], [3, 4, 5, 6]) == pytest.approx(0.0710, abs=5e-4)
+    assert study.welch_p([1.0], [2.0, 3.0]) is None  # one seed: noise unknown
+    assert study.welch_p([1, 1.1, 0.9], [5, 5.1, 4.9]) < 1e-4
+
+
+# ---------------------------------------------------------------- parameter matching
+
+
+@pytest.mark.parametrize("flags, by", [
+    ({"no_ffn": True}, "n_layer"),
+    ({"no_ffn": True}, "d_model"),
+    ({"no_ffn": True}, "d_ff"),  # no FFN to resize: falls back to n_layer, and says so
+    ({"ffn_mult": [8.0]}, "d_ff"),
+    ({"activation": ["swiglu"]}, "d_model"),
+])
+def test_match_params_within_5_percent(tiny_config, flags, by):
+    tiny_config["model"].update(n_layer=4, d_model=64, n_head=4)
+    base = from_dict(tiny_config)
+    spec = study.Spec("ablate", base.to_dict(), study.ablation_members(base, **flags), [1])
+    study.match_params(spec, by, vocab_size=65)
+    target = study._params(base, 65)
+    m = spec.members[1]
+    n = study._params(base.replace(m.overrides), 65)
+    assert abs(n - target) <= 0.05 * target, m.resized
+    assert m.resized  # the table says what was resized (or that nothing needed to be)
+    if flags.get("activation"):  # swiglu's default d_ff already keeps the count by the 2/3 rule
+        assert m.resized.startswith("none needed")
+    if flags.get("no_ffn") and by == "d_ff":
+        assert "n_layer instead of d_ff" in m.resized
+
+
+def test_swiglu_keeps_params_by_the_two_thirds_rule(tiny_config):
+    tiny_config["model"].update(d_model=96, n_head=4)
+    base = from_dict(tiny_config)
+    swiglu = base.replace({"model.activation": "swiglu"})
+    a, b = study._params(base, 65), study._params(swiglu, 65)
+    assert abs(a - b) <= 0.01 * a
+
+
+# ---------------------------------------------------------------- commands
+
+
+def test_sweep_heads_refuses_bad_head_counts_before_training(cli, tiny_yaml, tmp_path):
+    r = cli("sweep-heads", tiny_yaml, "--heads", "1,3,4,5", "--d-model", "64", "--out", tmp_path / "exp")
+    assert r.code == 2
+    valid = "valid head counts for d_model=64: 1, 2, 4, 8, 16, 32, 64"
+    assert f"model.n_head: d_model=64 is not divisible by n_head=3; {valid}" in r.err
+    assert f"model.n_head: d_model=64 is not divisible by n_head=5; {valid}" in r.err
+    assert "n_head=4;" not in r.err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_sweep_dmodel_refuses_widths_the_head_count_does_not_divide(cli, tiny_yaml, tmp_path):
+    r = cli("sweep-dmodel", tiny_yaml, "--d-model", "30,32", "--heads", "4", "--out", tmp_path / "exp")
+    assert r.code == 2 and "d_model=30 is not divisible by n_head=4" in r.err
+    assert not (tmp_path / "exp").exists()
+
+
+def test_resume_refuses_new_flags(cli, tmp_path):
+    r = cli("ablate", "--resume", tmp_path, "--no-ffn")
+    assert r.code == 2 and "do not also give --no-ffn" in r.err
+
+
+@pytest.mark.parametrize("path", sorted(STUDY_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_study_files_build_valid_members(path):
+    """Every study file builds its members and validates them (nothing trains)."""
+    from tformer_cli.commands import experiments as cmd
+
+    raw = yaml.safe_load(path.read_text())
+    if "experiment" not in raw:
+        pytest.skip("a preset, not a study")
+    cfg, exp = cmd.experiment_config(path, None, None, None, None, None, None)
+    if exp["kind"] == "ablate":
+        spec = cmd.ablate_spec(cfg, {k: v for k, v in exp.items() if k != "match"})  # match needs the corpus
+    else:
+        spec = cmd.sweep_spec(cfg, cmd._file_grid(exp), exp.get("seeds"))
+    study.validate_members(spec)
+    assert len(spec.members) >= 2
+
+
+@pytest.mark.slow
+def test_sweep_command_end_to_end_with_pivot_and_runs_listing(cli, tiny_yaml, tmp_path):
+    out = tmp_path / "runs" / "exp"
+    r = cli("sweep", tiny_yaml, "--grid", "model.n_head=1,2", "--grid", "model.d_model=16", "--steps", "4",
+            "--set", "train.eval_interval=4", "--out", out)
+    assert r.code == 0, r
+    assert "n_head \\ model.d_model" in r.out.replace("model.n_head", "n_head")  # the pivot table
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(row["model.n_head"], row["model.d_model"], row["d_k"]) for row in rows] == [
+        ("1", "16", "16"), ("2", "16", "8")]
+    assert all(row["status"] == "ok" and row["sample"].startswith("The ") for row in rows)
+    assert (out / "comparison.png").stat().st_size > 0
+    assert (out / "members" / "n_head-2_d_model-16-s1337" / "summary.json").exists()
+    listing = cli("runs", tmp_path / "runs", "--json")
+    assert listing.code == 0
+    entries = json.loads(listing.out)
+    assert [(e["type"], e["kind"], e["members"], e["status"]) for e in entries] == [
+        ("experiment", "sweep", 2, "finished")]
+
+
+def test_same_seeds_give_the_same_results(tiny_config, tmp_path):
+    tiny_config["train"]["steps"] = 6
+    members = [study.Member("baseline")]
+    runs = [study.run_experiment(_spec(tiny_config, members, seeds=[3]), tmp_path / f"e{i}") for i in range(2)]
+    a, b = (r.rows[0] for r in runs)
+    assert a["val_loss"] == b["val_loss"] and a["val_loss_causal"] == b["val_loss_causal"]
+    assert a["sample"] == b["sample"]
+
+
+@pytest.mark.slow
+def test_causal_mask_leak_shows_in_both_losses(tiny_config, tmp_path):
+    """Without the mask the teacher-forced loss falls below the baseline's while the
+    causal-consistent loss rises above it (rope makes "attend to the next token" quick to learn)."""
+    tiny_config["model"]["pos_encoding"] = "rope"
+    tiny_config["train"].update(steps=250, lr=0.01, batch_size=8, eval_interval=125)
+    base = from_dict(tiny_config)
+    spec = study.Spec("ablate", base.to_dict(), study.ablation_members(base, no_causal_mask=True), [1337])
+    r = study.run_experiment(spec, tmp_path / "exp")
+    by = {s["member"]: s for s in r.summary}
+    b, leak = by["baseline"], by["no-causal-mask"]
+    assert b["val_loss_causal"] == pytest.approx(b["val_loss"], abs=1e-3)  # causal, same windows: equal
+    assert leak["val_loss"] < b["val_loss"] - 0.5  # teacher-forced: copies the future
+    assert leak["val_loss_causal"] > b["val_loss_causal"] + 0.5  # causal-consistent: cannot predict
+    assert study.LEAK_EXPLANATION in r.notes
+
+
+@pytest.mark.slow
+def test_process_per_member_on_cpu_with_a_fake_device_list(tiny_config, tmp_path):
+    """The --parallel path: one `tformer train` process per member, two devices at a time."""
+    tiny_config["train"].update(steps=4, eval_interval=4)
+    base = from_dict(tiny_config)
+    members = [study.Member("baseline"), study.Member("bad", {"data.corpus": "/nonexistent.txt"},
+                                                      "a corpus that does not exist")]
+    spec = study.Spec("ablate", base.to_dict(), members, [5])
+    r = study.run_experiment(spec, tmp_path / "exp", parallel=True, devices=["cpu", "cpu"])
+    assert r.execution.startswith("in parallel, one process per device")
+    status = {x["member"]: x for x in r.rows}
+    assert status["baseline"]["status"] == "ok" and status["baseline"]["sample"].startswith("The ")
+    assert status["bad"]["status"] == "failed" and "nonexistent" in status["bad"]["error"]
+    inline = study.run_experiment(study.Spec("ablate", base.to_dict(), members[:1], [5]), tmp_path / "inline")
+    assert status["baseline"]["val_loss"] == inline.rows[0]["val_loss"]  # same result either way
