@@ -60,7 +60,7 @@ def parts(m: ModelConfig, vocab_size: int) -> list[Part]:
 class Totals:
     params: int  # all parameters (a tied head counted once)
     non_embedding: int  # less the position table: nanoGPT's N
-    flops_per_token: int  # training FLOPs per token: 6N + 12 L T d
+    flops_per_token: int  # training FLOPs per token: 6N + 12 L T d (tied head; see totals)
     by_group_params: dict[str, int]
     by_group_flops: dict[str, int]
 
@@ -70,13 +70,14 @@ def totals(m: ModelConfig, vocab_size: int) -> Totals:
     params = sum(p.params for p in ps)
     pos = sum(p.params for p in ps if p.name.startswith("position"))
     n = params - pos
-    attn = 0 if m.arch == "lstm" else 12 * m.n_layer * m.block_size * m.d_model
     groups_p: dict[str, int] = {}
     groups_f: dict[str, int] = {}
     for p in ps:
         groups_p[p.group] = groups_p.get(p.group, 0) + p.params
         groups_f[p.group] = groups_f.get(p.group, 0) + p.flops
-    return Totals(params, n, 6 * n + attn, groups_p, groups_f)
+    # The sum of the parts: 6N + 12 L T d for a tied head; an untied embedding is a lookup,
+    # not a matmul, so its V x d_model parameters add no FLOPs (only the head's do).
+    return Totals(params, n, sum(p.flops for p in ps), groups_p, groups_f)
 
 
 def memory_bytes(params: int) -> dict[str, dict[str, int]]:
@@ -85,3 +86,27 @@ def memory_bytes(params: int) -> dict[str, dict[str, int]]:
         "float32": {"weights": 4 * params, "gradients": 4 * params, "adamw": 8 * params},
         "bfloat16": {"weights": 2 * params, "gradients": 2 * params, "adamw": 4 * params},
     }
+
+
+def matched_lstm_d_model(m: ModelConfig, vocab_size: int, non_embedding: bool = False) -> int:
+    """The LSTM hidden size (model.d_model with model.arch=lstm, same n_layer) whose parameter
+    count is closest to the config ``m``'s, for comparisons at equal parameters.
+
+    The LSTM's count grows monotonically with d_model, so a bisection finds the crossing;
+    ``non_embedding`` matches the counts without the token embedding and position table.
+    """
+    import dataclasses
+
+    def count(cfg: ModelConfig) -> int:
+        t = totals(cfg, vocab_size)
+        return t.non_embedding - vocab_size * cfg.d_model if non_embedding else t.params
+
+    target = count(m)
+    lstm = lambda d: dataclasses.replace(m, arch="lstm", d_model=d)  # noqa: E731
+    lo, hi = 1, max(2, m.d_model)
+    while count(lstm(hi)) < target:
+        hi *= 2
+    while hi - lo > 1:  # invariant: count(lo) < target <= count(hi), or lo == 1
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if count(lstm(mid)) < target else (lo, mid)
+    return min((lo, hi), key=lambda d: abs(count(lstm(d)) - target))
