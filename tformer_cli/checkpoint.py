@@ -59,9 +59,33 @@ def save(
     }
     meta = {k: json.dumps(v) for k, v in header.items()}
     path = run_dir / CKPT_NAME
-    atomic_write_bytes(path, st_save(tensors, metadata=meta))
-    atomic_write_text(run_dir / "checkpoint.json", json.dumps(header, indent=2, default=str) + "\n")
+    _remove_stale_temp_files(run_dir)
+    try:
+        atomic_write_bytes(path, st_save(tensors, metadata=meta))
+        atomic_write_text(run_dir / "checkpoint.json", json.dumps(header, indent=2, default=str) + "\n")
+    except OSError as e:  # the atomic write removed its temp file; the previous checkpoint is intact
+        raise _save_error(path, e, train_state.get("step")) from None
     return path
+
+
+def _remove_stale_temp_files(run_dir: Path) -> None:
+    """Temp files left by a process killed mid-save (io.atomic_write_bytes names them .NAME.*.tmp)."""
+    for stale in run_dir.glob(f".{CKPT_NAME}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError:
+            pass
+
+
+def _save_error(path: Path, e: OSError, step: Any) -> RunError:
+    import errno
+
+    kept = "the previous checkpoint was kept" if path.exists() else "no checkpoint was written"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return RunError(f"the disk is full: cannot save the step-{step} checkpoint to {path}; {kept}",
+                        hint=f"free some space, then continue with: tformer train --resume {path.parent}")
+    return RunError(f"cannot save the step-{step} checkpoint to {path}: {e.strerror or e}; {kept}",
+                    hint="check that the run directory is writable")
 
 
 class Checkpoint:

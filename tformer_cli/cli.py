@@ -8,6 +8,7 @@ Set TFORMER_DEBUG=1 to see tracebacks.
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
         if type(e).__name__ == "OutOfMemoryError":
             _err("the GPU ran out of memory",
                  "use a smaller train.batch_size or model.block_size, or raise train.grad_accum")
+            sys.exit(1)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            _err(f"the disk is full ({e.filename or 'while writing'})", "free some space and try again")
             sys.exit(1)
         _err(f"unexpected {type(e).__name__}: {e}", "set TFORMER_DEBUG=1 to see the traceback")
         sys.exit(1)

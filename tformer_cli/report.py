@@ -158,7 +158,8 @@ def summary_table(r: dict[str, Any], title: str = "run summary") -> Table:
         ("tokens/s", f"{fmt_int(r['tokens_per_s'])}  (median, eval excluded)"),
         ("ms/step", "-" if r["ms_per_step"] is None else f"{r['ms_per_step']:.1f}"),
         ("MFU", "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}% of {r['peak_flops'] / 1e9:,.0f} GFLOP/s "
-         f"({r['peak_source']})"),
+         f"({r['peak_source']})" + (" - over 100%: the machine was busier while the peak was timed"
+                                    if r["mfu"] > 1 else "")),
         ("peak memory", f"{fmt_bytes(r['peak_memory_bytes'])} ({r['memory_source']})"),
         ("parameters", f"{r['params']:,} ({r['non_embedding_params']:,} non-embedding)"),
         ("device", f"{r['device']}, {r['dtype']}" + (", compiled" if r["compiled"] else "")),

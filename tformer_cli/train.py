@@ -135,23 +135,27 @@ class Batcher:
         return t.to(self.device)
 
     def _finish(self, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask (MLM) the whole global batch, then keep this rank's rows, so the rows, and their
+        masks, are those of a single process drawing the global batch."""
         if self.mlm:  # predict the masked tokens of the same window, not the next ones
             x, y = mlm_mask(x, self.mask_id, self.mask_id, seed)
-        return self._to_device(x), self._to_device(y)
+        B, r = self.cfg.train.batch_size, self.dist.rank
+        rows = slice(r * B, (r + 1) * B)  # this rank's share of the global batch (all of it on 1 process)
+        return self._to_device(x[rows]), self._to_device(y[rows])
 
     def train_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
         B, W = self.cfg.train.batch_size, self.dist.world
         seed = mix_seed(self.cfg.train.seed, step, micro)
         x, y = sample_windows(self.ds.train, self.cfg.model.block_size, B * W, seed)
-        rows = slice(self.dist.rank * B, (self.dist.rank + 1) * B)  # this rank's share of the global batch
-        return self._finish(x[rows], y[rows], seed + 1)
+        return self._finish(x, y, seed + 1)
 
     def eval_batches(self, split: str, n_batches: int):
         ids = self.ds.val if split == "val" else self.ds.train
-        B = self.cfg.train.batch_size
+        # Eval batch i is a global batch (batch_size x world rows) split over the ranks like a
+        # training batch: every rank evaluates every batch (its rows), so the windows are those of
+        # one process with batch_size x world, and eval_iters < world leaves no rank idle.
+        B = self.cfg.train.batch_size * self.dist.world
         for i in range(n_batches):
-            if i % self.dist.world != self.dist.rank:
-                continue  # ranks share the evaluation windows; results are summed over ranks
             seed = mix_seed(EVAL_SEED, i)
             x, y = sample_windows(ids, self.cfg.model.block_size, B, seed)
             yield self._finish(x, y, seed + 1)
@@ -300,6 +304,7 @@ def train(
     if resume:
         ckpt = checkpoint.load(run_dir)
         start_step = resumed_from = int(ckpt.train_state.get("step", 0))
+        _check_global_batch(ckpt, cfg, dist)
 
     torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed alone
     raw_model = build_model(cfg.model, vocab_size).to(device)
@@ -319,12 +324,19 @@ def train(
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None)
+        # No buffer sync per forward: the model's buffers (masks, RoPE tables) never change in
+        # training, and a per-forward broadcast would be a collective inside evaluate().  The
+        # switch was renamed in torch 2.13 (forward_sync_buffers); broadcast_buffers before.
+        import inspect
+
+        no_sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                      else "broadcast_buffers")
+        model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None,
+                    **{no_sync_kw: False})
     if compile_on:
         model = torch.compile(model)
 
     totals = anatomy.totals(cfg.model, vocab_size)
-    peak = dev.peak_flops(device, dtype) if dist.main else None
     batcher = Batcher(ds, cfg, device, dist, vocab_size)
     tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum * dist.world
 
@@ -350,24 +362,58 @@ def train(
     loss_count = int(state["loss_count"])
     rates: list[float] = []
     interval_t0, interval_steps, eval_time = time.perf_counter(), 0, 0.0
-    report(Event("start", start_step, steps, message=f"{device.type} {dev.dtype_name(dtype)}"))
+    procs = f" x {dist.world} processes" if dist.world > 1 else ""
+    report(Event("start", start_step, steps, message=f"{device.type} {dev.dtype_name(dtype)}{procs}"))
 
     def checkpoint_now(step: int) -> None:
-        if not dist.main:
-            return
+        # Every rank comes here (collectives below); only rank 0 writes.  The partial loss sum is
+        # averaged over ranks first, so a resume on any number of processes logs the same mean.
+        if dist.world > 1:
+            import torch.distributed as tdist
+
+            tdist.all_reduce(loss_sum)
+            loss_sum.div_(dist.world)
         state["loss_sum"], state["loss_count"] = loss_sum.item(), loss_count
         if not math.isfinite(state["loss_sum"]) or not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise _nan_error(step, cfg, dtype)
-        state["step"] = step
-        checkpoint.save(run_dir, raw_model, optimizer, cfg, vocab_size, state)
+            raise _nan_error(step, cfg, dtype)  # weights are identical on all ranks: all raise together
+        state["step"], state["world"] = step, dist.world
+        error = None
+        if dist.main:
+            try:
+                checkpoint.save(run_dir, raw_model, optimizer, cfg, vocab_size, state)
+            except Exception as e:  # told to the other ranks before re-raising, so none waits forever
+                error = e
+        if dist.world > 1:
+            from tformer_cli.distributed import PeerFailed, any_rank
+
+            if any_rank(error is not None, device) and error is None:
+                raise PeerFailed(f"rank 0 could not write the checkpoint at step {step}")
+        if error is not None:
+            raise error
         report(Event("checkpoint", step, steps, elapsed=time.perf_counter() - t_start))
+
+    stop_seen = False
+
+    def stop_agreed(step: int) -> bool:
+        """A stop asked for on any rank stops every rank at the same step.  With several processes
+        the ranks compare notes at log steps only, where the loop syncs anyway (torchrun forwards
+        Ctrl-C to every rank, but not necessarily within the same step)."""
+        nonlocal stop_seen
+        stop_seen = stop_seen or stop()
+        if dist.world == 1:
+            return stop_seen
+        if step % cfg.train.log_interval != 0 and step != start_step:
+            return False
+        from tformer_cli.distributed import any_rank
+
+        return any_rank(stop_seen, device)
 
     model.train()
     step = start_step
     interrupted = False
     try:
         while step < steps:
-            if stop():
+            if stop_agreed(step):
                 interrupted = True
                 break
             lr = lr_at(step, cfg)
@@ -444,8 +490,10 @@ def train(
     elapsed = time.perf_counter() - t_start
 
     steady = rates[1:] if len(rates) > 1 else rates  # the first interval includes warm-up
+    peak = dev.peak_flops(device, dtype) if dist.main else None  # timed after training: no warm caches to fight
     tps = statistics.median(steady) if steady else None
-    mfu = tps * totals.flops_per_token / peak.flops if (tps and peak) else None
+    # tps counts the whole job's tokens, peak is one device's: the job's peak is world x that
+    mfu = tps * totals.flops_per_token / (peak.flops * dist.world) if (tps and peak) else None
     mem, mem_src = dev.peak_memory(device)
     val = state.get("last_val_loss")
     result = TrainResult(
@@ -476,6 +524,12 @@ def train(
         init_loss_ref=math.log(vocab_size),
         resumed_from=resumed_from,
     )
+    if dist.world > 1:
+        result.extra["processes"] = dist.world
+    if dist.main and step > 0:
+        from tformer_cli.tasks import task_metrics  # synthetic corpora: e.g. the in-context loss drop
+
+        result.extra.update(task_metrics(raw_model, cfg, ds, device, dtype))
     if dist.main:
         atomic_write_text(run_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
         try:
@@ -489,11 +543,29 @@ def train(
 
 
 def _nan_error(step: int, cfg: Config, dtype: torch.dtype) -> RunError:
+    clip = "keep train.grad_clip on" if cfg.train.grad_clip > 0 else "turn train.grad_clip on (now 0; e.g. 1.0)"
+    precision = ("the run is already float32, so precision is not the cause" if dtype == torch.float32
+                 else f"or train in float32 (now {dev.dtype_name(dtype)})")
     return RunError(
         f"the loss became NaN or infinite at step {step}; the last good checkpoint was kept",
-        hint=f"lower train.lr (now {cfg.train.lr:g}), keep train.grad_clip on, or train in float32 "
-        f"(now {dev.dtype_name(dtype)})",
+        hint=f"lower train.lr (now {cfg.train.lr:g}) or {clip}; {precision}",
     )
+
+
+def _check_global_batch(ckpt, cfg: Config, dist: DistInfo) -> None:
+    """Resuming on another number of processes replays the same data only with the same global
+    batch (batch_size x processes; grad_accum cannot change on resume): refuse anything else."""
+    old_world = int(ckpt.train_state.get("world", 1))
+    old = ckpt.config.train.batch_size * old_world
+    new = cfg.train.batch_size * dist.world
+    if old != new:
+        hint = (f"pass --set train.batch_size={old // dist.world}" if old % dist.world == 0
+                else f"use a number of processes that divides {old}")
+        raise ConfigError(
+            f"--resume: the global batch would change from {old} ({ckpt.config.train.batch_size} x {old_world} "
+            f"processes) to {new} ({cfg.train.batch_size} x {dist.world})",
+            hint=hint + " to keep the global batch and the data order",
+        )
 
 
 def load_for_inference(run_dir: str | Path, device_name: str = "auto"):

@@ -4,6 +4,6 @@ Keep module level free of heavy imports (torch, matplotlib, numpy): import them 
 the command function, so that `tformer --help` stays instant.
 """
 
-from tformer_cli.commands import bench, info, train
+from tformer_cli.commands import bench, experiments, info, inside, sample, train
 
-COMMAND_MODULES = [train, bench, info]
+COMMAND_MODULES = [train, bench, info, inside, sample, experiments]

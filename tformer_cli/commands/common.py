@@ -86,6 +86,8 @@ class StopOnInterrupt:
 
     def _handler(self, signum, frame):
         if self.requested:
+            # Typer turns the KeyboardInterrupt into a silent exit 130: say what happened.
+            sys.stderr.write("\ninterrupted again: quitting at once; the last checkpoint on disk is kept\n")
             raise KeyboardInterrupt
         self.requested = True
         msg = "\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)\n"

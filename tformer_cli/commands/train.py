@@ -13,7 +13,8 @@ from tformer_cli.commands.common import (
 )
 
 # Keys that may change when a run is resumed; anything else must match the run's config.
-RESUMABLE_CHANGES = {"train.steps", "train.device", "train.compile", "train.log_interval"}
+# train.batch_size may change with the number of processes; train() checks the global batch is kept.
+RESUMABLE_CHANGES = {"train.steps", "train.device", "train.compile", "train.log_interval", "train.batch_size"}
 
 
 def register(app: typer.Typer) -> None:
@@ -23,9 +24,12 @@ def register(app: typer.Typer) -> None:
         "  tformer train                                   # the quick preset on built-in English prose\n\n"
         "  tformer train --preset shakespeare_char --data ../shared/data/tinyshakespeare.txt\n\n"
         "  tformer train --set model.n_head=8 --set model.pos_encoding=rope --steps 300\n\n"
-        "  tformer train --resume runs/20260101-120000      # continue from the last checkpoint"
+        "  tformer train --resume runs/20260101-120000      # continue from the last checkpoint\n\n"
+        "  tformer train --nproc 4 --steps 5000            # 4 processes (GPUs) with DDP; see docs/scaling.md\n\n"
+        "  torchrun --nproc_per_node=4 -m tformer_cli train --out runs/big   # the same, launched by hand"
     )
     def train(
+        ctx: typer.Context,
         config: ConfigArg = None,
         preset: PresetOpt = None,
         set_: SetOpt = None,
@@ -38,6 +42,9 @@ def register(app: typer.Typer) -> None:
                                                        show_default=False)] = None,
         overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what is in --out.")] = False,
         json_: JsonOpt = False,
+        nproc: Annotated[Optional[int], typer.Option(
+            "--nproc", help="Run N processes on this machine under torchrun (DDP), e.g. one per GPU.",
+            show_default=False)] = None,
     ) -> None:
         from tformer_cli import report
 
@@ -45,11 +52,28 @@ def register(app: typer.Typer) -> None:
             cfg, run_dir = _resume_config(resume, config, preset, set_, steps, device, seed, data)
         else:
             cfg = build_config(config, preset, set_, steps=steps, device=device, seed=seed, data=data)
-            from tformer_cli.train import default_run_dir, prepare_run_dir
+        from tformer_cli import distributed
 
-            run_dir = out or default_run_dir()
-            prepare_run_dir(run_dir, overwrite)
-        result = run_training(cfg, run_dir, resume=resume is not None, json_=json_)
+        if nproc is not None:  # validated above; the ranks run this same command without --nproc
+            from tformer_cli.device import select
+
+            cuda = select(cfg.train.device).type == "cuda"
+            args = distributed.forwarded_args(ctx, drop=("nproc", "out", "overwrite"))
+            if resume is None:  # create --out here: a clash is reported once, as in a 1-process run
+                from tformer_cli.train import DistInfo
+
+                args += ["--out", str(distributed.agree_run_dir(out, overwrite, DistInfo()))]
+            raise typer.Exit(distributed.launch(nproc, args, cuda=cuda))
+        # Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 creates, writes, prints.
+        with distributed.process_group(cfg.train.device) as dist:
+            try:
+                if resume is None:
+                    run_dir = distributed.agree_run_dir(out, overwrite, dist, cfg.train.device)
+                result = run_training(cfg, run_dir, resume=resume is not None, json_=json_, dist=dist)
+            except distributed.PeerFailed:
+                raise typer.Exit(1) from None  # the failing rank has printed why
+        if not dist.main:
+            raise typer.Exit(130 if result.interrupted else 0)
         if json_:
             report.print_json(result.to_dict())
         else:
@@ -61,13 +85,20 @@ def register(app: typer.Typer) -> None:
             report.console().print(f"next: tformer sample {run_dir} --prompt \"The \"")
 
 
-def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title: str = "training"):
-    """Train with the live display and Ctrl-C handling; the result of tformer_cli.train.train."""
+def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title: str = "training", dist=None):
+    """Train with the live display and Ctrl-C handling; the result of tformer_cli.train.train.
+
+    ``dist`` (tformer_cli.train.DistInfo) for a rank under torchrun: ranks other than 0 train
+    silently (no display; Ctrl-C, which torchrun forwards to every rank, still stops them).
+    """
     from tformer_cli import report
     from tformer_cli.train import train as core_train
 
+    if dist is not None and not dist.main:
+        with StopOnInterrupt(lambda message: None) as stop:
+            return core_train(cfg, run_dir, resume=resume, should_stop=stop, dist=dist)
     with report.TrainDisplay(title, to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:
-        return core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop)
+        return core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop, dist=dist)
 
 
 def _resume_config(resume, config, preset, sets, steps, device, seed, data):
