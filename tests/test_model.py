@@ -132,3 +132,13 @@ def test_sequence_longer_than_block_is_refused():
     model = GPT(cfg(), V)
     with pytest.raises(ValueError, match="exceeds block_size=16"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_cache_misuse_is_an_error_not_silent_garbage():
+    model = GPT(cfg(), V).eval()
+    cache = model.new_cache(1, "cpu", torch.float32)
+    model(torch.zeros(1, 16, dtype=torch.long), cache=cache)
+    with pytest.raises(ValueError, match="start_pos=3 but the KV cache holds 16"):
+        model(torch.zeros(1, 1, dtype=torch.long), start_pos=3, cache=cache)
+    with pytest.raises(ValueError):  # past block_size: refused before the cache could overflow
+        model(torch.zeros(1, 1, dtype=torch.long), start_pos=16, cache=cache)

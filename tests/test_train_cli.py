@@ -113,3 +113,38 @@ def test_token_cache_is_reused(tiny_config):
     again = prepare(cfg.data)
     assert again.from_cache
     assert len(again.train) > 100_000 and again.vocab_size > 50
+
+
+def test_overwrite_replaces_a_run_but_never_deletes_other_files(cli, tiny_yaml, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert cli("train", tiny_yaml, "--out", out, "--steps", "10", "--overwrite").code == 0
+    assert (out / "notes.txt").read_text() == "mine"
+    assert cli("train", tiny_yaml, "--out", out, "--steps", "5", "--overwrite").code == 0
+    steps = [r["step"] for r in _metrics(out)]
+    assert max(steps) == 5  # nothing of the replaced 10-step run is left in its metrics
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_sigterm_asks_the_loop_to_stop_like_a_first_ctrl_c(capsys):
+    import os
+    import signal
+
+    from tformer_cli.commands.common import StopOnInterrupt
+
+    with StopOnInterrupt() as stop:
+        assert not stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def test_nan_before_any_checkpoint_says_none_was_kept(tiny_config, tmp_path):
+    from tformer_cli.config import from_dict
+    from tformer_cli.errors import RunError
+    from tformer_cli.train import train
+
+    tiny_config["train"].update(lr=1e6, grad_clip=0.0, warmup_steps=0, eval_interval=100, steps=100)
+    with pytest.raises(RunError, match="no checkpoint had been written yet"):
+        train(from_dict(tiny_config), tmp_path / "new")

@@ -65,6 +65,8 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.length, self.length + k.size(2)
+        if end > self.max_len:  # a slice past the buffer would silently drop the write
+            raise ValueError(f"KV cache overflow: {end} positions, the cache holds {self.max_len}")
         self.k[layer][:, :, start:end] = k
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
@@ -249,6 +251,8 @@ class GPT(nn.Module):
         targets: (B, T) ids, -100 where no loss is taken.  head_mask: (n_layer, n_head) of 0/1.
         """
         B, T = idx.shape
+        if cache is not None and start_pos != cache.length:
+            raise ValueError(f"start_pos={start_pos} but the KV cache holds {cache.length} positions")
         if start_pos + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.cfg.block_size}")
         x = self.tok_emb(idx)  # (B, T, C)

@@ -189,6 +189,8 @@ def causal_consistent_loss(model, batcher: Batcher, n_windows: int, device, dtyp
     For a causal model this equals the teacher-forced loss; for a model trained without the
     mask it exposes the leak: at generation time the future is not there to copy.
     """
+    if batcher.mlm:
+        raise ValueError("causal-consistent loss is defined for next-token (clm) models, not MLM")
     was_training = model.training
     model.eval()
     losses = []
@@ -210,15 +212,20 @@ def causal_consistent_loss(model, batcher: Batcher, n_windows: int, device, dtyp
 # ---------------------------------------------------------------- run directory
 
 
-RUN_MARKERS = ("config.yaml", checkpoint.CKPT_NAME, "metrics.jsonl")
-
-
 def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.yaml").exists()
 
 
+RUN_FILES = ("config.yaml", "metrics.jsonl", "perf.jsonl", checkpoint.CKPT_NAME, "checkpoint.json",
+             "tokenizer.json", "summary.json", "loss.png")
+
+
 def prepare_run_dir(path: Path, overwrite: bool) -> None:
-    """Create the run directory; refuse to clobber anything unless told to."""
+    """Create the run directory; refuse to clobber anything unless told to.
+
+    --overwrite deletes only the files a run writes (a run there is replaced); anything
+    else in the directory is left alone, so a mistyped --out never wipes a user's folder.
+    """
     if path.exists():
         if not path.is_dir():
             raise ConfigError(f"--out {path} exists and is a file", hint="choose another --out")
@@ -229,10 +236,8 @@ def prepare_run_dir(path: Path, overwrite: bool) -> None:
                     f"--out {path} is {what}",
                     hint="use --resume to continue a run, --overwrite to replace it, or another --out",
                 )
-            import shutil
-
-            for child in path.iterdir():
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            for name in RUN_FILES:
+                (path / name).unlink(missing_ok=True)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".write-test"
@@ -282,6 +287,8 @@ def train(
     """Train ``cfg`` into ``run_dir`` (created by the caller with prepare_run_dir, or resumed)."""
     dist = dist or DistInfo()
     run_dir = Path(run_dir)
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     report = progress or (lambda e: None)
     stop = should_stop or (lambda: False)
     t_start = time.perf_counter()
@@ -375,7 +382,7 @@ def train(
             loss_sum.div_(dist.world)
         state["loss_sum"], state["loss_count"] = loss_sum.item(), loss_count
         if not math.isfinite(state["loss_sum"]) or not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise _nan_error(step, cfg, dtype)  # weights are identical on all ranks: all raise together
+            raise _nan_error(step, cfg, dtype, run_dir)  # weights are identical on all ranks: all raise together
         state["step"], state["world"] = step, dist.world
         error = None
         if dist.main:
@@ -449,7 +456,7 @@ def train(
                     tdist.all_reduce(t)
                     mean = t.item() / dist.world
                 if not math.isfinite(mean):
-                    raise _nan_error(step, cfg, dtype)
+                    raise _nan_error(step, cfg, dtype, run_dir)
                 now = time.perf_counter()
                 rate = interval_steps * tokens_per_step / max(now - interval_t0 - eval_time, 1e-9)
                 rates.append(rate)
@@ -468,7 +475,7 @@ def train(
                 t0 = time.perf_counter()
                 val = evaluate(model, batcher, cfg.train.eval_iters, device, dtype)
                 if not math.isfinite(val):
-                    raise _nan_error(step, cfg, dtype)
+                    raise _nan_error(step, cfg, dtype, run_dir)
                 state["last_val_loss"] = val
                 if state["best_val_loss"] is None or val < state["best_val_loss"]:
                     state["best_val_loss"] = val
@@ -542,12 +549,16 @@ def train(
     return result
 
 
-def _nan_error(step: int, cfg: Config, dtype: torch.dtype) -> RunError:
+def _nan_error(step: int, cfg: Config, dtype: torch.dtype, run_dir: Path) -> RunError:
+    if (run_dir / checkpoint.CKPT_NAME).exists():
+        kept = "the last good checkpoint was kept"
+    else:
+        kept = "no checkpoint had been written yet"
     clip = "keep train.grad_clip on" if cfg.train.grad_clip > 0 else "turn train.grad_clip on (now 0; e.g. 1.0)"
     precision = ("the run is already float32, so precision is not the cause" if dtype == torch.float32
                  else f"or train in float32 (now {dev.dtype_name(dtype)})")
     return RunError(
-        f"the loss became NaN or infinite at step {step}; the last good checkpoint was kept",
+        f"the loss became NaN or infinite at step {step}; {kept}",
         hint=f"lower train.lr (now {cfg.train.lr:g}) or {clip}; {precision}",
     )
 

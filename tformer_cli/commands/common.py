@@ -73,8 +73,8 @@ def flag_overrides(steps=None, device=None, seed=None, data=None, sets=None) -> 
 
 
 class StopOnInterrupt:
-    """First Ctrl-C: ask the loop to stop after the current step (it saves and returns).
-    Second Ctrl-C: exit at once (KeyboardInterrupt, exit code 130)."""
+    """First Ctrl-C (or SIGTERM): ask the loop to stop after the current step (it saves and
+    returns). Second Ctrl-C: exit at once (KeyboardInterrupt, exit code 130)."""
 
     def __init__(self, notice=None):
         self.requested = False
@@ -96,14 +96,21 @@ class StopOnInterrupt:
         else:
             sys.stderr.write(msg)
 
+    def _term(self, signum, frame):
+        # SIGTERM (a scheduler's preemption, torchrun shutting workers down): stop and save too.
+        if not self.requested:
+            self._handler(signum, frame)
+
     def __enter__(self):
+        self._old = {}
         try:
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
+            self._old[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._term)
         except ValueError:  # not in the main thread
-            self._old = None
+            pass
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in (self._old or {}).items():
+            signal.signal(sig, old)
         return False

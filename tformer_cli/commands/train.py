@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
         out: OutOpt = None,
         resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.",
                                                        show_default=False)] = None,
-        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace what is in --out.")] = False,
+        overwrite: Annotated[bool, typer.Option(
+            "--overwrite", help="Replace a run in --out (only the files a run writes are deleted).")] = False,
         json_: JsonOpt = False,
         nproc: Annotated[Optional[int], typer.Option(
             "--nproc", help="Run N processes on this machine under torchrun (DDP), e.g. one per GPU.",
