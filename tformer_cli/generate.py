@@ -244,6 +244,13 @@ class CacheBench:
     cached: Speed
     recompute: Speed
     identical: bool  # both paths produced the same tokens
+    sliding: Speed | None = None  # nanoGPT-style baseline: the newest block_size tokens, every step
+
+    @property
+    def speedup_vs_sliding(self) -> float | None:
+        if self.sliding and self.cached.tokens_per_s and self.sliding.tokens_per_s:
+            return self.cached.tokens_per_s / self.sliding.tokens_per_s
+        return None
 
     @property
     def speedup(self) -> float | None:
@@ -254,6 +261,7 @@ class CacheBench:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["speedup"] = self.speedup
+        d["speedup_vs_sliding"] = self.speedup_vs_sliding
         return d
 
 
@@ -270,5 +278,24 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
             ids, speed = timed(generate(model, prompt_ids, n, temperature=temperature, top_k=top_k,
                                         top_p=top_p, generator=g, use_cache=use_cache))
         results[use_cache] = (ids, speed)
+    sliding = None
+    if model.cfg.arch == "gpt":
+        g = torch.Generator(device=device).manual_seed(seed)
+        sample = _sampler(temperature, top_k, top_p, g)
+        _, sliding = timed(_sliding_recompute(model, list(prompt_ids), new_tokens, sample))
     return CacheBench(new_tokens, len(prompt_ids), model.cfg.block_size, uses_cache(model),
-                      results[True][1], results[False][1], results[True][0] == results[False][0])
+                      results[True][1], results[False][1], results[True][0] == results[False][0], sliding)
+
+
+@torch.inference_mode()
+def _sliding_recompute(model, ids: list[int], n: int, sample) -> Iterator[int]:
+    """The baseline of generation without a cache as nanoGPT does it: at every step a full
+    forward pass over the newest block_size tokens (a sliding crop, not this module's
+    halving window), the logits of the last position only."""
+    device = next(model.parameters()).device
+    block = model.cfg.block_size
+    for _ in range(n):
+        idx = torch.tensor([ids[-block:]], dtype=torch.long, device=device)
+        tok = sample(model(idx, last_only=True).logits[:, -1, :])
+        ids.append(int(tok.item()))
+        yield ids[-1]
