@@ -72,11 +72,11 @@ def setup_backends(device: torch.device) -> None:
 def tune_cpu_allocator() -> bool:
     """Keep freed activation buffers in the heap instead of returning them to the OS.
 
-    glibc serves blocks over its mmap threshold with fresh pages, so every training step
-    page-faults its activations back in; raising the mmap and trim thresholds makes the
-    allocator reuse them (measured ~10% faster steps at nanoGPT's CPU shape, BENCHMARKS.md).
-    Process-wide and harmless elsewhere; TFORMER_NO_MALLOC_TUNING=1 turns it off.
-    Returns whether the setting was applied.
+    glibc serves large blocks with fresh mmap'd pages, so every training step page-faults its
+    activations back in (seconds of system time per step at nanoGPT's 6-layer 384 shape).
+    Turning mmap off for the heap (M_MMAP_MAX=0) and raising the trim threshold makes the
+    allocator reuse the same memory step after step (measured in BENCHMARKS.md).
+    Process-wide; TFORMER_NO_MALLOC_TUNING=1 turns it off. Returns whether it was applied.
     """
     import ctypes
     import os
@@ -85,12 +85,14 @@ def tune_cpu_allocator() -> bool:
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-        ok = libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)  # glibc's maximum
-        ok &= libc.mallopt(m_trim_threshold, 1024 * 1024 * 1024)
-        return bool(ok)
-    except (OSError, AttributeError):
+    except OSError:
         return False
+    if not hasattr(libc, "mallopt"):  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+    ok = libc.mallopt(m_mmap_max, 0)
+    ok &= libc.mallopt(m_trim_threshold, 1 << 30)
+    return bool(ok)
 
 
 def sync(device: torch.device) -> None:
