@@ -67,6 +67,8 @@ def training_tables(runs: int) -> str:
     print("training, 6-layer 384 shape", file=sys.stderr)
     large = median_runs({
         "float32": (["bench", *LARGE, "--steps", "3", "--warmup", "1"], {}),
+        "float32, no heap tuning": (["bench", *LARGE, "--steps", "3", "--warmup", "1"],
+                                    {"TFORMER_NO_MALLOC_TUNING": "1"}),
         "bfloat16 autocast": (["bench", *LARGE, "--steps", "3", "--warmup", "1", "--dtype", "bfloat16"], {}),
     }, max(1, runs - 1))
     for name, rows in large.items():
