@@ -324,3 +324,22 @@ def test_process_per_member_on_cpu_with_a_fake_device_list(tiny_config, tmp_path
     assert status["bad"]["status"] == "failed" and "nonexistent" in status["bad"]["error"]
     inline = study.run_experiment(study.Spec("ablate", base.to_dict(), members[:1], [5]), tmp_path / "inline")
     assert status["baseline"]["val_loss"] == inline.rows[0]["val_loss"]  # same result either way
+
+
+@pytest.mark.slow
+def test_lstm_and_mlm_members_run_in_a_sweep(cli, tiny_yaml, tmp_path):
+    """The recurrent and the masked-LM baselines are ordinary experiment members (issue 7)."""
+    out = tmp_path / "arch"
+    r = cli("sweep", tiny_yaml, "--grid", "model.arch=gpt,lstm", "--steps", "4",
+            "--set", "train.eval_interval=4", "--out", out)
+    assert r.code == 0, r
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(row["model.arch"], row["status"]) for row in rows] == [("gpt", "ok"), ("lstm", "ok")]
+    assert float(rows[1]["val_loss"]) < math.log(200)
+    out = tmp_path / "objective"
+    r = cli("sweep", tiny_yaml, "--grid", "train.objective=clm,mlm", "--steps", "4",
+            "--set", "train.eval_interval=4", "--out", out)
+    assert r.code == 0, r
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [(row["train.objective"], row["status"]) for row in rows] == [("clm", "ok"), ("mlm", "ok")]
+    assert rows[1]["sample"] == "n/a (MLM)"
