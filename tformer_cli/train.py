@@ -284,269 +284,316 @@ def train(
     dist: DistInfo | None = None,
     dataset: Dataset | None = None,
 ) -> TrainResult:
-    """Train ``cfg`` into ``run_dir`` (created by the caller with prepare_run_dir, or resumed)."""
-    dist = dist or DistInfo()
-    run_dir = Path(run_dir)
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    report = progress or (lambda e: None)
-    stop = should_stop or (lambda: False)
-    t_start = time.perf_counter()
+    """Train ``cfg`` into ``run_dir`` (made by the caller with prepare_run_dir, or resumed).
 
-    device = dev.select(cfg.train.device)
-    if dist.world > 1 and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    dev.setup_backends(device)
-    dtype = dev.resolve_dtype(cfg.train.dtype, device)
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.dtype: bfloat16 is not supported on this GPU", hint="use float16 or float32")
+    ``progress`` receives Events; ``should_stop`` is polled between steps (the run then saves a
+    checkpoint and returns with ``interrupted``); ``dist`` describes this rank under torchrun.
+    """
+    return _Trainer(cfg, Path(run_dir), resume, progress, should_stop, dist or DistInfo(), dataset).run()
 
-    ds = dataset or prepare(cfg.data)
-    check_lengths(ds, cfg.model.block_size, ds.corpus)
-    vocab_size = ds.vocab_size + (1 if cfg.train.objective == "mlm" else 0)  # + [MASK]
 
-    start_step, resumed_from = 0, None
-    ckpt = None
-    if resume:
-        ckpt = checkpoint.load(run_dir)
-        start_step = resumed_from = int(ckpt.train_state.get("step", 0))
-        _check_global_batch(ckpt, cfg, dist)
+class _RunLog:
+    """metrics.jsonl (deterministic fields only) and perf.jsonl (timings), written by rank 0.
 
-    torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed alone
-    raw_model = build_model(cfg.model, vocab_size).to(device)
-    optimizer = make_optimizer(raw_model, cfg, device)
-    state: dict[str, Any] = {"step": 0, "best_val_loss": None, "loss_sum": 0.0, "loss_count": 0,
-                             "last_val_loss": None, "last_train_loss": None}
-    if ckpt is not None:
-        checkpoint.load_model_weights(raw_model, ckpt)
+    On resume both are first cut back to the checkpoint's step, so a resumed run's files end up
+    identical to an uninterrupted run's."""
+
+    def __init__(self, run_dir: Path, start_step: int, main: bool):
+        self.metrics = self.perf = None
+        if not main:
+            return
+        paths = (run_dir / "metrics.jsonl", run_dir / "perf.jsonl")
+        for path in paths:
+            kept = _read_metrics(path, start_step)  # drop what came after the checkpoint
+            atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+        self.metrics, self.perf = (open(path, "a") for path in paths)
+
+    def write(self, row: dict[str, Any], perf: bool = False) -> None:
+        f = self.perf if perf else self.metrics
+        if f is not None:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def close(self) -> None:
+        for f in (self.metrics, self.perf):
+            if f is not None:
+                f.close()
+
+
+class _Trainer:
+    """One training run: the set-up, the loop, and what a step may call (log, evaluate, save)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool, progress, should_stop, dist: DistInfo,
+                 dataset: Dataset | None):
+        self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
+        self.report = progress or (lambda e: None)
+        self.stop = should_stop or (lambda: False)
+        self.t_start = time.perf_counter()
+        if dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        self.device, self.dtype = self._device()
+        self.ds = dataset or prepare(cfg.data)
+        check_lengths(self.ds, cfg.model.block_size, self.ds.corpus)
+        self.vocab_size = self.ds.vocab_size + (1 if cfg.train.objective == "mlm" else 0)  # + [MASK]
+        self._model_and_state(resume)
+        self.totals = anatomy.totals(cfg.model, self.vocab_size)
+        self.batcher = Batcher(self.ds, cfg, self.device, dist, self.vocab_size)
+        self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum * dist.world
+        if dist.main:
+            atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+            atomic_write_text(run_dir / "tokenizer.json", json.dumps(self.ds.tokenizer.to_json()))
+        self.log = _RunLog(run_dir, self.start_step, dist.main)
+        # The training loss is summed on the device and read back once per log interval.
+        self.loss_sum = torch.tensor(self.state["loss_sum"], device=self.device, dtype=torch.float32)
+        self.loss_count = int(self.state["loss_count"])
+        self.rates: list[float] = []  # tokens/s of each log interval
+        self.interval_t0, self.interval_steps, self.eval_time = time.perf_counter(), 0, 0.0
+        self.stop_seen = False
+
+    # ------------------------------------------------------------ set-up
+
+    def _device(self) -> tuple[torch.device, torch.dtype]:
+        device = dev.select(self.cfg.train.device)
+        if self.dist.world > 1 and device.type == "cuda":
+            device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(device)
+        dev.setup_backends(device)
+        dtype = dev.resolve_dtype(self.cfg.train.dtype, device)
+        if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("train.dtype: bfloat16 is not supported on this GPU", hint="use float16 or float32")
+        return device, dtype
+
+    def _model_and_state(self, resume: bool) -> None:
+        cfg = self.cfg
+        self.start_step, self.resumed_from, ckpt = 0, None, None
+        if resume:
+            ckpt = checkpoint.load(self.run_dir)
+            self.start_step = self.resumed_from = int(ckpt.train_state.get("step", 0))
+            _check_global_batch(ckpt, cfg, self.dist)
+        torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed alone
+        self.raw_model = build_model(cfg.model, self.vocab_size).to(self.device)
+        self.optimizer = make_optimizer(self.raw_model, cfg, self.device)
+        self.state: dict[str, Any] = {"step": 0, "best_val_loss": None, "loss_sum": 0.0, "loss_count": 0,
+                                      "last_val_loss": None, "last_train_loss": None}
+        if ckpt is not None:
+            checkpoint.load_model_weights(self.raw_model, ckpt)
+            try:
+                self.optimizer.load_state_dict(ckpt.optimizer_state())
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise RunError(f"cannot restore the optimizer from {ckpt.path}: {e}") from None
+            self.state.update(ckpt.train_state)
+        self.compiled = cfg.train.compile if cfg.train.compile is not None else self.device.type == "cuda"
+        self.model = self.raw_model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # No buffer sync per forward: the model's buffers (masks, RoPE tables) never change in
+            # training, and a per-forward broadcast would be a collective inside evaluate().  The
+            # switch was renamed in torch 2.13 (forward_sync_buffers); broadcast_buffers before.
+            import inspect
+
+            no_sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                          else "broadcast_buffers")
+            self.model = DDP(self.raw_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                             **{no_sync_kw: False})
+        if self.compiled:
+            self.model = torch.compile(self.model)
+
+    # ------------------------------------------------------------ the loop
+
+    def run(self) -> TrainResult:
+        cfg, steps = self.cfg, self.cfg.train.steps
+        ckpt_interval = cfg.train.ckpt_interval or cfg.train.eval_interval
+        procs = f" x {self.dist.world} processes" if self.dist.world > 1 else ""
+        self.report(Event("start", self.start_step, steps,
+                          message=f"{self.device.type} {dev.dtype_name(self.dtype)}{procs}"))
+        self.model.train()
+        step, interrupted = self.start_step, False
         try:
-            optimizer.load_state_dict(ckpt.optimizer_state())
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise RunError(f"cannot restore the optimizer from {ckpt.path}: {e}") from None
-        state.update(ckpt.train_state)
+            while step < steps:
+                if self._stop_agreed(step):
+                    interrupted = True
+                    break
+                lr = self._step(step)
+                step += 1
+                if step % cfg.train.log_interval == 0 or step == steps:
+                    self._log_step(step, lr)
+                if step % cfg.train.eval_interval == 0 or step == steps:
+                    self._off_the_clock(self._evaluate, step)
+                if step % ckpt_interval == 0 or step == steps:
+                    self._off_the_clock(self._checkpoint, step)
+        finally:  # a raw KeyboardInterrupt may land mid-step: nothing is saved then (the CLI asks politely)
+            self.log.close()
+        if interrupted and step > self.start_step:
+            self._checkpoint(step)
+        return self._finish(step, interrupted)
 
-    compile_on = cfg.train.compile if cfg.train.compile is not None else device.type == "cuda"
-    model = raw_model
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def _step(self, step: int) -> float:
+        """One optimizer step (with gradient accumulation); returns its learning rate."""
+        cfg, dist = self.cfg, self.dist
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(mix_seed(cfg.train.seed, step, dist.rank))  # dropout of this step
+        for micro in range(cfg.train.grad_accum):
+            x, y = self.batcher.train_batch(step, micro)
+            last = micro == cfg.train.grad_accum - 1
+            # DDP all-reduces gradients once per optimizer step: not on the other micro-steps.
+            sync_ctx = self.model.no_sync() if (dist.world > 1 and not last and hasattr(self.model, "no_sync")) \
+                else contextlib.nullcontext()
+            with sync_ctx:
+                with dev.autocast(self.device, self.dtype):
+                    loss = self.model(x, y).loss / cfg.train.grad_accum
+                loss.backward()
+            self.loss_sum += loss.detach().float()  # stays on the device: no sync in the hot loop
+        if cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss_count += 1
+        self.interval_steps += 1
+        return lr
 
-        # No buffer sync per forward: the model's buffers (masks, RoPE tables) never change in
-        # training, and a per-forward broadcast would be a collective inside evaluate().  The
-        # switch was renamed in torch 2.13 (forward_sync_buffers); broadcast_buffers before.
-        import inspect
+    def _off_the_clock(self, fn: Callable[[int], None], step: int) -> None:
+        """Run ``fn(step)`` without counting its time in tokens/s (evaluation, checkpoints)."""
+        t0 = time.perf_counter()
+        fn(step)
+        self.eval_time += time.perf_counter() - t0
 
-        no_sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
-                      else "broadcast_buffers")
-        model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None,
-                    **{no_sync_kw: False})
-    if compile_on:
-        model = torch.compile(model)
+    def _log_step(self, step: int, lr: float) -> None:
+        mean = (self.loss_sum / self.loss_count).item()  # the one read-back per log interval
+        if self.dist.world > 1:
+            import torch.distributed as tdist
 
-    totals = anatomy.totals(cfg.model, vocab_size)
-    batcher = Batcher(ds, cfg, device, dist, vocab_size)
-    tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum * dist.world
+            t = torch.tensor([mean], device=self.device)
+            tdist.all_reduce(t)
+            mean = t.item() / self.dist.world
+        if not math.isfinite(mean):
+            raise _nan_error(step, self.cfg, self.dtype, self.run_dir)
+        now = time.perf_counter()
+        rate = self.interval_steps * self.tokens_per_step / max(now - self.interval_t0 - self.eval_time, 1e-9)
+        self.rates.append(rate)
+        self.state["last_train_loss"] = mean
+        self.log.write({"step": step, "train_loss": round(mean, 6), "lr": lr, "tokens": step * self.tokens_per_step})
+        self.log.write({"step": step, "tokens_per_s": round(rate, 1)}, perf=True)
+        self.report(Event("log", step, self.cfg.train.steps, train_loss=mean, lr=lr, tokens_per_s=rate,
+                          elapsed=now - self.t_start))
+        self.loss_sum.zero_()
+        self.loss_count = 0
+        self.interval_t0, self.interval_steps, self.eval_time = now, 0, 0.0
 
-    metrics_path, perf_path = run_dir / "metrics.jsonl", run_dir / "perf.jsonl"
-    if dist.main:
-        atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-        atomic_write_text(run_dir / "tokenizer.json", json.dumps(ds.tokenizer.to_json()))
-        kept = _read_metrics(metrics_path, start_step)  # drop what came after the checkpoint
-        atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
-        kept_perf = _read_metrics(perf_path, start_step)
-        atomic_write_text(perf_path, "".join(json.dumps(r) + "\n" for r in kept_perf))
-    metrics_file = open(metrics_path, "a") if dist.main else None
-    perf_file = open(perf_path, "a") if dist.main else None
+    def _evaluate(self, step: int) -> None:
+        val = evaluate(self.model, self.batcher, self.cfg.train.eval_iters, self.device, self.dtype)
+        if not math.isfinite(val):
+            raise _nan_error(step, self.cfg, self.dtype, self.run_dir)
+        self.state["last_val_loss"] = val
+        if self.state["best_val_loss"] is None or val < self.state["best_val_loss"]:
+            self.state["best_val_loss"] = val
+        self.log.write({"step": step, "val_loss": round(val, 6),
+                        "val_bpb": round(val / math.log(2) / self.ds.val_bytes_per_token, 6)})
+        self.report(Event("eval", step, self.cfg.train.steps, val_loss=val,
+                          elapsed=time.perf_counter() - self.t_start))
 
-    def write_metrics(row: dict[str, Any]) -> None:
-        if metrics_file:
-            metrics_file.write(json.dumps(row) + "\n")
-            metrics_file.flush()
-
-    steps = cfg.train.steps
-    ckpt_interval = cfg.train.ckpt_interval or cfg.train.eval_interval
-    loss_sum = torch.tensor(state["loss_sum"], device=device, dtype=torch.float32)
-    loss_count = int(state["loss_count"])
-    rates: list[float] = []
-    interval_t0, interval_steps, eval_time = time.perf_counter(), 0, 0.0
-    procs = f" x {dist.world} processes" if dist.world > 1 else ""
-    report(Event("start", start_step, steps, message=f"{device.type} {dev.dtype_name(dtype)}{procs}"))
-
-    def checkpoint_now(step: int) -> None:
+    def _checkpoint(self, step: int) -> None:
         # Every rank comes here (collectives below); only rank 0 writes.  The partial loss sum is
         # averaged over ranks first, so a resume on any number of processes logs the same mean.
+        dist = self.dist
         if dist.world > 1:
             import torch.distributed as tdist
 
-            tdist.all_reduce(loss_sum)
-            loss_sum.div_(dist.world)
-        state["loss_sum"], state["loss_count"] = loss_sum.item(), loss_count
-        if not math.isfinite(state["loss_sum"]) or not all(torch.isfinite(p).all() for p in raw_model.parameters()):
-            raise _nan_error(step, cfg, dtype, run_dir)  # weights are identical on all ranks: all raise together
-        state["step"], state["world"] = step, dist.world
+            tdist.all_reduce(self.loss_sum)
+            self.loss_sum.div_(dist.world)
+        self.state["loss_sum"], self.state["loss_count"] = self.loss_sum.item(), self.loss_count
+        finite = math.isfinite(self.state["loss_sum"]) and all(
+            torch.isfinite(p).all() for p in self.raw_model.parameters())
+        if not finite:  # never replace a good checkpoint with a bad one
+            raise _nan_error(step, self.cfg, self.dtype, self.run_dir)  # weights agree on all ranks: all raise
+        self.state["step"], self.state["world"] = step, dist.world
         error = None
         if dist.main:
             try:
-                checkpoint.save(run_dir, raw_model, optimizer, cfg, vocab_size, state)
+                checkpoint.save(self.run_dir, self.raw_model, self.optimizer, self.cfg, self.vocab_size,
+                                self.state)
             except Exception as e:  # told to the other ranks before re-raising, so none waits forever
                 error = e
         if dist.world > 1:
             from tformer_cli.distributed import PeerFailed, any_rank
 
-            if any_rank(error is not None, device) and error is None:
+            if any_rank(error is not None, self.device) and error is None:
                 raise PeerFailed(f"rank 0 could not write the checkpoint at step {step}")
         if error is not None:
             raise error
-        report(Event("checkpoint", step, steps, elapsed=time.perf_counter() - t_start))
+        self.report(Event("checkpoint", step, self.cfg.train.steps, elapsed=time.perf_counter() - self.t_start))
 
-    stop_seen = False
-
-    def stop_agreed(step: int) -> bool:
+    def _stop_agreed(self, step: int) -> bool:
         """A stop asked for on any rank stops every rank at the same step.  With several processes
         the ranks compare notes at log steps only, where the loop syncs anyway (torchrun forwards
         Ctrl-C to every rank, but not necessarily within the same step)."""
-        nonlocal stop_seen
-        stop_seen = stop_seen or stop()
-        if dist.world == 1:
-            return stop_seen
-        if step % cfg.train.log_interval != 0 and step != start_step:
+        self.stop_seen = self.stop_seen or self.stop()
+        if self.dist.world == 1:
+            return self.stop_seen
+        if step % self.cfg.train.log_interval != 0 and step != self.start_step:
             return False
         from tformer_cli.distributed import any_rank
 
-        return any_rank(stop_seen, device)
+        return any_rank(self.stop_seen, self.device)
 
-    model.train()
-    step = start_step
-    interrupted = False
-    try:
-        while step < steps:
-            if stop_agreed(step):
-                interrupted = True
-                break
-            lr = lr_at(step, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            torch.manual_seed(mix_seed(cfg.train.seed, step, dist.rank))  # dropout of this step
-            for micro in range(cfg.train.grad_accum):
-                x, y = batcher.train_batch(step, micro)
-                last = micro == cfg.train.grad_accum - 1
-                sync_ctx = model.no_sync() if (dist.world > 1 and not last and hasattr(model, "no_sync")) \
-                    else contextlib.nullcontext()
-                with sync_ctx:
-                    with dev.autocast(device, dtype):
-                        loss = model(x, y).loss / cfg.train.grad_accum
-                    loss.backward()
-                loss_sum += loss.detach().float()  # stays on the device: no sync in the hot loop
-            if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.train.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_count += 1
-            interval_steps += 1
+    # ------------------------------------------------------------ the result
 
-            is_log = step % cfg.train.log_interval == 0 or step == steps
-            is_eval = step % cfg.train.eval_interval == 0 or step == steps
-            if is_log:
-                mean = (loss_sum / loss_count).item()  # the one read-back per log interval
-                if dist.world > 1:
-                    import torch.distributed as tdist
+    def _finish(self, step: int, interrupted: bool) -> TrainResult:
+        dist, state = self.dist, self.state
+        elapsed = time.perf_counter() - self.t_start
+        steady = self.rates[1:] if len(self.rates) > 1 else self.rates  # the first interval includes warm-up
+        peak = dev.peak_flops(self.device, self.dtype) if dist.main else None  # timed after training
+        tps = statistics.median(steady) if steady else None
+        # tps counts the whole job's tokens, peak is one device's: the job's peak is world x that
+        mfu = tps * self.totals.flops_per_token / (peak.flops * dist.world) if (tps and peak) else None
+        mem, mem_src = dev.peak_memory(self.device)
+        val = state.get("last_val_loss")
+        result = TrainResult(
+            run_dir=str(self.run_dir),
+            steps_done=step,
+            steps=self.cfg.train.steps,
+            interrupted=interrupted,
+            train_loss=state.get("last_train_loss"),
+            val_loss=val,
+            val_bpb=val / math.log(2) / self.ds.val_bytes_per_token if val is not None else None,
+            best_val_loss=state.get("best_val_loss"),
+            tokens_per_s=tps,
+            ms_per_step=1000 * self.tokens_per_step / tps if tps else None,
+            mfu=mfu,
+            peak_flops=peak.flops if peak else None,
+            peak_source=peak.source if peak else "",
+            peak_memory_bytes=mem,
+            memory_source=mem_src,
+            params=self.raw_model.num_params(),
+            non_embedding_params=self.raw_model.num_params(non_embedding=True),
+            flops_per_token=self.totals.flops_per_token,
+            device=str(self.device),
+            dtype=dev.dtype_name(self.dtype),
+            compiled=bool(self.compiled),
+            vocab_size=self.vocab_size,
+            tokens_seen=step * self.tokens_per_step,
+            elapsed_s=elapsed,
+            init_loss_ref=math.log(self.vocab_size),
+            resumed_from=self.resumed_from,
+        )
+        if dist.world > 1:
+            result.extra["processes"] = dist.world
+        if dist.main and step > 0:
+            from tformer_cli.tasks import task_metrics  # synthetic corpora: e.g. the in-context loss drop
 
-                    t = torch.tensor([mean], device=device)
-                    tdist.all_reduce(t)
-                    mean = t.item() / dist.world
-                if not math.isfinite(mean):
-                    raise _nan_error(step, cfg, dtype, run_dir)
-                now = time.perf_counter()
-                rate = interval_steps * tokens_per_step / max(now - interval_t0 - eval_time, 1e-9)
-                rates.append(rate)
-                state["last_train_loss"] = mean
-                write_metrics({"step": step, "train_loss": round(mean, 6), "lr": lr,
-                               "tokens": step * tokens_per_step})
-                if perf_file:
-                    perf_file.write(json.dumps({"step": step, "tokens_per_s": round(rate, 1)}) + "\n")
-                    perf_file.flush()
-                report(Event("log", step, steps, train_loss=mean, lr=lr, tokens_per_s=rate,
-                             elapsed=now - t_start))
-                loss_sum.zero_()
-                loss_count = 0
-                interval_t0, interval_steps, eval_time = now, 0, 0.0
-            if is_eval:
-                t0 = time.perf_counter()
-                val = evaluate(model, batcher, cfg.train.eval_iters, device, dtype)
-                if not math.isfinite(val):
-                    raise _nan_error(step, cfg, dtype, run_dir)
-                state["last_val_loss"] = val
-                if state["best_val_loss"] is None or val < state["best_val_loss"]:
-                    state["best_val_loss"] = val
-                write_metrics({"step": step, "val_loss": round(val, 6),
-                               "val_bpb": round(val / math.log(2) / ds.val_bytes_per_token, 6)})
-                report(Event("eval", step, steps, val_loss=val, elapsed=time.perf_counter() - t_start))
-                eval_time += time.perf_counter() - t0
-            if step % ckpt_interval == 0 or step == steps:
-                t0 = time.perf_counter()
-                checkpoint_now(step)
-                eval_time += time.perf_counter() - t0
-    finally:  # a raw KeyboardInterrupt may land mid-step: nothing is saved then (the CLI asks politely)
-        if metrics_file:
-            metrics_file.close()
-        if perf_file:
-            perf_file.close()
-    if interrupted and step > start_step:
-        checkpoint_now(step)
-    elapsed = time.perf_counter() - t_start
+            result.extra.update(task_metrics(self.raw_model, self.cfg, self.ds, self.device, self.dtype))
+        if dist.main:
+            atomic_write_text(self.run_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
+            try:
+                from tformer_cli.plots import loss_curve
 
-    steady = rates[1:] if len(rates) > 1 else rates  # the first interval includes warm-up
-    peak = dev.peak_flops(device, dtype) if dist.main else None  # timed after training: no warm caches to fight
-    tps = statistics.median(steady) if steady else None
-    # tps counts the whole job's tokens, peak is one device's: the job's peak is world x that
-    mfu = tps * totals.flops_per_token / (peak.flops * dist.world) if (tps and peak) else None
-    mem, mem_src = dev.peak_memory(device)
-    val = state.get("last_val_loss")
-    result = TrainResult(
-        run_dir=str(run_dir),
-        steps_done=step,
-        steps=steps,
-        interrupted=interrupted,
-        train_loss=state.get("last_train_loss"),
-        val_loss=val,
-        val_bpb=val / math.log(2) / ds.val_bytes_per_token if val is not None else None,
-        best_val_loss=state.get("best_val_loss"),
-        tokens_per_s=tps,
-        ms_per_step=1000 * tokens_per_step / tps if tps else None,
-        mfu=mfu,
-        peak_flops=peak.flops if peak else None,
-        peak_source=peak.source if peak else "",
-        peak_memory_bytes=mem,
-        memory_source=mem_src,
-        params=raw_model.num_params(),
-        non_embedding_params=raw_model.num_params(non_embedding=True),
-        flops_per_token=totals.flops_per_token,
-        device=str(device),
-        dtype=dev.dtype_name(dtype),
-        compiled=bool(compile_on),
-        vocab_size=vocab_size,
-        tokens_seen=step * tokens_per_step,
-        elapsed_s=elapsed,
-        init_loss_ref=math.log(vocab_size),
-        resumed_from=resumed_from,
-    )
-    if dist.world > 1:
-        result.extra["processes"] = dist.world
-    if dist.main and step > 0:
-        from tformer_cli.tasks import task_metrics  # synthetic corpora: e.g. the in-context loss drop
-
-        result.extra.update(task_metrics(raw_model, cfg, ds, device, dtype))
-    if dist.main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
-        try:
-            from tformer_cli.plots import loss_curve
-
-            loss_curve(run_dir)
-        except Exception:  # a plot is a convenience; never lose a run over it
-            pass
-    report(Event("end", step, steps, elapsed=elapsed))
-    return result
+                loss_curve(self.run_dir)
+            except Exception:  # a plot is a convenience; never lose a run over it
+                pass
+        self.report(Event("end", step, self.cfg.train.steps, elapsed=elapsed))
+        return result
 
 
 def _nan_error(step: int, cfg: Config, dtype: torch.dtype, run_dir: Path) -> RunError:
