@@ -148,3 +148,22 @@ def test_nan_before_any_checkpoint_says_none_was_kept(tiny_config, tmp_path):
     tiny_config["train"].update(lr=1e6, grad_clip=0.0, warmup_steps=0, eval_interval=100, steps=100)
     with pytest.raises(RunError, match="no checkpoint had been written yet"):
         train(from_dict(tiny_config), tmp_path / "new")
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tiny_config, tmp_path):
+    """train.compile (on by default on CUDA) runs the same model: losses agree with eager mode."""
+    from tformer_cli.config import from_dict
+    from tformer_cli.train import train
+
+    tiny_config["train"]["steps"] = 10
+    eager = train(from_dict(tiny_config), tmp_path / "eager")
+    tiny_config["train"]["compile"] = True
+    compiled = train(from_dict(tiny_config), tmp_path / "compiled")
+    assert compiled.compiled and not eager.compiled
+    a, b = _metrics(tmp_path / "eager"), _metrics(tmp_path / "compiled")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("train_loss", "val_loss"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], rel=1e-3), (ra, rb)
