@@ -157,6 +157,15 @@ def test_scores_name_the_pattern():
     assert probes.label_head(0.1, 0.1, 0.1, 0.3) == "mixed"
 
 
+def test_a_fixed_offset_head_is_named_by_its_offset():
+    T = 12
+    w = torch.zeros(T, T)
+    w[torch.arange(T), (torch.arange(T) - 3).clamp(min=0)] = 1  # every token looks 3 back
+    s = probes.score_heads(w[None, None], torch.zeros(1, 1), causal=True)[0]
+    assert (s.offset, s.label) == (3, "offset -3") and s.offset_score == pytest.approx(1.0)
+    assert s.previous_token == 0.0
+
+
 def test_induction_score_of_a_perfect_induction_pattern():
     """A fake model whose every head attends from token n+j to token j+1 scores 1."""
     n = 8

@@ -39,6 +39,8 @@ class HeadScore:
     induction: float
     entropy: float  # normalised to [0, 1]
     label: str
+    offset: int = 0  # the fixed distance k >= 2 back this head attends to most (0: none scored)
+    offset_score: float = 0.0  # mean weight from token i to token i - k
 
 
 @dataclass
@@ -146,9 +148,32 @@ def induction_scores(model, vocab: int, device, seed: int = 0):
     return w[..., n + j, j + 1].mean(dim=(-1, 1))  # (L, nh)
 
 
-def label_head(prev: float, first: float, induction: float, entropy: float) -> str:
+def offset_scores(w, min_rows: int = 4):
+    """For every head of w (L, nh, T, T): the distance k >= 2 with the largest mean weight from
+    token i to token i - k (over the rows i >= k; at least ``min_rows`` of them), and that weight.
+
+    Previous-token is the case k = 1; a larger fixed offset is what a head that copies from a
+    fixed distance does (e.g. the second half of "abcd|abcd" looking 5 tokens back)."""
+    import torch
+
+    L, nh, T, _ = w.shape
+    best_k = torch.zeros(L, nh, dtype=torch.long)
+    best = torch.zeros(L, nh)
+    for k in range(2, T - min_rows + 1):
+        rows = torch.arange(k, T)
+        score = w[..., rows, rows - k].mean(-1)  # (L, nh)
+        better = score > best
+        best = torch.where(better, score, best)
+        best_k = torch.where(better, torch.full_like(best_k, k), best_k)
+    return best_k, best
+
+
+def label_head(prev: float, first: float, induction: float, entropy: float,
+               offset: int = 0, offset_score: float = 0.0) -> str:
     """The name of the strongest pattern (score >= LABEL_MIN), else diffuse or mixed."""
     named = {"induction": induction, "previous-token": prev, "first-token": first}
+    if offset:
+        named[f"offset -{offset}"] = offset_score
     best = max(named, key=named.get)
     if named[best] >= LABEL_MIN:
         return best
@@ -157,11 +182,13 @@ def label_head(prev: float, first: float, induction: float, entropy: float) -> s
 
 def score_heads(weights, induction, causal: bool) -> list[HeadScore]:
     prev, first, ent = _row_scores(weights, causal)
+    offsets, offset_w = offset_scores(weights)
     out = []
     for layer in range(weights.size(0)):
         for head in range(weights.size(1)):
             s = [float(t[layer, head]) for t in (prev, first, induction, ent)]
-            out.append(HeadScore(layer, head, *s, label=label_head(*s)))
+            k, ks = int(offsets[layer, head]), float(offset_w[layer, head])
+            out.append(HeadScore(layer, head, *s, label=label_head(*s, k, ks), offset=k, offset_score=ks))
     return out
 
 

@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
     @app.command(
         help="Attention weights of a trained GPT on a prompt: a PNG grid (one heatmap per head, tokens on "
         "both axes, the masked future grey), a terminal rendering of one head, and a label per head from "
-        "simple scores: previous-token, first-token, induction (on a repeated random sequence) and entropy.\n\n"
+        "simple scores: previous-token, first-token, induction (on a repeated random sequence), the best fixed offset and entropy.\n\n"
         "Examples:\n\n"
         "  tformer attention runs/20260101-120000 --prompt \"The cat sat on the mat\"\n\n"
         "  tformer attention runs/R --prompt \"abcdefgh|abcdefgh\" --layer 1 --head 0 --out att.png"
@@ -300,7 +300,8 @@ def _scores_table(result):
         t.add_column(col, justify="left" if col == "label" else "right")
     for s in result.scores:
         t.add_row(str(s.layer), str(s.head), f"{s.previous_token:.2f}", f"{s.first_token:.2f}",
-                  f"{s.induction:.2f}", f"{s.entropy:.2f}", s.label)
+                  f"{s.induction:.2f}", f"{s.entropy:.2f}",
+                  f"{s.label} ({s.offset_score:.2f})" if s.label.startswith("offset") else s.label)
     return t
 
 
