@@ -167,3 +167,22 @@ def test_compiled_training_matches_eager(tiny_config, tmp_path):
         for key in ("train_loss", "val_loss"):
             if key in ra:
                 assert rb[key] == pytest.approx(ra[key], rel=1e-3), (ra, rb)
+
+
+def test_float16_trains_with_loss_scaling_and_resumes_exactly(tiny_config, tmp_path):
+    """float16 autocast uses a GradScaler (its state is saved, so resume stays exact)."""
+    from tformer_cli.config import from_dict
+    from tformer_cli.train import train
+
+    tiny_config["train"]["dtype"] = "float16"
+    cfg = from_dict(tiny_config)
+    full = train(cfg, tmp_path / "full")
+    assert full.dtype == "float16" and full.val_loss < full.init_loss_ref
+    header = json.loads((tmp_path / "full" / "checkpoint.json").read_text())
+    assert header["train_state"]["grad_scaler"]["scale"] > 1
+    seen = []
+    part = train(cfg, tmp_path / "part", progress=lambda e: seen.append(e.step) if e.kind == "checkpoint" else None,
+                 should_stop=lambda: bool(seen))
+    assert part.steps_done == 10
+    train(cfg, tmp_path / "part", resume=True)
+    assert _metrics(tmp_path / "part") == _metrics(tmp_path / "full")

@@ -127,20 +127,35 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> Peak:
 
 
 def timed_matmul(device: torch.device, dtype: torch.dtype, m: int = 2048, k: int = 4096, n: int = 2048) -> float:
-    """Best of a few (m x k) @ (k x n) products, in FLOP/s."""
+    """Best of a few (m x k) @ (k x n) products, in FLOP/s.
+
+    On a CPU a short probe first estimates the rate, and the product shrinks until one takes
+    at most about 0.25 s: a dtype without hardware support (float16 on most CPUs) can be a
+    hundred times slower than float32, and timing it at full size would take minutes.
+    """
     if device.type == "cuda":
         m, k, n = 8192, 8192, 8192
+    elif device.type == "cpu":
+        rate = 2.0 * 256**3 / _best_time(256, 256, 256, device, dtype, repeats=2)
+        while 2.0 * m * k * n / rate > 0.25 and m > 256:
+            m, k, n = m // 2, k // 2, n // 2
+    best = _best_time(m, k, n, device, dtype, repeats=6 if device.type == "cpu" else 10)
+    return 2.0 * m * k * n / best
+
+
+def _best_time(m: int, k: int, n: int, device: torch.device, dtype: torch.dtype, repeats: int) -> float:
+    """The fastest of ``repeats`` timed products after one warm-up (other load only slows it)."""
     a = torch.randn(m, k, device=device, dtype=dtype)
     b = torch.randn(k, n, device=device, dtype=dtype)
     a @ b
     sync(device)
     best = float("inf")
-    for _ in range(6 if device.type == "cpu" else 10):  # best of several: other load only slows it
+    for _ in range(repeats):
         t0 = time.perf_counter()
         a @ b
         sync(device)
         best = min(best, time.perf_counter() - t0)
-    return 2.0 * m * k * n / best
+    return best
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -382,6 +382,10 @@ class _Trainer:
             except (ValueError, KeyError, RuntimeError) as e:
                 raise RunError(f"cannot restore the optimizer from {ckpt.path}: {e}") from None
             self.state.update(ckpt.train_state)
+        # float16 needs loss scaling (its range is too small for small gradients); bfloat16 does not.
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
+        if self.scaler is not None and self.state.get("grad_scaler"):
+            self.scaler.load_state_dict(self.state["grad_scaler"])
         self.compiled = cfg.train.compile if cfg.train.compile is not None else self.device.type == "cuda"
         self.model = self.raw_model
         if self.dist.world > 1:
@@ -444,11 +448,17 @@ class _Trainer:
             with sync_ctx:
                 with dev.autocast(self.device, self.dtype):
                     loss = self.model(x, y).loss / cfg.train.grad_accum
-                loss.backward()
+                (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             self.loss_sum += loss.detach().float()  # stays on the device: no sync in the hot loop
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.raw_model.parameters(), cfg.train.grad_clip)
-        self.optimizer.step()
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the step when the scaled gradients overflowed, then adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.loss_count += 1
         self.interval_steps += 1
@@ -509,6 +519,8 @@ class _Trainer:
         if not finite:  # never replace a good checkpoint with a bad one
             raise _nan_error(step, self.cfg, self.dtype, self.run_dir)  # weights agree on all ranks: all raise
         self.state["step"], self.state["world"] = step, dist.world
+        if self.scaler is not None:
+            self.state["grad_scaler"] = self.scaler.state_dict()  # plain numbers: JSON in the header
         error = None
         if dist.main:
             try:
