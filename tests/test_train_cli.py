@@ -186,3 +186,17 @@ def test_float16_trains_with_loss_scaling_and_resumes_exactly(tiny_config, tmp_p
     assert part.steps_done == 10
     train(cfg, tmp_path / "part", resume=True)
     assert _metrics(tmp_path / "part") == _metrics(tmp_path / "full")
+
+
+def test_progress_is_plain_lines_when_not_a_terminal_and_json_keeps_stdout_clean(cli, tiny_yaml, tmp_path):
+    r = cli("train", tiny_yaml, "--out", tmp_path / "a", "--steps", "10")
+    assert r.code == 0, r
+    lines = r.out.splitlines()
+    assert any(line.startswith("step 5/10  train ") and "tok/s" in line for line in lines)
+    assert any(line.startswith("step 10/10  val ") for line in lines)
+    assert "\x1b[" not in r.out  # no terminal control sequences in a pipe
+    assert f"next: tformer sample {tmp_path / 'a'}" in r.out
+    r = cli("train", tiny_yaml, "--out", tmp_path / "b", "--steps", "10", "--json")
+    assert r.code == 0
+    assert json.loads(r.out)["steps_done"] == 10  # stdout is the JSON alone; progress went to stderr
+    assert "step 5/10" in r.err

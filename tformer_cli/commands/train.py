@@ -80,10 +80,11 @@ def register(app: typer.Typer) -> None:
         else:
             report.console().print(report.summary_table(result.to_dict()))
         if result.interrupted:
-            report.err_console().print(f"interrupted: resume with  tformer train --resume {run_dir}")
+            report.err_console().print(f"interrupted: resume with  tformer train --resume {run_dir}",
+                                       soft_wrap=True)  # a command to copy: never wrapped
             raise typer.Exit(130)
         if not json_:
-            report.console().print(f"next: tformer sample {run_dir} --prompt \"The \"")
+            report.console().print(f"next: tformer sample {run_dir} --prompt \"The \"", soft_wrap=True)
 
 
 def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title: str = "training", dist=None):
