@@ -125,7 +125,8 @@ def execute(spec, out: Optional[Path], resume: Optional[Path], json_: bool, para
     else:
         render(result)
     if result.interrupted:
-        report.err_console().print(f"interrupted: continue with  tformer {spec.kind} --resume {out_dir}")
+        report.err_console().print(f"interrupted: continue with  tformer {spec.kind} --resume {out_dir}",
+                                   soft_wrap=True)
         raise typer.Exit(130)
 
 
