@@ -12,7 +12,8 @@ import torch
 
 from tformer_cli.errors import ConfigError
 
-# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s.
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, FLOP/s, keyed by a
+# part of the name torch.cuda.get_device_name reports (an H100 SXM reports "H100 80GB HBM3").
 DATASHEET_BF16 = {
     "H100 SXM": 989e12,
     "H100 80GB HBM3": 989e12,
@@ -24,6 +25,18 @@ DATASHEET_BF16 = {
     "A10G": 70e12,
     "RTX 4090": 165e12,
 }
+
+
+def datasheet_peak(device_name: str) -> tuple[str, float] | None:
+    """(card, dense bf16 FLOP/s) for a GPU whose reported name contains a known card's name.
+
+    The longest matching key wins, so "H100 PCIe" is never read as some other H100; an
+    unknown card gets None (and a timed matmul instead of a guess)."""
+    matches = [card for card in DATASHEET_BF16 if card.lower() in device_name.lower()]
+    if not matches:
+        return None
+    card = max(matches, key=len)
+    return card, DATASHEET_BF16[card]
 
 
 def select(name: str = "auto") -> torch.device:
@@ -117,11 +130,10 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> Peak:
     if key in _PEAK_CACHE:
         return _PEAK_CACHE[key]
     if device.type == "cuda" and dtype in (torch.bfloat16, torch.float16):
-        name = torch.cuda.get_device_name(device)
-        for card, flops in DATASHEET_BF16.items():
-            if card.lower() in name.lower() or card.split()[0].lower() in name.lower():
-                _PEAK_CACHE[key] = Peak(flops, f"datasheet dense bf16 peak of {card}")
-                return _PEAK_CACHE[key]
+        known = datasheet_peak(torch.cuda.get_device_name(device))
+        if known is not None:
+            _PEAK_CACHE[key] = Peak(known[1], f"datasheet dense bf16 peak of {known[0]}")
+            return _PEAK_CACHE[key]
     _PEAK_CACHE[key] = Peak(timed_matmul(device, dtype), f"timed {dtype_name(dtype)} matmul on {device.type}")
     return _PEAK_CACHE[key]
 
