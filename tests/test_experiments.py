@@ -343,3 +343,15 @@ def test_lstm_and_mlm_members_run_in_a_sweep(cli, tiny_yaml, tmp_path):
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(row["train.objective"], row["status"]) for row in rows] == [("clm", "ok"), ("mlm", "ok")]
     assert rows[1]["sample"] == "n/a (MLM)"
+
+
+@pytest.mark.slow
+def test_a_builtin_study_runs_by_name(cli, tmp_path):
+    out = tmp_path / "mask"
+    r = cli("study", "ablate_causal_mask", "--steps", "3", "--set", "train.eval_interval=3",
+            "--set", "train.log_interval=3", "--out", out)
+    assert r.code == 0, r
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [row["member"] for row in rows] == ["baseline", "no-causal-mask"]
+    listing = cli("presets")
+    assert "ablate_causal_mask" in listing.out and "sweep_heads" in listing.out

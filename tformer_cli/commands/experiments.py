@@ -495,18 +495,25 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one function per command,
     @app.command(
         "study",
         help="Run a study file (a config with an experiment: section, see experiments/studies/) as it is; flags "
-        "override its settings.\n\nExamples:\n\n"
+        "override its settings. A built-in study can be named without its path (`tformer presets` lists them)."
+        "\n\nExamples:\n\n"
+        "  tformer study ablate_causal_mask                  # a built-in study by name\n\n"
         "  tformer study experiments/studies/ablate_causal_mask.yaml\n\n"
         "  tformer study experiments/studies/sweep_heads.yaml --steps 100 --out runs/heads-quick"
     )
     def study_(
-        config: Annotated[Path, typer.Argument(help="A study file: model:, data:, train: and experiment:.")],
+        config: Annotated[Path, typer.Argument(help="A study file (model:, data:, train: and experiment:) or "
+                                               "the name of a built-in study.")],
         set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
         data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
         isolate: IsolateOpt = False, json_: JsonOpt = False,
     ) -> None:
+        from tformer_cli.config import PRESET_DIR
         from tformer_cli.errors import ConfigError
 
+        builtin = PRESET_DIR / "studies" / f"{config}.yaml"
+        if not config.exists() and builtin.exists():
+            config = builtin
         cfg, exp = experiment_config(config, None, set_, steps, device, seed, data)
         kind = exp.get("kind")
         if kind == "ablate":

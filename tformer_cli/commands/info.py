@@ -20,7 +20,8 @@ def register(app: typer.Typer) -> None:
             t.add_row(*row)
         report.console().print(t)
 
-    @app.command(help="List the built-in presets (experiments/*.yaml).\n\nExample: tformer presets")
+    @app.command(help="List the built-in presets (experiments/*.yaml) and studies (experiments/studies/*.yaml)."
+                 "\n\nExample: tformer presets")
     def presets() -> None:
         from tformer_cli import report
         from tformer_cli.config import PRESET_DIR, preset_names
@@ -28,6 +29,8 @@ def register(app: typer.Typer) -> None:
         for name in preset_names():
             first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
             report.console().print(f"[bold]{name}[/bold]  {first}")
+        studies = sorted(p.stem for p in (PRESET_DIR / "studies").glob("*.yaml"))
+        report.console().print(f"\nstudies (tformer study NAME): {', '.join(studies)}", soft_wrap=True)
 
     @app.command(help="List the built-in corpora (no download needed).\n\nExample: tformer corpora")
     def corpora() -> None:
