@@ -784,22 +784,25 @@ def comparison_plot(result: ExperimentResult, out_dir: Path) -> Path:
     ax_c.grid(alpha=0.3)
     ax_c.legend(fontsize=7)
     xs, labels = _x_axis(result)
+    fmt = "o" if labels.get("ticks") else "o-"  # categories are not joined by lines: no order between them
     for ax, key, title in ((ax_l, None, "final validation loss"), (ax_t, "tokens_per_s", "training tokens/s")):
         if key is None:
             for k, name in (("val_loss", "teacher-forced"), ("val_loss_causal", "causal-consistent")):
                 ys = [s[k] for s in result.summary]
                 es = [s[f"{k}_std"] or 0 for s in result.summary]
                 if any(y is not None for y in ys):
-                    ax.errorbar(xs, [math.nan if y is None else y for y in ys], yerr=es, fmt="o-", capsize=3,
+                    ax.errorbar(xs, [math.nan if y is None else y for y in ys], yerr=es, fmt=fmt, capsize=3,
                                 label=name)
             ax.legend(fontsize=7)
         else:
             ys = [math.nan if s[key] is None else s[key] for s in result.summary]
-            ax.errorbar(xs, ys, yerr=[s[f"{key}_std"] or 0 for s in result.summary], fmt="o-", capsize=3)
+            ax.errorbar(xs, ys, yerr=[s[f"{key}_std"] or 0 for s in result.summary], fmt=fmt, capsize=3)
+            ax.set_ylim(bottom=0)  # from zero, so a 3% difference does not look like a cliff
         ax.set_title(title)
         ax.set_xlabel(labels["xlabel"])
         if labels.get("ticks"):
             ax.set_xticks(xs, labels["ticks"], rotation=30, ha="right", fontsize=7)
+            ax.margins(x=0.2)  # keep the first and last member off the frame
         ax.grid(alpha=0.3)
     fig.suptitle(f"tformer {result.kind}: {Path(result.out_dir).name}")
     fig.tight_layout()
