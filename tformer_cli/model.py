@@ -67,9 +67,9 @@ class KVCache:
         start, end = self.length, self.length + k.size(2)
         if end > self.max_len:  # a slice past the buffer would silently drop the write
             raise ValueError(f"KV cache overflow: {end} positions, the cache holds {self.max_len}")
-        self.k[layer][:, :, start:end] = k
-        self.v[layer][:, :, start:end] = v
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+        self.k[layer].narrow(2, start, end - start).copy_(k)
+        self.v[layer].narrow(2, start, end - start).copy_(v)
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
 
 # ---------------------------------------------------------------- attention
@@ -257,7 +257,7 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.cfg.block_size}")
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
-            x = x + self.pos_emb(torch.arange(start_pos, start_pos + T, device=idx.device))
+            x = x + self.pos_emb.weight[start_pos : start_pos + T]  # rows of the table: no index tensor
         elif self.cfg.pos_encoding == "sinusoidal":
             x = x + self.pos_table[start_pos : start_pos + T].to(x.dtype)
         rope = None
