@@ -89,3 +89,12 @@ def test_cli_config_errors_exit_2(cli, tmp_path):
     assert r.code == 2 and "did you mean 'model.n_head'" in r.err
     r = cli("train", "--no-such-flag")
     assert r.code == 2
+
+
+def test_ctrl_c_outside_the_training_loop_says_interrupted(cli, monkeypatch):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "describe_keys", interrupted)
+    r = cli("keys")
+    assert r.code == 130 and r.err == "error: interrupted\n"

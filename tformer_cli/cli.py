@@ -55,7 +55,7 @@ def _err(message: str, hint: str | None = None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: run the app, turn every known failure into one line and an exit code."""
-    from tformer_cli.errors import TformerError
+    from tformer_cli.errors import Interrupted, TformerError
 
     # Typer re-exports click's exception types (newer Typer vendors click); find the base
     # class of usage errors through a public name rather than importing click itself.
@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = os.environ.get("TFORMER_DEBUG") == "1"
     try:
         code = app(args=argv, prog_name="tformer", standalone_mode=False)
+        if code == 130:  # Typer turns a Ctrl-C outside our own handlers into a returned 130
+            _err("interrupted")
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Exit as e:
         sys.exit(e.exit_code)
@@ -75,9 +77,10 @@ def main(argv: list[str] | None = None) -> None:
         _err(e.format_message(), "run with --help for usage")
         sys.exit(2)
     except TformerError as e:
-        if debug:
+        if debug and not isinstance(e, Interrupted):
             raise
-        _err(str(e), e.hint)
+        if str(e):  # Interrupted carries no message: the command has printed how to resume
+            _err(str(e), e.hint)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         if debug:

@@ -43,3 +43,12 @@ class RunError(TformerError):
     """Something went wrong while working (checkpoint, device, numerics)."""
 
     exit_code = 1
+
+
+class Interrupted(TformerError):
+    """A run stopped by Ctrl-C after saving; the command has already said how to resume."""
+
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("")

@@ -127,7 +127,9 @@ def execute(spec, out: Optional[Path], resume: Optional[Path], json_: bool, para
     if result.interrupted:
         report.err_console().print(f"interrupted: continue with  tformer {spec.kind} --resume {out_dir}",
                                    soft_wrap=True)
-        raise typer.Exit(130)
+        from tformer_cli.errors import Interrupted
+
+        raise Interrupted()
 
 
 def _pm(mean, std, fmt) -> str:

@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
             show_default=False)] = None,
     ) -> None:
         from tformer_cli import report
+        from tformer_cli.errors import Interrupted
 
         if resume is not None:
             cfg, run_dir = _resume_config(resume, config, preset, set_, steps, device, seed, data)
@@ -74,7 +75,9 @@ def register(app: typer.Typer) -> None:
             except distributed.PeerFailed:
                 raise typer.Exit(1) from None  # the failing rank has printed why
         if not dist.main:
-            raise typer.Exit(130 if result.interrupted else 0)
+            if result.interrupted:
+                raise Interrupted()
+            return
         if json_:
             report.print_json(result.to_dict())
         else:
@@ -82,7 +85,7 @@ def register(app: typer.Typer) -> None:
         if result.interrupted:
             report.err_console().print(f"interrupted: resume with  tformer train --resume {run_dir}",
                                        soft_wrap=True)  # a command to copy: never wrapped
-            raise typer.Exit(130)
+            raise Interrupted()
         if not json_:
             report.console().print(f"next: tformer sample {run_dir} --prompt \"The \"", soft_wrap=True)
 
