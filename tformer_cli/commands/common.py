@@ -49,25 +49,20 @@ def build_config(
 
     if config is None and preset is None:
         preset = "quick"
-    overrides: dict[str, Any] = {}
-    for key, value in (("train.steps", steps), ("train.device", device), ("train.seed", seed),
-                       ("data.corpus", data)):
-        if value is not None:
-            overrides[key] = value
-    overrides.update(extra or {})
-    overrides.update(cfgmod.parse_set(sets or []))
-    return cfgmod.resolve(config, preset, overrides)
+    return cfgmod.resolve(config, preset, flag_overrides(steps, device, seed, data, sets, extra))
 
 
-def flag_overrides(steps=None, device=None, seed=None, data=None, sets=None) -> dict[str, Any]:
-    """The overrides a user gave explicitly (to check them against a run being resumed)."""
+FLAG_KEYS = (("steps", "train.steps"), ("device", "train.device"), ("seed", "train.seed"), ("data", "data.corpus"))
+
+
+def flag_overrides(steps=None, device=None, seed=None, data=None, sets=None, extra=None) -> dict[str, Any]:
+    """The overrides a user gave explicitly: the common flags, then ``extra`` (a command's own
+    flags), then --set, later winning; also used to check flags against a run being resumed."""
     from tformer_cli import config as cfgmod
 
-    out: dict[str, Any] = {}
-    for key, value in (("train.steps", steps), ("train.device", device), ("train.seed", seed),
-                       ("data.corpus", data)):
-        if value is not None:
-            out[key] = value
+    given = {"steps": steps, "device": device, "seed": seed, "data": data}
+    out: dict[str, Any] = {key: given[flag] for flag, key in FLAG_KEYS if given[flag] is not None}
+    out.update(extra or {})
     out.update(cfgmod.parse_set(sets or []))
     return out
 
