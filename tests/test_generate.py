@@ -230,6 +230,19 @@ def test_bench_cache_reports_both_paths():
     assert r.identical and r.cache_used and r.new_tokens == 2 * BLOCK
     assert r.cached.new_tokens == r.recompute.new_tokens == 2 * BLOCK
     assert r.speedup is not None and r.to_dict()["speedup"] == r.speedup
+    # the nanoGPT-style baseline (a full forward over the newest block_size tokens per step)
+    assert r.sliding.new_tokens == 2 * BLOCK
+    assert r.speedup_vs_sliding == r.to_dict()["speedup_vs_sliding"] > 0
+
+
+def test_sliding_crop_baseline_equals_generation_within_the_first_window():
+    """Until the window fills, the baseline and generate() see the same tokens: same greedy output."""
+    from tformer_cli.generate import _sliding_recompute
+
+    model = make_model()
+    n = BLOCK - 3
+    greedy = _sampler(0.0, None, None, None)
+    assert list(_sliding_recompute(model, [1, 2, 3], n, greedy)) == list(generate(model, [1, 2, 3], n, temperature=0))
 
 
 def test_callers_grad_mode_is_untouched_between_tokens():

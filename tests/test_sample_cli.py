@@ -113,8 +113,10 @@ def test_bench_reports_both_paths(run):
     d = json.loads(r.out)
     assert d["identical"] and d["new_tokens"] == 20 and d["speedup"] > 0
     assert d["cached"]["tokens_per_s"] > 0 and d["recompute"]["tokens_per_s"] > 0
+    assert d["sliding"]["tokens_per_s"] > 0 and d["speedup_vs_sliding"] > 0
     r = run_cli("sample", run, "--bench", "--max-new-tokens", "20")
     assert r.code == 0 and "KV cache" in r.out and "recompute" in r.out and "speed-up" in r.out
+    assert "sliding crop (nanoGPT-style)" in r.out
 
 
 def test_prompt_from_stdin_and_file(run, tmp_path, monkeypatch):
