@@ -262,8 +262,9 @@ STOP_SCRIPT = textwrap.dedent("""
         with process_group("cpu") as dist:
             run_dir = agree_run_dir(None, False, dist, "cpu")
             r = train(cfg, run_dir, should_stop=stop, dist=dist)
-        print(json.dumps({"rank": rank, "run_dir": str(run_dir), "steps_done": r.steps_done,
-                          "interrupted": r.interrupted}), flush=True)
+        # one write per line: both ranks finish together and share the stdout pipe
+        os.write(1, (json.dumps({"rank": rank, "run_dir": str(run_dir), "steps_done": r.steps_done,
+                                 "interrupted": r.interrupted}) + "\\n").encode())
         os._exit(0)
     sys.exit(int(any(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) != 0 for p in pids)))
 """)
