@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from tformer_cli.config import resolve
-from tformer_cli.device import tune_cpu_allocator
-from tformer_cli.model import build_model
+from tformer_cli.core.config import resolve
+from tformer_cli.core.device import tune_cpu_allocator
+from tformer_cli.core.model import build_model
 
 
 def step_ms(impl: str, steps: int = 40, warmup: int = 10) -> float:

@@ -17,11 +17,11 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tformer_cli.config import parse_set, resolve
-from tformer_cli.device import timed_matmul, tune_cpu_allocator
-from tformer_cli.generate import generate
-from tformer_cli.model import build_model
-from tformer_cli.train import make_optimizer
+from tformer_cli.core.config import parse_set, resolve
+from tformer_cli.core.device import timed_matmul, tune_cpu_allocator
+from tformer_cli.core.generate import generate
+from tformer_cli.core.model import build_model
+from tformer_cli.train.optim import make_optimizer
 
 VOCAB = 65
 

@@ -48,7 +48,7 @@ class CliResult:
 
 def run_cli(*args) -> CliResult:
     """Run `tformer ARGS` in this process through the real entry point (error boundary included)."""
-    from tformer_cli.cli import main
+    from tformer_cli.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

@@ -42,10 +42,10 @@ def tiny_run(tmp_path, tiny_config):
     """A run directory with an untrained model's checkpoint (fast: no training)."""
     import torch
 
-    from tformer_cli import checkpoint
-    from tformer_cli.config import from_dict
-    from tformer_cli.data import CharTokenizer
-    from tformer_cli.model import build_model
+    from tformer_cli.run import checkpoint
+    from tformer_cli.core.config import from_dict
+    from tformer_cli.core.data import CharTokenizer
+    from tformer_cli.core.model import build_model
 
     def make(name: str = "run", **model):
         tiny_config["model"].update(model)
@@ -165,7 +165,7 @@ def test_block_size_beyond_the_learned_table(cli, tiny_run):
     """The learned table has block_size rows, fixed when the run was trained: a checkpoint whose
     config claims a longer context than its table holds is refused, naming the table."""
     run = tiny_run()
-    from tformer_cli import checkpoint
+    from tformer_cli.run import checkpoint
 
     ck = checkpoint.load(run)
     ck.header["config"]["model"]["block_size"] = 32
@@ -189,8 +189,8 @@ def test_resume_cannot_grow_the_block(cli, tiny_run):
 def test_forward_longer_than_the_table_is_refused(pos):
     import torch
 
-    from tformer_cli.config import ModelConfig
-    from tformer_cli.model import build_model
+    from tformer_cli.core.config import ModelConfig
+    from tformer_cli.core.model import build_model
 
     model = build_model(ModelConfig(d_model=16, n_layer=1, n_head=2, block_size=8, pos_encoding=pos), 10)
     model(torch.zeros(1, 8, dtype=torch.long))  # the full table is fine

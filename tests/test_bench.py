@@ -32,7 +32,7 @@ def test_bench_refuses_bad_step_counts(cli, tiny_yaml):
 def test_heap_tuning_is_applied_on_linux_and_can_be_turned_off(monkeypatch):
     import sys
 
-    from tformer_cli.device import tune_cpu_allocator
+    from tformer_cli.core.device import tune_cpu_allocator
 
     monkeypatch.setenv("TFORMER_NO_MALLOC_TUNING", "1")
     assert tune_cpu_allocator() is False

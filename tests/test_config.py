@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tformer_cli import config as C
+from tformer_cli.core import config as C
 from tformer_cli.errors import ConfigError
 
 

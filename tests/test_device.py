@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tformer_cli import device as dev
+from tformer_cli.core import device as dev
 from tformer_cli.errors import ConfigError
 
 

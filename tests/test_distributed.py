@@ -46,7 +46,7 @@ def run_cli(*args):
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    from tformer_cli.cli import main
+    from tformer_cli.cli.app import main
 
     out, err = io.StringIO(), io.StringIO()
     code = 0
@@ -91,7 +91,7 @@ def assert_same_curve(got: list[dict], want: list[dict]) -> None:
 def test_backend_is_nccl_on_cuda_and_gloo_on_cpu():
     import torch
 
-    from tformer_cli.distributed import backend_for, collective_device
+    from tformer_cli.train.distributed import backend_for, collective_device
 
     assert backend_for(torch.device("cuda", 1)) == "nccl"
     assert backend_for(torch.device("cpu")) == "gloo"
@@ -99,7 +99,7 @@ def test_backend_is_nccl_on_cuda_and_gloo_on_cpu():
 
 
 def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch, tmp_path):
-    from tformer_cli import distributed
+    from tformer_cli.train import distributed
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(CFG))
@@ -126,7 +126,7 @@ def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch, tmp_path)
 
 
 def test_nproc_is_refused_inside_torchrun_and_below_one(monkeypatch):
-    from tformer_cli.distributed import launch
+    from tformer_cli.train.distributed import launch
     from tformer_cli.errors import ConfigError
 
     with pytest.raises(ConfigError, match="at least one"):
@@ -215,8 +215,8 @@ def test_only_rank_0_prints_and_writes(runs):
 def test_a_distributed_checkpoint_loads_and_samples_in_one_process(runs):
     import torch
 
-    from tformer_cli import checkpoint
-    from tformer_cli.train import load_for_inference
+    from tformer_cli.run import checkpoint
+    from tformer_cli.run.load import load_for_inference
 
     ddp, ref = checkpoint.load(runs["mid"]), checkpoint.load(runs["ref"])
     assert ddp.train_state["step"] == 4 and ddp.train_state["world"] == 2
@@ -227,7 +227,7 @@ def test_a_distributed_checkpoint_loads_and_samples_in_one_process(runs):
         logits = model(ids).logits
     assert logits.shape[-1] == ddp.vocab_size and torch.isfinite(logits).all()
     try:
-        import tformer_cli.commands.sample  # noqa: F401  (written concurrently; use it when present)
+        import tformer_cli.cli.sample  # noqa: F401  (written concurrently; use it when present)
     except ImportError:
         return
     code, out, err = run_cli("sample", runs["mid"], "--prompt", "The ", "--max-new-tokens", "8", "--device", "cpu")
@@ -240,9 +240,9 @@ STOP_SCRIPT = textwrap.dedent("""
     # to stop, during step 2.
     import json, os, sys
     import torch
-    from tformer_cli import device as dev
-    from tformer_cli.config import from_dict
-    from tformer_cli.train import train
+    from tformer_cli.core import device as dev
+    from tformer_cli.core.config import from_dict
+    from tformer_cli.train.loop import train
 
     dev._PEAK_CACHE[("cpu", str(torch.float32))] = dev.Peak(1e9, "test")  # skip the timed matmul
     cfg, port = from_dict(json.loads(sys.argv[1])), sys.argv[2]
@@ -254,7 +254,7 @@ STOP_SCRIPT = textwrap.dedent("""
             continue
         os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                           MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
-        from tformer_cli.distributed import agree_run_dir, process_group
+        from tformer_cli.train.distributed import agree_run_dir, process_group
         calls = []
         def stop():
             calls.append(1)
@@ -287,7 +287,7 @@ def test_a_fresh_distributed_run_agrees_on_its_directory_and_on_stopping(runs, t
     assert len(made) == 1  # one timestamped directory, named by rank 0
     assert results == [{"rank": r, "run_dir": str(Path("runs") / made[0].name), "steps_done": 2,
                         "interrupted": True} for r in (0, 1)]
-    from tformer_cli import checkpoint
+    from tformer_cli.run import checkpoint
 
     assert checkpoint.load(made[0], with_optimizer=False).train_state["step"] == 2
     assert_same_curve([r for r in metrics(made[0]) if "val_loss" in r],

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tformer_cli import study
-from tformer_cli.config import from_dict
+from tformer_cli.study import engine as study
+from tformer_cli.core.config import from_dict
 from tformer_cli.errors import RunError
 
 STUDY_DIR = Path(__file__).resolve().parents[1] / "tformer_cli" / "experiments" / "studies"
@@ -32,7 +32,7 @@ def _one_thread():
 
 
 class FakeTrainer:
-    """Writes what tformer_cli.train.train writes that the engine reads (summary.json, metrics,
+    """Writes what tformer_cli.train.loop.train writes that the engine reads (summary.json, metrics,
     a checkpoint marker); its val loss is a pure function of the member's config and seed."""
 
     def __init__(self, fail: str | None = None, stop_after: int | None = None):
@@ -249,7 +249,7 @@ def test_resume_refuses_new_flags(cli, tmp_path):
 @pytest.mark.parametrize("path", sorted(STUDY_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_study_files_build_valid_members(path):
     """Every study file builds its members and validates them (nothing trains)."""
-    from tformer_cli.commands import experiments as cmd
+    from tformer_cli.cli import experiments as cmd
 
     raw = yaml.safe_load(path.read_text())
     if "experiment" not in raw:

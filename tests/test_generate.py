@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tformer_cli.config import from_dict
+from tformer_cli.core.config import from_dict
 from tformer_cli.errors import ConfigError
-from tformer_cli.generate import _sampler, bench_cache, generate, keep_after_cut, timed, uses_cache
-from tformer_cli.model import build_model
+from tformer_cli.core.generate import _sampler, bench_cache, generate, keep_after_cut, timed, uses_cache
+from tformer_cli.core.model import build_model
 
 BLOCK, VOCAB = 16, 20
 POS = ["learned", "sinusoidal", "rope", "none"]
@@ -237,7 +237,7 @@ def test_bench_cache_reports_both_paths():
 
 def test_sliding_crop_baseline_equals_generation_within_the_first_window():
     """Until the window fills, the baseline and generate() see the same tokens: same greedy output."""
-    from tformer_cli.generate import _sliding_recompute
+    from tformer_cli.core.generate import _sliding_recompute
 
     model = make_model()
     n = BLOCK - 3

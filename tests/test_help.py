@@ -7,7 +7,7 @@ import sys
 
 PROBE = """
 import sys
-from tformer_cli.cli import app, main
+from tformer_cli.cli.app import app, main
 import typer.main
 names = [c.name for c in typer.main.get_command(app).commands.values()]
 bad = []
@@ -35,7 +35,7 @@ def test_help_never_imports_torch():
 def test_every_command_help_has_an_example(cli):
     import typer.main
 
-    from tformer_cli.cli import app
+    from tformer_cli.cli.app import app
 
     for name, cmd in typer.main.get_command(app).commands.items():
         assert "xample" in (cmd.help or ""), f"`tformer {name} --help` has no example"

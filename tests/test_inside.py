@@ -11,9 +11,10 @@ import torch
 import yaml
 from conftest import run_cli
 
-from tformer_cli import anatomy, probes, tasks
-from tformer_cli.config import ModelConfig, from_dict
-from tformer_cli.model import GPT, build_model
+from tformer_cli.core import anatomy, tasks
+from tformer_cli.inside import probes
+from tformer_cli.core.config import ModelConfig, from_dict
+from tformer_cli.core.model import GPT, build_model
 
 V = 29
 
@@ -263,8 +264,10 @@ def test_lstm_trains_through_the_cli_and_has_no_heads(tmp_path):
 
 
 def test_mlm_trains_through_the_cli_with_loss_on_masked_positions_only(tmp_path):
-    from tformer_cli.data import prepare
-    from tformer_cli.train import Batcher, DistInfo, load_for_inference
+    from tformer_cli.core.data import prepare
+    from tformer_cli.train.batches import Batcher
+    from tformer_cli.train.distributed import DistInfo
+    from tformer_cli.run.load import load_for_inference
 
     run, summary = _train(tmp_path, "mlm", "train.objective=mlm", "model.causal=false", "train.steps=4")
     assert summary["vocab_size"] == 29 and summary["extra"] == {}  # + [MASK]; no next-token task metrics
@@ -314,7 +317,7 @@ def _modadd_rule(s: str, t: int):
 
 
 def test_task_metrics_of_oracles(tmp_path):
-    from tformer_cli.data import prepare
+    from tformer_cli.core.data import prepare
 
     cfg = from_dict(RUN_CFG)
     ds = prepare(cfg.data)

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from tformer_cli import anatomy
-from tformer_cli.config import ModelConfig
+from tformer_cli.core import anatomy
+from tformer_cli.core.config import ModelConfig
 from tformer_cli.errors import ConfigError
-from tformer_cli.model import GPT, build_model
+from tformer_cli.core.model import GPT, build_model
 
 V = 37
 POS = ["learned", "sinusoidal", "rope", "none"]

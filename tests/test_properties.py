@@ -15,8 +15,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tformer_cli.config import POS_ENCODINGS, ModelConfig
-from tformer_cli.model import build_model
+from tformer_cli.core.config import POS_ENCODINGS, ModelConfig
+from tformer_cli.core.model import build_model
 
 VOCAB = 11
 BLOCK = 8
@@ -95,7 +95,7 @@ def test_without_the_mask_the_future_leaks(cfg, probe, explicit, seed):
        prompt=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=2 * BLOCK),
        new=st.integers(1, 3 * BLOCK), seed=st.integers(0, 99))
 def test_cached_generation_equals_recompute(cfg, prompt, new, seed):
-    gen = pytest.importorskip("tformer_cli.generate")
+    gen = pytest.importorskip("tformer_cli.core.generate")
     model = _model(cfg, seed, std=0.5)
     cached = list(gen.generate(model, prompt, new, temperature=0, use_cache=True))
     full = list(gen.generate(model, prompt, new, temperature=0, use_cache=False))

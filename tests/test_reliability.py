@@ -94,7 +94,7 @@ def _assert_same_weights(a: Path, b: Path) -> None:
 
 
 def _ckpt_step(run: Path) -> int:
-    from tformer_cli import checkpoint
+    from tformer_cli.run import checkpoint
 
     return int(checkpoint.load(run).train_state["step"])
 
@@ -227,7 +227,7 @@ class _Evil:
 
 def _evil_run(tmp_path: Path, tiny_config: dict, name: str) -> tuple[Path, Path]:
     """A directory that looks like a run (config.yaml, tokenizer.json) and its marker path."""
-    from tformer_cli.config import from_dict
+    from tformer_cli.core.config import from_dict
 
     run = tmp_path / name
     run.mkdir()
@@ -332,7 +332,7 @@ def test_disk_full_during_a_save_keeps_the_previous_checkpoint(cli, tiny_yaml, t
 def test_cuda_out_of_memory_gets_a_hint(cli, tiny_yaml, tmp_path, monkeypatch):
     import torch
 
-    from tformer_cli import model
+    from tformer_cli.core import model
 
     def oom(self, *a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from tformer_cli import checkpoint
-from tformer_cli.config import from_dict
-from tformer_cli.data import BPETokenizer, CharTokenizer
-from tformer_cli.model import build_model
+from tformer_cli.run import checkpoint
+from tformer_cli.core.config import from_dict
+from tformer_cli.core.data import BPETokenizer, CharTokenizer
+from tformer_cli.core.model import build_model
 
 CHARS = "\n !',.?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -68,7 +68,7 @@ def test_streams_text_and_reports_speed(run):
             return super().write(s)
 
     out, err = Recorder(), io.StringIO()
-    from tformer_cli.cli import main
+    from tformer_cli.cli.app import main
 
     with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as e:
         main(["sample", str(run), "--prompt", "The ", "--max-new-tokens", "30", "--seed", "1"])
@@ -228,7 +228,7 @@ def test_bad_options_are_usage_errors(run, args, words):
 
 
 def test_bpe_stream_decodes_split_characters():
-    from tformer_cli.commands.sample import IncrementalDecoder
+    from tformer_cli.cli.sample import IncrementalDecoder
 
     tok = BPETokenizer.train("plain ascii text only, nothing else here\n" * 20, 270)
     text = "h\u00e9llo \u2603 w\u00f6rld"

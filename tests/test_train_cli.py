@@ -52,8 +52,9 @@ def test_cli_resume_extends_a_run_and_refuses_conflicts(cli, tiny_yaml, tmp_path
 
 def test_resume_mid_run_is_exact(tiny_config, tmp_path):
     """Stop a run after its step-10 checkpoint, resume: same metrics and bitwise weights."""
-    from tformer_cli.config import from_dict
-    from tformer_cli.train import prepare_run_dir, train
+    from tformer_cli.core.config import from_dict
+    from tformer_cli.run.rundir import prepare_run_dir
+    from tformer_cli.train.loop import train
 
     tiny_config["model"]["dropout"] = 0.1
     tiny_config["train"]["grad_accum"] = 2
@@ -105,8 +106,8 @@ def test_bpe_tokenizer_run(cli, tiny_yaml, tmp_path):
 
 
 def test_token_cache_is_reused(tiny_config):
-    from tformer_cli.config import from_dict
-    from tformer_cli.data import prepare
+    from tformer_cli.core.config import from_dict
+    from tformer_cli.core.data import prepare
 
     cfg = from_dict(tiny_config)
     prepare(cfg.data)
@@ -131,7 +132,7 @@ def test_sigterm_asks_the_loop_to_stop_like_a_first_ctrl_c(capsys):
     import os
     import signal
 
-    from tformer_cli.commands.common import StopOnInterrupt
+    from tformer_cli.cli.options import StopOnInterrupt
 
     with StopOnInterrupt() as stop:
         assert not stop()
@@ -141,9 +142,9 @@ def test_sigterm_asks_the_loop_to_stop_like_a_first_ctrl_c(capsys):
 
 
 def test_nan_before_any_checkpoint_says_none_was_kept(tiny_config, tmp_path):
-    from tformer_cli.config import from_dict
+    from tformer_cli.core.config import from_dict
     from tformer_cli.errors import RunError
-    from tformer_cli.train import train
+    from tformer_cli.train.loop import train
 
     tiny_config["train"].update(lr=1e6, grad_clip=0.0, warmup_steps=0, eval_interval=100, steps=100)
     with pytest.raises(RunError, match="no checkpoint had been written yet"):
@@ -153,8 +154,8 @@ def test_nan_before_any_checkpoint_says_none_was_kept(tiny_config, tmp_path):
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tiny_config, tmp_path):
     """train.compile (on by default on CUDA) runs the same model: losses agree with eager mode."""
-    from tformer_cli.config import from_dict
-    from tformer_cli.train import train
+    from tformer_cli.core.config import from_dict
+    from tformer_cli.train.loop import train
 
     tiny_config["train"]["steps"] = 10
     eager = train(from_dict(tiny_config), tmp_path / "eager")
@@ -171,8 +172,8 @@ def test_compiled_training_matches_eager(tiny_config, tmp_path):
 
 def test_float16_trains_with_loss_scaling_and_resumes_exactly(tiny_config, tmp_path):
     """float16 autocast uses a GradScaler (its state is saved, so resume stays exact)."""
-    from tformer_cli.config import from_dict
-    from tformer_cli.train import train
+    from tformer_cli.core.config import from_dict
+    from tformer_cli.train.loop import train
 
     tiny_config["train"]["dtype"] = "float16"
     cfg = from_dict(tiny_config)

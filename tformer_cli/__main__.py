@@ -1,4 +1,4 @@
-from tformer_cli.cli import main
+from tformer_cli.cli.app import main
 
 if __name__ == "__main__":
     main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tformer_cli.config import ModelConfig
+from tformer_cli.core.config import ModelConfig
 
 
 @dataclass

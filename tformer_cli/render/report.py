@@ -74,7 +74,7 @@ def fmt_time(s: float | None) -> str:
 class TrainDisplay:
     """A live progress bar with loss, lr, tokens/s and ETA on a terminal; plain lines otherwise.
 
-    Used as the ``progress`` callback of tformer_cli.train.train.
+    Used as the ``progress`` callback of tformer_cli.train.loop.train.
     """
 
     def __init__(self, title: str = "training", to_stderr: bool = False, quiet: bool = False):

@@ -10,8 +10,8 @@ def register(app: typer.Typer) -> None:
     def keys() -> None:
         from rich.table import Table
 
-        from tformer_cli import report
-        from tformer_cli.config import describe_keys
+        from tformer_cli.render import report
+        from tformer_cli.core.config import describe_keys
 
         t = Table(title="configuration keys (YAML key = --set path = sweep axis = table column)")
         for col in ("key", "type", "default"):
@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
     @app.command(help="List the built-in presets (experiments/*.yaml) and studies (experiments/studies/*.yaml)."
                  "\n\nExample: tformer presets")
     def presets() -> None:
-        from tformer_cli import report
-        from tformer_cli.config import PRESET_DIR, preset_names
+        from tformer_cli.render import report
+        from tformer_cli.core.config import PRESET_DIR, preset_names
 
         for name in preset_names():
             first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
@@ -34,8 +34,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command(help="List the built-in corpora (no download needed).\n\nExample: tformer corpora")
     def corpora() -> None:
-        from tformer_cli import report
-        from tformer_cli.data import BUILTIN
+        from tformer_cli.render import report
+        from tformer_cli.core.data import BUILTIN
 
         for name, (desc, _) in BUILTIN.items():
             report.console().print(f"[bold]{name}[/bold]  {desc}")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tformer_cli.commands.common import DeviceOpt, JsonOpt, PresetOpt, SetOpt
+from tformer_cli.cli.options import DeviceOpt, JsonOpt, PresetOpt, SetOpt
 
 RunArg = Annotated[Path, typer.Argument(help="A run directory written by `tformer train`.", show_default=False)]
 PngOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG to write (default: inside the run).",
@@ -39,12 +39,12 @@ def register(app: typer.Typer) -> None:
                                                     "FLOP shares by component.", show_default=False)] = None,
         json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli import report
+        from tformer_cli.render import report
 
         cfg, vocab, source = _inspect_config(target, preset, set_, vocab_size)
         data = inspect_data(cfg, vocab, source)
         if out is not None:
-            from tformer_cli.probes import anatomy_png
+            from tformer_cli.inside.probes import anatomy_png
 
             m = cfg.model
             shape = f"{m.arch} d_model={m.d_model} n_layer={m.n_layer}" + (
@@ -84,7 +84,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = None,
         json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli import probes, report
+        from tformer_cli.inside import probes
+        from tformer_cli.render import report
 
         result = probes.attention_report(run, prompt, device or "auto")
         L, H = result.weights.shape[:2]
@@ -125,7 +126,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = None,
         json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli import probes, report
+        from tformer_cli.inside import probes
+        from tformer_cli.render import report
 
         say = (lambda s: None) if json_ else (lambda s: report.err_console().print(f"[dim]{s}[/dim]"))
         result = probes.heads_report(run, batches, threshold, device or "auto", progress=say)
@@ -157,7 +159,7 @@ def _inspect_config(target, preset, sets, vocab_size):
     """(config, vocab size, where the vocabulary came from)."""
     import json
 
-    from tformer_cli import config as cfgmod
+    from tformer_cli.core import config as cfgmod
     from tformer_cli.errors import ConfigError
 
     overrides = cfgmod.parse_set(sets or [])
@@ -183,7 +185,7 @@ def _inspect_config(target, preset, sets, vocab_size):
         if vocab_size < 1:
             raise ConfigError(f"--vocab-size must be positive, got {vocab_size}")
         return cfg, vocab_size, "--vocab-size"
-    from tformer_cli.data import prepare
+    from tformer_cli.core.data import prepare
 
     ds = prepare(cfg.data)  # cached after the first time
     mask = 1 if cfg.train.objective == "mlm" else 0  # the MLM model's extra [MASK] token
@@ -194,7 +196,7 @@ def inspect_data(cfg, vocab_size: int, source: str = "") -> dict:
     """Everything `tformer inspect` shows, as plain data (also its --json output)."""
     import dataclasses
 
-    from tformer_cli import anatomy
+    from tformer_cli.core import anatomy
 
     m = cfg.model
     parts = anatomy.parts(m, vocab_size)
@@ -233,7 +235,7 @@ def _pct(x: int, total: int) -> str:
 def _parts_table(data: dict):
     from rich.table import Table
 
-    from tformer_cli import report
+    from tformer_cli.render import report
 
     m = data["model"]
     shape = f"{m['arch']}: d_model={m['d_model']} n_layer={m['n_layer']}" + (
@@ -263,7 +265,7 @@ def _short(name: str) -> str:
 def _split_table(data: dict):
     from rich.table import Table
 
-    from tformer_cli import report
+    from tformer_cli.render import report
 
     t = Table(title="where the parameters and FLOPs are (attention vs FFN)", title_justify="left")
     for col in ("group", "params", "% params", "FLOPs/token", "% FLOPs"):
@@ -278,7 +280,7 @@ def _split_table(data: dict):
 def _memory_table(data: dict):
     from rich.table import Table
 
-    from tformer_cli import report
+    from tformer_cli.render import report
 
     t = Table(title=f"memory for {data['params']:,} parameters (activations not included)", title_justify="left")
     for col in ("dtype", "weights", "gradients", "AdamW state (2 moments)", "total"):

@@ -12,24 +12,27 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
-from tformer_cli import anatomy, checkpoint, device as dev
-from tformer_cli.config import Config
-from tformer_cli.data import Dataset, check_lengths, mix_seed, mlm_mask, prepare, sample_windows
+from tformer_cli.core import anatomy, device as dev
+from tformer_cli.run import checkpoint
+from tformer_cli.core.config import Config
+from tformer_cli.core.data import Dataset, check_lengths, mix_seed, prepare
 from tformer_cli.errors import ConfigError, RunError
-from tformer_cli.io import atomic_write_text
-from tformer_cli.model import build_model
+from tformer_cli.core.io import atomic_write_text
+from tformer_cli.core.model import build_model
+from tformer_cli.run.rundir import _read_metrics
+from tformer_cli.train.batches import Batcher
+from tformer_cli.train.distributed import DistInfo
+from tformer_cli.train.evaluate import evaluate
+from tformer_cli.train.optim import lr_at, make_optimizer
 
-EVAL_SEED = 0x7F0E  # the fixed validation windows, identical for every run and every eval
 
 
 @dataclass
@@ -80,195 +83,6 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-@dataclass
-class DistInfo:
-    """Process-group facts for DDP (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def lr_at(step: int, cfg: Config) -> float:
-    """Linear warm-up to train.lr, then cosine decay to min_lr at the last step (0-based step)."""
-    t = cfg.train
-    min_lr = t.lr / 10 if t.min_lr is None else t.min_lr
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    span = max(1, t.steps - t.warmup_steps)
-    progress = min(1.0, (step - t.warmup_steps) / span)
-    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (t.lr - min_lr)
-
-
-def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
-    """AdamW, weight decay on matrices only (not on biases, norms); fused on CUDA."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    kwargs: dict[str, Any] = {"lr": cfg.train.lr, "betas": (cfg.train.beta1, cfg.train.beta2)}
-    try:  # one fused kernel per step (CUDA, and CPU since torch 2.4): measured faster than foreach
-        return torch.optim.AdamW(groups, fused=True, **kwargs)
-    except (RuntimeError, ValueError, TypeError):
-        return torch.optim.AdamW(groups, foreach=True, **kwargs)
-
-
-class Batcher:
-    """Draws the batch of (step, micro-step) for this rank; host-to-device copies are async on CUDA."""
-
-    def __init__(self, ds: Dataset, cfg: Config, device: torch.device, dist: DistInfo, vocab_size: int):
-        self.ds, self.cfg, self.device, self.dist = ds, cfg, device, dist
-        self.mlm = cfg.train.objective == "mlm"
-        self.mask_id = vocab_size - 1  # the extra [MASK] token of the MLM model
-
-    def _to_device(self, a: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(a)
-        if self.device.type == "cuda":
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
-    def _finish(self, x: np.ndarray, y: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask (MLM) the whole global batch, then keep this rank's rows, so the rows, and their
-        masks, are those of a single process drawing the global batch."""
-        if self.mlm:  # predict the masked tokens of the same window, not the next ones
-            x, y = mlm_mask(x, self.mask_id, self.mask_id, seed)
-        B, r = self.cfg.train.batch_size, self.dist.rank
-        rows = slice(r * B, (r + 1) * B)  # this rank's share of the global batch (all of it on 1 process)
-        return self._to_device(x[rows]), self._to_device(y[rows])
-
-    def train_batch(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        B, W = self.cfg.train.batch_size, self.dist.world
-        seed = mix_seed(self.cfg.train.seed, step, micro)
-        x, y = sample_windows(self.ds.train, self.cfg.model.block_size, B * W, seed)
-        return self._finish(x, y, seed + 1)
-
-    def eval_batches(self, split: str, n_batches: int):
-        ids = self.ds.val if split == "val" else self.ds.train
-        # Eval batch i is a global batch (batch_size x world rows) split over the ranks like a
-        # training batch: every rank evaluates every batch (its rows), so the windows are those of
-        # one process with batch_size x world, and eval_iters < world leaves no rank idle.
-        B = self.cfg.train.batch_size * self.dist.world
-        for i in range(n_batches):
-            seed = mix_seed(EVAL_SEED, i)
-            x, y = sample_windows(ids, self.cfg.model.block_size, B, seed)
-            yield self._finish(x, y, seed + 1)
-
-
-@torch.no_grad()
-def evaluate(model, batcher: Batcher, n_batches: int, device, dtype, split: str = "val") -> float:
-    """Mean teacher-forced loss over fixed windows (the same windows at every evaluation)."""
-    was_training = model.training
-    model.eval()
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    count = torch.zeros((), device=device, dtype=torch.float64)
-    for x, y in batcher.eval_batches(split, n_batches):
-        with dev.autocast(device, dtype):
-            out = model(x, y)
-        total += out.loss.double()
-        count += 1
-    if batcher.dist.world > 1:
-        import torch.distributed as tdist
-
-        tdist.all_reduce(total)
-        tdist.all_reduce(count)
-    model.train(was_training)
-    return (total / count.clamp(min=1)).item()
-
-
-@torch.no_grad()
-def causal_consistent_loss(model, batcher: Batcher, n_windows: int, device, dtype) -> float:
-    """Loss where the prediction for position t sees tokens <= t only (a forward pass per prefix).
-
-    For a causal model this equals the teacher-forced loss; for a model trained without the
-    mask it exposes the leak: at generation time the future is not there to copy.
-    """
-    if batcher.mlm:
-        raise ValueError("causal-consistent loss is defined for next-token (clm) models, not MLM")
-    was_training = model.training
-    model.eval()
-    losses = []
-    done = 0
-    for x, y in batcher.eval_batches("val", max(1, math.ceil(n_windows / batcher.cfg.train.batch_size))):
-        x, y = x[: n_windows - done], y[: n_windows - done]
-        T = x.size(1)
-        for t in range(T):
-            with dev.autocast(device, dtype):
-                logits = model(x[:, : t + 1], last_only=True).logits[:, -1, :].float()
-            losses.append(torch.nn.functional.cross_entropy(logits, y[:, t], reduction="none"))
-        done += x.size(0)
-        if done >= n_windows:
-            break
-    model.train(was_training)
-    return torch.cat(losses).mean().item()
-
-
-# ---------------------------------------------------------------- run directory
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.yaml").exists()
-
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "perf.jsonl", checkpoint.CKPT_NAME, "checkpoint.json",
-             "tokenizer.json", "summary.json", "loss.png")
-
-
-def prepare_run_dir(path: Path, overwrite: bool) -> None:
-    """Create the run directory; refuse to clobber anything unless told to.
-
-    --overwrite deletes only the files a run writes (a run there is replaced); anything
-    else in the directory is left alone, so a mistyped --out never wipes a user's folder.
-    """
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"--out {path} exists and is a file", hint="choose another --out")
-        if any(path.iterdir()):
-            if not overwrite:
-                what = "a run" if is_run_dir(path) else "a non-empty directory that is not a run"
-                raise ConfigError(
-                    f"--out {path} is {what}",
-                    hint="use --resume to continue a run, --overwrite to replace it, or another --out",
-                )
-            for name in RUN_FILES:
-                (path / name).unlink(missing_ok=True)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"cannot write to output directory {path}: {e.strerror}",
-                          hint="choose a writable --out") from None
-
-
-def default_run_dir(root: str | Path = "runs") -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path(root) / stamp
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path(root) / f"{stamp}-{n}"
-    return path
-
-
-def _read_metrics(path: Path, upto: int) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash
-            if row.get("step", 0) <= upto:
-                rows.append(row)
-    return rows
 
 
 # ---------------------------------------------------------------- the loop
@@ -529,7 +343,7 @@ class _Trainer:
             except Exception as e:  # told to the other ranks before re-raising, so none waits forever
                 error = e
         if dist.world > 1:
-            from tformer_cli.distributed import PeerFailed, any_rank
+            from tformer_cli.train.distributed import PeerFailed, any_rank
 
             if any_rank(error is not None, self.device) and error is None:
                 raise PeerFailed(f"rank 0 could not write the checkpoint at step {step}")
@@ -546,7 +360,7 @@ class _Trainer:
             return self.stop_seen
         if step % self.cfg.train.log_interval != 0 and step != self.start_step:
             return False
-        from tformer_cli.distributed import any_rank
+        from tformer_cli.train.distributed import any_rank
 
         return any_rank(self.stop_seen, self.device)
 
@@ -593,13 +407,13 @@ class _Trainer:
         if dist.world > 1:
             result.extra["processes"] = dist.world
         if dist.main and step > 0:
-            from tformer_cli.tasks import task_metrics  # synthetic corpora: e.g. the in-context loss drop
+            from tformer_cli.core.tasks import task_metrics  # synthetic corpora: e.g. the in-context loss drop
 
             result.extra.update(task_metrics(self.raw_model, self.cfg, self.ds, self.device, self.dtype))
         if dist.main:
             atomic_write_text(self.run_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
             try:
-                from tformer_cli.plots import loss_curve
+                from tformer_cli.render.plots import loss_curve
 
                 loss_curve(self.run_dir)
             except Exception:  # a plot is a convenience; never lose a run over it
@@ -636,28 +450,3 @@ def _check_global_batch(ckpt, cfg: Config, dist: DistInfo) -> None:
             f"processes) to {new} ({cfg.train.batch_size} x {dist.world})",
             hint=hint + " to keep the global batch and the data order",
         )
-
-
-def load_for_inference(run_dir: str | Path, device_name: str = "auto"):
-    """(model in eval mode, tokenizer, config, checkpoint) from a run directory."""
-    from tformer_cli.data import load_tokenizer
-
-    ckpt = checkpoint.load(run_dir, with_optimizer=False)
-    cfg = ckpt.config
-    device = dev.select(device_name)
-    model = build_model(cfg.model, ckpt.vocab_size)
-    checkpoint.load_model_weights(model, ckpt)
-    model.to(device).eval()
-    tok_path = Path(run_dir) / "tokenizer.json"
-    if not tok_path.exists():
-        raise RunError(f"no tokenizer.json in {run_dir}", hint="the run directory is incomplete")
-    return model, load_tokenizer(tok_path), cfg, ckpt, device
-
-
-def env_dist() -> DistInfo:
-    """Rank facts from the environment torchrun sets (1 process when absent)."""
-    return DistInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        world=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-    )

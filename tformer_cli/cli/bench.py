@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tformer_cli.commands.common import ConfigArg, DeviceOpt, JsonOpt, PresetOpt, SetOpt, build_config
+from tformer_cli.cli.options import ConfigArg, DeviceOpt, JsonOpt, PresetOpt, SetOpt, build_config
 
 
 def register(app: typer.Typer) -> None:
@@ -36,8 +36,8 @@ def register(app: typer.Typer) -> None:
         vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary of the random ids.")] = 65,
         json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli import report
-        from tformer_cli.bench import bench as core_bench
+        from tformer_cli.render import report
+        from tformer_cli.train.bench import bench as core_bench
         from tformer_cli.errors import ConfigError
 
         if steps < 1 or warmup < 0:
@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
 def bench_table(r: dict):
     from rich.table import Table
 
-    from tformer_cli import report
+    from tformer_cli.render import report
 
     t = Table(title=f"tformer bench: {r['shape']}, {r['device']} {r['dtype']}"
               + (" compiled" if r["compiled"] else ""), show_header=False, title_justify="left")

@@ -29,7 +29,7 @@ def is_task(corpus: str) -> bool:
 
 def _val_text(cfg) -> str:
     """The validation split of the corpus, from its first full line (as data.prepare splits it)."""
-    from tformer_cli.data import read_corpus
+    from tformer_cli.core.data import read_corpus
 
     text, _ = read_corpus(cfg.data.corpus)
     val = text[int(len(text) * (1.0 - cfg.data.val_fraction)):]
@@ -104,7 +104,7 @@ def _score(model, xs, ys, device, dtype):
     import torch
     import torch.nn.functional as F
 
-    from tformer_cli import device as dev
+    from tformer_cli.core import device as dev
 
     was_training = model.training
     model.eval()

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tformer_cli.config import DataConfig
+from tformer_cli.core.config import DataConfig
 from tformer_cli.errors import DataError
-from tformer_cli.io import atomic_write_text
+from tformer_cli.core.io import atomic_write_text
 
 FORMAT_VERSION = 1
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tformer_cli.config import ModelConfig, head_count_problem
+from tformer_cli.core.config import ModelConfig, head_count_problem
 from tformer_cli.errors import ConfigError
 
 

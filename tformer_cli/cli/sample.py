@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tformer_cli.commands.common import JsonOpt
+from tformer_cli.cli.options import JsonOpt
 
 HELP = (
     "Generate text from a trained run, streaming tokens as they are produced, then report new tokens, "
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
         bench: Annotated[bool, typer.Option("--bench", help="Time generation with and without the KV cache "
                                             "and print both tokens/s and their ratio.")] = False,
     ) -> None:
-        from tformer_cli.checkpoint import find
+        from tformer_cli.run.checkpoint import find
 
         _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads)
         find(run_dir)  # a missing run or checkpoint fails before waiting on stdin
@@ -96,7 +96,7 @@ def register(app: typer.Typer) -> None:
 
 def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads) -> None:
     from tformer_cli.errors import ConfigError
-    from tformer_cli.generate import sampling_problems
+    from tformer_cli.core.generate import sampling_problems
 
     problems = [f"--{p.replace('_', '-')}" for p in sampling_problems(temperature, top_k, top_p)]
     if max_new_tokens is not None and max_new_tokens < 1:
@@ -169,7 +169,7 @@ def prompt_ids(tokenizer, text: str, skip_unknown: bool) -> list[int]:
 def _note(msg: str) -> None:
     from rich.markup import escape
 
-    from tformer_cli import report
+    from tformer_cli.render import report
 
     report.err_console().print(f"[dim]note: {escape(msg)}[/dim]")
 
@@ -182,7 +182,7 @@ class _Session:
 def _load(run_dir: Path, device: str) -> _Session:
     """Load the run and refuse what cannot generate; warn once for a bidirectional model."""
     from tformer_cli.errors import ConfigError, RunError
-    from tformer_cli.train import load_for_inference
+    from tformer_cli.run.load import load_for_inference
 
     model, tokenizer, cfg, ckpt, dev = load_for_inference(run_dir, device)
     if cfg.train.objective == "mlm":
@@ -193,7 +193,7 @@ def _load(run_dir: Path, device: str) -> _Session:
         raise RunError(f"tokenizer.json in {run_dir} has {tokenizer.vocab_size} tokens, the checkpoint's "
                        f"model {ckpt.vocab_size}", hint="the run directory mixes files of different runs")
     if not cfg.model.causal:
-        from tformer_cli import report
+        from tformer_cli.render import report
 
         report.err_console().print(
             "[yellow]warning:[/yellow] this model was trained with model.causal=false: it saw future tokens "
@@ -237,7 +237,7 @@ def _generator(session: _Session, seed: int):
 
 def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: int, settings: dict,
             use_cache: bool, json_: bool) -> None:
-    from tformer_cli import generate as gen
+    from tformer_cli.core import generate as gen
 
     g = _generator(session, seed)  # one generator for all samples: sample i differs, the run repeats
     samples, speeds = [], []
@@ -257,7 +257,7 @@ def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: i
     total = gen.combine(speeds)
     cached = gen.uses_cache(session.model, use_cache)
     if json_:
-        from tformer_cli import report
+        from tformer_cli.render import report
 
         report.print_json({"prompt": session.tokenizer.decode(ids), "prompt_tokens": len(ids), "seed": seed,
                            "device": str(session.device), "kv_cache": cached, **settings,
@@ -267,7 +267,7 @@ def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: i
 
 
 def _print_speed(s, cached: bool, session: _Session, seed: int) -> None:
-    from tformer_cli import report
+    from tformer_cli.render import report
 
     ttft = "-" if s.time_to_first_token_s is None else f"{1000 * s.time_to_first_token_s:.1f} ms"
     rate = "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"
@@ -280,8 +280,8 @@ def _print_speed(s, cached: bool, session: _Session, seed: int) -> None:
 def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict, json_: bool) -> None:
     import torch
 
-    from tformer_cli import report
-    from tformer_cli.generate import bench_cache
+    from tformer_cli.render import report
+    from tformer_cli.core.generate import bench_cache
 
     r = bench_cache(session.model, ids, n, seed=seed, **settings)
     threads = torch.get_num_threads()

@@ -21,7 +21,7 @@ import yaml
 
 from tformer_cli.errors import ConfigError
 
-PRESET_DIR = Path(__file__).parent / "experiments"
+PRESET_DIR = Path(__file__).parent.parent / "experiments"
 
 ACTIVATIONS = ("relu", "gelu", "swiglu")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")

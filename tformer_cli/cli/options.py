@@ -45,7 +45,7 @@ def build_config(
     extra: Optional[dict[str, Any]] = None,
 ):
     """defaults < preset < config file < flags < --set; validated, all problems at once."""
-    from tformer_cli import config as cfgmod
+    from tformer_cli.core import config as cfgmod
 
     if config is None and preset is None:
         preset = "quick"
@@ -58,7 +58,7 @@ FLAG_KEYS = (("steps", "train.steps"), ("device", "train.device"), ("seed", "tra
 def flag_overrides(steps=None, device=None, seed=None, data=None, sets=None, extra=None) -> dict[str, Any]:
     """The overrides a user gave explicitly: the common flags, then ``extra`` (a command's own
     flags), then --set, later winning; also used to check flags against a run being resumed."""
-    from tformer_cli import config as cfgmod
+    from tformer_cli.core import config as cfgmod
 
     given = {"steps": steps, "device": device, "seed": seed, "data": data}
     out: dict[str, Any] = {key: given[flag] for flag, key in FLAG_KEYS if given[flag] is not None}

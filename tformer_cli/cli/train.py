@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, List, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from tformer_cli.commands.common import (
-    ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt,
-    build_config, flag_overrides,
-)
+from tformer_cli.cli.options import ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt, build_config, flag_overrides
 
 # Keys that may change when a run is resumed; anything else must match the run's config.
 # train.batch_size may change with the number of processes; train() checks the global batch is kept.
@@ -49,22 +46,22 @@ def register(app: typer.Typer) -> None:
             "--nproc", help="Run N processes on this machine under torchrun (DDP), e.g. one per GPU.",
             show_default=False)] = None,
     ) -> None:
-        from tformer_cli import report
+        from tformer_cli.render import report
         from tformer_cli.errors import Interrupted
 
         if resume is not None:
             cfg, run_dir = _resume_config(resume, config, preset, set_, steps, device, seed, data)
         else:
             cfg = build_config(config, preset, set_, steps=steps, device=device, seed=seed, data=data)
-        from tformer_cli import distributed
+        from tformer_cli.train import distributed
 
         if nproc is not None:  # validated above; the ranks run this same command without --nproc
-            from tformer_cli.device import select
+            from tformer_cli.core.device import select
 
             cuda = select(cfg.train.device).type == "cuda"
             args = distributed.forwarded_args(ctx, drop=("nproc", "out", "overwrite"))
             if resume is None:  # create --out here: a clash is reported once, as in a 1-process run
-                from tformer_cli.train import DistInfo
+                from tformer_cli.train.distributed import DistInfo
 
                 args += ["--out", str(distributed.agree_run_dir(out, overwrite, DistInfo()))]
             raise typer.Exit(distributed.launch(nproc, args, cuda=cuda))
@@ -96,13 +93,13 @@ def register(app: typer.Typer) -> None:
 
 
 def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title: str = "training", dist=None):
-    """Train with the live display and Ctrl-C handling; the result of tformer_cli.train.train.
+    """Train with the live display and Ctrl-C handling; the result of tformer_cli.train.loop.train.
 
     ``dist`` (tformer_cli.train.DistInfo) for a rank under torchrun: ranks other than 0 train
     silently (no display; Ctrl-C, which torchrun forwards to every rank, still stops them).
     """
-    from tformer_cli import report
-    from tformer_cli.train import train as core_train
+    from tformer_cli.render import report
+    from tformer_cli.train.loop import train as core_train
 
     if dist is not None and not dist.main:
         with StopOnInterrupt(lambda message: None) as stop:
@@ -112,9 +109,9 @@ def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title:
 
 
 def _resume_config(resume, config, preset, sets, steps, device, seed, data):
-    from tformer_cli import config as cfgmod
+    from tformer_cli.core import config as cfgmod
     from tformer_cli.errors import ConfigError
-    from tformer_cli.train import is_run_dir
+    from tformer_cli.run.rundir import is_run_dir
 
     if not is_run_dir(resume):
         raise ConfigError(f"--resume {resume}: not a tformer run directory (no config.yaml)",

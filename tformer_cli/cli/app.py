@@ -1,6 +1,6 @@
 """The Typer application and its one error boundary.
 
-Every command lives in tformer_cli/commands/<name>.py and registers itself here.  Command
+Every command lives in tformer_cli/cli/<family>.py and registers itself here.  Command
 modules import nothing heavy at module level, so `tformer --help` never imports torch.
 Exit codes: 0 ok, 1 runtime error, 2 usage/config error, 130 interrupted.
 Set TFORMER_DEBUG=1 to see tracebacks.
@@ -15,7 +15,7 @@ import sys
 import typer
 
 from tformer_cli import __version__
-from tformer_cli.commands import COMMAND_MODULES
+from tformer_cli.cli import bench, experiments, info, inside, sample, train
 
 app = typer.Typer(
     name="tformer",
@@ -43,7 +43,9 @@ def _root(
     pass
 
 
-for _module in COMMAND_MODULES:
+# One module per command family, each with register(app); none imports torch at module level,
+# so `tformer --help` stays instant.
+for _module in (train, bench, info, inside, sample, experiments):
     _module.register(app)
 
 

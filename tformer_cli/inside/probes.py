@@ -18,7 +18,6 @@ induction heads", for the induction score):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -73,7 +72,7 @@ class HeadsResult:
 
 def load_gpt(run_dir: str | Path, device_name: str = "auto"):
     """(model, tokenizer, cfg, device) of a run; a clear error for an LSTM (no attention)."""
-    from tformer_cli.train import load_for_inference
+    from tformer_cli.run.load import load_for_inference
 
     model, tok, cfg, _ckpt, device = load_for_inference(run_dir, device_name)
     if cfg.model.arch != "gpt":
@@ -212,8 +211,9 @@ def attention_report(run_dir: str | Path, prompt: str, device_name: str = "auto"
 
 
 def _val_batches(cfg, vocab_size: int, device, n_batches: int):
-    from tformer_cli.data import check_lengths, prepare
-    from tformer_cli.train import Batcher, DistInfo
+    from tformer_cli.core.data import check_lengths, prepare
+    from tformer_cli.train.batches import Batcher
+    from tformer_cli.train.distributed import DistInfo
 
     ds = prepare(cfg.data)
     check_lengths(ds, cfg.model.block_size, ds.corpus)
@@ -224,7 +224,7 @@ def masked_loss(model, batches, head_mask, device, dtype) -> float:
     """Mean val loss over ``batches`` with ``head_mask`` ((n_layer, n_head) of 0/1, or None)."""
     import torch
 
-    from tformer_cli import device as dev
+    from tformer_cli.core import device as dev
 
     total = 0.0
     with torch.no_grad(), dev.autocast(device, dtype):
@@ -275,7 +275,7 @@ def removable_heads(curve: list[tuple[int, float]], threshold: float) -> int:
 def heads_report(run_dir: str | Path, n_batches: int | None = None, threshold: float = 0.05,
                  device_name: str = "auto", progress: Callable[[str], None] | None = None) -> HeadsResult:
     """Head importance by single-head ablation, then a pruning curve in order of importance."""
-    from tformer_cli import device as dev
+    from tformer_cli.core import device as dev
 
     if threshold <= 0:
         raise ConfigError(f"--threshold must be positive, got {threshold}")
@@ -312,7 +312,7 @@ def attention_png(result: AttentionResult, out: str | Path, layer: int | None = 
     """One heatmap per head (rows: layers, columns: heads); the masked future is drawn grey."""
     import numpy as np
 
-    from tformer_cli.plots import _pyplot
+    from tformer_cli.render.plots import _pyplot
 
     plt = _pyplot()
     w = result.weights.numpy()
@@ -349,7 +349,7 @@ def heads_png(result: HeadsResult, out: str | Path, title: str = "") -> Path:
     """Left: loss change per masked head (layer x head); right: the pruning curve."""
     import numpy as np
 
-    from tformer_cli.plots import _pyplot
+    from tformer_cli.render.plots import _pyplot
 
     plt = _pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
@@ -388,7 +388,7 @@ def heads_png(result: HeadsResult, out: str | Path, title: str = "") -> Path:
 def anatomy_png(data: dict, out: str | Path, title: str = "") -> Path:
     """Share of parameters and of training FLOPs per token by component (summed over layers);
     ``data`` is commands.inside.inspect_data's dict."""
-    from tformer_cli.plots import _pyplot
+    from tformer_cli.render.plots import _pyplot
 
     plt = _pyplot()
     comps = [c for c in data["components"] if c["params"] or c["flops_per_token"]]

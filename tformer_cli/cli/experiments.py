@@ -1,7 +1,7 @@
 """`tformer ablate`, `sweep`, `sweep-heads`, `sweep-dmodel`, `study`, `runs`: controlled experiments.
 
 Each command builds a list of members (dotted overrides of one base config), hands them to
-tformer_cli.study.run_experiment and renders its result.  A config file may carry an
+tformer_cli.study.engine.run_experiment and renders its result.  A config file may carry an
 ``experiment:`` section (a study file, see experiments/studies/*.yaml); its settings are defaults
 that command-line flags add to or override.
 """
@@ -13,10 +13,7 @@ from typing import Annotated, Any, List, Optional
 
 import typer
 
-from tformer_cli.commands.common import (
-    ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt,
-    flag_overrides,
-)
+from tformer_cli.cli.options import ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt, flag_overrides
 
 SeedsOpt = Annotated[Optional[int], typer.Option("--seeds", help="Run every member with N seeds (train.seed, "
                                                  "+1, ...) and show mean ± std.", show_default=False)]
@@ -37,7 +34,7 @@ SWEEP_KEYS = {"kind", "grid", "seeds", "prompt"}
 
 def experiment_config(config, preset, sets, steps, device, seed, data) -> tuple[Any, dict[str, Any]]:
     """(base Config, the file's experiment: section); defaults < preset < file < flags < --set."""
-    from tformer_cli import config as cfgmod
+    from tformer_cli.core import config as cfgmod
     from tformer_cli.errors import ConfigError
 
     file_over: dict[str, Any] = {}
@@ -99,8 +96,9 @@ def _refuse_with_resume(resume, **given) -> None:
 
 def execute(spec, out: Optional[Path], resume: Optional[Path], json_: bool, parallel: bool, isolate: bool):
     """Run the spec (or resume a directory) with live progress, render, and exit 130 if interrupted."""
-    from tformer_cli import report, study
-    from tformer_cli.train import default_run_dir
+    from tformer_cli.render import report
+    from tformer_cli.study import engine as study
+    from tformer_cli.run.rundir import default_run_dir
 
     if resume is not None:
         spec = study.load_spec(resume)
@@ -139,7 +137,7 @@ def _pm(mean, std, fmt) -> str:
 
 
 def _loss(x) -> str:
-    from tformer_cli.report import fmt_loss
+    from tformer_cli.render.report import fmt_loss
 
     return fmt_loss(x)
 
@@ -161,7 +159,7 @@ def _diff(s: dict[str, Any]) -> str:
 def results_table(r: dict[str, Any]):
     from rich.table import Table
 
-    from tformer_cli.report import fmt_bytes, fmt_int, fmt_params
+    from tformer_cli.render.report import fmt_bytes, fmt_int, fmt_params
 
     multi = len(r["seeds"]) > 1
     t = Table(title=f"tformer {r['kind']}: {r['out_dir']}" + (f" ({len(r['seeds'])} seeds, mean ± std)"
@@ -219,7 +217,7 @@ def _fmt_extra(v) -> str:
 def anatomy_table(r: dict[str, Any]):
     from rich.table import Table
 
-    from tformer_cli.report import fmt_params
+    from tformer_cli.render.report import fmt_params
 
     t = Table(title="parameters and training FLOPs per token by group", title_justify="left")
     for c in ("member", "params: embeddings", "attention", "FFN", "total", "FLOPs/token: embeddings",
@@ -239,7 +237,7 @@ def pivot_table(r: dict[str, Any]):
     """Two swept keys: rows by the first, columns by the second, the compared loss in each cell."""
     from rich.table import Table
 
-    from tformer_cli.study import comparable_loss
+    from tformer_cli.study.engine import comparable_loss
 
     a, b = r["axes"][:2]
     rows = list(dict.fromkeys(s["axes"][a] for s in r["summary"]))
@@ -261,7 +259,7 @@ def pivot_table(r: dict[str, Any]):
 
 
 def render(result) -> None:
-    from tformer_cli import report
+    from tformer_cli.render import report
 
     r = result.to_dict()
     con = report.console()
@@ -295,7 +293,7 @@ def render(result) -> None:
 def ablate_spec(cfg, exp: dict[str, Any], *, no_causal_mask=False, no_ffn=False, pos=None, activation=None,
                 ffn_mult=None, combine=False, match=None, match_by=None, seeds=None):
     """The ablation spec: CLI flags add to (or, for single values, override) the study file's."""
-    from tformer_cli import study
+    from tformer_cli.study import engine as study
     from tformer_cli.errors import ConfigError
 
     members = study.ablation_members(
@@ -318,7 +316,7 @@ def ablate_spec(cfg, exp: dict[str, Any], *, no_causal_mask=False, no_ffn=False,
 
 
 def sweep_spec(cfg, grid: dict[str, list], seeds=None, prompt=None):
-    from tformer_cli import study
+    from tformer_cli.study import engine as study
 
     return study.Spec("sweep", cfg.to_dict(), study.grid_members(cfg, grid), _seeds(cfg, seeds),
                       axes=list(grid), prompt=prompt)
@@ -338,7 +336,7 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 def heads_grid(cfg, heads: list[int], d_model: Optional[int]) -> dict[str, list]:
     """model.n_head values at a fixed d_model; refuses every head count that does not divide it."""
-    from tformer_cli import study
+    from tformer_cli.study import engine as study
     from tformer_cli.errors import ConfigError
 
     d = d_model or cfg.model.d_model
@@ -415,7 +413,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one function per command,
         seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
         isolate: IsolateOpt = False, json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli import study
+        from tformer_cli.study import engine as study
 
         spec = None
         if resume is not None:
@@ -474,7 +472,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one function per command,
         seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
         isolate: IsolateOpt = False, json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli import study
+        from tformer_cli.study import engine as study
         from tformer_cli.errors import ConfigError
 
         spec = None
@@ -510,7 +508,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one function per command,
         data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
         isolate: IsolateOpt = False, json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli.config import PRESET_DIR
+        from tformer_cli.core.config import PRESET_DIR
         from tformer_cli.errors import ConfigError
 
         builtin = PRESET_DIR / "studies" / f"{config}.yaml"
@@ -537,7 +535,8 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one function per command,
         directory: Annotated[Path, typer.Argument(help="Where to look (two levels deep).")] = Path("runs"),
         json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli import report, study
+        from tformer_cli.render import report
+        from tformer_cli.study import engine as study
         from tformer_cli.errors import ConfigError
 
         if not directory.is_dir():
@@ -550,7 +549,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one function per command,
 
 
 def _file_grid(exp: dict[str, Any]) -> dict[str, list]:
-    from tformer_cli import study
+    from tformer_cli.study import engine as study
     from tformer_cli.errors import ConfigError
 
     grid = exp.get("grid") or {}
@@ -563,7 +562,7 @@ def _file_grid(exp: dict[str, Any]) -> dict[str, list]:
 def runs_table(entries: list[dict[str, Any]], root: Path):
     from rich.table import Table
 
-    from tformer_cli.report import fmt_int, fmt_loss, fmt_params, fmt_time
+    from tformer_cli.render.report import fmt_int, fmt_loss, fmt_params, fmt_time
 
     t = Table(title=f"runs and experiments under {root}", title_justify="left")
     for c in ("path", "type", "status", "steps / members", "val loss", "params / best member", "tokens/s",

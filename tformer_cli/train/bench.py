@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 import torch
 
-from tformer_cli import anatomy, device as dev
-from tformer_cli.config import Config
-from tformer_cli.model import build_model
-from tformer_cli.train import make_optimizer
+from tformer_cli.core import anatomy, device as dev
+from tformer_cli.core.config import Config
+from tformer_cli.core.model import build_model
+from tformer_cli.train.optim import make_optimizer
 
 
 @dataclass

@@ -36,10 +36,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
-from tformer_cli import config as cfgmod
-from tformer_cli.config import Config
+from tformer_cli.core import config as cfgmod
+from tformer_cli.core.config import Config
 from tformer_cli.errors import ConfigError, RunError, TformerError
-from tformer_cli.io import atomic_write_text
+from tformer_cli.core.io import atomic_write_text
 
 SPEC_NAME = "experiment.json"
 RESULTS_JSON, RESULTS_CSV, PLOT_NAME = "results.json", "results.csv", "comparison.png"
@@ -230,14 +230,14 @@ def validate_members(spec: Spec) -> None:
 
 
 def _params(cfg: Config, vocab_size: int) -> int:
-    from tformer_cli import anatomy
+    from tformer_cli.core import anatomy
 
     return anatomy.totals(cfg.model, vocab_size).params
 
 
 def model_vocab(cfg: Config) -> int:
     """The vocabulary the model is built with (+1 for the [MASK] token of MLM)."""
-    from tformer_cli.data import prepare
+    from tformer_cli.core.data import prepare
 
     return prepare(cfg.data).vocab_size + (1 if cfg.train.objective == "mlm" else 0)
 
@@ -303,7 +303,7 @@ def _closest(cfg: Config, key: str, target: int, vocab: int) -> tuple[int, int]:
 def _ffn_params(cfg: Config, d_ff: int, vocab: int) -> int:
     import dataclasses
 
-    from tformer_cli import anatomy
+    from tformer_cli.core import anatomy
 
     return anatomy.totals(dataclasses.replace(cfg.model, d_ff=d_ff), vocab).params
 
@@ -313,7 +313,7 @@ def _ffn_params(cfg: Config, d_ff: int, vocab: int) -> int:
 
 def anatomy_columns(cfg: Config, vocab_size: int) -> dict[str, int]:
     """Parameters and training FLOPs per token split into embeddings, attention and FFN."""
-    from tformer_cli import anatomy
+    from tformer_cli.core import anatomy
 
     t = anatomy.totals(cfg.model, vocab_size)
     out = {"params": t.params, "flops_per_token": t.flops_per_token}
@@ -327,9 +327,12 @@ def default_evaluator(run_dir: Path, cfg: Config, prompt: str | None) -> dict[st
     """Causal-consistent val loss and a greedy sample, from the member's checkpoint."""
     import torch
 
-    from tformer_cli import device as dev
-    from tformer_cli.data import prepare
-    from tformer_cli.train import Batcher, DistInfo, causal_consistent_loss, load_for_inference
+    from tformer_cli.core import device as dev
+    from tformer_cli.core.data import prepare
+    from tformer_cli.train.batches import Batcher
+    from tformer_cli.train.distributed import DistInfo
+    from tformer_cli.train.evaluate import causal_consistent_loss
+    from tformer_cli.run.load import load_for_inference
 
     model, tok, mcfg, ckpt, device = load_for_inference(run_dir, cfg.train.device)
     if mcfg.train.objective == "mlm":
@@ -353,7 +356,7 @@ def default_evaluator(run_dir: Path, cfg: Config, prompt: str | None) -> dict[st
 
 def _greedy(model, ids: list[int], n: int) -> list[int]:
     """Greedy continuation (temperature 0); the KV cache only where the model supports one."""
-    from tformer_cli.generate import generate
+    from tformer_cli.core.generate import generate
 
     use_cache = bool(getattr(model, "supports_cache", False))  # a bidirectional model has none
     return [int(t) for t in generate(model, ids, n, temperature=0, use_cache=use_cache)]
@@ -365,7 +368,7 @@ def one_line(text: str, width: int = 60) -> str:
 
 
 def _default_trainer(cfg: Config, run_dir: Path, *, resume: bool, progress, should_stop):
-    from tformer_cli.train import train
+    from tformer_cli.train.loop import train
 
     return train(cfg, run_dir, resume=resume, progress=progress, should_stop=should_stop)
 
@@ -387,7 +390,7 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
-    from tformer_cli.checkpoint import CKPT_NAME
+    from tformer_cli.run.checkpoint import CKPT_NAME
 
     return (run_dir / CKPT_NAME).exists()
 
@@ -526,7 +529,7 @@ def _run_inline(j: _Job, trainer, resume: bool, display, stop, say) -> dict[str,
     ctx = display(j.label) if display else contextlib.nullcontext(lambda e: None)
     try:
         if not cont:
-            from tformer_cli.train import prepare_run_dir
+            from tformer_cli.run.rundir import prepare_run_dir
 
             prepare_run_dir(j.run_dir, overwrite=True)  # a member dir without a checkpoint has nothing to keep
         with ctx as progress:
@@ -769,7 +772,7 @@ def comparison_plot(result: ExperimentResult, out_dir: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from tformer_cli.plots import read_metrics
+    from tformer_cli.render.plots import read_metrics
 
     fig, (ax_c, ax_l, ax_t) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=110)
     cmap = plt.get_cmap("tab10")

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from tformer_cli.config import Config, from_dict
+from tformer_cli.core.config import Config, from_dict
 from tformer_cli.errors import RunError
-from tformer_cli.io import atomic_write_bytes, atomic_write_text
+from tformer_cli.core.io import atomic_write_bytes, atomic_write_text
 
 CKPT_NAME = "checkpoint.safetensors"
 FORMAT = "tformer-checkpoint-1"

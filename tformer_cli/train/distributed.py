@@ -4,7 +4,7 @@ Nothing here is home-made parallelism: torchrun (torch.distributed.run) starts t
 and sets RANK, WORLD_SIZE and LOCAL_RANK; this module turns that environment into a process
 group (NCCL on CUDA, one GPU per process; gloo on CPU), lets the ranks agree on the few
 things only rank 0 decides (the run directory, whether a checkpoint was written, whether to
-stop), and tears the group down.  The training loop itself (tformer_cli.train.train) does the
+stop), and tears the group down.  The training loop itself (tformer_cli.train.loop.train) does the
 DDP wrapping, the data sharding and the rank-0-only writing; docs/scaling.md describes it.
 
 Collectives here carry plain integer tensors only: torch.distributed's *_object helpers
@@ -18,12 +18,34 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
 from tformer_cli.errors import ConfigError, RunError, TformerError
-from tformer_cli.train import DistInfo, env_dist
+
+
+@dataclass
+class DistInfo:
+    """Process-group facts for DDP (torchrun sets RANK, WORLD_SIZE, LOCAL_RANK)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def env_dist() -> DistInfo:
+    """Rank facts from the environment torchrun sets (1 process when absent)."""
+    return DistInfo(
+        rank=int(os.environ.get("RANK", 0)),
+        world=int(os.environ.get("WORLD_SIZE", 1)),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+    )
 
 
 class PeerFailed(RunError):
@@ -53,7 +75,7 @@ def process_group(device_name: str = "auto") -> Iterator[DistInfo]:
     """
     import torch.distributed as tdist
 
-    from tformer_cli import device as dev
+    from tformer_cli.core import device as dev
 
     info = env_dist()
     if info.world <= 1 or (tdist.is_available() and tdist.is_initialized()):
@@ -115,8 +137,8 @@ def agree_run_dir(out, overwrite: bool, dist: DistInfo, device_name: str = "auto
     """
     from pathlib import Path
 
-    from tformer_cli import device as dev
-    from tformer_cli.train import default_run_dir, prepare_run_dir
+    from tformer_cli.core import device as dev
+    from tformer_cli.run.rundir import default_run_dir, prepare_run_dir
 
     if dist.world <= 1:
         path = Path(out) if out is not None else default_run_dir()

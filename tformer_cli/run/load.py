@@ -1,0 +1,26 @@
+"""Loading a finished (or interrupted) run for inference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tformer_cli.core import device as dev
+from tformer_cli.core.model import build_model
+from tformer_cli.errors import RunError
+from tformer_cli.run import checkpoint
+
+
+def load_for_inference(run_dir: str | Path, device_name: str = "auto"):
+    """(model in eval mode, tokenizer, config, checkpoint) from a run directory."""
+    from tformer_cli.core.data import load_tokenizer
+
+    ckpt = checkpoint.load(run_dir, with_optimizer=False)
+    cfg = ckpt.config
+    device = dev.select(device_name)
+    model = build_model(cfg.model, ckpt.vocab_size)
+    checkpoint.load_model_weights(model, ckpt)
+    model.to(device).eval()
+    tok_path = Path(run_dir) / "tokenizer.json"
+    if not tok_path.exists():
+        raise RunError(f"no tokenizer.json in {run_dir}", hint="the run directory is incomplete")
+    return model, load_tokenizer(tok_path), cfg, ckpt, device
