@@ -101,11 +101,15 @@ def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title:
     from tformer_cli.render import report
     from tformer_cli.train.loop import train as core_train
 
+    from tformer_cli.render.plots import draw_loss_curve
+
     if dist is not None and not dist.main:
         with StopOnInterrupt(lambda message: None) as stop:
             return core_train(cfg, run_dir, resume=resume, should_stop=stop, dist=dist)
     with report.TrainDisplay(title, to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:
-        return core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop, dist=dist)
+        result = core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop, dist=dist)
+    draw_loss_curve(run_dir)
+    return result
 
 
 def _resume_config(resume, config, preset, sets, steps, device, seed, data):

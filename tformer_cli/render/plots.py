@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from tformer_cli.run.rundir import RunDir
 
 
 def _pyplot():
@@ -16,19 +17,15 @@ def _pyplot():
 
 
 def read_metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    train, val = [], []
-    path = Path(run_dir) / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if "train_loss" in row:
-                train.append((row["step"], row["train_loss"]))
-            if "val_loss" in row:
-                val.append((row["step"], row["val_loss"]))
-    return train, val
+    return RunDir(run_dir).curves()
+
+
+def draw_loss_curve(run_dir: str | Path) -> Path | None:
+    """loss.png of a run; None when it could not be drawn (a plot is a convenience: never lose a run over it)."""
+    try:
+        return loss_curve(run_dir)
+    except Exception:
+        return None
 
 
 def loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -41,18 +38,16 @@ def loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.plot(*zip(*train), label="train (mean over log interval)", color="#4c72b0", alpha=0.8)
     if val:
         ax.plot(*zip(*val), "o-", label="validation", color="#dd8452")
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        ax.axhline(summary["init_loss_ref"], ls=":", color="gray", label="ln(vocab): uniform guess")
-    except (OSError, ValueError, KeyError):
-        pass
+    ref = (RunDir(run_dir).read_summary() or {}).get("init_loss_ref")
+    if isinstance(ref, (int, float)):
+        ax.axhline(ref, ls=":", color="gray", label="ln(vocab): uniform guess")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(f"tformer run {run_dir.name}")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out = Path(out) if out else run_dir / "loss.png"
+    out = Path(out) if out else RunDir(run_dir).loss_png
     fig.savefig(out)
     plt.close(fig)
     return out

@@ -18,8 +18,9 @@ import torch
 from tformer_cli.core.config import Config, from_dict
 from tformer_cli.errors import RunError
 from tformer_cli.core.io import atomic_write_bytes, atomic_write_text
+from tformer_cli.run.rundir import RunDir
 
-CKPT_NAME = "checkpoint.safetensors"
+CKPT_NAME = RunDir.CHECKPOINT
 FORMAT = "tformer-checkpoint-1"
 PICKLE_NAMES = ("ckpt.pt", "checkpoint.pt", "model.pt", "pytorch_model.bin", "model.bin", "optimizer.pt")
 
@@ -62,7 +63,7 @@ def save(
     _remove_stale_temp_files(run_dir)
     try:
         atomic_write_bytes(path, st_save(tensors, metadata=meta))
-        atomic_write_text(run_dir / "checkpoint.json", json.dumps(header, indent=2, default=str) + "\n")
+        atomic_write_text(RunDir(run_dir).checkpoint_json, json.dumps(header, indent=2, default=str) + "\n")
     except OSError as e:  # the atomic write removed its temp file; the previous checkpoint is intact
         raise _save_error(path, e, train_state.get("step")) from None
     return path

@@ -8,6 +8,7 @@ from tformer_cli.core import device as dev
 from tformer_cli.core.model import build_model
 from tformer_cli.errors import RunError
 from tformer_cli.run import checkpoint
+from tformer_cli.run.rundir import RunDir
 
 
 def load_for_inference(run_dir: str | Path, device_name: str = "auto"):
@@ -20,7 +21,7 @@ def load_for_inference(run_dir: str | Path, device_name: str = "auto"):
     model = build_model(cfg.model, ckpt.vocab_size)
     checkpoint.load_model_weights(model, ckpt)
     model.to(device).eval()
-    tok_path = Path(run_dir) / "tokenizer.json"
+    tok_path = RunDir(run_dir).tokenizer
     if not tok_path.exists():
         raise RunError(f"no tokenizer.json in {run_dir}", hint="the run directory is incomplete")
     return model, load_tokenizer(tok_path), cfg, ckpt, device

@@ -1,52 +1,183 @@
-"""The run directory: which files a run writes, creating one safely, reading its metrics."""
+"""The run directory, one type that knows its own files.
+
+A run directory holds::
+
+    config.yaml              the resolved config (what --resume and sample read)
+    metrics.jsonl            deterministic per-step records: train_loss, lr, tokens / val_loss, val_bpb
+    perf.jsonl               timings (tokens/s per log interval): not deterministic, kept apart
+    checkpoint.safetensors   weights, optimizer moments, config and train state (tformer_cli.run.checkpoint)
+    checkpoint.json          a human-readable copy of the checkpoint's header
+    tokenizer.json           the tokenizer
+    summary.json             the TrainResult of the last (finished or interrupted) session
+    loss.png                 the loss curves
+
+Every module that reads or writes one of these files goes through RunDir; nothing else
+spells a file name.  Torch-free.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from tformer_cli.core.io import atomic_write_text
 from tformer_cli.errors import ConfigError
-from tformer_cli.run import checkpoint
 
 
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.yaml").exists()
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.jsonl"
+    PERF = "perf.jsonl"
+    CHECKPOINT = "checkpoint.safetensors"
+    CHECKPOINT_JSON = "checkpoint.json"
+    TOKENIZER = "tokenizer.json"
+    SUMMARY = "summary.json"
+    LOSS_PNG = "loss.png"
+    FILES = (CONFIG, METRICS, PERF, CHECKPOINT, CHECKPOINT_JSON, TOKENIZER, SUMMARY, LOSS_PNG)
+
+    def __init__(self, path: str | Path):
+        object.__setattr__(self, "path", Path(path))
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------ paths
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def perf(self) -> Path:
+        return self.path / self.PERF
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / self.CHECKPOINT
+
+    @property
+    def checkpoint_json(self) -> Path:
+        return self.path / self.CHECKPOINT_JSON
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.path / self.TOKENIZER
+
+    @property
+    def summary(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def loss_png(self) -> Path:
+        return self.path / self.LOSS_PNG
+
+    # ------------------------------------------------------------ questions
+
+    def is_run(self) -> bool:
+        """A run is a directory with a config.yaml."""
+        return self.path.is_dir() and self.config.exists()
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.exists()
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """summary.json as a dict, or None when it is missing or unreadable."""
+        try:
+            data = json.loads(self.summary.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def finished_summary(self) -> dict[str, Any] | None:
+        """The summary of a run that reached its last step, else None."""
+        s = self.read_summary()
+        if s is None or s.get("interrupted") or s.get("steps_done") != s.get("steps"):
+            return None
+        return s
+
+    # ------------------------------------------------------------ metrics.jsonl (the one parser)
+
+    def metric_rows(self, upto: int | None = None, perf: bool = False) -> list[dict[str, Any]]:
+        """Rows of metrics.jsonl (or perf.jsonl) with step <= ``upto``; a line torn by a crash is skipped."""
+        path = self.perf if perf else self.metrics
+        rows = []
+        try:
+            text = path.read_text()
+        except OSError:
+            return rows
+        for line in text.splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and (upto is None or row.get("step", 0) <= upto):
+                rows.append(row)
+        return rows
+
+    def curves(self) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """(train, val) loss curves as (step, loss) pairs."""
+        rows = self.metric_rows()
+        train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r and "step" in r]
+        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r and "step" in r]
+        return train, val
+
+    # ------------------------------------------------------------ writing
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.path / name, text)
+
+    def write_summary(self, data: dict[str, Any]) -> None:
+        atomic_write_text(self.summary, json.dumps(data, indent=2) + "\n")
+
+    def prepare(self, overwrite: bool) -> None:
+        """Create the directory; refuse to clobber anything unless told to.
+
+        --overwrite deletes only the files a run writes (a run there is replaced); anything
+        else in the directory is left alone, so a mistyped --out never wipes a user's folder.
+        """
+        path = self.path
+        if path.exists():
+            if not path.is_dir():
+                raise ConfigError(f"--out {path} exists and is a file", hint="choose another --out")
+            if any(path.iterdir()):
+                if not overwrite:
+                    what = "a run" if self.is_run() else "a non-empty directory that is not a run"
+                    raise ConfigError(
+                        f"--out {path} is {what}",
+                        hint="use --resume to continue a run, --overwrite to replace it, or another --out",
+                    )
+                for name in self.FILES:
+                    (path / name).unlink(missing_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"cannot write to output directory {path}: {e.strerror}",
+                              hint="choose a writable --out") from None
 
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "perf.jsonl", checkpoint.CKPT_NAME, "checkpoint.json",
-             "tokenizer.json", "summary.json", "loss.png")
+def is_run_dir(path: str | Path) -> bool:
+    return RunDir(path).is_run()
 
 
-def prepare_run_dir(path: Path, overwrite: bool) -> None:
-    """Create the run directory; refuse to clobber anything unless told to.
-
-    --overwrite deletes only the files a run writes (a run there is replaced); anything
-    else in the directory is left alone, so a mistyped --out never wipes a user's folder.
-    """
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"--out {path} exists and is a file", hint="choose another --out")
-        if any(path.iterdir()):
-            if not overwrite:
-                what = "a run" if is_run_dir(path) else "a non-empty directory that is not a run"
-                raise ConfigError(
-                    f"--out {path} is {what}",
-                    hint="use --resume to continue a run, --overwrite to replace it, or another --out",
-                )
-            for name in RUN_FILES:
-                (path / name).unlink(missing_ok=True)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"cannot write to output directory {path}: {e.strerror}",
-                          hint="choose a writable --out") from None
+def prepare_run_dir(path: str | Path, overwrite: bool) -> None:
+    RunDir(path).prepare(overwrite)
 
 
 def default_run_dir(root: str | Path = "runs") -> Path:
+    """runs/<date-time>, made unique with a suffix."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path(root) / stamp
     n = 1
@@ -54,16 +185,3 @@ def default_run_dir(root: str | Path = "runs") -> Path:
         n += 1
         path = Path(root) / f"{stamp}-{n}"
     return path
-
-
-def _read_metrics(path: Path, upto: int) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue  # a line torn by a crash
-            if row.get("step", 0) <= upto:
-                rows.append(row)
-    return rows

@@ -27,7 +27,7 @@ from tformer_cli.core.data import Dataset, check_lengths, mix_seed, prepare
 from tformer_cli.errors import ConfigError, RunError
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.core.model import build_model
-from tformer_cli.run.rundir import _read_metrics
+from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.batches import Batcher
 from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.evaluate import evaluate
@@ -116,9 +116,10 @@ class _RunLog:
         self.metrics = self.perf = None
         if not main:
             return
-        paths = (run_dir / "metrics.jsonl", run_dir / "perf.jsonl")
-        for path in paths:
-            kept = _read_metrics(path, start_step)  # drop what came after the checkpoint
+        rd = RunDir(run_dir)
+        paths = (rd.metrics, rd.perf)
+        for path, perf in zip(paths, (False, True)):
+            kept = rd.metric_rows(upto=start_step, perf=perf)  # drop what came after the checkpoint
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.metrics, self.perf = (open(path, "a") for path in paths)
 
@@ -154,8 +155,9 @@ class _Trainer:
         self.batcher = Batcher(self.ds, cfg, self.device, dist, self.vocab_size)
         self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size * cfg.train.grad_accum * dist.world
         if dist.main:
-            atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
-            atomic_write_text(run_dir / "tokenizer.json", json.dumps(self.ds.tokenizer.to_json()))
+            rd = RunDir(run_dir)
+            atomic_write_text(rd.config, cfg.to_yaml())
+            atomic_write_text(rd.tokenizer, json.dumps(self.ds.tokenizer.to_json()))
         self.log = _RunLog(run_dir, self.start_step, dist.main)
         # The training loss is summed on the device and read back once per log interval.
         self.loss_sum = torch.tensor(self.state["loss_sum"], device=self.device, dtype=torch.float32)
@@ -411,19 +413,13 @@ class _Trainer:
 
             result.extra.update(task_metrics(self.raw_model, self.cfg, self.ds, self.device, self.dtype))
         if dist.main:
-            atomic_write_text(self.run_dir / "summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
-            try:
-                from tformer_cli.render.plots import loss_curve
-
-                loss_curve(self.run_dir)
-            except Exception:  # a plot is a convenience; never lose a run over it
-                pass
+            RunDir(self.run_dir).write_summary(result.to_dict())
         self.report(Event("end", step, self.cfg.train.steps, elapsed=elapsed))
         return result
 
 
 def _nan_error(step: int, cfg: Config, dtype: torch.dtype, run_dir: Path) -> RunError:
-    if (run_dir / checkpoint.CKPT_NAME).exists():
+    if RunDir(run_dir).has_checkpoint():
         kept = "the last good checkpoint was kept"
     else:
         kept = "no checkpoint had been written yet"
