@@ -40,9 +40,7 @@ def uses_cache(model: torch.nn.Module, use_cache: bool = True) -> bool:
     A bidirectional GPT (model.causal=false) cannot: its keys for old tokens change whenever a
     new token arrives, so every step recomputes the window.
     """
-    if not use_cache:
-        return False
-    return model.cfg.arch == "lstm" or bool(getattr(model, "supports_cache", False))
+    return use_cache and model.supports_cache
 
 
 def sampling_problems(temperature: float, top_k: int | None, top_p: float | None) -> list[str]:
@@ -123,33 +121,18 @@ class _Stepper:
     def __init__(self, model, cached: bool):
         self.model, self.cached = model, cached
         self.device = next(model.parameters()).device
-        self.lstm = model.cfg.arch == "lstm"
-        self.cache = None
-        self.state = None  # LSTM (h, c)
-        if cached and not self.lstm:
-            self.cache = model.new_cache(1, self.device, next(model.parameters()).dtype)
+        self.cache = model.new_cache(1, self.device, next(model.parameters()).dtype) if cached else None
 
     def prefill(self, window: list[int]) -> torch.Tensor:
         """Logits (1, V) after ``window`` at positions 0..len-1, (re)building the cache."""
         idx = torch.tensor([window], dtype=torch.long, device=self.device)  # (1, T)
-        if self.lstm:
-            out = self.model(idx, state=None, last_only=True)
-            self.state = out.state if self.cached else None
-        elif self.cache is not None:
-            self.cache.length = 0  # reuse the buffers: update() writes from position `length`
-            out = self.model(idx, cache=self.cache, last_only=True)
-        else:
-            out = self.model(idx, last_only=True)
-        return out.logits[:, -1, :]
+        if self.cache is not None:
+            self.cache.reset()
+        return self.model(idx, cache=self.cache, last_only=True).logits[:, -1, :]
 
     def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
         """Logits (1, V) after one more token ``tok`` (1, 1) at window position ``pos``."""
-        if self.lstm:
-            out = self.model(tok, state=self.state, last_only=True)
-            self.state = out.state
-        else:
-            out = self.model(tok, start_pos=pos, cache=self.cache, last_only=True)
-        return out.logits[:, -1, :]
+        return self.model(tok, start_pos=pos, cache=self.cache, last_only=True).logits[:, -1, :]
 
 
 def _sampler(temperature: float, top_k: int | None, top_p: float | None,

@@ -63,6 +63,10 @@ class KVCache:
         self.length = 0
         self.max_len = max_len
 
+    def reset(self) -> None:
+        """Forget the cached positions (the buffers are reused: update() writes from ``length``)."""
+        self.length = 0
+
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.length, self.length + k.size(2)
         if end > self.max_len:  # a slice past the buffer would silently drop the write
@@ -280,6 +284,8 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
         return ModelOutput(logits, loss, attentions)
 
+    cache_name = "KV cache"
+
     def new_cache(self, batch: int, device, dtype) -> KVCache:
         c = self.cfg
         return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.d_k, device, dtype)
@@ -288,6 +294,17 @@ class GPT(nn.Module):
     def supports_cache(self) -> bool:
         # A bidirectional model's keys for old tokens change when new tokens arrive: no cache.
         return self.cfg.causal
+
+
+class LSTMState:
+    """The LSTM's counterpart of the KV cache: its (h, c) state after ``length`` tokens."""
+
+    def __init__(self):
+        self.state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.length = 0
+
+    def reset(self) -> None:
+        self.state, self.length = None, 0
 
 
 class LSTMLM(nn.Module):
@@ -313,21 +330,27 @@ class LSTMLM(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx, targets=None, *, state=None, last_only=False, **_ignored) -> ModelOutput:
-        h, state = self.lstm(self.tok_emb(idx), state)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, start_pos: int = 0,
+                cache: LSTMState | None = None, last_only: bool = False) -> ModelOutput:
+        """idx (B, T); with ``cache`` the LSTM continues from the state after ``cache.length`` tokens."""
+        if cache is not None and start_pos != cache.length:
+            raise ValueError(f"start_pos={start_pos} but the LSTM state holds {cache.length} positions")
+        h, state = self.lstm(self.tok_emb(idx), cache.state if cache is not None else None)
+        if cache is not None:
+            cache.state, cache.length = state, cache.length + idx.size(1)
         if last_only:
             h = h[:, -1:, :]
         logits = self.lm_head(self.ln_f(h))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
-        out = ModelOutput(logits, loss)
-        out.state = state  # type: ignore[attr-defined]
-        return out
+        return ModelOutput(logits, loss)
 
-    @property
-    def supports_cache(self) -> bool:
-        return False
+    cache_name = "LSTM state"
+    supports_cache = True  # a recurrent state is exact to carry forward
+
+    def new_cache(self, batch: int, device, dtype) -> LSTMState:
+        return LSTMState()
 
 
 def build_model(cfg: ModelConfig, vocab_size: int) -> nn.Module:
