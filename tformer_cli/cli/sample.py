@@ -271,7 +271,7 @@ def _print_speed(s, cached: bool, session: _Session, seed: int) -> None:
 
     ttft = "-" if s.time_to_first_token_s is None else f"{1000 * s.time_to_first_token_s:.1f} ms"
     rate = "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"
-    path = ("LSTM state" if session.cfg.model.arch == "lstm" else "KV cache") if cached else "recompute"
+    path = session.model.cache_name if cached else "recompute"
     report.err_console().print(
         f"[bold]{s.new_tokens}[/bold] new tokens · time to first token [bold]{ttft}[/bold] · "
         f"[bold]{rate}[/bold] tokens/s · {path} · {session.device} · seed {seed}", soft_wrap=True)
