@@ -173,7 +173,7 @@ class Speed:
 
     time_to_first_token_s: from the first request until the first token arrives (prompt
     processing included).  tokens_per_s: the tokens after the first over the time after the
-    first, so prompt processing is excluded (DESIGN.md); None with fewer than two tokens.
+    first, so prompt processing is excluded (docs/sample.md); None with fewer than two tokens.
     """
 
     new_tokens: int
