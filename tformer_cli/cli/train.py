@@ -9,87 +9,109 @@ from typing import Annotated, Optional
 
 import typer
 
-from tformer_cli.cli.options import ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt, build_config, flag_overrides
+from tformer_cli.cli.options import (
+    ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt, build_config,
+    flag_overrides,
+)
 
-# Keys that may change when a run is resumed; anything else must match the run's config.
-# train.batch_size may change with the number of processes; train() checks the global batch is kept.
-RESUMABLE_CHANGES = {"train.steps", "train.device", "train.compile", "train.log_interval", "train.batch_size"}
+HELP = (
+    "Train a GPT and write a run directory (config, metrics, checkpoint, tokenizer, summary, plot).\n\n"
+    "Examples:\n\n"
+    "  tformer train                                   # the quick preset on built-in English prose\n\n"
+    "  tformer train --preset shakespeare_char --data ../shared/data/tinyshakespeare.txt\n\n"
+    "  tformer train --set model.n_head=8 --set model.pos_encoding=rope --steps 300\n\n"
+    "  tformer train --resume runs/20260101-120000      # continue from the last checkpoint\n\n"
+    "  tformer train --nproc 4 --steps 5000            # 4 processes (GPUs) with DDP; see docs/scaling.md\n\n"
+    "  torchrun --nproc_per_node=4 -m tformer_cli train --out runs/big   # the same, launched by hand"
+)
+
+
+def train(
+    ctx: typer.Context,
+    config: ConfigArg = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    steps: StepsOpt = None,
+    device: DeviceOpt = None,
+    seed: SeedOpt = None,
+    data: DataOpt = None,
+    out: OutOpt = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.",
+                                                   show_default=False)] = None,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="Replace a run in --out (only the files a run writes are deleted).")] = False,
+    json_: JsonOpt = False,
+    nproc: Annotated[Optional[int], typer.Option(
+        "--nproc", help="Run N processes on this machine under torchrun (DDP), e.g. one per GPU.",
+        show_default=False)] = None,
+) -> None:
+    if resume is not None:
+        from tformer_cli.run.resume import resume_config
+
+        overrides = flag_overrides(steps, device, seed, data, set_)
+        cfg = resume_config(resume, overrides, config_given=config is not None or preset is not None)
+    else:
+        cfg = build_config(config, preset, set_, steps=steps, device=device, seed=seed, data=data)
+    if nproc is not None:  # validated above; the ranks run this same command without --nproc
+        raise typer.Exit(_launch(ctx, cfg, nproc, resume, out, overwrite))
+    result, run_dir = _train_this_rank(cfg, resume, out, overwrite, json_)
+    _show_result(result, run_dir, json_)
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(
-        help="Train a GPT and write a run directory (config, metrics, checkpoint, tokenizer, summary, plot).\n\n"
-        "Examples:\n\n"
-        "  tformer train                                   # the quick preset on built-in English prose\n\n"
-        "  tformer train --preset shakespeare_char --data ../shared/data/tinyshakespeare.txt\n\n"
-        "  tformer train --set model.n_head=8 --set model.pos_encoding=rope --steps 300\n\n"
-        "  tformer train --resume runs/20260101-120000      # continue from the last checkpoint\n\n"
-        "  tformer train --nproc 4 --steps 5000            # 4 processes (GPUs) with DDP; see docs/scaling.md\n\n"
-        "  torchrun --nproc_per_node=4 -m tformer_cli train --out runs/big   # the same, launched by hand"
-    )
-    def train(
-        ctx: typer.Context,
-        config: ConfigArg = None,
-        preset: PresetOpt = None,
-        set_: SetOpt = None,
-        steps: StepsOpt = None,
-        device: DeviceOpt = None,
-        seed: SeedOpt = None,
-        data: DataOpt = None,
-        out: OutOpt = None,
-        resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.",
-                                                       show_default=False)] = None,
-        overwrite: Annotated[bool, typer.Option(
-            "--overwrite", help="Replace a run in --out (only the files a run writes are deleted).")] = False,
-        json_: JsonOpt = False,
-        nproc: Annotated[Optional[int], typer.Option(
-            "--nproc", help="Run N processes on this machine under torchrun (DDP), e.g. one per GPU.",
-            show_default=False)] = None,
-    ) -> None:
-        from tformer_cli.render import report
-        from tformer_cli.errors import Interrupted
+    app.command(help=HELP, short_help="Train a GPT into a self-describing run directory.")(train)
 
-        if resume is not None:
-            cfg, run_dir = _resume_config(resume, config, preset, set_, steps, device, seed, data)
-        else:
-            cfg = build_config(config, preset, set_, steps=steps, device=device, seed=seed, data=data)
-        from tformer_cli.train import distributed
 
-        if nproc is not None:  # validated above; the ranks run this same command without --nproc
-            from tformer_cli.core.device import select
+def _launch(ctx: typer.Context, cfg, nproc: int, resume: Optional[Path], out, overwrite: bool) -> int:
+    """Start ``nproc`` ranks under torchrun running this command; their exit code."""
+    from tformer_cli.core.device import select
+    from tformer_cli.train import distributed
 
-            cuda = select(cfg.train.device).type == "cuda"
-            args = distributed.forwarded_args(ctx, drop=("nproc", "out", "overwrite"))
-            if resume is None:  # create --out here: a clash is reported once, as in a 1-process run
-                from tformer_cli.train.distributed import DistInfo
+    cuda = select(cfg.train.device).type == "cuda"
+    args = distributed.forwarded_args(ctx, drop=("nproc", "out", "overwrite"))
+    if resume is None:  # create --out here: a clash is reported once, as in a 1-process run
+        args += ["--out", str(distributed.agree_run_dir(out, overwrite, distributed.DistInfo()))]
+    return distributed.launch(nproc, args, cuda=cuda)
 
-                args += ["--out", str(distributed.agree_run_dir(out, overwrite, DistInfo()))]
-            raise typer.Exit(distributed.launch(nproc, args, cuda=cuda))
-        # Under torchrun (WORLD_SIZE > 1) every rank runs this; only rank 0 creates, writes, prints.
-        with distributed.process_group(cfg.train.device) as dist:
-            try:
-                if resume is None:
-                    run_dir = distributed.agree_run_dir(out, overwrite, dist, cfg.train.device)
-                result = run_training(cfg, run_dir, resume=resume is not None, json_=json_, dist=dist)
-            except distributed.PeerFailed:
-                raise typer.Exit(1) from None  # the failing rank has printed why
-        if not dist.main:
-            # A worker rank has nothing left to do. Leave at once, without the interpreter's
-            # teardown: a C++ thread torch.distributed left behind aborted a rank about one exit
-            # in ten here ("terminate called without an active exception", SIGABRT).
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130 if result.interrupted else 0)
-        if json_:
-            report.print_json(result.to_dict())
-        else:
-            report.console().print(report.summary_table(result.to_dict()))
-        if result.interrupted:
-            report.err_console().print(f"interrupted: resume with  tformer train --resume {run_dir}",
-                                       soft_wrap=True)  # a command to copy: never wrapped
-            raise Interrupted()
-        if not json_:
-            report.console().print(f"next: tformer sample {run_dir} --prompt \"The \"", soft_wrap=True)
+
+def _train_this_rank(cfg, resume: Optional[Path], out, overwrite: bool, json_: bool):
+    """Train on this process (one rank of several under torchrun, or the only one).
+
+    Only rank 0 creates, writes and prints; the other ranks leave the process right after."""
+    from tformer_cli.train import distributed
+
+    with distributed.process_group(cfg.train.device) as dist:
+        try:
+            run_dir = resume if resume is not None else distributed.agree_run_dir(out, overwrite, dist,
+                                                                                  cfg.train.device)
+            result = run_training(cfg, run_dir, resume=resume is not None, json_=json_, dist=dist)
+        except distributed.PeerFailed:
+            raise typer.Exit(1) from None  # the failing rank has printed why
+    if not dist.main:
+        # A worker rank has nothing left to do. Leave at once, without the interpreter's
+        # teardown: a C++ thread torch.distributed left behind aborted a rank about one exit
+        # in ten here ("terminate called without an active exception", SIGABRT).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130 if result.interrupted else 0)
+    return result, run_dir
+
+
+def _show_result(result, run_dir, json_: bool) -> None:
+    from tformer_cli.errors import Interrupted
+    from tformer_cli.render.console import console, err_console, print_json
+    from tformer_cli.render.summary import show_summary
+
+    if json_:
+        print_json(result.to_dict())
+    else:
+        show_summary(console(), result.to_dict())
+    if result.interrupted:
+        err_console().print(f"interrupted: resume with  tformer train --resume {run_dir}",
+                            soft_wrap=True)  # a command to copy: never wrapped
+        raise Interrupted()
+    if not json_:
+        console().print(f"next: tformer sample {run_dir} --prompt \"The \"", soft_wrap=True)
 
 
 def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title: str = "training", dist=None):
@@ -99,9 +121,8 @@ def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title:
     silently (no display; Ctrl-C, which torchrun forwards to every rank, still stops them).
     """
     from tformer_cli.render import report
-    from tformer_cli.train.loop import train as core_train
-
     from tformer_cli.render.plots import draw_loss_curve
+    from tformer_cli.train.loop import train as core_train
 
     if dist is not None and not dist.main:
         with StopOnInterrupt(lambda message: None) as stop:
@@ -110,28 +131,3 @@ def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title:
         result = core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop, dist=dist)
     draw_loss_curve(run_dir)
     return result
-
-
-def _resume_config(resume, config, preset, sets, steps, device, seed, data):
-    from tformer_cli.core import config as cfgmod
-    from tformer_cli.errors import ConfigError
-    from tformer_cli.run.rundir import is_run_dir
-
-    if not is_run_dir(resume):
-        raise ConfigError(f"--resume {resume}: not a tformer run directory (no config.yaml)",
-                          hint="give a directory written by `tformer train`")
-    if config is not None or preset is not None:
-        raise ConfigError("--resume takes its config from the run; do not pass a config file or --preset")
-    base = cfgmod.from_dict(cfgmod.load_yaml(resume / "config.yaml"))
-    given = flag_overrides(steps, device, seed, data, sets)
-    conflicts = [
-        f"{k}={v!r} (the run has {base.get(k)!r})"
-        for k, v in given.items()
-        if k not in RESUMABLE_CHANGES and base.get(k) != v
-    ]
-    if conflicts:
-        raise ConfigError(
-            f"--resume {resume}: flags conflict with the run's config: {', '.join(conflicts)}",
-            hint=f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume; start a new run otherwise",
-        )
-    return base.replace({k: v for k, v in given.items() if k in RESUMABLE_CHANGES}), resume
