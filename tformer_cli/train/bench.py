@@ -63,79 +63,72 @@ def bench(
 ) -> BenchResult:
     """Time ``steps`` training steps and ``steps`` forward steps after ``warmup`` of each."""
     say = progress or (lambda s: None)
-    device = dev.select(cfg.train.device)
-    dev.setup_backends(device)
-    dtype = dev.resolve_dtype(cfg.train.dtype, device)
-    torch.manual_seed(cfg.train.seed)
-    raw = build_model(cfg.model, vocab_size).to(device)
-    optimizer = make_optimizer(raw, cfg, device)
-    compile_on = cfg.train.compile if cfg.train.compile is not None else device.type == "cuda"
-    model = torch.compile(raw) if compile_on else raw
+    s = _Setup(cfg, vocab_size)
+    say(f"warming up ({warmup} steps{', compiling' if s.compiled else ''})")
+    train_times = _time(s.train_step, warmup, steps, s.device)
+    say("forward-only steps")
+    s.model.eval()
+    fwd_times = _time(s.forward_step, warmup, steps, s.device)
+    s.model.train()
+    mem, mem_src = dev.peak_memory(s.device)
+    say("timing a matmul for the peak")
+    peak = dev.peak_flops(s.device, s.dtype)
+    totals = anatomy.totals(cfg.model, vocab_size)
     B, T = cfg.train.batch_size, cfg.model.block_size
-    x = torch.randint(0, vocab_size, (B, T), device=device)
-    y = torch.randint(0, vocab_size, (B, T), device=device)
-    dev.reset_peak_memory(device)
+    step_s = statistics.median(train_times)
+    tps = B * T * cfg.train.grad_accum / step_s
+    return BenchResult(
+        shape=shape_name(cfg), device=str(s.device), dtype=dev.dtype_name(s.dtype), compiled=s.compiled,
+        batch_size=B, block_size=T, params=s.raw.num_params(), steps_timed=steps,
+        step_ms=1000 * step_s, step_ms_min=1000 * min(train_times), step_ms_max=1000 * max(train_times),
+        train_tokens_per_s=tps, forward_ms=1000 * statistics.median(fwd_times),
+        forward_tokens_per_s=B * T / statistics.median(fwd_times), flops_per_token=totals.flops_per_token,
+        mfu=tps * totals.flops_per_token / peak.flops, peak_flops=peak.flops, peak_source=peak.source,
+        peak_memory_bytes=mem, memory_source=mem_src, flops_share=_flops_share(totals.by_group_flops),
+        time_share=(_forward_time_share(s.raw, s.x, s.device, s.dtype) if cfg.model.arch == "gpt" else {}),
+    )
 
-    def train_step() -> None:
-        for _ in range(cfg.train.grad_accum):
-            with dev.autocast(device, dtype):
-                loss = model(x, y).loss / cfg.train.grad_accum
+
+class _Setup:
+    """The model, optimizer and one fixed random batch of a benchmark, and the two timed steps."""
+
+    def __init__(self, cfg: Config, vocab_size: int):
+        self.cfg = cfg
+        self.device = dev.select(cfg.train.device)
+        dev.setup_backends(self.device)
+        self.dtype = dev.resolve_dtype(cfg.train.dtype, self.device)
+        torch.manual_seed(cfg.train.seed)
+        self.raw = build_model(cfg.model, vocab_size).to(self.device)
+        self.optimizer = make_optimizer(self.raw, cfg, self.device)
+        self.compiled = bool(cfg.train.compile if cfg.train.compile is not None else self.device.type == "cuda")
+        self.model = torch.compile(self.raw) if self.compiled else self.raw
+        shape = (cfg.train.batch_size, cfg.model.block_size)
+        self.x = torch.randint(0, vocab_size, shape, device=self.device)
+        self.y = torch.randint(0, vocab_size, shape, device=self.device)
+        dev.reset_peak_memory(self.device)
+
+    def train_step(self) -> None:
+        accum = self.cfg.train.grad_accum
+        for _ in range(accum):
+            with dev.autocast(self.device, self.dtype):
+                loss = self.model(self.x, self.y).loss / accum
             loss.backward()
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.train.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.train.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
     @torch.no_grad()
-    def forward_step() -> None:
-        with dev.autocast(device, dtype):
-            model(x, y)
+    def forward_step(self) -> None:
+        with dev.autocast(self.device, self.dtype):
+            self.model(self.x, self.y)
 
-    say(f"warming up ({warmup} steps{', compiling' if compile_on else ''})")
-    train_times = _time(train_step, warmup, steps, device)
-    say("forward-only steps")
-    model.eval()
-    fwd_times = _time(forward_step, warmup, steps, device)
-    model.train()
-    mem, mem_src = dev.peak_memory(device)
-    say("timing a matmul for the peak")
-    peak = dev.peak_flops(device, dtype)
-    totals = anatomy.totals(cfg.model, vocab_size)
-    tokens = B * T * cfg.train.grad_accum
-    step_s = statistics.median(train_times)
-    tps = tokens / step_s
-    time_share = _forward_time_share(raw, x, device, dtype) if cfg.model.arch == "gpt" else {}
-    f = totals.by_group_flops
-    total_f = sum(f.values()) or 1
-    flops_share = {
-        "attention": f.get("attention", 0) / total_f,
-        "ffn": f.get("ffn", 0) / total_f,
-        "rest": 1 - (f.get("attention", 0) + f.get("ffn", 0)) / total_f,
-    }
-    return BenchResult(
-        shape=shape_name(cfg),
-        device=str(device),
-        dtype=dev.dtype_name(dtype),
-        compiled=bool(compile_on),
-        batch_size=B,
-        block_size=T,
-        params=raw.num_params(),
-        steps_timed=steps,
-        step_ms=1000 * step_s,
-        step_ms_min=1000 * min(train_times),
-        step_ms_max=1000 * max(train_times),
-        train_tokens_per_s=tps,
-        forward_ms=1000 * statistics.median(fwd_times),
-        forward_tokens_per_s=B * T / statistics.median(fwd_times),
-        flops_per_token=totals.flops_per_token,
-        mfu=tps * totals.flops_per_token / peak.flops,
-        peak_flops=peak.flops,
-        peak_source=peak.source,
-        peak_memory_bytes=mem,
-        memory_source=mem_src,
-        flops_share=flops_share,
-        time_share=time_share,
-    )
+
+def _flops_share(f: dict[str, int]) -> dict[str, float]:
+    """The training FLOPs of attention, FFN and the rest (embeddings, head), as fractions."""
+    total = sum(f.values()) or 1
+    attn, ffn = f.get("attention", 0) / total, f.get("ffn", 0) / total
+    return {"attention": attn, "ffn": ffn, "rest": 1 - attn - ffn}
 
 
 def _time(fn: Callable[[], None], warmup: int, steps: int, device: torch.device) -> list[float]:
