@@ -1,0 +1,119 @@
+"""The layout shows the architecture: arrows point one way (cli -> render -> engines -> run -> core).
+
+Every import in the package, at module level or inside a function, is checked: a module may
+import its own layer or a lower one, never a higher one, and the import graph has no cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "tformer_cli"
+
+# Lower numbers are lower layers.  study/ and inside/ are engines side by side: neither uses the other.
+LAYERS = {"errors": 0, "core": 0, "run": 1, "train": 2, "study": 3, "inside": 3, "render": 4, "cli": 5,
+          "__main__": 6, "__init__": 0}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """tformer_cli modules imported anywhere in ``path`` (``from x import name`` counts x.name when it is a module)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("tformer_cli")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("tformer_cli"):
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                found.add(sub if _exists(sub) else node.module)
+    return found
+
+
+def _exists(module: str) -> bool:
+    rel = Path(*module.split("."))
+    return (PKG.parent / rel).with_suffix(".py").exists() or (PKG.parent / rel / "__init__.py").exists()
+
+
+def _layer(module: str) -> tuple[str, int]:
+    parts = module.split(".")
+    top = parts[1] if len(parts) > 1 else "__init__"
+    return top, LAYERS[top]
+
+
+MODULES = {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+GRAPH = {m: {i for i in _imports(p) if i != m and i != "tformer_cli"} for m, p in MODULES.items()}
+
+
+def test_every_package_has_a_layer():
+    unknown = sorted({_layer(m)[0] for m in MODULES if _layer(m)[0] not in LAYERS})
+    assert not unknown
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_upward_import(module):
+    top, level = _layer(module)
+    upward = []
+    for target in GRAPH[module]:
+        t_top, t_level = _layer(target)
+        same_tier_other = t_level == level and t_top != top and top not in ("core", "errors") \
+            and t_top not in ("core", "errors")
+        if t_level > level or same_tier_other:
+            upward.append(target)
+    assert not upward, f"{module} (layer {top}) imports {sorted(upward)}"
+
+
+def test_no_import_cycle():
+    index, low, stack, on_stack, cycles = {}, {}, [], set(), []
+    counter = [0]
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in GRAPH.get(v, ()):
+            if w not in MODULES:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for m in MODULES:
+        if m not in index:
+            visit(m)
+    assert not cycles
+
+
+def test_the_core_never_prints_or_draws():
+    """Only render/ (and the CLI's error boundary) write to the terminal or draw figures."""
+    offenders = []
+    for m, p in MODULES.items():
+        top, _ = _layer(m)
+        if top in ("render", "cli", "__main__"):
+            continue
+        text = p.read_text()
+        if "print(" in text or "matplotlib" in text or "import rich" in text or "from rich" in text:
+            offenders.append(m)
+    assert not offenders
