@@ -12,7 +12,7 @@ import yaml
 from conftest import run_cli
 
 from tformer_cli.core import anatomy, tasks
-from tformer_cli.inside import probes
+from tformer_cli.inside import attention, heads
 from tformer_cli.core.config import ModelConfig, from_dict
 from tformer_cli.core.model import GPT, build_model
 
@@ -130,7 +130,7 @@ def test_matched_lstm_has_the_closest_parameter_count():
 def test_attention_rows_sum_to_one_and_the_future_is_zero(causal):
     torch.manual_seed(0)
     model = GPT(ModelConfig(d_model=32, n_layer=2, n_head=4, block_size=16, causal=causal), V).eval()
-    w = probes.attention_maps(model, list(range(11)), torch.device("cpu"))
+    w = attention.attention_maps(model, list(range(11)), torch.device("cpu"))
     assert w.shape == (2, 4, 11, 11)
     assert torch.allclose(w.sum(-1), torch.ones(2, 4, 11), atol=1e-5)
     upper = torch.triu(torch.ones(11, 11, dtype=torch.bool), diagonal=1)
@@ -150,19 +150,19 @@ def test_scores_name_the_pattern():
     uniform = torch.tril(torch.ones(T, T))
     uniform = uniform / uniform.sum(-1, keepdim=True)
     w = torch.stack([prev, first, uniform])[None]  # (1 layer, 3 heads, T, T)
-    s = probes.score_heads(w, torch.tensor([[0.0, 0.0, 0.9]]), causal=True)
+    s = attention.score_heads(w, torch.tensor([[0.0, 0.0, 0.9]]), causal=True)
     assert [h.label for h in s] == ["previous-token", "first-token", "induction"]
     assert s[0].previous_token == pytest.approx(1.0) and s[1].first_token == pytest.approx(1.0)
     assert s[2].entropy == pytest.approx(1.0)
-    assert probes.label_head(0.1, 0.1, 0.1, 0.95) == "diffuse"
-    assert probes.label_head(0.1, 0.1, 0.1, 0.3) == "mixed"
+    assert attention.label_head(0.1, 0.1, 0.1, 0.95) == "diffuse"
+    assert attention.label_head(0.1, 0.1, 0.1, 0.3) == "mixed"
 
 
 def test_a_fixed_offset_head_is_named_by_its_offset():
     T = 12
     w = torch.zeros(T, T)
     w[torch.arange(T), (torch.arange(T) - 3).clamp(min=0)] = 1  # every token looks 3 back
-    s = probes.score_heads(w[None, None], torch.zeros(1, 1), causal=True)[0]
+    s = attention.score_heads(w[None, None], torch.zeros(1, 1), causal=True)[0]
     assert (s.offset, s.label) == (3, "offset -3") and s.offset_score == pytest.approx(1.0)
     assert s.previous_token == 0.0
 
@@ -183,7 +183,7 @@ def test_induction_score_of_a_perfect_induction_pattern():
             w[..., n + j, j + 1] = 1
             return type("Out", (), {"attentions": [w]})()
 
-    score = probes.induction_scores(Fake(), V, torch.device("cpu"))
+    score = attention.induction_scores(Fake(), V, torch.device("cpu"))
     assert score.shape == (1, 2) and torch.allclose(score, torch.ones(1, 2))
 
 
@@ -226,8 +226,8 @@ def test_masking_all_heads_of_a_layer_removes_its_attention(bias):
 
 def test_removable_heads_stops_at_the_first_costly_removal():
     curve = [(0, 2.0), (1, 2.01), (2, 2.03), (3, 2.2), (4, 2.04)]
-    assert probes.removable_heads(curve, 0.05) == 2
-    assert probes.removable_heads(curve, 0.005) == 0
+    assert heads.removable_heads(curve, 0.05) == 2
+    assert heads.removable_heads(curve, 0.005) == 0
 
 
 def test_heads_command(gpt_run, tmp_path):

@@ -228,7 +228,7 @@ def test_bad_options_are_usage_errors(run, args, words):
 
 
 def test_bpe_stream_decodes_split_characters():
-    from tformer_cli.cli.sample import IncrementalDecoder
+    from tformer_cli.core.prompt import IncrementalDecoder
 
     tok = BPETokenizer.train("plain ascii text only, nothing else here\n" * 20, 270)
     text = "h\u00e9llo \u2603 w\u00f6rld"

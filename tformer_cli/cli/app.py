@@ -23,7 +23,7 @@ app = typer.Typer(
     "Train a small GPT, sample from it, and measure what each part of the architecture buys you.\n\n"
     "Example: tformer train && tformer sample runs/<RUN> --prompt 'The '",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},

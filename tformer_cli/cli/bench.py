@@ -11,6 +11,7 @@ from tformer_cli.cli.options import ConfigArg, DeviceOpt, JsonOpt, PresetOpt, Se
 
 def register(app: typer.Typer) -> None:
     @app.command(
+        short_help="Time training and forward steps: tokens/s, MFU, memory.",
         help="Benchmark training and forward steps of a config: step time, tokens/s, MFU, peak memory, "
         "and the share of time and FLOPs in attention vs FFN vs the rest.\n\n"
         "Random token ids are used, so the figures measure the model and the optimizer, not the data. "
@@ -36,9 +37,10 @@ def register(app: typer.Typer) -> None:
         vocab_size: Annotated[int, typer.Option("--vocab-size", help="Vocabulary of the random ids.")] = 65,
         json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli.render import report
-        from tformer_cli.train.bench import bench as core_bench
         from tformer_cli.errors import ConfigError
+        from tformer_cli.render.bench import show_bench
+        from tformer_cli.render.console import console, err_console, print_json
+        from tformer_cli.train.bench import bench as core_bench
 
         if steps < 1 or warmup < 0:
             raise ConfigError("--steps must be >= 1 and --warmup >= 0")
@@ -48,36 +50,9 @@ def register(app: typer.Typer) -> None:
         if compile_ is not None:
             extra["train.compile"] = compile_
         cfg = build_config(config, preset, set_, device=device, extra=extra)
-        say = (lambda s: None) if json_ else (lambda s: report.err_console().print(f"[dim]{s}[/dim]"))
+        say = (lambda s: None) if json_ else (lambda s: err_console().print(f"[dim]{s}[/dim]"))
         result = core_bench(cfg, steps=steps, warmup=warmup, vocab_size=vocab_size, progress=say)
         if json_:
-            report.print_json(result.to_dict())
+            print_json(result.to_dict())
         else:
-            report.console().print(bench_table(result.to_dict()))
-
-
-def bench_table(r: dict):
-    from rich.table import Table
-
-    from tformer_cli.render import report
-
-    t = Table(title=f"tformer bench: {r['shape']}, {r['device']} {r['dtype']}"
-              + (" compiled" if r["compiled"] else ""), show_header=False, title_justify="left")
-    t.add_column(style="bold")
-    t.add_column()
-    share = lambda d: "  ".join(f"{k} {100 * v:.0f}%" for k, v in d.items()) if d else "-"  # noqa: E731
-    rows = [
-        ("training step", f"{r['step_ms']:.1f} ms median ({r['step_ms_min']:.1f} to {r['step_ms_max']:.1f}, "
-                          f"{r['steps_timed']} steps)"),
-        ("training tokens/s", f"{r['train_tokens_per_s']:,.0f}"),
-        ("forward step", f"{r['forward_ms']:.1f} ms ({r['forward_tokens_per_s']:,.0f} tokens/s)"),
-        ("MFU", f"{100 * r['mfu']:.1f}%  ({r['flops_per_token'] / 1e6:.2f} MFLOP/token, peak "
-                f"{r['peak_flops'] / 1e9:,.0f} GFLOP/s: {r['peak_source']})"),
-        ("peak memory", f"{report.fmt_bytes(r['peak_memory_bytes'])} ({r['memory_source']})"),
-        ("parameters", f"{r['params']:,}"),
-        ("FLOPs share", share(r["flops_share"])),
-        ("forward time share", share(r["time_share"])),
-    ]
-    for k, v in rows:
-        t.add_row(k, v)
-    return t
+            show_bench(console(), result)

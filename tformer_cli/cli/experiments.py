@@ -96,7 +96,7 @@ def _refuse_with_resume(resume, **given) -> None:
 
 def execute(spec, out: Optional[Path], resume: Optional[Path], json_: bool, parallel: bool, isolate: bool):
     """Run the spec (or resume a directory) with live progress, render, and exit 130 if interrupted."""
-    from tformer_cli.render import report
+    from tformer_cli.render import console as report, fmt as _fmt, progress as _progress  # noqa: F401
     from tformer_cli.study import engine as study
     from tformer_cli.run.rundir import default_run_dir
 
@@ -113,7 +113,7 @@ def execute(spec, out: Optional[Path], resume: Optional[Path], json_: bool, para
         con.print(f"{spec.kind}: {len(spec.members)} member(s) x {len(spec.seeds)} seed(s) -> {out_dir}")
 
     def display(label: str):
-        return report.TrainDisplay(label, to_stderr=json_)
+        return _progress.TrainDisplay(label, to_stderr=json_)
 
     with StopOnInterrupt(notice) as stop:
         result = study.run_experiment(spec, out_dir, resume=resume is not None, display=display, notice=notice,
@@ -137,7 +137,7 @@ def _pm(mean, std, fmt) -> str:
 
 
 def _loss(x) -> str:
-    from tformer_cli.render.report import fmt_loss
+    from tformer_cli.render.fmt import fmt_loss
 
     return fmt_loss(x)
 
@@ -159,7 +159,7 @@ def _diff(s: dict[str, Any]) -> str:
 def results_table(r: dict[str, Any]):
     from rich.table import Table
 
-    from tformer_cli.render.report import fmt_bytes, fmt_int, fmt_params
+    from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_params
 
     multi = len(r["seeds"]) > 1
     t = Table(title=f"tformer {r['kind']}: {r['out_dir']}" + (f" ({len(r['seeds'])} seeds, mean ± std)"
@@ -217,7 +217,7 @@ def _fmt_extra(v) -> str:
 def anatomy_table(r: dict[str, Any]):
     from rich.table import Table
 
-    from tformer_cli.render.report import fmt_params
+    from tformer_cli.render.fmt import fmt_params
 
     t = Table(title="parameters and training FLOPs per token by group", title_justify="left")
     for c in ("member", "params: embeddings", "attention", "FFN", "total", "FLOPs/token: embeddings",
@@ -259,7 +259,7 @@ def pivot_table(r: dict[str, Any]):
 
 
 def render(result) -> None:
-    from tformer_cli.render import report
+    from tformer_cli.render import console as report, fmt as _fmt, progress as _progress  # noqa: F401
 
     r = result.to_dict()
     con = report.console()
@@ -284,7 +284,7 @@ def render(result) -> None:
     if failed:
         con.print(f"{len(failed)} member run(s) failed; the others completed", style="red")
     con.print(f"results: {r['out_dir']}/results.json, results.csv" +
-              (f"; plot: {r['plot']}" if r["plot"] else "") + f"; wall time {report.fmt_time(r['elapsed_s'])}")
+              (f"; plot: {r['plot']}" if r["plot"] else "") + f"; wall time {_fmt.fmt_time(r['elapsed_s'])}")
 
 
 # ---------------------------------------------------------------- spec builders (used by the commands)
@@ -535,7 +535,7 @@ def register(app: typer.Typer) -> None:  # noqa: C901 (one function per command,
         directory: Annotated[Path, typer.Argument(help="Where to look (two levels deep).")] = Path("runs"),
         json_: JsonOpt = False,
     ) -> None:
-        from tformer_cli.render import report
+        from tformer_cli.render import console as report, fmt as _fmt, progress as _progress  # noqa: F401
         from tformer_cli.study import engine as study
         from tformer_cli.errors import ConfigError
 
@@ -562,7 +562,7 @@ def _file_grid(exp: dict[str, Any]) -> dict[str, list]:
 def runs_table(entries: list[dict[str, Any]], root: Path):
     from rich.table import Table
 
-    from tformer_cli.render.report import fmt_int, fmt_loss, fmt_params, fmt_time
+    from tformer_cli.render.fmt import fmt_int, fmt_loss, fmt_params, fmt_time
 
     t = Table(title=f"runs and experiments under {root}", title_justify="left")
     for c in ("path", "type", "status", "steps / members", "val loss", "params / best member", "tokens/s",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -34,7 +33,7 @@ BENCH_NEW_TOKENS = 500
 
 
 def register(app: typer.Typer) -> None:
-    @app.command(help=HELP)
+    @app.command(help=HELP, short_help="Generate text from a trained run and report its speed.")
     def sample(
         run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tformer train`.",
                                                 show_default=False)],
@@ -68,6 +67,8 @@ def register(app: typer.Typer) -> None:
         bench: Annotated[bool, typer.Option("--bench", help="Time generation with and without the KV cache "
                                             "and print both tokens/s and their ratio.")] = False,
     ) -> None:
+        from tformer_cli.core.prompt import prompt_ids, read_prompt
+        from tformer_cli.render.sample import note
         from tformer_cli.run.checkpoint import find
 
         _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads)
@@ -78,7 +79,7 @@ def register(app: typer.Typer) -> None:
 
             torch.set_num_threads(threads)
         session = _load(run_dir, device)
-        ids = prompt_ids(session.tokenizer, text, skip_unknown)
+        ids = prompt_ids(session.tokenizer, text, skip_unknown, note=note)
         if seed is None:
             import random
 
@@ -109,71 +110,6 @@ def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threa
         raise ConfigError(problems, hint="see tformer sample --help")
 
 
-def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
-    """The prompt text from --prompt, --prompt-file (- is stdin), or a piped stdin; else ''."""
-    from tformer_cli.errors import ConfigError, DataError
-
-    if prompt is not None and prompt_file is not None:
-        raise ConfigError("give --prompt or --prompt-file, not both")
-    if prompt is not None:
-        return prompt
-    if prompt_file is not None and str(prompt_file) != "-":
-        try:
-            return prompt_file.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"--prompt-file {prompt_file} is not UTF-8 text") from None
-        except OSError as e:
-            raise ConfigError(f"--prompt-file {prompt_file}: {e.strerror or e}") from None
-    if prompt_file is None and _stdin_is_terminal():
-        return ""
-    try:
-        return sys.stdin.read()
-    except UnicodeDecodeError:
-        raise DataError("the prompt on stdin is not UTF-8 text") from None
-    except (OSError, ValueError):  # stdin closed or unreadable: no prompt
-        return ""
-
-
-def _stdin_is_terminal() -> bool:
-    try:
-        return sys.stdin is None or sys.stdin.isatty()
-    except (AttributeError, ValueError):
-        return True
-
-
-def prompt_ids(tokenizer, text: str, skip_unknown: bool) -> list[int]:
-    """Encode the prompt: unknown characters fail (or are dropped); empty starts from a newline."""
-    from tformer_cli.errors import DataError
-
-    unknown = tokenizer.unknown(text)
-    if unknown and not skip_unknown:
-        shown = " ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
-        raise DataError(f"the prompt has {len(unknown)} character(s) outside the tokenizer's vocabulary: {shown}",
-                        hint="--skip-unknown drops them")
-    if unknown:
-        text = "".join(c for c in text if c not in set(unknown))
-        _note(f"dropped {len(unknown)} unknown character(s) from the prompt: "
-              + " ".join(repr(c) for c in unknown[:20]))
-    ids = tokenizer.encode(text)
-    if ids:
-        return ids
-    newline = tokenizer.encode("\n") if not tokenizer.unknown("\n") else []
-    if len(newline) == 1:
-        _note("empty prompt and the tokenizer has no start token: starting from a newline token")
-        return newline
-    _note(f"empty prompt, no start token and no newline in the vocabulary: starting from token 0 "
-          f"({tokenizer.decode([0])!r})")
-    return [0]
-
-
-def _note(msg: str) -> None:
-    from rich.markup import escape
-
-    from tformer_cli.render import report
-
-    report.err_console().print(f"[dim]note: {escape(msg)}[/dim]")
-
-
 class _Session:
     def __init__(self, model, tokenizer, cfg, device):
         self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
@@ -193,40 +129,13 @@ def _load(run_dir: Path, device: str) -> _Session:
         raise RunError(f"tokenizer.json in {run_dir} has {tokenizer.vocab_size} tokens, the checkpoint's "
                        f"model {ckpt.vocab_size}", hint="the run directory mixes files of different runs")
     if not cfg.model.causal:
-        from tformer_cli.render import report
+        from tformer_cli.render.sample import warn_bidirectional
 
-        report.err_console().print(
-            "[yellow]warning:[/yellow] this model was trained with model.causal=false: it saw future tokens "
-            "during training, so its next-token predictions are unreliable; each step recomputes the "
-            "window (no KV cache for bidirectional attention)")
+        warn_bidirectional()
     return _Session(model, tokenizer, cfg, dev)
 
 
 # ---------------------------------------------------------------- output
-
-
-class IncrementalDecoder:
-    """Text of a growing token list, returned as the new suffix at each token.
-
-    Characters map one to one; byte-level BPE may split a UTF-8 character across tokens, so the
-    whole list is decoded and a trailing replacement character is held back until complete.
-    """
-
-    def __init__(self, tokenizer, prefix: list[int] | None = None):
-        self.tok = tokenizer
-        self.char = tokenizer.kind == "char"
-        self.ids = list(prefix or [])
-        self.shown = "" if self.char else tokenizer.decode(self.ids)
-
-    def push(self, token: int) -> str:
-        if self.char:
-            return self.tok.decode([token])
-        self.ids.append(token)
-        text = self.tok.decode(self.ids).rstrip("\ufffd")
-        if not text.startswith(self.shown):  # a merge rewrote earlier text: show nothing new
-            return ""
-        new, self.shown = text[len(self.shown):], text
-        return new
 
 
 def _generator(session: _Session, seed: int):
@@ -238,73 +147,47 @@ def _generator(session: _Session, seed: int):
 def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: int, settings: dict,
             use_cache: bool, json_: bool) -> None:
     from tformer_cli.core import generate as gen
+    from tformer_cli.core.prompt import IncrementalDecoder
+    from tformer_cli.render.sample import TextStream
 
     g = _generator(session, seed)  # one generator for all samples: sample i differs, the run repeats
     samples, speeds = [], []
     for i in range(num_samples):
-        decoder = IncrementalDecoder(session.tokenizer, ids)
-        write = None
-        if not json_:
-            sys.stdout.write(("---\n" if i else "") + session.tokenizer.decode(ids))
-            sys.stdout.flush()
-            write = lambda t: (sys.stdout.write(decoder.push(t)), sys.stdout.flush())  # noqa: E731
+        stream = None if json_ else TextStream(IncrementalDecoder(session.tokenizer, ids))
+        if stream is not None:
+            stream.begin(i, session.tokenizer.decode(ids))
         new, speed = gen.timed(gen.generate(session.model, ids, n, generator=g, use_cache=use_cache, **settings),
-                               on_token=write)
-        if not json_:
-            sys.stdout.write("\n")
+                               on_token=stream)
+        if stream is not None:
+            stream.end()
         samples.append({"text": session.tokenizer.decode(new), "tokens": new, **speed.to_dict()})
         speeds.append(speed)
     total = gen.combine(speeds)
     cached = gen.uses_cache(session.model, use_cache)
     if json_:
-        from tformer_cli.render import report
+        from tformer_cli.render.console import print_json
 
-        report.print_json({"prompt": session.tokenizer.decode(ids), "prompt_tokens": len(ids), "seed": seed,
-                           "device": str(session.device), "kv_cache": cached, **settings,
-                           "samples": samples, "total": total.to_dict()})
+        print_json({"prompt": session.tokenizer.decode(ids), "prompt_tokens": len(ids), "seed": seed,
+                    "device": str(session.device), "kv_cache": cached, **settings,
+                    "samples": samples, "total": total.to_dict()})
     else:
-        _print_speed(total, cached, session, seed)
+        from tformer_cli.render.sample import print_speed
 
-
-def _print_speed(s, cached: bool, session: _Session, seed: int) -> None:
-    from tformer_cli.render import report
-
-    ttft = "-" if s.time_to_first_token_s is None else f"{1000 * s.time_to_first_token_s:.1f} ms"
-    rate = "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"
-    path = session.model.cache_name if cached else "recompute"
-    report.err_console().print(
-        f"[bold]{s.new_tokens}[/bold] new tokens · time to first token [bold]{ttft}[/bold] · "
-        f"[bold]{rate}[/bold] tokens/s · {path} · {session.device} · seed {seed}", soft_wrap=True)
+        path = ("LSTM state" if session.cfg.model.arch == "lstm" else "KV cache") if cached else "recompute"
+        print_speed(total, path, session.device, seed)
 
 
 def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict, json_: bool) -> None:
     import torch
 
-    from tformer_cli.render import report
     from tformer_cli.core.generate import bench_cache
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.sample import show_cache_bench
 
     r = bench_cache(session.model, ids, n, seed=seed, **settings)
     threads = torch.get_num_threads()
     if json_:
-        report.print_json({"device": str(session.device), "threads": threads, "seed": seed, **settings,
-                           **r.to_dict()})
+        print_json({"device": str(session.device), "threads": threads, "seed": seed, **settings, **r.to_dict()})
         return
-    from rich.table import Table
-
-    m = session.cfg.model
     where = f"{session.device}" + (f", {threads} threads" if session.device.type == "cpu" else "")
-    report.console().print(f"[bold]tformer sample --bench[/bold]: {r.new_tokens} new tokens, {m.n_layer} layers, "
-                           f"d_model {m.d_model}, block {r.block_size}, {where}", soft_wrap=True)
-    t = Table()
-    for col in ("path", "tokens/s", "time to first token"):
-        t.add_column(col, justify="left" if col == "path" else "right")
-    for name, s in (("KV cache" if r.cache_used else "no cache (bidirectional): recompute", r.cached),
-                    ("recompute (same window as the cache)", r.recompute),
-                    ("recompute, sliding crop (nanoGPT-style)", r.sliding)):
-        if s is not None:
-            t.add_row(name, f"{s.tokens_per_s or 0:,.0f}", f"{1000 * (s.time_to_first_token_s or 0):.1f} ms")
-    report.console().print(t)
-    ratio = "-" if r.speedup is None else f"{r.speedup:.1f}x"
-    vs_sliding = "" if r.speedup_vs_sliding is None else f" ({r.speedup_vs_sliding:.1f}x the sliding crop)"
-    report.console().print(f"speed-up of the cache: [bold]{ratio}[/bold]{vs_sliding} · same tokens: "
-                           f"{'yes' if r.identical else 'no'}", soft_wrap=True)
+    show_cache_bench(console(), r, session.cfg.model, where)

@@ -120,14 +120,14 @@ def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title:
     ``dist`` (tformer_cli.train.DistInfo) for a rank under torchrun: ranks other than 0 train
     silently (no display; Ctrl-C, which torchrun forwards to every rank, still stops them).
     """
-    from tformer_cli.render import report
     from tformer_cli.render.plots import draw_loss_curve
+    from tformer_cli.render.progress import TrainDisplay
     from tformer_cli.train.loop import train as core_train
 
     if dist is not None and not dist.main:
         with StopOnInterrupt(lambda message: None) as stop:
             return core_train(cfg, run_dir, resume=resume, should_stop=stop, dist=dist)
-    with report.TrainDisplay(title, to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:
+    with TrainDisplay(title, to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:
         result = core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop, dist=dist)
     draw_loss_curve(run_dir)
     return result

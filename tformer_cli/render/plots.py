@@ -51,3 +51,108 @@ def loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+# ---------------------------------------------------------------- inside a model (tformer attention, heads, inspect)
+
+
+def attention_png(result, out: str | Path, layer: int | None = None,
+                  title: str = "") -> Path:
+    """One heatmap per head (rows: layers, columns: heads); the masked future is drawn grey."""
+    import numpy as np
+
+
+    plt = _pyplot()
+    w = result.weights.numpy()
+    layers = [layer] if layer is not None else list(range(w.shape[0]))
+    nh, T = w.shape[1], w.shape[-1]
+    size = 2.4 if T <= 24 else 3.0
+    fig, axes = plt.subplots(len(layers), nh, figsize=(size * nh + 0.8, size * len(layers) + 0.6),
+                             dpi=90, squeeze=False)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="#d9d9d9")  # the masked future: visibly empty
+    future = np.triu(np.ones((T, T), dtype=bool), k=1) if result.causal else np.zeros((T, T), dtype=bool)
+    labels = {(s.layer, s.head): s.label for s in result.scores}
+    show_ticks = T <= 40
+    for r, li in enumerate(layers):
+        for h in range(nh):
+            ax = axes[r][h]
+            img = ax.imshow(np.where(future, np.nan, w[li, h]), cmap=cmap, vmin=0.0, vmax=1.0,
+                            interpolation="nearest")
+            ax.set_title(f"L{li} H{h}: {labels[(li, h)]}", fontsize=8)
+            ticks = range(T) if show_ticks else []
+            ax.set_xticks(list(ticks))
+            ax.set_yticks(list(ticks))
+            if show_ticks:
+                ax.set_xticklabels(result.tokens if r == len(layers) - 1 else [], rotation=90, fontsize=6)
+                ax.set_yticklabels(result.tokens if h == 0 else [], fontsize=6)
+    fig.colorbar(img, ax=axes, shrink=0.6, label="attention weight (row = query, column = key)")
+    fig.suptitle(title or "attention weights (grey: masked future)", fontsize=10)
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def heads_png(result, out: str | Path, title: str = "") -> Path:
+    """Left: loss change per masked head (layer x head); right: the pruning curve."""
+    import numpy as np
+
+
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100)
+    imp = np.array(result.importance)
+    lim = max(abs(imp).max(), 1e-6)
+    img = ax1.imshow(imp, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    for (li, h), v in np.ndenumerate(imp):
+        if imp.size <= 64:
+            ax1.text(h, li, f"{v:+.3f}", ha="center", va="center", fontsize=7)
+    ax1.set_xlabel("head")
+    ax1.set_ylabel("layer")
+    ax1.set_xticks(range(result.n_head))
+    ax1.set_yticks(range(result.n_layer))
+    ax1.set_title("val loss change when one head is masked")
+    fig.colorbar(img, ax=ax1, label="delta loss (nats/token)")
+    n = result.n_layer * result.n_head
+    ks, losses = zip(*result.curve)
+    ax2.plot([100 * k / n for k in ks], losses, "o-", color="#4c72b0", ms=3)
+    ax2.axhline(result.base_loss + result.threshold, ls=":", color="gray",
+                label=f"base + {result.threshold:g} nats")
+    ax2.axvline(100 * result.removable / n, ls="--", color="#dd8452",
+                label=f"{result.removable} of {n} heads removable")
+    ax2.set_xlabel("% of heads removed (least important first)")
+    ax2.set_ylabel("val loss (nats/token)")
+    ax2.set_title("pruning curve")
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def anatomy_png(report, out: str | Path, title: str = "") -> Path:
+    """Share of parameters and of training FLOPs per token by component (summed over layers);
+    ``report`` is an inside.inspect.InspectReport."""
+    plt = _pyplot()
+    comps = [c for c in report.components if c.params or c.flops_per_token]
+    names = [c.name for c in comps][::-1]  # top to bottom in model order
+    P, F = report.params, report.flops_per_token
+    params = [100 * c.params / P for c in comps][::-1]
+    flops = [100 * c.flops_per_token / F for c in comps][::-1]
+    fig, ax = plt.subplots(figsize=(8, 0.42 * len(names) + 1.6), dpi=100)
+    y = range(len(names))
+    ax.barh([i + 0.2 for i in y], params, height=0.4, color="#4c72b0", label="% of parameters")
+    ax.barh([i - 0.2 for i in y], flops, height=0.4, color="#dd8452", label="% of training FLOPs/token")
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlabel("% of the model's total")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, ncol=2, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+    fig.suptitle(title.replace(": ", ":\n", 1), fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,69 @@
+"""What `tformer sample` prints besides the text itself: notes, the speed line, the --bench table."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+from tformer_cli.render.console import err_console, line
+from tformer_cli.render.table import Col, show
+
+
+class TextStream:
+    """Generated text written to stdout as it comes (the ``on_token`` callback of core.generate.timed)."""
+
+    def __init__(self, decoder):
+        self.decoder = decoder  # core.prompt.IncrementalDecoder
+
+    def begin(self, index: int, prompt: str) -> None:
+        self._write(("---\n" if index else "") + prompt)
+
+    def __call__(self, token: int) -> None:
+        self._write(self.decoder.push(token))
+
+    def end(self) -> None:
+        self._write("\n")
+
+    @staticmethod
+    def _write(text: str) -> None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+def note(msg: str) -> None:
+    err_console().print(f"[dim]note: {escape(msg)}[/dim]")
+
+
+def warn_bidirectional() -> None:
+    err_console().print(
+        "[yellow]warning:[/yellow] this model was trained with model.causal=false: it saw future tokens "
+        "during training, so its next-token predictions are unreliable; each step recomputes the "
+        "window (no KV cache for bidirectional attention)")
+
+
+def print_speed(s, path: str, device, seed: int) -> None:
+    """The line after a sample (s: core.generate speed): new tokens, time to first token, tokens/s."""
+    ttft = "-" if s.time_to_first_token_s is None else f"{1000 * s.time_to_first_token_s:.1f} ms"
+    rate = "-" if s.tokens_per_s is None else f"{s.tokens_per_s:,.0f}"
+    line(err_console(), f"[bold]{s.new_tokens}[/bold] new tokens · time to first token [bold]{ttft}[/bold] · "
+         f"[bold]{rate}[/bold] tokens/s · {path} · {device} · seed {seed}")
+
+
+def show_cache_bench(con: Console, r, model_cfg, where: str) -> None:
+    """`tformer sample --bench` (r: core.generate.CacheBench)."""
+    m = model_cfg
+    line(con, f"[bold]tformer sample --bench[/bold]: {r.new_tokens} new tokens, {m.n_layer} layers, "
+         f"d_model {m.d_model}, block {r.block_size}, {where}")
+    rows = [[name, f"{s.tokens_per_s or 0:,.0f}", f"{1000 * (s.time_to_first_token_s or 0):.1f} ms"]
+            for name, s in (("KV cache" if r.cache_used else "no cache (bidirectional): recompute", r.cached),
+                            ("recompute (same window as the cache)", r.recompute),
+                            ("recompute, sliding crop (nanoGPT-style)", r.sliding))
+            if s is not None]
+    show(con, [Col("path", key=True), Col("tokens/s", numeric=True), Col("time to first token", numeric=True)],
+         rows)
+    ratio = "-" if r.speedup is None else f"{r.speedup:.1f}x"
+    vs_sliding = "" if r.speedup_vs_sliding is None else f" ({r.speedup_vs_sliding:.1f}x the sliding crop)"
+    line(con, f"speed-up of the cache: [bold]{ratio}[/bold]{vs_sliding} · same tokens: "
+         f"{'yes' if r.identical else 'no'}")
