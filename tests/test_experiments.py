@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tformer_cli.study import engine as study
+from tformer_cli.study import matching, members as study_members, runner, stats
+from tformer_cli.study.results import CSV_COLUMNS, Measurement
+from tformer_cli.study.spec import Member, Spec, load_spec, validate_members
 from tformer_cli.core.config import from_dict
 from tformer_cli.errors import RunError
 
@@ -60,11 +62,11 @@ class FakeTrainer:
 
 def fake_eval(run_dir, cfg, prompt):
     val = json.loads((Path(run_dir) / "summary.json").read_text())["val_loss"]
-    return {"val_loss_causal": val + 3.0 * (not cfg.model.causal), "sample": "The cat"}
+    return Measurement(val + 3.0 * (not cfg.model.causal), "The cat")
 
 
 def _spec(tiny_config, members, seeds=(1, 2)):
-    return study.Spec("ablate", from_dict(tiny_config).to_dict(), members, list(seeds))
+    return Spec("ablate", from_dict(tiny_config).to_dict(), members, list(seeds))
 
 
 # ---------------------------------------------------------------- engine
@@ -72,7 +74,7 @@ def _spec(tiny_config, members, seeds=(1, 2)):
 
 def test_engine_runs_every_member_and_seed_with_only_its_overrides(tiny_config, tmp_path):
     base = from_dict(tiny_config)
-    members = study.ablation_members(base, no_causal_mask=True, no_ffn=True)
+    members = study_members.ablation_members(base, no_causal_mask=True, no_ffn=True)
     fake = FakeTrainer()
     seen = {}
 
@@ -80,8 +82,8 @@ def test_engine_runs_every_member_and_seed_with_only_its_overrides(tiny_config, 
         seen[Path(run_dir).name] = cfg
         return fake(cfg, run_dir, **kw)
 
-    r = study.run_experiment(_spec(tiny_config, members), tmp_path / "exp", trainer=trainer, evaluator=fake_eval)
-    assert [(x["member"], x["seed"]) for x in r.rows] == [
+    r = runner.run_experiment(_spec(tiny_config, members), tmp_path / "exp", trainer=trainer, evaluator=fake_eval)
+    assert [(x.member, x.seed) for x in r.rows] == [
         ("baseline", 1), ("baseline", 2), ("no-causal-mask", 1), ("no-causal-mask", 2), ("no-ffn", 1), ("no-ffn", 2)]
     base_d = base.to_dict()
     for name, cfg in seen.items():  # members differ from the base only in their overrides and the seed
@@ -90,79 +92,83 @@ def test_engine_runs_every_member_and_seed_with_only_its_overrides(tiny_config, 
         want = {"baseline": set(), "no-causal-mask": {"model.causal"}, "no-ffn": {"model.ffn"}}[name.rsplit("-s", 1)[0]]
         assert diffs - {"train.seed"} == want
         assert cfg.train.seed == int(name.rsplit("-s", 1)[1])
-    by = {s["member"]: s for s in r.summary}
-    assert by["no-ffn"]["diff_vs_baseline"] == pytest.approx(0.5)
-    assert by["no-ffn"]["significant"] is True  # 0.5 against a seed spread of 0.01
-    assert by["no-causal-mask"]["diff_vs_baseline"] == pytest.approx(3.0)
-    assert by["baseline"]["is_baseline"] and by["baseline"]["p_value"] is None
-    assert study.LEAK_EXPLANATION in r.notes
-    assert Path(r.plot).name == "comparison.png" and Path(r.plot).stat().st_size > 0
+    by = {s.member: s for s in r.summary}
+    assert by["no-ffn"].diff_vs_baseline == pytest.approx(0.5)
+    assert by["no-ffn"].significant is True  # 0.5 against a seed spread of 0.01
+    assert by["no-causal-mask"].diff_vs_baseline == pytest.approx(3.0)
+    assert by["baseline"].is_baseline and by["baseline"].p_value is None
+    assert stats.LEAK_EXPLANATION in r.notes
+    assert r.plot is None  # the engine does not draw: the command does (render.plots.comparison_plot)
+    from tformer_cli.render.plots import comparison_plot
+
+    plot = comparison_plot(r)
+    assert plot.name == "comparison.png" and plot.stat().st_size > 0
 
 
 def test_results_csv_and_json_schema(tiny_config, tmp_path):
-    members = study.ablation_members(from_dict(tiny_config), no_ffn=True)
-    r = study.run_experiment(_spec(tiny_config, members), tmp_path / "exp", trainer=FakeTrainer(),
+    members = study_members.ablation_members(from_dict(tiny_config), no_ffn=True)
+    r = runner.run_experiment(_spec(tiny_config, members), tmp_path / "exp", trainer=FakeTrainer(),
                              evaluator=fake_eval)
     with open(tmp_path / "exp" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     header = list(rows[0].keys())
-    assert header[: len(study.CSV_COLUMNS)] == study.CSV_COLUMNS
+    assert header[: len(CSV_COLUMNS)] == CSV_COLUMNS
     assert "copy_acc" in header and "d_k" in header  # TrainResult.extra and d_k become columns
     assert len(rows) == 4 and {row["status"] for row in rows} == {"ok"}
-    assert float(rows[0]["val_loss"]) == pytest.approx(r.rows[0]["val_loss"])
+    assert float(rows[0]["val_loss"]) == pytest.approx(r.rows[0].val_loss)
     assert int(rows[2]["params_ffn"]) == 0 and int(rows[0]["params_ffn"]) > 0  # anatomy split per member
     data = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert set(data) >= {"kind", "rows", "summary", "members", "seeds", "significance_rule", "memory_note",
                          "execution", "notes", "plot", "interrupted"}
-    assert data["rows"] == json.loads(json.dumps(r.rows))
+    assert data["rows"] == json.loads(json.dumps([x.to_dict() for x in r.rows]))
     assert json.loads((tmp_path / "exp" / "experiment.json").read_text())["seeds"] == [1, 2]
 
 
 def test_failed_member_is_recorded_and_the_others_run(tiny_config, tmp_path):
-    members = study.ablation_members(from_dict(tiny_config), no_causal_mask=True, no_ffn=True)
+    members = study_members.ablation_members(from_dict(tiny_config), no_causal_mask=True, no_ffn=True)
     fake = FakeTrainer(fail="no-causal-mask")
-    r = study.run_experiment(_spec(tiny_config, members, seeds=[1]), tmp_path / "exp", trainer=fake,
+    r = runner.run_experiment(_spec(tiny_config, members, seeds=[1]), tmp_path / "exp", trainer=fake,
                              evaluator=fake_eval)
-    status = {x["member"]: (x["status"], x["error"]) for x in r.rows}
+    status = {x.member: (x.status, x.error) for x in r.rows}
     assert status["no-causal-mask"] == ("failed", "the loss became NaN or infinite at step 3")
     assert status["no-ffn"][0] == "ok" and status["baseline"][0] == "ok"
     assert not r.interrupted
 
 
 def test_resume_skips_finished_members_and_continues_the_unfinished(tiny_config, tmp_path):
-    members = study.ablation_members(from_dict(tiny_config), no_ffn=True, pos=["rope"])
+    members = study_members.ablation_members(from_dict(tiny_config), no_ffn=True, pos=["rope"])
     spec = _spec(tiny_config, members, seeds=[1])
     stops = iter([False, False, True])  # stop before the third member: it never starts
     first = FakeTrainer(stop_after=1)  # the second member is interrupted half-way
-    r1 = study.run_experiment(spec, tmp_path / "exp", trainer=first, evaluator=fake_eval,
+    r1 = runner.run_experiment(spec, tmp_path / "exp", trainer=first, evaluator=fake_eval,
                               should_stop=lambda: next(stops, True))
     assert r1.interrupted
-    assert [x["status"] for x in r1.rows] == ["ok", "interrupted", "not run"]
+    assert [x.status for x in r1.rows] == ["ok", "interrupted", "not run"]
     second = FakeTrainer()
-    r2 = study.run_experiment(study.load_spec(tmp_path / "exp"), tmp_path / "exp", resume=True, trainer=second,
+    r2 = runner.run_experiment(load_spec(tmp_path / "exp"), tmp_path / "exp", resume=True, trainer=second,
                               evaluator=fake_eval)
     assert second.calls == [("no-ffn-s1", 1, True), ("pos-rope-s1", 1, False)]  # baseline skipped
-    assert [x["status"] for x in r2.rows] == ["ok", "ok", "ok"] and not r2.interrupted
+    assert [x.status for x in r2.rows] == ["ok", "ok", "ok"] and not r2.interrupted
 
 
 def test_refuses_to_overwrite_an_experiment(tiny_config, tmp_path):
     from tformer_cli.errors import ConfigError
 
-    spec = _spec(tiny_config, study.ablation_members(from_dict(tiny_config), no_ffn=True), seeds=[1])
-    study.run_experiment(spec, tmp_path / "exp", trainer=FakeTrainer(), evaluator=fake_eval)
+    spec = _spec(tiny_config, study_members.ablation_members(from_dict(tiny_config), no_ffn=True), seeds=[1])
+    runner.run_experiment(spec, tmp_path / "exp", trainer=FakeTrainer(), evaluator=fake_eval)
     with pytest.raises(ConfigError, match="exists and is not empty"):
-        study.run_experiment(spec, tmp_path / "exp", trainer=FakeTrainer(), evaluator=fake_eval)
+        runner.run_experiment(spec, tmp_path / "exp", trainer=FakeTrainer(), evaluator=fake_eval)
 
 
 def test_ablating_the_baselines_own_value_is_refused(tiny_config):
     from tformer_cli.errors import ConfigError
 
     with pytest.raises(ConfigError, match="baseline's value already"):
-        study.ablation_members(from_dict(tiny_config), pos=["learned"])
+        study_members.ablation_members(from_dict(tiny_config), pos=["learned"])
 
 
 def test_combine_makes_one_member_with_every_flag(tiny_config):
-    members = study.ablation_members(from_dict(tiny_config), no_ffn=True, activation=["relu"], combine=True)
+    members = study_members.ablation_members(from_dict(tiny_config), no_ffn=True, activation=["relu"], combine=True)
     assert [m.name for m in members] == ["baseline", "no-ffn+act-relu"]
     assert members[1].overrides == {"model.ffn": False, "model.activation": "relu"}
 
@@ -171,21 +177,21 @@ def test_grid_is_the_full_product_and_invalid_members_are_refused_before_trainin
     from tformer_cli.errors import ConfigError
 
     base = from_dict(tiny_config)
-    grid = study.parse_grid(["model.n_head=1,2,4", "model.d_model=16,32"])
-    members = study.grid_members(base, grid)
+    grid = study_members.parse_grid(["model.n_head=1,2,4", "model.d_model=16,32"])
+    members = study_members.grid_members(base, grid)
     assert len(members) == 6 and members[0].axes == {"model.n_head": 1, "model.d_model": 16}
-    bad = study.Spec("sweep", base.to_dict(), study.grid_members(base, {"model.n_head": [2, 3]}), [1])
+    bad = Spec("sweep", base.to_dict(), study_members.grid_members(base, {"model.n_head": [2, 3]}), [1])
     fake = FakeTrainer()
     with pytest.raises(ConfigError, match="member n_head-3: model.n_head: d_model=32 is not divisible"):
-        study.run_experiment(bad, tmp_path / "exp", trainer=fake, evaluator=fake_eval)
+        runner.run_experiment(bad, tmp_path / "exp", trainer=fake, evaluator=fake_eval)
     assert fake.calls == [] and not (tmp_path / "exp").exists()
 
 
 def test_welch_p_value():
     # Welch's t = -2.191, df = 6 for these samples: two-sided p = 0.0710 (textbook value)
-    assert study.welch_p([1, 2, 3, 4], [3, 4, 5, 6]) == pytest.approx(0.0710, abs=5e-4)
-    assert study.welch_p([1.0], [2.0, 3.0]) is None  # one seed: noise unknown
-    assert study.welch_p([1, 1.1, 0.9], [5, 5.1, 4.9]) < 1e-4
+    assert stats.welch_p([1, 2, 3, 4], [3, 4, 5, 6]) == pytest.approx(0.0710, abs=5e-4)
+    assert stats.welch_p([1.0], [2.0, 3.0]) is None  # one seed: noise unknown
+    assert stats.welch_p([1, 1.1, 0.9], [5, 5.1, 4.9]) < 1e-4
 
 
 # ---------------------------------------------------------------- parameter matching
@@ -201,11 +207,11 @@ def test_welch_p_value():
 def test_match_params_within_5_percent(tiny_config, flags, by):
     tiny_config["model"].update(n_layer=4, d_model=64, n_head=4)
     base = from_dict(tiny_config)
-    spec = study.Spec("ablate", base.to_dict(), study.ablation_members(base, **flags), [1])
-    study.match_params(spec, by, vocab_size=65)
-    target = study._params(base, 65)
+    spec = Spec("ablate", base.to_dict(), study_members.ablation_members(base, **flags), [1])
+    matching.match_params(spec, by, vocab_size=65)
+    target = matching.params(base, 65)
     m = spec.members[1]
-    n = study._params(base.replace(m.overrides), 65)
+    n = matching.params(base.replace(m.overrides), 65)
     assert abs(n - target) <= 0.05 * target, m.resized
     assert m.resized  # the table says what was resized (or that nothing needed to be)
     if flags.get("activation"):  # swiglu's default d_ff already keeps the count by the 2/3 rule
@@ -218,7 +224,7 @@ def test_swiglu_keeps_params_by_the_two_thirds_rule(tiny_config):
     tiny_config["model"].update(d_model=96, n_head=4)
     base = from_dict(tiny_config)
     swiglu = base.replace({"model.activation": "swiglu"})
-    a, b = study._params(base, 65), study._params(swiglu, 65)
+    a, b = matching.params(base, 65), matching.params(swiglu, 65)
     assert abs(a - b) <= 0.01 * a
 
 
@@ -249,17 +255,17 @@ def test_resume_refuses_new_flags(cli, tmp_path):
 @pytest.mark.parametrize("path", sorted(STUDY_DIR.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_study_files_build_valid_members(path):
     """Every study file builds its members and validates them (nothing trains)."""
-    from tformer_cli.cli import experiments as cmd
+    from tformer_cli.study import files
 
     raw = yaml.safe_load(path.read_text())
     if "experiment" not in raw:
         pytest.skip("a preset, not a study")
-    cfg, exp = cmd.experiment_config(path, None, None, None, None, None, None)
+    cfg, exp = files.experiment_config(path, None, {})
     if exp["kind"] == "ablate":
-        spec = cmd.ablate_spec(cfg, {k: v for k, v in exp.items() if k != "match"})  # match needs the corpus
+        spec = files.ablate_spec(cfg, {k: v for k, v in exp.items() if k != "match"})  # match needs the corpus
     else:
-        spec = cmd.sweep_spec(cfg, cmd._file_grid(exp), exp.get("seeds"))
-    study.validate_members(spec)
+        spec = files.sweep_spec(cfg, files.file_grid(exp), exp.get("seeds"))
+    validate_members(spec)
     assert len(spec.members) >= 2
 
 
@@ -285,11 +291,11 @@ def test_sweep_command_end_to_end_with_pivot_and_runs_listing(cli, tiny_yaml, tm
 
 def test_same_seeds_give_the_same_results(tiny_config, tmp_path):
     tiny_config["train"]["steps"] = 6
-    members = [study.Member("baseline")]
-    runs = [study.run_experiment(_spec(tiny_config, members, seeds=[3]), tmp_path / f"e{i}") for i in range(2)]
+    members = [Member("baseline")]
+    runs = [runner.run_experiment(_spec(tiny_config, members, seeds=[3]), tmp_path / f"e{i}") for i in range(2)]
     a, b = (r.rows[0] for r in runs)
-    assert a["val_loss"] == b["val_loss"] and a["val_loss_causal"] == b["val_loss_causal"]
-    assert a["sample"] == b["sample"]
+    assert a.val_loss == b.val_loss and a.val_loss_causal == b.val_loss_causal
+    assert a.sample == b.sample
 
 
 @pytest.mark.slow
@@ -299,31 +305,31 @@ def test_causal_mask_leak_shows_in_both_losses(tiny_config, tmp_path):
     tiny_config["model"]["pos_encoding"] = "rope"
     tiny_config["train"].update(steps=250, lr=0.01, batch_size=8, eval_interval=125)
     base = from_dict(tiny_config)
-    spec = study.Spec("ablate", base.to_dict(), study.ablation_members(base, no_causal_mask=True), [1337])
-    r = study.run_experiment(spec, tmp_path / "exp")
-    by = {s["member"]: s for s in r.summary}
+    spec = Spec("ablate", base.to_dict(), study_members.ablation_members(base, no_causal_mask=True), [1337])
+    r = runner.run_experiment(spec, tmp_path / "exp")
+    by = {s.member: s for s in r.summary}
     b, leak = by["baseline"], by["no-causal-mask"]
-    assert b["val_loss_causal"] == pytest.approx(b["val_loss"], abs=1e-3)  # causal, same windows: equal
-    assert leak["val_loss"] < b["val_loss"] - 0.5  # teacher-forced: copies the future
-    assert leak["val_loss_causal"] > b["val_loss_causal"] + 0.5  # causal-consistent: cannot predict
-    assert study.LEAK_EXPLANATION in r.notes
+    assert b.val_loss_causal == pytest.approx(b.val_loss, abs=1e-3)  # causal, same windows: equal
+    assert leak.val_loss < b.val_loss - 0.5  # teacher-forced: copies the future
+    assert leak.val_loss_causal > b.val_loss_causal + 0.5  # causal-consistent: cannot predict
+    assert stats.LEAK_EXPLANATION in r.notes
 
 
 @pytest.mark.slow
 def test_process_per_member_on_cpu_with_a_fake_device_list(tiny_config, tmp_path):
-    """The --parallel path: one `tformer train` process per member, two devices at a time."""
+    """The --parallel path: one worker process per member, two devices at a time."""
     tiny_config["train"].update(steps=4, eval_interval=4)
     base = from_dict(tiny_config)
-    members = [study.Member("baseline"), study.Member("bad", {"data.corpus": "/nonexistent.txt"},
+    members = [Member("baseline"), Member("bad", {"data.corpus": "/nonexistent.txt"},
                                                       "a corpus that does not exist")]
-    spec = study.Spec("ablate", base.to_dict(), members, [5])
-    r = study.run_experiment(spec, tmp_path / "exp", parallel=True, devices=["cpu", "cpu"])
+    spec = Spec("ablate", base.to_dict(), members, [5])
+    r = runner.run_experiment(spec, tmp_path / "exp", parallel=True, devices=["cpu", "cpu"])
     assert r.execution.startswith("in parallel, one process per device")
-    status = {x["member"]: x for x in r.rows}
-    assert status["baseline"]["status"] == "ok" and status["baseline"]["sample"].startswith("The ")
-    assert status["bad"]["status"] == "failed" and "nonexistent" in status["bad"]["error"]
-    inline = study.run_experiment(study.Spec("ablate", base.to_dict(), members[:1], [5]), tmp_path / "inline")
-    assert status["baseline"]["val_loss"] == inline.rows[0]["val_loss"]  # same result either way
+    status = {x.member: x for x in r.rows}
+    assert status["baseline"].status == "ok" and status["baseline"].sample.startswith("The ")
+    assert status["bad"].status == "failed" and "nonexistent" in status["bad"].error
+    inline = runner.run_experiment(Spec("ablate", base.to_dict(), members[:1], [5]), tmp_path / "inline")
+    assert status["baseline"].val_loss == inline.rows[0].val_loss  # same result either way
 
 
 @pytest.mark.slow
@@ -342,7 +348,8 @@ def test_lstm_and_mlm_members_run_in_a_sweep(cli, tiny_yaml, tmp_path):
     assert r.code == 0, r
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(row["train.objective"], row["status"]) for row in rows] == [("clm", "ok"), ("mlm", "ok")]
-    assert rows[1]["sample"] == "n/a (MLM)"
+    assert rows[1]["sample"] == "" and rows[1]["objective"] == "mlm"  # no sample: data, not a label
+    assert "n/a (MLM)" in r.out  # the table says why
 
 
 @pytest.mark.slow

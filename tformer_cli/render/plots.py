@@ -156,3 +156,59 @@ def anatomy_png(report, out: str | Path, title: str = "") -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+# ---------------------------------------------------------------- experiments (tformer ablate / sweep)
+
+
+def comparison_plot(result, out: str | Path | None = None) -> Path:
+    """comparison.png of an experiment (a tformer_cli.study.results.ExperimentResult): validation-loss
+    curves of all members on one axis; final loss and tokens/s per member."""
+    import math
+
+    plt = _pyplot()
+    fig, (ax_c, ax_l, ax_t) = plt.subplots(1, 3, figsize=(15, 4.5), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    for i, s in enumerate(result.summary):
+        for k, r in enumerate(x for x in result.rows if x.member == s.member):
+            _, val = RunDir(r.run_dir).curves()
+            if val:
+                ax_c.plot(*zip(*val), "o-", ms=3, color=cmap(i % 10), alpha=1.0 if k == 0 else 0.4,
+                          label=s.member if k == 0 else None)
+    ax_c.set(xlabel="step", ylabel="validation loss (teacher-forced, nats/token)", title="validation loss")
+    ax_c.grid(alpha=0.3)
+    ax_c.legend(fontsize=7)
+    xs, xlabel, ticks = _member_axis(result)
+    fmt = "o" if ticks else "o-"  # categories are not joined by lines: no order between them
+    nan = lambda y: math.nan if y is None else y  # noqa: E731
+    for key, name in (("val_loss", "teacher-forced"), ("val_loss_causal", "causal-consistent")):
+        ys = [getattr(s, key) for s in result.summary]
+        if any(y is not None for y in ys):
+            ax_l.errorbar(xs, [nan(y) for y in ys], yerr=[getattr(s, f"{key}_std") or 0 for s in result.summary],
+                          fmt=fmt, capsize=3, label=name)
+    ax_l.legend(fontsize=7)
+    ax_t.errorbar(xs, [nan(s.tokens_per_s) for s in result.summary],
+                  yerr=[s.tokens_per_s_std or 0 for s in result.summary], fmt=fmt, capsize=3)
+    ax_t.set_ylim(bottom=0)  # from zero, so a 3% difference does not look like a cliff
+    for ax, title in ((ax_l, "final validation loss"), (ax_t, "training tokens/s")):
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        if ticks:
+            ax.set_xticks(xs, ticks, rotation=30, ha="right", fontsize=7)
+            ax.margins(x=0.2)  # keep the first and last member off the frame
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"tformer {result.kind}: {Path(result.out_dir).name}")
+    fig.tight_layout()
+    out = Path(out) if out else Path(result.out_dir) / "comparison.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _member_axis(result) -> tuple[list[float], str, list[str] | None]:
+    """(x, label, tick labels): a numeric x for a one-axis numeric sweep, member names otherwise."""
+    if len(result.axes) == 1:
+        vals = [s.axes.get(result.axes[0]) for s in result.summary]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            return [float(v) for v in vals], result.axes[0], None
+    return list(range(len(result.summary))), "member", [s.member for s in result.summary]

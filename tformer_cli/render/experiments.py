@@ -1,0 +1,178 @@
+"""The tables of `tformer ablate`, `sweep`, `sweep-heads`, `sweep-dmodel`, `study` and `runs`.
+
+Every table goes through render/table.py (fits 80 columns on a terminal, whole when piped).
+What a missing value reads as ("-", "n/a (MLM)", "not run") is decided here, never in the data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_params, fmt_time
+from tformer_cli.render.table import Col, show
+from tformer_cli.study.results import ExperimentEntry, ExperimentResult, MemberSummary, RunEntry
+
+MLM = "n/a (MLM)"
+LOSS_CAPTION = (
+    "val loss (teacher-forced): one forward pass per window, every position predicted (what training "
+    "optimises); val loss (causal-consistent): each prediction from a forward pass on its prefix only "
+    "(what generation sees), on the same validation windows (at most 256). Δ vs baseline uses the "
+    "causal-consistent loss (teacher-forced for MLM).")
+
+
+def _pm(mean: float | None, std: float | None, fmt=fmt_loss) -> str:
+    if mean is None:
+        return "-"
+    return fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
+
+
+def _diff(s: MemberSummary) -> str:
+    if s.is_baseline:
+        return "(baseline)"
+    if s.diff_vs_baseline is None:
+        return "-"
+    text = f"{s.diff_vs_baseline:+.4f}"
+    if s.significant is False:
+        text += " (n.s.)"
+    elif s.significant and s.p_value is not None:
+        text += f" (p={s.p_value:.3f})"
+    return text
+
+
+def _causal(s: MemberSummary) -> str:
+    if s.val_loss_causal is not None:
+        return _pm(s.val_loss_causal, s.val_loss_causal_std)
+    return MLM if s.objective == "mlm" else "-"
+
+
+def _extra(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "-" if v is None else str(v)
+
+
+def _shows_d_k(r: ExperimentResult) -> bool:
+    return "model.n_head" in r.axes or "model.d_model" in r.axes
+
+
+def _member_cells(r: ExperimentResult, s: MemberSummary) -> list[str]:
+    name = s.member + (f"\n({s.n_seeds - s.n_ok} seed(s) failed)" if s.n_ok and s.n_ok < s.n_seeds else "")
+    changed = s.changed + (f"\n[resized] {s.resized}" if s.resized and s.n_ok else "")
+    if not s.n_ok:
+        changed += "\nFAILED: " + "; ".join(s.errors) if s.errors else "\nnot run"
+    cells = [escape(name), escape(changed)] + [escape(str(s.axes.get(a, ""))) for a in r.axes]
+    return cells + ([str(s.d_k) if s.n_ok else ""] if _shows_d_k(r) else [])
+
+
+def show_results(con: Console, r: ExperimentResult) -> None:
+    multi = len(r.seeds) > 1
+    extra_keys = sorted({k for s in r.summary for k in s.extra})
+    cols = [Col("member", key=True), Col("what changed")] + [Col(a) for a in r.axes]
+    cols += [Col("d_k", numeric=True)] if _shows_d_k(r) else []
+    cols += [Col(h, numeric=True) for h in ("params", "train loss", "val loss (teacher-forced)",
+                                             "val loss (causal-consistent)", "Δ vs baseline", "tokens/s",
+                                             "peak memory")]
+    cols += [Col(k, numeric=True) for k in extra_keys]
+    rows = []
+    for s in r.summary:
+        if not s.n_ok:
+            rows.append(_member_cells(r, s) + ["-"] * (7 + len(extra_keys)))
+            continue
+        rows.append(_member_cells(r, s) + [
+            fmt_params(s.params), _pm(s.train_loss, s.train_loss_std), _pm(s.val_loss, s.val_loss_std),
+            _causal(s), _diff(s), fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes),
+        ] + [_extra(s.extra.get(k)) for k in extra_keys])
+    title = f"tformer {r.kind}: {r.out_dir}" + (f" ({len(r.seeds)} seeds, mean ± std)" if multi else "")
+    show(con, cols, rows, title=escape(title))
+
+
+def _sample(s: MemberSummary) -> str:
+    if s.objective == "mlm":
+        return MLM
+    if s.eval_error:
+        return f"(evaluation failed: {s.eval_error})"
+    return repr(s.sample) if s.sample else "-"
+
+
+def show_samples(con: Console, r: ExperimentResult) -> None:
+    """The greedy continuation of the fixed prompt by each member (first seed)."""
+    show(con, [Col("member", key=True), Col("sample")], [[escape(s.member), escape(_sample(s))] for s in r.summary],
+         title="greedy continuation of a fixed prompt (first seed)")
+
+
+def show_anatomy(con: Console, r: ExperimentResult) -> None:
+    cols = [Col("member", key=True)] + [Col(h, numeric=True) for h in (
+        "params: embeddings", "attention", "FFN", "total", "FLOPs/token: embeddings", "attention", "FFN",
+        "total")] + [Col("resized (--match params)")]
+    rows = [[escape(s.member)] + [fmt_params(v) for v in (
+        s.params_embeddings, s.params_attention, s.params_ffn, s.params, s.flops_embeddings, s.flops_attention,
+        s.flops_ffn, s.flops_per_token)] + [escape(s.resized or "-")] for s in r.summary if s.params is not None]
+    show(con, cols, rows, title="parameters and training FLOPs per token by group")
+
+
+def show_pivot(con: Console, r: ExperimentResult) -> None:
+    """Two swept keys: rows by the first, columns by the second, the compared loss in each cell."""
+    a, b = r.axes[:2]
+    down = list(dict.fromkeys(s.axes[a] for s in r.summary))
+    across = list(dict.fromkeys(s.axes[b] for s in r.summary))
+    cell = {(s.axes[a], s.axes[b]): s for s in r.summary}
+
+    def text(s: MemberSummary | None) -> str:
+        if s is None:
+            return "-"
+        return "failed" if not s.n_ok else _pm(s.compared_loss, s.compared_loss_std)
+
+    rows = [[escape(str(v))] + [text(cell.get((v, c))) for c in across] for v in down]
+    show(con, [Col(escape(f"{a} \\ {b}"), key=True)] + [Col(escape(str(c)), numeric=True) for c in across], rows,
+         title=f"validation loss (causal-consistent), {a} down, {b} across")
+
+
+def captions(r: ExperimentResult) -> list[str]:
+    return [
+        LOSS_CAPTION,
+        f"significance: {r.significance_rule}." + ("" if len(r.seeds) > 1 else
+                                                     " One seed here: noise unknown (use --seeds N)."),
+        r.memory_note + ".",
+        f"members ran {r.execution}; tokens/s: median over log intervals, eval excluded.",
+    ]
+
+
+def render(con: Console, r: ExperimentResult) -> None:
+    """Every table of an experiment, what the numbers mean, and where the files are."""
+    show_results(con, r)
+    show_samples(con, r)
+    if len(r.axes) >= 2:
+        show_pivot(con, r)
+    show_anatomy(con, r)
+    for c in captions(r):
+        con.print(escape(c), style="dim")
+    for n in r.notes:
+        con.print(escape(n), style="bold")
+    failed = [row for row in r.rows if row.status == "failed"]
+    if failed:
+        con.print(f"{len(failed)} member run(s) failed; the others completed", style="red")
+    con.print(escape(f"results: {r.out_dir}/results.json, results.csv" + (f"; plot: {r.plot}" if r.plot else "")
+                     + f"; wall time {fmt_time(r.elapsed_s)}"))
+
+
+def show_runs(con: Console, entries: Sequence[RunEntry | ExperimentEntry], root: Path) -> None:
+    cols = [Col("path", key=True), Col("type"), Col("status"), Col("steps / members"), Col("val loss", numeric=True),
+            Col("params / best member"), Col("tokens/s", numeric=True), Col("wall time", numeric=True)]
+    rows = []
+    for e in entries:
+        if isinstance(e, RunEntry):
+            rows.append([e.path, "run", e.status, e.steps or "-", fmt_loss(e.val_loss), fmt_params(e.params),
+                         fmt_int(e.tokens_per_s), fmt_time(e.elapsed_s)])
+        else:
+            what = f"{e.members if e.members is not None else '?'} x {e.seeds if e.seeds is not None else '?'} seeds"
+            failed = f", {e.failed} failed" if e.failed else ""
+            rows.append([e.path, e.kind or "experiment", e.status + failed, what, fmt_loss(e.val_loss),
+                         e.best or "-", "-", fmt_time(e.elapsed_s)])
+    caption = None if entries else ("nothing found: runs are directories with config.yaml, experiments with "
+                                    "experiment.json")
+    show(con, cols, [[escape(c) for c in row] for row in rows], title=escape(f"runs and experiments under {root}"),
+         caption=caption)

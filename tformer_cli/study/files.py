@@ -1,0 +1,220 @@
+"""Study files and command-line flags into a Spec.
+
+A config file may carry an ``experiment:`` section (a study file, see experiments/studies/*.yaml);
+its settings are defaults that command-line flags add to or override.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tformer_cli.core import config as cfgmod
+from tformer_cli.core.config import Config
+from tformer_cli.errors import ConfigError
+from tformer_cli.study.matching import match_params
+from tformer_cli.study.members import ablation_members, grid_members, head_problems, parse_grid
+from tformer_cli.study.spec import Spec
+
+ABLATE_KEYS = {"kind", "no_causal_mask", "no_ffn", "pos", "activation", "ffn_mult", "combine", "match",
+               "match_by", "seeds", "prompt"}
+SWEEP_KEYS = {"kind", "grid", "seeds", "prompt"}
+SECTION_KEYS = {"ablate": ABLATE_KEYS, "sweep": SWEEP_KEYS}
+
+
+def experiment_config(config: Path | None, preset: str | None,
+                      overrides: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+    """(base Config, the file's experiment: section); defaults < preset < file < ``overrides``
+    (the flags, then --set)."""
+    file_over: dict[str, Any] = {}
+    exp: dict[str, Any] = {}
+    if config is not None:
+        data_ = cfgmod.load_yaml(config)
+        exp = data_.pop("experiment", None) or {}
+        if not isinstance(exp, dict):
+            raise ConfigError(f"{config}: experiment: must be a mapping (kind, flags, grid, seeds)")
+        for section, values in data_.items():
+            if not isinstance(values, dict):  # let from_dict name the problem
+                values = {"__invalid__": values} if values is not None else {}
+            file_over.update({f"{section}.{k}": v for k, v in values.items()})
+    if config is None and preset is None:
+        preset = "quick"
+    return cfgmod.resolve(None, preset, {**file_over, **overrides}), exp
+
+
+def check_section(exp: dict[str, Any], kind: str, path) -> None:
+    """The experiment: section holds only the keys of ``kind`` and, if it names a kind, that one."""
+    allowed = SECTION_KEYS[kind]
+    problems = [f"experiment.{k}: unknown key for kind {kind} (known: {', '.join(sorted(allowed))})"
+                for k in exp if k not in allowed]
+    if exp.get("kind", kind) != kind:
+        problems.append(f"experiment.kind: the file is a '{exp['kind']}' study; run it with "
+                        f"`tformer study {path}`")
+    if problems:
+        raise ConfigError(problems)
+
+
+def as_list(v) -> list:
+    if v is None:
+        return []
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def seed_list(cfg: Config, n: int | None) -> list[int]:
+    """``n`` seeds from train.seed up (one when not given)."""
+    n = 1 if n is None else n
+    if n < 1:
+        raise ConfigError(f"--seeds {n}: must be at least 1")
+    return [cfg.train.seed + i for i in range(n)]
+
+
+def int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} {text}: expected integers separated by commas, e.g. 1,2,4") from None
+    if not values or any(v <= 0 for v in values):
+        raise ConfigError(f"{flag} {text}: expected positive integers separated by commas")
+    return values
+
+
+def _merged(exp: dict[str, Any], key: str, given) -> list:
+    """The study file's values of ``key`` then the flag's, each once."""
+    return list(dict.fromkeys(as_list(exp.get(key)) + list(given or [])))
+
+
+def ablate_spec(cfg: Config, exp: dict[str, Any], *, no_causal_mask=False, no_ffn=False, pos=None,
+                activation=None, ffn_mult=None, combine=False, match=None, match_by=None, seeds=None) -> Spec:
+    """The ablation spec: CLI flags add to (or, for single values, override) the study file's."""
+    members = ablation_members(
+        cfg, no_causal_mask=no_causal_mask or bool(exp.get("no_causal_mask")),
+        no_ffn=no_ffn or bool(exp.get("no_ffn")), pos=_merged(exp, "pos", pos),
+        activation=_merged(exp, "activation", activation),
+        ffn_mult=[float(x) for x in _merged(exp, "ffn_mult", ffn_mult)],
+        combine=combine or bool(exp.get("combine")))
+    spec = Spec("ablate", cfg.to_dict(), members, seed_list(cfg, seeds or exp.get("seeds")),
+                prompt=exp.get("prompt"))
+    match = match or exp.get("match")
+    if match is not None:
+        if match != "params":
+            raise ConfigError(f"--match {match}: only 'params' is supported")
+        match_params(spec, match_by or exp.get("match_by") or "d_ff")
+    elif match_by is not None:
+        raise ConfigError("--match-by needs --match params")
+    return spec
+
+
+def sweep_spec(cfg: Config, grid: dict[str, list], seeds=None, prompt=None) -> Spec:
+    return Spec("sweep", cfg.to_dict(), grid_members(cfg, grid), seed_list(cfg, seeds), axes=list(grid),
+                prompt=prompt)
+
+
+def file_grid(exp: dict[str, Any]) -> dict[str, list]:
+    """The grid of a study file's experiment: section (empty when it has none)."""
+    grid = exp.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError("experiment.grid: expected a mapping KEY: [V1, V2, ...]")
+    return parse_grid([f"{k}={','.join(str(v) for v in as_list(vs))}" for k, vs in grid.items()]) \
+        if grid else {}
+
+
+def grid_spec(cfg: Config, exp: dict[str, Any], grid: list[str] | None, seeds: int | None) -> Spec:
+    """`tformer sweep`: the study file's grid, then the --grid flags (a key given again wins)."""
+    g = file_grid(exp)
+    g.update(parse_grid(grid) if grid else {})
+    if not g:
+        parse_grid([])  # raises the "no --grid given" error
+    return sweep_spec(cfg, g, seeds or exp.get("seeds"), exp.get("prompt"))
+
+
+def heads_grid(cfg: Config, heads: list[int], d_model: int | None) -> dict[str, list]:
+    """model.n_head values at a fixed d_model; refuses every head count that does not divide it."""
+    d = d_model or cfg.model.d_model
+    problems = head_problems(d, heads)
+    if problems:
+        raise ConfigError(problems, hint="nothing was trained; choose head counts from the valid ones")
+    grid: dict[str, list] = {"model.n_head": heads}
+    if d_model is not None:
+        grid = {"model.d_model": [d_model], **grid}
+    return grid
+
+
+def dmodel_grid(cfg: Config, widths: list[int], heads: int | None) -> dict[str, list]:
+    """model.d_model values at a fixed head count; refuses every width the head count does not divide."""
+    h = heads or cfg.model.n_head
+    problems = [p for d in widths for p in head_problems(d, [h])]
+    if problems:
+        raise ConfigError(problems, hint="nothing was trained; choose widths divisible by the head count")
+    grid: dict[str, list] = {"model.d_model": widths}
+    if heads is not None:
+        grid["model.n_head"] = [heads]
+    return grid
+
+
+def find_study(config: Path) -> Path:
+    """A study file's path, or the built-in study of that name (`tformer study ablate_causal_mask`)."""
+    builtin = cfgmod.PRESET_DIR / "studies" / f"{config}.yaml"
+    return builtin if not Path(config).exists() and builtin.exists() else Path(config)
+
+
+# ---------------------------------------------------------------- one call per command
+
+
+@dataclass
+class Source:
+    """Where a command's base config comes from: a config or study file, a preset, the flags'
+    overrides (then --set), and the number of seeds asked for."""
+
+    config: Path | None
+    preset: str | None
+    overrides: dict[str, Any]
+    seeds: int | None = None
+
+    def load(self, kind: str | None = None) -> tuple[Config, dict[str, Any]]:
+        """(base config, experiment: section), the section checked against ``kind`` when given."""
+        cfg, exp = experiment_config(self.config, self.preset, self.overrides)
+        if kind is not None:
+            check_section(exp, kind, self.config)
+        return cfg, exp
+
+
+def ablate_from(src: Source, **flags) -> Spec:
+    """`tformer ablate`: the study file's ablation with the flags added."""
+    cfg, exp = src.load("ablate")
+    return ablate_spec(cfg, exp, seeds=src.seeds, **flags)
+
+
+def sweep_from(src: Source, grid: list[str] | None) -> Spec:
+    """`tformer sweep`: the study file's grid and the --grid flags."""
+    cfg, exp = src.load("sweep")
+    return grid_spec(cfg, exp, grid, src.seeds)
+
+
+def heads_from(src: Source, heads: str, d_model: int | None) -> Spec:
+    """`tformer sweep-heads`: head counts at one d_model."""
+    cfg, exp = src.load()
+    return sweep_spec(cfg, heads_grid(cfg, int_list(heads, "--heads"), d_model), src.seeds or exp.get("seeds"),
+                      exp.get("prompt"))
+
+
+def dmodel_from(src: Source, widths: str, heads: int | None) -> Spec:
+    """`tformer sweep-dmodel`: widths at one head count."""
+    cfg, exp = src.load()
+    return sweep_spec(cfg, dmodel_grid(cfg, int_list(widths, "--d-model"), heads), src.seeds or exp.get("seeds"),
+                      exp.get("prompt"))
+
+
+def study_from(src: Source) -> Spec:
+    """`tformer study FILE`: the spec the file's experiment: section describes."""
+    assert src.config is not None
+    config = find_study(src.config)
+    cfg, exp = experiment_config(config, None, src.overrides)
+    kind = exp.get("kind")
+    if kind not in SECTION_KEYS:
+        raise ConfigError(f"{config}: experiment.kind must be ablate or sweep, got {kind!r}",
+                          hint="a study file has an experiment: section; see experiments/studies/*.yaml")
+    check_section(exp, kind, config)
+    if kind == "ablate":
+        return ablate_spec(cfg, exp, seeds=src.seeds)
+    return sweep_spec(cfg, file_grid(exp), src.seeds or exp.get("seeds"), exp.get("prompt"))

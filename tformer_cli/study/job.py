@@ -1,0 +1,102 @@
+"""One member trained with one seed: train it, measure it, and make its row.
+
+The same function runs in the experiment's process (members in sequence) and in a worker
+process (tformer_cli.study.worker, for --parallel and --isolate), so both paths measure alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+from tformer_cli.core.config import Config
+from tformer_cli.errors import TformerError
+from tformer_cli.run.rundir import RunDir
+from tformer_cli.study.measure import Evaluator, anatomy_columns, default_evaluator, measure
+from tformer_cli.study.results import MemberOutcome, MemberRow
+from tformer_cli.study.spec import Member
+
+Trainer = Callable[..., Any]
+Display = Callable[[str], ContextManager[Callable]]
+
+
+@dataclass
+class Job:
+    member: Member
+    seed: int
+    cfg: Config
+    run_dir: Path
+    label: str
+
+    def finished(self) -> dict[str, Any] | None:
+        return RunDir(self.run_dir).finished_summary()
+
+    def can_continue(self) -> bool:
+        return RunDir(self.run_dir).has_checkpoint()
+
+
+def default_trainer(cfg: Config, run_dir: Path, *, resume: bool, progress, should_stop):
+    from tformer_cli.train.loop import train
+
+    return train(cfg, run_dir, resume=resume, progress=progress, should_stop=should_stop)
+
+
+def skipped(j: Job, say: Callable[[str], None]) -> MemberOutcome | None:
+    """The outcome of a member that finished in an earlier session (resume), else None."""
+    done = j.finished()
+    if done is None:
+        return None
+    say(f"{j.label}: finished earlier, skipped")
+    return MemberOutcome("ok", summary=done, skipped=True)
+
+
+def train_member(j: Job, *, cont: bool, trainer: Trainer | None = None, display: Display | None = None,
+                 should_stop: Callable[[], bool] = lambda: False,
+                 say: Callable[[str], None] = lambda s: None) -> MemberOutcome:
+    """Train one member (continue it from its checkpoint when ``cont``); a TformerError becomes a
+    failed outcome with its message and hint, not a crash."""
+    trainer = trainer or default_trainer
+    ctx = display(j.label) if display else contextlib.nullcontext(lambda e: None)
+    try:
+        if not cont:
+            RunDir(j.run_dir).prepare(overwrite=True)  # a member dir without a checkpoint has nothing to keep
+        with ctx as progress:
+            result = trainer(j.cfg, j.run_dir, resume=cont, progress=progress, should_stop=should_stop)
+    except TformerError as e:
+        say(f"{j.label}: failed: {e}")
+        return MemberOutcome("failed", error=str(e), hint=e.hint or "")
+    result = result.to_dict() if hasattr(result, "to_dict") else dict(result)
+    return MemberOutcome("interrupted" if result.get("interrupted") else "ok", summary=result)
+
+
+def measured(o: MemberOutcome, j: Job, prompt: str | None, evaluator: Evaluator | None,
+             say: Callable[[str], None]) -> MemberOutcome:
+    """``o`` with the measurement of a member that finished (read back from its cache when skipped)."""
+    if o.status == "ok" and o.post is None:
+        o.post = measure(j.run_dir, j.cfg, prompt, evaluator or default_evaluator, o.skipped, say, j.label)
+    return o
+
+
+def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
+    """The row of one member and seed; ``o`` None: the member never started (interrupted before)."""
+    row = MemberRow(member=j.member.name, seed=j.seed, changed=j.member.changed,
+                    status="not run" if o is None else o.status, run_dir=str(j.run_dir),
+                    objective=j.cfg.train.objective, resized=j.member.resized, axes=dict(j.member.axes),
+                    d_k=j.cfg.model.d_k)
+    if o is None:
+        return row
+    row.error, row.hint = o.error, o.hint
+    s = o.summary
+    if s.get("vocab_size"):
+        for k, v in anatomy_columns(j.cfg, s["vocab_size"]).items():
+            setattr(row, k, v)
+    for k in ("params", "train_loss", "val_loss", "tokens_per_s", "peak_memory_bytes", "memory_source",
+              "steps_done", "elapsed_s"):
+        if s.get(k) is not None:
+            setattr(row, k, s[k])
+    if o.post is not None:
+        row.val_loss_causal, row.sample, row.eval_error = o.post.val_loss_causal, o.post.sample, o.post.error
+    row.extra = dict(s.get("extra") or {})  # task metrics (synthetic corpora): extra columns
+    return row

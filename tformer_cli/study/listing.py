@@ -1,0 +1,55 @@
+"""`tformer runs`: the runs and experiments under a directory, with their key figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tformer_cli.run.rundir import RunDir
+from tformer_cli.study.results import ExperimentEntry, RunEntry, read_results
+from tformer_cli.study.spec import is_experiment_dir, load_spec
+from tformer_cli.errors import TformerError
+
+
+def list_runs(root: str | Path) -> list[RunEntry | ExperimentEntry]:
+    """Runs and experiments under ``root`` (two levels deep; member runs are listed with their experiment)."""
+    root = Path(root)
+    candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    for p in list(candidates):
+        if p != root and p.is_dir() and not is_experiment_dir(p) and not RunDir(p).is_run():
+            candidates += sorted(c for c in p.iterdir() if c.is_dir())
+    found: list[RunEntry | ExperimentEntry] = []
+    for p in candidates:
+        if is_experiment_dir(p):
+            found.append(_experiment_entry(p))
+        elif RunDir(p).is_run():
+            found.append(_run_entry(p))
+    return found
+
+
+def _run_entry(p: Path) -> RunEntry:
+    s = RunDir(p).read_summary()
+    if s is None:
+        return RunEntry(str(p), "no summary (running or crashed)")
+    return RunEntry(str(p), "interrupted" if s.get("interrupted") else "finished",
+                    steps=f"{s.get('steps_done')}/{s.get('steps')}", val_loss=s.get("val_loss"),
+                    params=s.get("params"), tokens_per_s=s.get("tokens_per_s"), elapsed_s=s.get("elapsed_s"))
+
+
+def _experiment_entry(p: Path) -> ExperimentEntry:
+    e = ExperimentEntry(str(p), "no results yet (running or crashed)")
+    try:
+        spec = load_spec(p)
+    except TformerError:
+        return e
+    e.kind, e.members, e.seeds = spec.kind, len(spec.members), len(spec.seeds)
+    try:
+        r = read_results(p)
+    except (OSError, ValueError, KeyError, TypeError):
+        return e
+    ok = [s for s in r.summary if s.n_ok and s.compared_loss is not None]
+    best = min(ok, key=lambda s: s.compared_loss) if ok else None
+    e.status = "interrupted" if r.interrupted else "finished"
+    e.elapsed_s = r.elapsed_s
+    e.best, e.val_loss = (best.member, best.compared_loss) if best else (None, None)
+    e.failed = sum(1 for row in r.rows if row.status == "failed")
+    return e

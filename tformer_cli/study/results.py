@@ -1,0 +1,282 @@
+"""Typed results of an experiment and the one place they become JSON and CSV.
+
+MemberRow: one member trained with one seed.  MemberSummary: one member over its seeds.
+ExperimentResult: everything, as written to results.json.  MemberOutcome: what training and
+measuring one member produced (also the file a worker process hands back).  RunEntry and
+ExperimentEntry: what `tformer runs` lists.  Values are data only: a renderer decides how a
+missing number or an MLM member's absent sample reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tformer_cli.core.io import atomic_write_text
+from tformer_cli.study.spec import Member
+
+RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
+
+# Columns of results.csv in order; the swept axes, d_k and extra metrics (TrainResult.extra) follow.
+CSV_COLUMNS = [
+    "member", "seed", "changed", "status", "error", "resized",
+    "params", "params_embeddings", "params_attention", "params_ffn",
+    "flops_per_token", "flops_embeddings", "flops_attention", "flops_ffn",
+    "train_loss", "val_loss", "val_loss_causal", "diff_vs_baseline",
+    "tokens_per_s", "peak_memory_bytes", "memory_source", "steps_done", "elapsed_s", "sample", "run_dir",
+    "objective", "hint", "eval_error",
+]
+ANATOMY_KEYS = ("params", "params_embeddings", "params_attention", "params_ffn", "flops_per_token",
+                "flops_embeddings", "flops_attention", "flops_ffn")
+
+
+class _Compared:
+    val_loss: float | None
+    val_loss_causal: float | None
+
+    @property
+    def compared_loss(self) -> float | None:
+        """The loss members are compared on: causal-consistent where defined (what generation sees),
+        the teacher-forced loss otherwise (MLM members)."""
+        return self.val_loss_causal if self.val_loss_causal is not None else self.val_loss
+
+
+@dataclass
+class Measurement:
+    """Post-training metrics of a member (cached in its directory so --resume need not redo them)."""
+
+    val_loss_causal: float | None = None
+    sample: str | None = None  # None for MLM (no left-to-right generation) or when evaluation failed
+    error: str = ""  # why the evaluation failed, if it did
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Measurement":
+        return cls(d.get("val_loss_causal"), d.get("sample"), d.get("error", ""))
+
+
+@dataclass
+class MemberOutcome:
+    """Training one member: status ok | failed | interrupted | not run, the error and hint of a
+    failure, the TrainResult as a dict, and the measurement of a member that finished."""
+
+    status: str
+    error: str = ""
+    hint: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+    skipped: bool = False  # finished in an earlier session
+    post: Measurement | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "post": self.post.to_dict() if self.post else None}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MemberOutcome":
+        post = d.get("post")
+        return cls(d["status"], d.get("error", ""), d.get("hint") or "", d.get("summary") or {},
+                   bool(d.get("skipped")), Measurement.from_dict(post) if post else None)
+
+
+@dataclass
+class MemberRow(_Compared):
+    member: str
+    seed: int
+    changed: str
+    status: str
+    run_dir: str
+    objective: str = "clm"
+    error: str = ""
+    hint: str = ""
+    resized: str = ""
+    params: int | None = None
+    params_embeddings: int | None = None
+    params_attention: int | None = None
+    params_ffn: int | None = None
+    flops_per_token: int | None = None
+    flops_embeddings: int | None = None
+    flops_attention: int | None = None
+    flops_ffn: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_loss_causal: float | None = None
+    diff_vs_baseline: float | None = None
+    tokens_per_s: float | None = None
+    peak_memory_bytes: int | None = None
+    memory_source: str | None = None
+    steps_done: int | None = None
+    elapsed_s: float | None = None
+    sample: str | None = None
+    eval_error: str = ""
+    d_k: int | None = None
+    axes: dict[str, Any] = field(default_factory=dict)  # swept key -> value
+    extra: dict[str, Any] = field(default_factory=dict)  # task metrics (synthetic corpora)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat, as results.json and results.csv have it: the columns, then axes, d_k and extras."""
+        d = {c: getattr(self, c) for c in CSV_COLUMNS}
+        d.update(self.axes)
+        d["d_k"] = self.d_k
+        for k, v in self.extra.items():
+            d.setdefault(k, v)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], axes: list[str]) -> "MemberRow":
+        known = {f.name for f in fields(cls)} - {"axes", "extra"}
+        return cls(**{k: v for k, v in d.items() if k in known},
+                   axes={a: d[a] for a in axes if a in d},
+                   extra={k: v for k, v in d.items() if k not in known and k not in axes})
+
+
+@dataclass
+class MemberSummary(_Compared):
+    """One member over its seeds: means and standard deviations, the difference to the baseline
+    and its significance; anatomy and the sample of the first seed."""
+
+    member: str
+    changed: str
+    resized: str = ""
+    axes: dict[str, Any] = field(default_factory=dict)
+    objective: str = "clm"
+    is_baseline: bool = False
+    n_ok: int = 0
+    n_seeds: int = 0
+    errors: list[str] = field(default_factory=list)
+    train_loss: float | None = None
+    train_loss_std: float | None = None
+    val_loss: float | None = None
+    val_loss_std: float | None = None
+    val_loss_causal: float | None = None
+    val_loss_causal_std: float | None = None
+    tokens_per_s: float | None = None
+    tokens_per_s_std: float | None = None
+    peak_memory_bytes: float | None = None
+    peak_memory_bytes_std: float | None = None
+    diff_vs_baseline: float | None = None
+    diff_vs_baseline_std: float | None = None
+    params: int | None = None
+    params_embeddings: int | None = None
+    params_attention: int | None = None
+    params_ffn: int | None = None
+    flops_per_token: int | None = None
+    flops_embeddings: int | None = None
+    flops_attention: int | None = None
+    flops_ffn: int | None = None
+    sample: str | None = None
+    eval_error: str = ""
+    d_k: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    p_value: float | None = None
+    significant: bool | None = None
+
+    @property
+    def compared_loss_std(self) -> float | None:
+        return self.val_loss_causal_std if self.val_loss_causal is not None else self.val_loss_std
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MemberSummary":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class ExperimentResult:
+    kind: str
+    out_dir: str
+    rows: list[MemberRow]  # one per member and seed
+    summary: list[MemberSummary]  # one per member
+    members: list[Member]
+    axes: list[str]
+    seeds: list[int]
+    interrupted: bool
+    execution: str  # how members were run (sequential / one process per device ...)
+    memory_note: str
+    significance_rule: str
+    notes: list[str]
+    plot: str | None
+    elapsed_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(rows=[r.to_dict() for r in self.rows], summary=[s.to_dict() for s in self.summary],
+                 members=[asdict(m) for m in self.members])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentResult":
+        axes = list(d.get("axes", []))
+        return cls(kind=d["kind"], out_dir=d["out_dir"], rows=[MemberRow.from_dict(r, axes) for r in d["rows"]],
+                   summary=[MemberSummary.from_dict(s) for s in d["summary"]],
+                   members=[Member(**m) for m in d.get("members", [])], axes=axes, seeds=list(d["seeds"]),
+                   interrupted=bool(d.get("interrupted")), execution=d.get("execution", ""),
+                   memory_note=d.get("memory_note", ""), significance_rule=d.get("significance_rule", ""),
+                   notes=list(d.get("notes", [])), plot=d.get("plot"), elapsed_s=d.get("elapsed_s") or 0.0)
+
+
+def write_results(result: ExperimentResult) -> None:
+    """results.json (everything) and results.csv (one row per member and seed, every metric)."""
+    out_dir = Path(result.out_dir)
+    atomic_write_text(out_dir / RESULTS_JSON, json.dumps(result.to_dict(), indent=2, default=str) + "\n")
+    rows = [r.to_dict() for r in result.rows]
+    columns = list(CSV_COLUMNS)
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+    atomic_write_text(out_dir / RESULTS_CSV, buf.getvalue())
+
+
+def read_results(exp_dir: str | Path) -> ExperimentResult:
+    """results.json of an experiment directory (OSError, ValueError or KeyError when unreadable)."""
+    return ExperimentResult.from_dict(json.loads((Path(exp_dir) / RESULTS_JSON).read_text()))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj.to_dict() if hasattr(obj, "to_dict") else obj, default=str) + "\n")
+
+
+# ---------------------------------------------------------------- `tformer runs`
+
+
+@dataclass
+class RunEntry:
+    path: str
+    status: str
+    steps: str | None = None  # done/total
+    val_loss: float | None = None
+    params: int | None = None
+    tokens_per_s: float | None = None
+    elapsed_s: float | None = None
+    type: str = "run"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ExperimentEntry:
+    path: str
+    status: str
+    kind: str | None = None
+    members: int | None = None
+    seeds: int | None = None
+    elapsed_s: float | None = None
+    best: str | None = None  # the member with the lowest compared loss
+    val_loss: float | None = None
+    failed: int = 0
+    type: str = "experiment"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

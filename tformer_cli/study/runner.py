@@ -1,0 +1,187 @@
+"""Running an experiment: every member x seed trained and measured into one directory.
+
+Members run in sequence in this process, or each in its own worker process
+(tformer_cli.study.worker) with at most one per device at a time (--parallel, --isolate).
+The runner is silent: it reports through callbacks and returns an ExperimentResult, which it
+also writes to results.json and results.csv.  Trainer and evaluator are injectable for tests.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from tformer_cli.core.config import Config
+from tformer_cli.errors import ConfigError
+from tformer_cli.study import stats
+from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, skipped, train_member
+from tformer_cli.study.measure import Evaluator
+from tformer_cli.study.results import ExperimentResult, MemberOutcome, write_json, write_results
+from tformer_cli.study.spec import SPEC_NAME, Spec, is_experiment_dir, member_dir, prepare_experiment_dir, validate_members
+from tformer_cli.study.worker import WorkerJob
+
+WORKERS = "workers"  # job, outcome and log files of worker processes, in the experiment directory
+POLL_S = 0.2
+
+
+def run_experiment(
+    spec: Spec,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    trainer: Trainer | None = None,
+    evaluator: Evaluator | None = None,
+    display: Display | None = None,
+    notice: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    parallel: bool = False,
+    isolate: bool = False,
+    devices: list[str] | None = None,
+) -> ExperimentResult:
+    """Train and measure every member x seed into ``out_dir``; write results.json/.csv.
+
+    ``display(label)`` gives a context manager yielding the progress callback of one member.
+    ``parallel`` runs one process per device when more than one is given (or visible);
+    ``isolate`` runs each member in its own process even on one device (honest peak memory).
+    A member that fails is recorded with its error; the others still run.
+    """
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    validate_members(spec)
+    if not resume:
+        prepare_experiment_dir(out_dir, spec)
+    elif not is_experiment_dir(out_dir):
+        raise ConfigError(f"--resume {out_dir}: not an experiment directory (no {SPEC_NAME})")
+    run = _Run(spec, out_dir, resume, trainer, evaluator, display, notice or (lambda s: None),
+               should_stop or (lambda: False))
+    devices = devices if devices is not None else visible_devices(spec.config())
+    if parallel and len(devices) > 1:
+        execution = f"in parallel, one process per device ({', '.join(devices)})"
+        outcomes = run.in_processes(devices)
+    elif isolate or parallel:
+        why = "" if isolate else " (--parallel needs more than one CUDA device; only one is visible)"
+        execution = f"in sequence, one process per member{why}"
+        outcomes = run.in_processes(devices[:1] or [spec.config().train.device])
+    else:
+        execution = "in sequence, in this process"
+        outcomes = run.inline()
+    rows = [member_row(j, o) for j, o in zip(run.jobs, outcomes)]
+    stats.add_baseline_diffs(rows, spec)
+    result = ExperimentResult(
+        kind=spec.kind, out_dir=str(out_dir), rows=rows, summary=stats.summarize(rows, spec),
+        members=list(spec.members), axes=spec.axes, seeds=spec.seeds,
+        interrupted=any(o is None or o.status == "interrupted" for o in outcomes), execution=execution,
+        memory_note=stats.memory_note(rows, execution), significance_rule=stats.SIGNIFICANCE_RULE,
+        notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0)
+    write_results(result)
+    return result
+
+
+def visible_devices(cfg: Config) -> list[str]:
+    """One entry per CUDA device when the config may use CUDA; else the configured device."""
+    dev = cfg.train.device
+    if dev in ("auto", "cuda"):
+        try:
+            import torch
+
+            n = torch.cuda.device_count()
+        except Exception:
+            n = 0
+        if n > 0:
+            return [f"cuda:{i}" for i in range(n)]
+    return [dev]
+
+
+class _Run:
+    """The jobs of one experiment session and the two ways of running them."""
+
+    def __init__(self, spec: Spec, out_dir: Path, resume: bool, trainer, evaluator, display, say, stop):
+        self.spec, self.out_dir, self.resume = spec, out_dir, resume
+        self.trainer, self.evaluator, self.display, self.say, self.stop = trainer, evaluator, display, say, stop
+        self.jobs = [Job(m, s, spec.member_config(m, s), member_dir(out_dir, m, s), f"{m.name} seed {s}")
+                     for m in spec.members for s in spec.seeds]
+        for i, j in enumerate(self.jobs):
+            j.label = f"[{i + 1}/{len(self.jobs)}] {j.label}"
+
+    def _skipped(self, j: Job) -> MemberOutcome | None:
+        o = skipped(j, self.say) if self.resume else None
+        return measured(o, j, self.spec.prompt, self.evaluator, self.say) if o else None
+
+    def inline(self) -> list[MemberOutcome | None]:
+        out: list[MemberOutcome | None] = []
+        for j in self.jobs:
+            if self.stop():
+                out.append(None)
+                continue
+            o = self._skipped(j) or train_member(j, cont=self.resume and j.can_continue(), trainer=self.trainer,
+                                                 display=self.display, should_stop=self.stop, say=self.say)
+            out.append(measured(o, j, self.spec.prompt, self.evaluator, self.say))
+        return out
+
+    def in_processes(self, devices: list[str]) -> list[MemberOutcome | None]:
+        """One worker process per member, at most one per device at a time."""
+        free: queue.Queue[str] = queue.Queue()
+        for d in devices:
+            free.put(d)
+        work = self.out_dir / WORKERS
+        work.mkdir(parents=True, exist_ok=True)
+
+        def one(j: Job) -> MemberOutcome | None:
+            done = self._skipped(j)
+            if done is not None:
+                return done
+            device = free.get()
+            try:
+                return None if self.stop() else self._worker(j, device, work)
+            finally:
+                free.put(device)
+
+        with ThreadPoolExecutor(max_workers=len(devices)) as pool:
+            return list(pool.map(one, self.jobs))
+
+    def _worker(self, j: Job, device: str, work: Path) -> MemberOutcome:
+        """Run ``python -m tformer_cli.study.worker JOB`` and read back the outcome it writes.
+        A stop request is passed on as SIGTERM: the worker saves a checkpoint and reports."""
+        name = j.run_dir.name
+        wj = WorkerJob(config=j.cfg.replace({"train.device": device}).to_dict(), seed=j.seed,
+                       member=j.member.name, run_dir=str(j.run_dir), label=j.label,
+                       cont=self.resume and j.can_continue(), prompt=self.spec.prompt,
+                       outcome=str(work / f"{name}.outcome.json"))
+        job_path, log_path = work / f"{name}.job.json", work / f"{name}.log"
+        Path(wj.outcome).unlink(missing_ok=True)
+        write_json(job_path, wj)
+        self.say(f"{j.label}: started on {device}")
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "tformer_cli.study.worker", str(job_path)],
+                                    stdout=log, stderr=subprocess.STDOUT)
+            rc = _wait(proc, self.stop)
+        o = _read_outcome(Path(wj.outcome), rc, log_path)
+        self.say(f"{j.label}: " + {"ok": "done", "interrupted": "interrupted"}.get(o.status, f"failed: {o.error}"))
+        return o
+
+
+def _wait(proc: subprocess.Popen, stop: Callable[[], bool]) -> int:
+    asked = False
+    while True:
+        try:
+            return proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            if stop() and not asked:
+                proc.send_signal(signal.SIGTERM)
+                asked = True
+
+
+def _read_outcome(path: Path, rc: int, log: Path) -> MemberOutcome:
+    try:
+        return MemberOutcome.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        status = "interrupted" if rc in (130, -signal.SIGINT, -signal.SIGTERM) else "failed"
+        return MemberOutcome(status, error=f"the worker process exited with code {rc} without reporting "
+                                           f"(its output: {log})")

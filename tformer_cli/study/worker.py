@@ -1,0 +1,80 @@
+"""A worker process that trains and measures one member: ``python -m tformer_cli.study.worker JOB.json``.
+
+The experiment runner writes JOB.json (a WorkerJob), starts this module, and reads back the
+MemberOutcome it writes to ``outcome`` (status, error message and hint, TrainResult, measurement).
+SIGINT or SIGTERM asks training to stop after the current step: the member saves a checkpoint
+and reports itself interrupted.  A second SIGINT quits at once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class WorkerJob:
+    config: dict[str, Any]  # Config.to_dict() of the member, train.device set to the worker's device
+    seed: int
+    member: str
+    run_dir: str
+    label: str
+    cont: bool  # continue from the member's checkpoint
+    prompt: str | None
+    outcome: str  # where to write the MemberOutcome
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Stop:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+
+def run(job: WorkerJob, should_stop=lambda: False):
+    """Train and measure the member of ``job``; the MemberOutcome (never raises a TformerError)."""
+    from tformer_cli.core import config as cfgmod
+    from tformer_cli.study.job import Job, measured, train_member
+    from tformer_cli.study.results import MemberOutcome
+    from tformer_cli.study.spec import Member
+
+    try:
+        j = Job(Member(job.member), job.seed, cfgmod.from_dict(job.config), Path(job.run_dir), job.label)
+        o = train_member(j, cont=job.cont, should_stop=should_stop)
+        return measured(o, j, job.prompt, None, lambda s: None)
+    except Exception as e:  # noqa: BLE001 (an unknown failure is still reported, in one line)
+        from tformer_cli.errors import TformerError
+
+        if isinstance(e, TformerError):
+            return MemberOutcome("failed", error=str(e), hint=e.hint or "")
+        return MemberOutcome("failed", error=f"unexpected {type(e).__name__}: {e}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tformer_cli.study.results import write_json
+
+    args = sys.argv[1:] if argv is None else argv
+    job = WorkerJob(**json.loads(Path(args[0]).read_text()))
+    stop = _Stop()
+    signal.signal(signal.SIGINT, stop.handle)
+    signal.signal(signal.SIGTERM, stop.handle)
+    outcome = run(job, stop)
+    write_json(Path(job.outcome), outcome)
+    return {"ok": 0, "interrupted": 130}.get(outcome.status, 1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
