@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 from rich.text import Text
 
 from tformer_cli.render.console import line
@@ -50,7 +49,7 @@ def _parts(con: Console, r) -> None:
     cols = [Col("component", key=True), Col("per layer", numeric=True), Col(f"total (x{m.n_layer})", numeric=True),
             Col("% params", numeric=True), Col("FLOPs", numeric=True), Col("% FLOPs", numeric=True)]
     show(con, cols, rows, title=f"parameters and training FLOPs per token ({m.arch}: {r.shape()}, vocab "
-         f"{r.vocab_size:,} from {escape(r.vocab_source)})")
+         f"{r.vocab_size:,} from {r.vocab_source})")
 
 
 def _split(con: Console, r) -> None:

@@ -11,6 +11,7 @@ Rules (tested at 80 columns and through a pipe):
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -65,10 +66,9 @@ def _parts(cols: Sequence[Col], widths: list[int], limit: int) -> list[list[int]
     return [sorted(keys + p) for p in parts]
 
 
-def _table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[str]], idx: list[int],
-           widths: list[int] | None, caption: str | None, header: bool = True) -> Table:
-    t = Table(title=title, caption=caption, title_justify="left", caption_justify="left", box=box.SIMPLE_HEAD,
-              pad_edge=False, show_header=header)
+def _table(cols: Sequence[Col], rows: Sequence[Sequence[str]], idx: list[int], widths: list[int] | None,
+           header: bool = True) -> Table:
+    t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=header)
     for i in idx:
         c = cols[i]
         # Numbers are kept whole by their minimum width (not no_wrap, which would also forbid
@@ -80,6 +80,13 @@ def _table(title: str | None, cols: Sequence[Col], rows: Sequence[Sequence[str]]
     return t
 
 
+def _line(con: Console, text: str | None, style: str) -> None:
+    """A title or caption: its own line, not the table's (rich would wrap it to the table's
+    width); wrapped at spaces on a terminal, whole otherwise."""
+    if text:
+        con.print(text, style=style, soft_wrap=not con.is_terminal)
+
+
 def show(con: Console, cols: Sequence[Col], rows: Sequence[Sequence[str]], title: str | None = None,
          caption: str | None = None, header: bool = True) -> None:
     """Print ``rows`` (strings, one per column) under ``cols`` so that nothing is ever cut."""
@@ -87,28 +94,27 @@ def show(con: Console, cols: Sequence[Col], rows: Sequence[Sequence[str]], title
     cells = [[r[i] for r in rows] for i in range(len(cols))]
     if not con.is_terminal:
         natural = [_natural_width(c, cells[i]) for i, c in enumerate(cols)]
-        t = _table(title, cols, rows, list(range(len(cols))), natural, caption, header)
-        _print_wide(con, t, 1 + sum(w + _BORDER for w in natural))
+        _line(con, title, "table.title")
+        _print_wide(con, _table(cols, rows, list(range(len(cols))), natural, header),
+                    1 + sum(w + _BORDER for w in natural))
+        _line(con, caption, "table.caption")
         return
     widths = [_min_width(c, cells[i]) for i, c in enumerate(cols)]
     parts = _parts(cols, widths, con.width)
     for n, idx in enumerate(parts):
-        part_title = title if len(parts) == 1 else f"{title or 'table'} ({n + 1}/{len(parts)})"
-        last = n == len(parts) - 1
-        con.print(_table(part_title, cols, rows, idx, widths, caption if last else None, header))
+        _line(con, title if len(parts) == 1 else f"{title or 'table'} ({n + 1}/{len(parts)})", "table.title")
+        con.print(_table(cols, rows, idx, widths, header))
+    _line(con, caption, "table.caption")
 
 
 def _print_wide(con: Console, renderable, width: int) -> None:
     """Print at ``width`` columns or the console's, whichever is wider (rich caps a print at the
-    console's width, which is 80 when the output is not a terminal)."""
-    old = con.width
-    con.width = max(old, width)
-    try:
-        with con.capture() as cap:
-            con.print(renderable, crop=False)
-    finally:
-        con.width = old
-    con.file.write("".join(line.rstrip() + "\n" for line in cap.get().splitlines()))  # no padding in logs
+    console's width, which is 80 when the output is not a terminal).  The table is laid out on a
+    console of its own so that ``con`` keeps its width."""
+    wide = Console(file=io.StringIO(), width=max(con.width, width), force_terminal=False, highlight=False,
+                   color_system=None)
+    wide.print(renderable, crop=False)
+    con.file.write("".join(line.rstrip() + "\n" for line in wide.file.getvalue().splitlines()))  # no padding
 
 
 def show_pairs(con: Console, pairs: Sequence[tuple[str, str]], title: str | None = None) -> None:
