@@ -15,117 +15,128 @@ PngOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG to writ
                                                 show_default=False)]
 
 
+INSPECT_HELP = (
+    "Parameters and training FLOPs per token by component (embedding V x d_model, positions, "
+    "attention Q/K/V and W_O, FFN W1/W2, norms, head), per layer and in total, the attention vs FFN "
+    "split, and the memory of weights, gradients and AdamW state in fp32 and bf16. Needs no training: "
+    "works on a run directory, a YAML config or a preset.\n\n"
+    "Examples:\n\n"
+    "  tformer inspect --preset gpt2_small --vocab-size 50257\n\n"
+    "  tformer inspect runs/20260101-120000\n\n"
+    "  tformer inspect experiments/my.yaml --set model.activation=swiglu --out anatomy.png"
+)
+
+
+ATTENTION_HELP = (
+    "Attention weights of a trained GPT on a prompt: a PNG grid (one heatmap per head, tokens on "
+    "both axes, the masked future grey), a terminal rendering of one head, and a label per head from "
+    "simple scores: previous-token, first-token, induction (on a repeated random sequence), the best fixed "
+    "offset and entropy.\n\n"
+    "Examples:\n\n"
+    "  tformer attention runs/20260101-120000 --prompt \"The cat sat on the mat\"\n\n"
+    "  tformer attention runs/R --prompt \"abcdefgh|abcdefgh\" --layer 1 --head 0 --out att.png"
+)
+
+
+HEADS_HELP = (
+    "Head importance by ablation: the val loss change when each head alone is masked (layer x head "
+    "table and PNG), then a pruning curve removing heads least important first, with the val loss at "
+    "0%, 10%, ..., 90% removed and how many heads can go for less than --threshold nats of loss.\n\n"
+    "Examples:\n\n"
+    "  tformer heads runs/20260101-120000\n\n"
+    "  tformer heads runs/R --threshold 0.02 --batches 40 --out heads.png --json"
+)
+
+
+def inspect(
+    target: Annotated[Optional[Path], typer.Argument(
+        help="A run directory or a YAML config (default: the quick preset).", show_default=False)] = None,
+    preset: PresetOpt = None,
+    set_: SetOpt = None,
+    vocab_size: Annotated[Optional[int], typer.Option(
+        "--vocab-size", help="Vocabulary size (default: the run's, or the config's tokenizer on its corpus).",
+        show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write a PNG of the parameter and "
+                                                "FLOP shares by component.", show_default=False)] = None,
+    json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.inside.inspect import inspect_config, inspect_model
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.inside import show_inspect
+
+    cfg, vocab, source = inspect_config(target, preset, set_, vocab_size)
+    r = inspect_model(cfg, vocab, source)
+    png = None
+    if out is not None:
+        from tformer_cli.render.plots import anatomy_png
+
+        png = anatomy_png(r, out, f"{cfg.model.arch} {r.shape()}, vocab {vocab:,}: {r.params:,} parameters, "
+                          f"{r.flops_per_token:,} training FLOPs/token")
+    if json_:
+        print_json({**r.to_dict(), **({"png": str(png)} if png is not None else {})})
+        return
+    show_inspect(console(), r, png)
+
+
+def attention(
+    run: RunArg,
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to look at (its last block_size tokens).")],
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Only this layer in the PNG (default: all); "
+                                                 "also the layer shown in the terminal (default: last).",
+                                                 show_default=False)] = None,
+    head: Annotated[int, typer.Option("--head", help="The head shown in the terminal.")] = 0,
+    out: PngOpt = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.inside.attention import attention_report
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.inside import show_attention
+    from tformer_cli.render.plots import attention_png
+
+    result = attention_report(run, prompt, device or "auto")
+    L, H = result.weights.shape[:2]
+    _check_index("--layer", layer, L)
+    _check_index("--head", head, H)
+    png = attention_png(result, out or Path(run) / "attention.png", layer,
+                        title=f"attention of {Path(run).name} on {len(result.tokens)} tokens "
+                        "(row = query, column = key; grey: masked future)")
+    if json_:
+        print_json({**result.to_dict(), "png": str(png)})
+        return
+    show_attention(console(), result, L - 1 if layer is None else layer, head, png)
+
+
+def heads(
+    run: RunArg,
+    out: PngOpt = None,
+    threshold: Annotated[float, typer.Option("--threshold", help="Allowed val loss increase (nats/token) "
+                                             "for the removable-heads count.")] = 0.05,
+    batches: Annotated[Optional[int], typer.Option("--batches", help="Val batches per evaluation "
+                                                   "(default: the run's train.eval_iters).",
+                                                   show_default=False)] = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.inside.heads import heads_report
+    from tformer_cli.render.console import console, err_console, print_json
+    from tformer_cli.render.inside import show_heads
+    from tformer_cli.render.plots import heads_png
+
+    say = (lambda s: None) if json_ else (lambda s: err_console().print(f"[dim]{s}[/dim]"))
+    result = heads_report(run, batches, threshold, device or "auto", progress=say)
+    png = heads_png(result, out or Path(run) / "heads.png",
+                    title=f"head importance of {Path(run).name} ({result.tokens:,} val tokens)")
+    if json_:
+        print_json({**result.to_dict(), "png": str(png)})
+        return
+    show_heads(console(), result, png)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(
-        short_help="Parameters, FLOPs and memory by component (no training).",
-        help="Parameters and training FLOPs per token by component (embedding V x d_model, positions, "
-        "attention Q/K/V and W_O, FFN W1/W2, norms, head), per layer and in total, the attention vs FFN "
-        "split, and the memory of weights, gradients and AdamW state in fp32 and bf16. Needs no training: "
-        "works on a run directory, a YAML config or a preset.\n\n"
-        "Examples:\n\n"
-        "  tformer inspect --preset gpt2_small --vocab-size 50257\n\n"
-        "  tformer inspect runs/20260101-120000\n\n"
-        "  tformer inspect experiments/my.yaml --set model.activation=swiglu --out anatomy.png"
-    )
-    def inspect(
-        target: Annotated[Optional[Path], typer.Argument(
-            help="A run directory or a YAML config (default: the quick preset).", show_default=False)] = None,
-        preset: PresetOpt = None,
-        set_: SetOpt = None,
-        vocab_size: Annotated[Optional[int], typer.Option(
-            "--vocab-size", help="Vocabulary size (default: the run's, or the config's tokenizer on its corpus).",
-            show_default=False)] = None,
-        out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write a PNG of the parameter and "
-                                                    "FLOP shares by component.", show_default=False)] = None,
-        json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.inside.inspect import inspect_config, inspect_model
-        from tformer_cli.render.console import console, print_json
-        from tformer_cli.render.inside import show_inspect
-
-        cfg, vocab, source = inspect_config(target, preset, set_, vocab_size)
-        r = inspect_model(cfg, vocab, source)
-        png = None
-        if out is not None:
-            from tformer_cli.render.plots import anatomy_png
-
-            png = anatomy_png(r, out, f"{cfg.model.arch} {r.shape()}, vocab {vocab:,}: {r.params:,} parameters, "
-                              f"{r.flops_per_token:,} training FLOPs/token")
-        if json_:
-            print_json({**r.to_dict(), **({"png": str(png)} if png is not None else {})})
-            return
-        show_inspect(console(), r, png)
-
-    @app.command(
-        short_help="Attention maps of a trained GPT and a label per head.",
-        help="Attention weights of a trained GPT on a prompt: a PNG grid (one heatmap per head, tokens on "
-        "both axes, the masked future grey), a terminal rendering of one head, and a label per head from "
-        "simple scores: previous-token, first-token, induction (on a repeated random sequence), the best fixed offset and entropy.\n\n"
-        "Examples:\n\n"
-        "  tformer attention runs/20260101-120000 --prompt \"The cat sat on the mat\"\n\n"
-        "  tformer attention runs/R --prompt \"abcdefgh|abcdefgh\" --layer 1 --head 0 --out att.png"
-    )
-    def attention(
-        run: RunArg,
-        prompt: Annotated[str, typer.Option("--prompt", help="Text to look at (its last block_size tokens).")],
-        layer: Annotated[Optional[int], typer.Option("--layer", help="Only this layer in the PNG (default: all); "
-                                                     "also the layer shown in the terminal (default: last).",
-                                                     show_default=False)] = None,
-        head: Annotated[int, typer.Option("--head", help="The head shown in the terminal.")] = 0,
-        out: PngOpt = None,
-        device: DeviceOpt = None,
-        json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.inside.attention import attention_report
-        from tformer_cli.render.console import console, print_json
-        from tformer_cli.render.inside import show_attention
-        from tformer_cli.render.plots import attention_png
-
-        result = attention_report(run, prompt, device or "auto")
-        L, H = result.weights.shape[:2]
-        _check_index("--layer", layer, L)
-        _check_index("--head", head, H)
-        png = attention_png(result, out or Path(run) / "attention.png", layer,
-                            title=f"attention of {Path(run).name} on {len(result.tokens)} tokens "
-                            "(row = query, column = key; grey: masked future)")
-        if json_:
-            print_json({**result.to_dict(), "png": str(png)})
-            return
-        show_attention(console(), result, L - 1 if layer is None else layer, head, png)
-
-    @app.command(
-        short_help="Head importance by masking, and a pruning curve.",
-        help="Head importance by ablation: the val loss change when each head alone is masked (layer x head "
-        "table and PNG), then a pruning curve removing heads least important first, with the val loss at "
-        "0%, 10%, ..., 90% removed and how many heads can go for less than --threshold nats of loss.\n\n"
-        "Examples:\n\n"
-        "  tformer heads runs/20260101-120000\n\n"
-        "  tformer heads runs/R --threshold 0.02 --batches 40 --out heads.png --json"
-    )
-    def heads(
-        run: RunArg,
-        out: PngOpt = None,
-        threshold: Annotated[float, typer.Option("--threshold", help="Allowed val loss increase (nats/token) "
-                                                 "for the removable-heads count.")] = 0.05,
-        batches: Annotated[Optional[int], typer.Option("--batches", help="Val batches per evaluation "
-                                                       "(default: the run's train.eval_iters).",
-                                                       show_default=False)] = None,
-        device: DeviceOpt = None,
-        json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.inside.heads import heads_report
-        from tformer_cli.render.console import console, err_console, print_json
-        from tformer_cli.render.inside import show_heads
-        from tformer_cli.render.plots import heads_png
-
-        say = (lambda s: None) if json_ else (lambda s: err_console().print(f"[dim]{s}[/dim]"))
-        result = heads_report(run, batches, threshold, device or "auto", progress=say)
-        png = heads_png(result, out or Path(run) / "heads.png",
-                        title=f"head importance of {Path(run).name} ({result.tokens:,} val tokens)")
-        if json_:
-            print_json({**result.to_dict(), "png": str(png)})
-            return
-        show_heads(console(), result, png)
+    app.command(help=INSPECT_HELP, short_help="Parameters, FLOPs and memory by component (no training).")(inspect)
+    app.command(help=ATTENTION_HELP, short_help="Attention maps of a trained GPT and a label per head.")(attention)
+    app.command(help=HEADS_HELP, short_help="Head importance by masking, and a pruning curve.")(heads)
 
 
 def _check_index(flag: str, value: Optional[int], n: int) -> None:

@@ -32,64 +32,66 @@ DEFAULT_NEW_TOKENS = 200
 BENCH_NEW_TOKENS = 500
 
 
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tformer train`.",
+                                            show_default=False)],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="The text to continue.",
+                                                  show_default=False)] = None,
+    prompt_file: Annotated[Optional[Path], typer.Option("--prompt-file", help="Read the prompt from a "
+                                                        "UTF-8 file (- for stdin).", show_default=False)] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(
+        "--max-new-tokens", help=f"New tokens per sample [default: {DEFAULT_NEW_TOKENS}; "
+        f"{BENCH_NEW_TOKENS} with --bench].", show_default=False)] = None,
+    temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature; 0 is greedy.")] = 1.0,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k most likely tokens.",
+                                                 show_default=False)] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling: the most likely "
+                                                   "tokens holding this much probability.",
+                                                   show_default=False)] = None,
+    num_samples: Annotated[int, typer.Option("--num-samples", help="How many samples.")] = 1,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (same seed and settings give "
+                                                "the same text) [default: a fresh one, reported].",
+                                                show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch "
+                                                   "[default: torch's choice]. One thread is often "
+                                                   "fastest for small models on a busy machine.",
+                                                   show_default=False)] = None,
+    no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole window at "
+                                              "every step (for comparison).")] = False,
+    skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop prompt characters the "
+                                               "tokenizer does not know instead of failing.")] = False,
+    json_: JsonOpt = False,
+    bench: Annotated[bool, typer.Option("--bench", help="Time generation with and without the KV cache "
+                                        "and print both tokens/s and their ratio.")] = False,
+) -> None:
+    from tformer_cli.core.prompt import prompt_ids, read_prompt
+    from tformer_cli.render.sample import note
+    from tformer_cli.run.checkpoint import find
+
+    _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads)
+    find(run_dir)  # a missing run or checkpoint fails before waiting on stdin
+    text = read_prompt(prompt, prompt_file)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    session = _load(run_dir, device)
+    ids = prompt_ids(session.tokenizer, text, skip_unknown, note=note)
+    if seed is None:
+        import random
+
+        seed = random.SystemRandom().randrange(2**31)
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    if bench:
+        _bench(session, ids, max_new_tokens or BENCH_NEW_TOKENS, seed, settings, json_)
+    else:
+        _sample(session, ids, max_new_tokens or DEFAULT_NEW_TOKENS, num_samples, seed, settings,
+                not no_kv_cache, json_)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command(help=HELP, short_help="Generate text from a trained run and report its speed.")
-    def sample(
-        run_dir: Annotated[Path, typer.Argument(help="A run directory written by `tformer train`.",
-                                                show_default=False)],
-        prompt: Annotated[Optional[str], typer.Option("--prompt", help="The text to continue.",
-                                                      show_default=False)] = None,
-        prompt_file: Annotated[Optional[Path], typer.Option("--prompt-file", help="Read the prompt from a "
-                                                            "UTF-8 file (- for stdin).", show_default=False)] = None,
-        max_new_tokens: Annotated[Optional[int], typer.Option(
-            "--max-new-tokens", help=f"New tokens per sample [default: {DEFAULT_NEW_TOKENS}; "
-            f"{BENCH_NEW_TOKENS} with --bench].", show_default=False)] = None,
-        temperature: Annotated[float, typer.Option("--temperature", help="Softmax temperature; 0 is greedy.")] = 1.0,
-        top_k: Annotated[Optional[int], typer.Option("--top-k", help="Sample from the k most likely tokens.",
-                                                     show_default=False)] = None,
-        top_p: Annotated[Optional[float], typer.Option("--top-p", help="Nucleus sampling: the most likely "
-                                                       "tokens holding this much probability.",
-                                                       show_default=False)] = None,
-        num_samples: Annotated[int, typer.Option("--num-samples", help="How many samples.")] = 1,
-        seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed (same seed and settings give "
-                                                    "the same text) [default: a fresh one, reported].",
-                                                    show_default=False)] = None,
-        device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
-        threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch "
-                                                       "[default: torch's choice]. One thread is often "
-                                                       "fastest for small models on a busy machine.",
-                                                       show_default=False)] = None,
-        no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole window at "
-                                                  "every step (for comparison).")] = False,
-        skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop prompt characters the "
-                                                   "tokenizer does not know instead of failing.")] = False,
-        json_: JsonOpt = False,
-        bench: Annotated[bool, typer.Option("--bench", help="Time generation with and without the KV cache "
-                                            "and print both tokens/s and their ratio.")] = False,
-    ) -> None:
-        from tformer_cli.core.prompt import prompt_ids, read_prompt
-        from tformer_cli.render.sample import note
-        from tformer_cli.run.checkpoint import find
-
-        _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads)
-        find(run_dir)  # a missing run or checkpoint fails before waiting on stdin
-        text = read_prompt(prompt, prompt_file)
-        if threads is not None:
-            import torch
-
-            torch.set_num_threads(threads)
-        session = _load(run_dir, device)
-        ids = prompt_ids(session.tokenizer, text, skip_unknown, note=note)
-        if seed is None:
-            import random
-
-            seed = random.SystemRandom().randrange(2**31)
-        settings = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-        if bench:
-            _bench(session, ids, max_new_tokens or BENCH_NEW_TOKENS, seed, settings, json_)
-        else:
-            _sample(session, ids, max_new_tokens or DEFAULT_NEW_TOKENS, num_samples, seed, settings,
-                    not no_kv_cache, json_)
+    app.command(help=HELP, short_help="Generate text from a trained run and report its speed.")(sample)
 
 
 # ---------------------------------------------------------------- input
