@@ -148,15 +148,16 @@ def render(con: Console, r: ExperimentResult) -> None:
     if len(r.axes) >= 2:
         show_pivot(con, r)
     show_anatomy(con, r)
+    wrap = not con.is_terminal  # a log keeps each line whole
     for c in captions(r):
-        con.print(escape(c), style="dim")
+        con.print(escape(c), style="dim", soft_wrap=wrap)
     for n in r.notes:
-        con.print(escape(n), style="bold")
+        con.print(escape(n), style="bold", soft_wrap=wrap)
     failed = [row for row in r.rows if row.status == "failed"]
     if failed:
         con.print(f"{len(failed)} member run(s) failed; the others completed", style="red")
     con.print(escape(f"results: {r.out_dir}/results.json, results.csv" + (f"; plot: {r.plot}" if r.plot else "")
-                     + f"; wall time {fmt_time(r.elapsed_s)}"))
+                     + f"; wall time {fmt_time(r.elapsed_s)}"), soft_wrap=wrap)
 
 
 def show_runs(con: Console, entries: Sequence[RunEntry | ExperimentEntry], root: Path) -> None:
