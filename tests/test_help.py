@@ -44,3 +44,12 @@ def test_every_command_help_has_an_example(cli):
 def test_python_dash_m_entry_point():
     out = subprocess.run([sys.executable, "-m", "tformer_cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("tformer ")
+
+
+def test_shell_completion_script_without_torch():
+    probe = ("import sys\nfrom tformer_cli.cli.app import main\ntry:\n    main(['--show-completion', 'bash'])\n"
+             "except SystemExit as e:\n    code = e.code\n"
+             "sys.stderr.write(f'CODE {code} HEAVY {[m for m in (\"torch\", \"numpy\") if m in sys.modules]}')\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "CODE 0 HEAVY []" in out.stderr, out.stderr
+    assert "complete" in out.stdout and "tformer" in out.stdout
