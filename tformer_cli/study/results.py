@@ -83,17 +83,10 @@ class MemberOutcome:
                    bool(d.get("skipped")), Measurement.from_dict(post) if post else None)
 
 
-@dataclass
-class MemberRow(_Compared):
-    member: str
-    seed: int
-    changed: str
-    status: str
-    run_dir: str
-    objective: str = "clm"
-    error: str = ""
-    hint: str = ""
-    resized: str = ""
+@dataclass(kw_only=True)
+class _Metrics(_Compared):
+    """What a member x seed row and a member's summary both carry."""
+
     params: int | None = None
     params_embeddings: int | None = None
     params_attention: int | None = None
@@ -107,15 +100,28 @@ class MemberRow(_Compared):
     val_loss_causal: float | None = None
     diff_vs_baseline: float | None = None
     tokens_per_s: float | None = None
-    peak_memory_bytes: int | None = None
+    peak_memory_bytes: float | None = None
+    sample: str | None = None  # None for MLM (no left-to-right generation) or when evaluation failed
+    eval_error: str = ""
+    d_k: int | None = None
+    objective: str = "clm"
+    resized: str = ""  # what --match params changed, in words
+    axes: dict[str, Any] = field(default_factory=dict)  # swept key -> value
+    extra: dict[str, Any] = field(default_factory=dict)  # task metrics (synthetic corpora)
+
+
+@dataclass(kw_only=True)
+class MemberRow(_Metrics):
+    member: str
+    seed: int
+    changed: str
+    status: str  # ok | failed | interrupted | not run
+    run_dir: str
+    error: str = ""
+    hint: str = ""
     memory_source: str | None = None
     steps_done: int | None = None
     elapsed_s: float | None = None
-    sample: str | None = None
-    eval_error: str = ""
-    d_k: int | None = None
-    axes: dict[str, Any] = field(default_factory=dict)  # swept key -> value
-    extra: dict[str, Any] = field(default_factory=dict)  # task metrics (synthetic corpora)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, as results.json and results.csv have it: the columns, then axes, d_k and extras."""
@@ -134,44 +140,23 @@ class MemberRow(_Compared):
                    extra={k: v for k, v in d.items() if k not in known and k not in axes})
 
 
-@dataclass
-class MemberSummary(_Compared):
+@dataclass(kw_only=True)
+class MemberSummary(_Metrics):
     """One member over its seeds: means and standard deviations, the difference to the baseline
     and its significance; anatomy and the sample of the first seed."""
 
     member: str
     changed: str
-    resized: str = ""
-    axes: dict[str, Any] = field(default_factory=dict)
-    objective: str = "clm"
     is_baseline: bool = False
     n_ok: int = 0
     n_seeds: int = 0
     errors: list[str] = field(default_factory=list)
-    train_loss: float | None = None
     train_loss_std: float | None = None
-    val_loss: float | None = None
     val_loss_std: float | None = None
-    val_loss_causal: float | None = None
     val_loss_causal_std: float | None = None
-    tokens_per_s: float | None = None
     tokens_per_s_std: float | None = None
-    peak_memory_bytes: float | None = None
     peak_memory_bytes_std: float | None = None
-    diff_vs_baseline: float | None = None
     diff_vs_baseline_std: float | None = None
-    params: int | None = None
-    params_embeddings: int | None = None
-    params_attention: int | None = None
-    params_ffn: int | None = None
-    flops_per_token: int | None = None
-    flops_embeddings: int | None = None
-    flops_attention: int | None = None
-    flops_ffn: int | None = None
-    sample: str | None = None
-    eval_error: str = ""
-    d_k: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     p_value: float | None = None
     significant: bool | None = None
 

@@ -58,7 +58,7 @@ def _compared(rows: list[MemberRow]) -> list[float]:
 
 def _summary(m: Member, rows: list[MemberRow], ref: list[float] | None, is_baseline: bool) -> MemberSummary:
     ok = [r for r in rows if r.status == "ok"]
-    s = MemberSummary(member=m.name, changed=m.changed, resized=m.resized, axes=m.axes, is_baseline=is_baseline,
+    s = MemberSummary(member=m.name, changed=m.changed, resized=m.resized, axes=dict(m.axes), is_baseline=is_baseline,
                       n_ok=len(ok), n_seeds=len(rows), errors=sorted({r.error for r in rows if r.error}))
     for k in AVERAGED:
         mean, std = mean_std([v for r in ok if (v := getattr(r, k)) is not None])
