@@ -1,6 +1,6 @@
 """Benchmarks: time training and forward steps of any config; MFU, memory, where the time goes.
 
-The training loop of tformer_cli.train is reused piece by piece (optimizer, autocast,
+The training code of tformer_cli.train is reused piece by piece (optimizer, autocast,
 compile), on random token ids so that the figures measure the model and optimizer, not the
 corpus.  Timings are medians over steps after warm-up; on CUDA each step is synchronised.
 """
