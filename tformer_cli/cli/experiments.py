@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from tformer_cli.cli.options import ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt, flag_overrides
+from tformer_cli.cli.options import (
+    ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt, flag_overrides,
+)
 
 SeedsOpt = Annotated[Optional[int], typer.Option("--seeds", help="Run every member with N seeds (train.seed, "
                                                  "+1, ...) and show mean ± std.", show_default=False)]
@@ -136,152 +138,177 @@ def draw(result) -> None:
 # ---------------------------------------------------------------- commands
 
 
-def register(app: typer.Typer) -> None:  # noqa: C901 (one function per command, registered together)
-    @app.command(
-        help="Train the baseline and one member per flag with the same data, budget, optimizer and seeds; "
-        "compare params, train/val loss (teacher-forced and causal-consistent), tokens/s, memory and a "
-        "sample.\n\nExamples:\n\n"
-        "  tformer ablate --no-causal-mask --steps 300          # see the leak\n\n"
-        "  tformer ablate --no-ffn --match params --match-by n_layer --seeds 3\n\n"
-        "  tformer ablate --pos none --pos rope --activation swiglu\n\n"
-        "  tformer ablate experiments/studies/ablate_causal_mask.yaml    # a study file as it ships\n\n"
-        "  tformer ablate --resume runs/ablate-20260101-120000"
-    )
-    def ablate(
-        ctx: typer.Context,
-        config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None, steps: StepsOpt = None,
-        device: DeviceOpt = None, seed: SeedOpt = None, data: DataOpt = None, out: OutOpt = None,
-        no_causal_mask: Annotated[bool, typer.Option("--no-causal-mask", help="A member with model.causal=false "
-                                                     "(bidirectional attention).")] = False,
-        no_ffn: Annotated[bool, typer.Option("--no-ffn", help="A member with model.ffn=false "
-                                             "(attention-only blocks).")] = False,
-        pos: Annotated[Optional[List[str]], typer.Option("--pos", help="A member with model.pos_encoding=X "
-                       "(none, learned, sinusoidal, rope; repeatable).", show_default=False)] = None,
-        activation: Annotated[Optional[List[str]], typer.Option("--activation", help="A member with "
-                              "model.activation=X (relu, gelu, swiglu; repeatable).", show_default=False)] = None,
-        ffn_mult: Annotated[Optional[List[float]], typer.Option("--ffn-mult", help="A member with model.d_ff = "
-                            "X * d_model (repeatable).", show_default=False)] = None,
-        combine: Annotated[bool, typer.Option("--combine", help="One member with all the flags together.")] = False,
-        match: Annotated[Optional[str], typer.Option("--match", help="'params': resize each member to within 5% "
-                         "of the baseline's parameter count.", show_default=False)] = None,
-        match_by: Annotated[Optional[str], typer.Option("--match-by", help="What --match params resizes: d_ff "
-                            "(default), n_layer or d_model.", show_default=False)] = None,
-        seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-        isolate: IsolateOpt = False, json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.study import files
+ABLATE_HELP = (
+    "Train the baseline and one member per flag with the same data, budget, optimizer and seeds; "
+    "compare params, train/val loss (teacher-forced and causal-consistent), tokens/s, memory and a "
+    "sample.\n\nExamples:\n\n"
+    "  tformer ablate --no-causal-mask --steps 300          # see the leak\n\n"
+    "  tformer ablate --no-ffn --match params --match-by n_layer --seeds 3\n\n"
+    "  tformer ablate --pos none --pos rope --activation swiglu\n\n"
+    "  tformer ablate experiments/studies/ablate_causal_mask.yaml    # a study file as it ships\n\n"
+    "  tformer ablate --resume runs/ablate-20260101-120000"
+)
 
-        o = ExperimentOptions.from_context(ctx)
-        spec = None if o.resume else files.ablate_from(
-            o.source(), no_causal_mask=no_causal_mask, no_ffn=no_ffn, pos=pos, activation=activation,
-            ffn_mult=ffn_mult, combine=combine, match=match, match_by=match_by)
-        execute(o, spec)
 
-    @app.command(
-        help="Train every combination of the --grid values (the full grid) and print a table, a pivot "
-        "table for two keys, and a comparison plot.\n\nExamples:\n\n"
-        "  tformer sweep --grid model.n_head=1,2,4 --grid model.d_model=64,128 --steps 300\n\n"
-        "  tformer sweep --grid train.lr=1e-3,3e-3 --seeds 2\n\n"
-        "  tformer sweep experiments/studies/sweep_heads.yaml"
-    )
-    def sweep(
-        ctx: typer.Context,
-        config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None, steps: StepsOpt = None,
-        device: DeviceOpt = None, seed: SeedOpt = None, data: DataOpt = None, out: OutOpt = None,
-        grid: Annotated[Optional[List[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable; the "
-                        "full grid of all keys is trained).", show_default=False)] = None,
-        seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-        isolate: IsolateOpt = False, json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.study import files
+def ablate(
+    ctx: typer.Context,
+    config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None, steps: StepsOpt = None,
+    device: DeviceOpt = None, seed: SeedOpt = None, data: DataOpt = None, out: OutOpt = None,
+    no_causal_mask: Annotated[bool, typer.Option("--no-causal-mask", help="A member with model.causal=false "
+                                                 "(bidirectional attention).")] = False,
+    no_ffn: Annotated[bool, typer.Option("--no-ffn", help="A member with model.ffn=false "
+                                         "(attention-only blocks).")] = False,
+    pos: Annotated[Optional[List[str]], typer.Option("--pos", help="A member with model.pos_encoding=X "
+                   "(none, learned, sinusoidal, rope; repeatable).", show_default=False)] = None,
+    activation: Annotated[Optional[List[str]], typer.Option("--activation", help="A member with "
+                          "model.activation=X (relu, gelu, swiglu; repeatable).", show_default=False)] = None,
+    ffn_mult: Annotated[Optional[List[float]], typer.Option("--ffn-mult", help="A member with model.d_ff = "
+                        "X * d_model (repeatable).", show_default=False)] = None,
+    combine: Annotated[bool, typer.Option("--combine", help="One member with all the flags together.")] = False,
+    match: Annotated[Optional[str], typer.Option("--match", help="'params': resize each member to within 5% "
+                     "of the baseline's parameter count.", show_default=False)] = None,
+    match_by: Annotated[Optional[str], typer.Option("--match-by", help="What --match params resizes: d_ff "
+                        "(default), n_layer or d_model.", show_default=False)] = None,
+    seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
+    isolate: IsolateOpt = False, json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.study import files
 
-        o = ExperimentOptions.from_context(ctx)
-        execute(o, None if o.resume else files.sweep_from(o.source(), grid))
+    o = ExperimentOptions.from_context(ctx)
+    spec = None if o.resume else files.ablate_from(
+        o.source(), no_causal_mask=no_causal_mask, no_ffn=no_ffn, pos=pos, activation=activation,
+        ffn_mult=ffn_mult, combine=combine, match=match, match_by=match_by)
+    execute(o, spec)
 
-    @app.command(
-        "sweep-heads",
-        help="Same d_model, different head counts (d_k = d_model / n_head shown as a column). Head counts "
-        "that do not divide d_model are refused before anything trains. A front end of `tformer sweep`.\n\n"
-        "Examples:\n\n"
-        "  tformer sweep-heads --heads 1,2,4,8,16 --steps 300\n\n"
-        "  tformer sweep-heads --heads 1,4,16 --d-model 64 --seeds 2"
-    )
-    def sweep_heads(
-        ctx: typer.Context,
-        config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None, steps: StepsOpt = None,
-        device: DeviceOpt = None, seed: SeedOpt = None, data: DataOpt = None, out: OutOpt = None,
-        heads: Annotated[str, typer.Option("--heads", help="Head counts, comma separated.")] = "1,2,4,8,16",
-        d_model: Annotated[Optional[int], typer.Option("--d-model", help="model.d_model for every member "
-                           "(default: the config's).", show_default=False)] = None,
-        seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-        isolate: IsolateOpt = False, json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.study import files
 
-        o = ExperimentOptions.from_context(ctx)
-        execute(o, None if o.resume else files.heads_from(o.source(), heads, d_model))
+SWEEP_HELP = (
+    "Train every combination of the --grid values (the full grid) and print a table, a pivot "
+    "table for two keys, and a comparison plot.\n\nExamples:\n\n"
+    "  tformer sweep --grid model.n_head=1,2,4 --grid model.d_model=64,128 --steps 300\n\n"
+    "  tformer sweep --grid train.lr=1e-3,3e-3 --seeds 2\n\n"
+    "  tformer sweep experiments/studies/sweep_heads.yaml"
+)
 
-    @app.command(
-        "sweep-dmodel",
-        help="Different widths d_model at a fixed head count; d_ff follows d_model (4x, or 8/3x for swiglu) "
-        "unless model.d_ff is set. A front end of `tformer sweep`.\n\nExamples:\n\n"
-        "  tformer sweep-dmodel --d-model 64,128,256 --steps 300\n\n"
-        "  tformer sweep-dmodel --d-model 32,64,128 --heads 2 --seeds 2"
-    )
-    def sweep_dmodel(
-        ctx: typer.Context,
-        config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None, steps: StepsOpt = None,
-        device: DeviceOpt = None, seed: SeedOpt = None, data: DataOpt = None, out: OutOpt = None,
-        d_model: Annotated[str, typer.Option("--d-model", help="Widths, comma separated.")] = "64,128,256",
-        heads: Annotated[Optional[int], typer.Option("--heads", help="model.n_head for every member "
-                         "(default: the config's).", show_default=False)] = None,
-        seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-        isolate: IsolateOpt = False, json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.study import files
 
-        o = ExperimentOptions.from_context(ctx)
-        execute(o, None if o.resume else files.dmodel_from(o.source(), d_model, heads))
+def sweep(
+    ctx: typer.Context,
+    config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None, steps: StepsOpt = None,
+    device: DeviceOpt = None, seed: SeedOpt = None, data: DataOpt = None, out: OutOpt = None,
+    grid: Annotated[Optional[List[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable; the "
+                    "full grid of all keys is trained).", show_default=False)] = None,
+    seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
+    isolate: IsolateOpt = False, json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.study import files
 
-    @app.command(
-        "study",
-        help="Run a study file (a config with an experiment: section, see experiments/studies/) as it is; flags "
-        "override its settings. A built-in study can be named without its path (`tformer presets` lists them)."
-        "\n\nExamples:\n\n"
-        "  tformer study ablate_causal_mask                  # a built-in study by name\n\n"
-        "  tformer study experiments/studies/ablate_causal_mask.yaml\n\n"
-        "  tformer study experiments/studies/sweep_heads.yaml --steps 100 --out runs/heads-quick"
-    )
-    def study_(
-        ctx: typer.Context,
-        config: Annotated[Path, typer.Argument(help="A study file (model:, data:, train: and experiment:) or "
-                                               "the name of a built-in study.")],
-        set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
-        data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
-        isolate: IsolateOpt = False, json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.study import files
+    o = ExperimentOptions.from_context(ctx)
+    execute(o, None if o.resume else files.sweep_from(o.source(), grid))
 
-        o = ExperimentOptions.from_context(ctx)
-        execute(o, files.study_from(o.source()))
 
-    @app.command(
-        help="List runs and experiments under DIR with their key figures.\n\nExamples:\n\n"
-        "  tformer runs\n\n  tformer runs runs/ --json"
-    )
-    def runs(
-        directory: Annotated[Path, typer.Argument(help="Where to look (two levels deep).")] = Path("runs"),
-        json_: JsonOpt = False,
-    ) -> None:
-        from tformer_cli.errors import ConfigError
-        from tformer_cli.render.console import console, print_json
-        from tformer_cli.render.experiments import show_runs
-        from tformer_cli.study.listing import list_runs
+SWEEP_HEADS_HELP = (
+    "Same d_model, different head counts (d_k = d_model / n_head shown as a column). Head counts "
+    "that do not divide d_model are refused before anything trains. A front end of `tformer sweep`.\n\n"
+    "Examples:\n\n"
+    "  tformer sweep-heads --heads 1,2,4,8,16 --steps 300\n\n"
+    "  tformer sweep-heads --heads 1,4,16 --d-model 64 --seeds 2"
+)
 
-        if not directory.is_dir():
-            raise ConfigError(f"{directory}: no such directory", hint="give the --out root of your runs")
-        entries = list_runs(directory)
-        if json_:
-            print_json([e.to_dict() for e in entries])
-            return
-        show_runs(console(), entries, directory)
+
+def sweep_heads(
+    ctx: typer.Context,
+    config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None, steps: StepsOpt = None,
+    device: DeviceOpt = None, seed: SeedOpt = None, data: DataOpt = None, out: OutOpt = None,
+    heads: Annotated[str, typer.Option("--heads", help="Head counts, comma separated.")] = "1,2,4,8,16",
+    d_model: Annotated[Optional[int], typer.Option("--d-model", help="model.d_model for every member "
+                       "(default: the config's).", show_default=False)] = None,
+    seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
+    isolate: IsolateOpt = False, json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.study import files
+
+    o = ExperimentOptions.from_context(ctx)
+    execute(o, None if o.resume else files.heads_from(o.source(), heads, d_model))
+
+
+SWEEP_DMODEL_HELP = (
+    "Different widths d_model at a fixed head count; d_ff follows d_model (4x, or 8/3x for swiglu) "
+    "unless model.d_ff is set. A front end of `tformer sweep`.\n\nExamples:\n\n"
+    "  tformer sweep-dmodel --d-model 64,128,256 --steps 300\n\n"
+    "  tformer sweep-dmodel --d-model 32,64,128 --heads 2 --seeds 2"
+)
+
+
+def sweep_dmodel(
+    ctx: typer.Context,
+    config: ConfigArg = None, preset: PresetOpt = None, set_: SetOpt = None, steps: StepsOpt = None,
+    device: DeviceOpt = None, seed: SeedOpt = None, data: DataOpt = None, out: OutOpt = None,
+    d_model: Annotated[str, typer.Option("--d-model", help="Widths, comma separated.")] = "64,128,256",
+    heads: Annotated[Optional[int], typer.Option("--heads", help="model.n_head for every member "
+                     "(default: the config's).", show_default=False)] = None,
+    seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
+    isolate: IsolateOpt = False, json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.study import files
+
+    o = ExperimentOptions.from_context(ctx)
+    execute(o, None if o.resume else files.dmodel_from(o.source(), d_model, heads))
+
+
+STUDY_HELP = (
+    "Run a study file (a config with an experiment: section, see experiments/studies/) as it is; flags "
+    "override its settings. A built-in study can be named without its path (`tformer presets` lists them)."
+    "\n\nExamples:\n\n"
+    "  tformer study ablate_causal_mask                  # a built-in study by name\n\n"
+    "  tformer study experiments/studies/ablate_causal_mask.yaml\n\n"
+    "  tformer study experiments/studies/sweep_heads.yaml --steps 100 --out runs/heads-quick"
+)
+
+
+def study_(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="A study file (model:, data:, train: and experiment:) or "
+                                           "the name of a built-in study.")],
+    set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
+    data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
+    isolate: IsolateOpt = False, json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.study import files
+
+    o = ExperimentOptions.from_context(ctx)
+    execute(o, files.study_from(o.source()))
+
+
+RUNS_HELP = (
+    "List runs and experiments under DIR with their key figures.\n\nExamples:\n\n"
+    "  tformer runs\n\n  tformer runs runs/ --json"
+)
+
+
+def runs(
+    directory: Annotated[Path, typer.Argument(help="Where to look (two levels deep).")] = Path("runs"),
+    json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.errors import ConfigError
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.experiments import show_runs
+    from tformer_cli.study.listing import list_runs
+
+    if not directory.is_dir():
+        raise ConfigError(f"{directory}: no such directory", hint="give the --out root of your runs")
+    entries = list_runs(directory)
+    if json_:
+        print_json([e.to_dict() for e in entries])
+        return
+    show_runs(console(), entries, directory)
+
+
+def register(app: typer.Typer) -> None:
+    for name, fn, help_, short in (
+        (None, ablate, ABLATE_HELP, "Baseline vs one member per flag, same data, seeds and budget."),
+        (None, sweep, SWEEP_HELP, "Train every combination of --grid values and compare them."),
+        ("sweep-heads", sweep_heads, SWEEP_HEADS_HELP, "Same d_model, different head counts (d_k = d_model / h)."),
+        ("sweep-dmodel", sweep_dmodel, SWEEP_DMODEL_HELP, "Different widths d_model at a fixed head count."),
+        ("study", study_, STUDY_HELP, "Run a built-in study or a study file as it ships."),
+        (None, runs, RUNS_HELP, "List runs and experiments with their key figures."),
+    ):
+        app.command(name, help=help_, short_help=short)(fn)

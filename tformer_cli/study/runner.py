@@ -24,7 +24,9 @@ from tformer_cli.study import stats
 from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, skipped, train_member
 from tformer_cli.study.measure import Evaluator
 from tformer_cli.study.results import ExperimentResult, MemberOutcome, write_json, write_results
-from tformer_cli.study.spec import SPEC_NAME, Spec, is_experiment_dir, member_dir, prepare_experiment_dir, validate_members
+from tformer_cli.study.spec import (
+    SPEC_NAME, Spec, is_experiment_dir, member_dir, prepare_experiment_dir, validate_members,
+)
 from tformer_cli.study.worker import WorkerJob
 
 WORKERS = "workers"  # job, outcome and log files of worker processes, in the experiment directory
