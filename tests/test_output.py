@@ -190,3 +190,26 @@ def test_help_fits_80_columns_and_every_command_has_a_short_help():
     # the experiment commands' help is owned by cli/experiments.py; check the others strictly
     ours = ("train", "bench", "keys", "presets", "corpora", "inspect", "attention", "heads", "sample")
     assert not [line for line in ends if line.split()[0] in ours], ends
+
+
+@pytest.mark.parametrize("width", [60, 80, 100])
+def test_a_table_of_wrapped_numeric_headers_is_never_cropped(width):
+    """Many numeric columns whose headers must wrap: every number is whole at every width
+    and no line is wider than the terminal (rich's own sharing of the width once cropped one)."""
+    from rich.console import Console
+
+    from tformer_cli.render.table import Col, show
+
+    heads = ["params: embeddings", "params: attention", "params: FFN", "params: total",
+             "FLOPs/token: embeddings", "FLOPs/token: attention", "FLOPs/token: FFN", "FLOPs/token: total"]
+    values = ["21.4K", "264.2K", "526.8K", "814.7K", "79.1K", "1.98M", "3.16M", "5.23M"]
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, force_terminal=True, color_system=None)
+    show(con, [Col("member", key=True)] + [Col(h, numeric=True) for h in heads], [["no-causal-mask"] + values],
+         title="parameters and training FLOPs per token by group")
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text
+    lines = text.splitlines()
+    for v in values:
+        assert any(re.search(rf"(^|\s){re.escape(v)}(\s|$)", line) for line in lines), v

@@ -106,8 +106,9 @@ def show_samples(con: Console, r: ExperimentResult) -> None:
 
 def show_anatomy(con: Console, r: ExperimentResult) -> None:
     cols = [Col("member", key=True)] + [Col(h, numeric=True) for h in (
-        "params: embeddings", "attention", "FFN", "total", "FLOPs/token: embeddings", "attention", "FFN",
-        "total")] + [Col("resized (--match params)")]
+        "params: embeddings", "params: attention", "params: FFN", "params: total", "FLOPs/token: embeddings",
+        "FLOPs/token: attention", "FLOPs/token: FFN", "FLOPs/token: total")] + [Col("resized (--match params)")]
+    # Each header names its quantity: at 80 columns the table is split and a part may hold FLOPs only.
     rows = [[escape(s.member)] + [fmt_params(v) for v in (
         s.params_embeddings, s.params_attention, s.params_ffn, s.params, s.flops_embeddings, s.flops_attention,
         s.flops_ffn, s.flops_per_token)] + [escape(s.resized or "-")] for s in r.summary if s.params is not None]

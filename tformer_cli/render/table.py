@@ -66,15 +66,27 @@ def _parts(cols: Sequence[Col], widths: list[int], limit: int) -> list[list[int]
     return [sorted(keys + p) for p in parts]
 
 
+def _fit(idx: list[int], minimum: list[int], natural: list[int], limit: int) -> list[int]:
+    """Widths for the columns ``idx``: each its minimum, then the room left shared out, column by
+    column, towards each column's natural width (unwrapped headers and text)."""
+    widths = list(minimum)
+    room = limit - 1 - sum(minimum[i] + _BORDER for i in idx)
+    for i in idx:
+        grow = max(0, min(natural[i] - minimum[i], room))
+        widths[i] += grow
+        room -= grow
+    return widths
+
+
 def _table(cols: Sequence[Col], rows: Sequence[Sequence[str]], idx: list[int], widths: list[int] | None,
            header: bool = True) -> Table:
     t = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=header)
     for i in idx:
         c = cols[i]
-        # Numbers are kept whole by their minimum width (not no_wrap, which would also forbid
-        # wrapping the header): rich never narrows a column below min_width.
+        # Widths are decided here (_fit), not by rich: its own sharing of space between wrapped
+        # headers could make a table one column wider than the terminal, and the terminal crops.
         t.add_column(c.header, justify="right" if c.numeric else "left", overflow="fold",
-                     min_width=widths[i] if widths else None)
+                     width=widths[i] if widths else None)
     for r in rows:
         t.add_row(*(r[i] for i in idx))
     return t
@@ -100,10 +112,11 @@ def show(con: Console, cols: Sequence[Col], rows: Sequence[Sequence[str]], title
         _line(con, caption, "table.caption")
         return
     widths = [_min_width(c, cells[i]) for i, c in enumerate(cols)]
+    natural = [_natural_width(c, cells[i]) for i, c in enumerate(cols)]
     parts = _parts(cols, widths, con.width)
     for n, idx in enumerate(parts):
         _line(con, title if len(parts) == 1 else f"{title or 'table'} ({n + 1}/{len(parts)})", "table.title")
-        con.print(_table(cols, rows, idx, widths, header))
+        con.print(_table(cols, rows, idx, _fit(idx, widths, natural, con.width), header))
     _line(con, caption, "table.caption")
 
 
