@@ -336,16 +336,24 @@ def preset_path(name: str) -> Path:
     return path
 
 
+def split_assignment(item: str) -> tuple[str, str] | None:
+    """``"KEY=VALUE"`` -> (KEY stripped, VALUE as written); None without an ``=``."""
+    if "=" not in item:
+        return None
+    key, raw = item.split("=", 1)
+    return key.strip(), raw
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """``["model.n_head=8", "train.lr=3e-4"]`` -> ``{"model.n_head": 8, "train.lr": 0.0003}``."""
     out: dict[str, Any] = {}
     problems = []
     for item in items:
-        if "=" not in item:
+        pair = split_assignment(item)
+        if pair is None:
             problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. model.n_head=8")
             continue
-        key, raw = item.split("=", 1)
-        key = key.strip()
+        key, raw = pair
         if key not in all_keys():
             problems.append(f"--set: unknown key '{key}'{_suggest(key, all_keys())}")
             continue

@@ -44,11 +44,11 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     grid: dict[str, list[Any]] = {}
     problems = []
     for item in items:
-        if "=" not in item:
+        pair = cfgmod.split_assignment(item)
+        if pair is None:
             problems.append(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. model.n_head=1,2,4")
             continue
-        key, raw = item.split("=", 1)
-        key = key.strip()
+        key, raw = pair
         values = [cfgmod.parse_set([f"{key}={v.strip()}"])[key] for v in raw.split(",") if v.strip()]
         if not values:
             problems.append(f"--grid {key}: no values")
