@@ -23,7 +23,7 @@ def cfg(**kw) -> ModelConfig:
 
 
 @pytest.mark.parametrize("pos", POS)
-@pytest.mark.parametrize("activation", ["relu", "gelu", "swiglu"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "swiglu"])
 def test_shapes_and_closed_form_param_count(pos, activation):
     for tie in (True, False):
         for bias in (True, False):
@@ -142,3 +142,17 @@ def test_cache_misuse_is_an_error_not_silent_garbage():
         model(torch.zeros(1, 1, dtype=torch.long), start_pos=3, cache=cache)
     with pytest.raises(ValueError):  # past block_size: refused before the cache could overflow
         model(torch.zeros(1, 1, dtype=torch.long), start_pos=16, cache=cache)
+
+
+def test_gelu_tanh_is_gpt2s_approximation():
+    """gelu_tanh: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), close to but not the erf GELU."""
+    from tformer_cli.core.model import FeedForward
+
+    torch.manual_seed(0)
+    exact, approx = FeedForward(cfg(activation="gelu")), FeedForward(cfg(activation="gelu_tanh"))
+    approx.load_state_dict(exact.state_dict())
+    x = torch.randn(2, 5, 32)
+    h = approx.w1(x)
+    formula = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+    assert torch.allclose(approx(x), approx.w2(formula), atol=1e-6)
+    assert 0 < (approx(x) - exact(x)).abs().max() < 1e-2

@@ -37,7 +37,7 @@ def model_configs(draw, causal: bool = True, archs=("gpt",)) -> ModelConfig:
         n_head=draw(st.sampled_from(heads)),
         block_size=BLOCK,
         bias=draw(st.booleans()),
-        activation=draw(st.sampled_from(["relu", "gelu", "swiglu"])),
+        activation=draw(st.sampled_from(["relu", "gelu", "gelu_tanh", "swiglu"])),
         pos_encoding=pos,
         causal=causal,
         ffn=draw(st.booleans()),

@@ -23,7 +23,7 @@ from tformer_cli.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent.parent / "experiments"
 
-ACTIVATIONS = ("relu", "gelu", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 ARCHS = ("gpt", "lstm")
 OBJECTIVES = ("clm", "mlm")
@@ -37,11 +37,11 @@ class ModelConfig:
     d_model: int = 128
     n_layer: int = 4
     n_head: int = 4
-    d_ff: Optional[int] = None  # None: 4 * d_model (relu/gelu), 8/3 * d_model for swiglu (same params)
+    d_ff: Optional[int] = None  # None: 4 * d_model (relu/gelu/gelu_tanh), 8/3 * d_model for swiglu (same params)
     block_size: int = 64
     dropout: float = 0.0
     bias: bool = True
-    activation: str = "gelu"  # relu | gelu | swiglu
+    activation: str = "gelu"  # relu | gelu | gelu_tanh (GPT-2's tanh approximation) | swiglu
     pos_encoding: str = "learned"  # learned | sinusoidal | rope | none
     causal: bool = True  # False turns every block into a bidirectional (encoder) block
     ffn: bool = True  # False: attention-only blocks

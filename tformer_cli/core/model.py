@@ -146,7 +146,7 @@ def _future_mask(T: int, Tk: int, device) -> torch.Tensor:
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN: act(x W1 + b1) W2 + b2, or SwiGLU: (silu(x W1) * x W3) W2."""
+    """Position-wise FFN: act(x W1 + b1) W2 + b2 (relu, gelu, gelu_tanh), or SwiGLU: (silu(x W1) * x W3) W2."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -163,6 +163,8 @@ class FeedForward(nn.Module):
             h = F.relu(h)
         elif self.activation == "gelu":
             h = F.gelu(h)
+        elif self.activation == "gelu_tanh":  # GPT-2's tanh approximation ("gelu_new")
+            h = F.gelu(h, approximate="tanh")
         else:
             h = F.silu(h) * self.w3(x)
         return self.dropout(self.w2(h))
