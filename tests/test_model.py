@@ -156,3 +156,25 @@ def test_gelu_tanh_is_gpt2s_approximation():
     formula = 0.5 * h * (1 + torch.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
     assert torch.allclose(approx(x), approx.w2(formula), atol=1e-6)
     assert 0 < (approx(x) - exact(x)).abs().max() < 1e-2
+
+
+def test_sinusoidal_scales_the_token_embeddings_by_sqrt_d_model():
+    """Vaswani et al. (2017), 3.4: with the fixed table (amplitude 1) the embeddings are multiplied
+    by sqrt(d_model), so tokens are not drowned by positions at init (std 0.02 x sqrt(d) vs ~0.7)."""
+    torch.manual_seed(0)
+    d = 64
+    model = GPT(cfg(d_model=d, pos_encoding="sinusoidal"), V).eval()
+    seen = []
+    model.drop.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    idx = torch.randint(0, V, (2, 16))
+    model(idx)
+    table = model.pos_table[:16]
+    token_part = seen[0] - table
+    assert torch.allclose(token_part, model.tok_emb(idx) * math.sqrt(d), atol=1e-6)
+    ratio = token_part.std().item() / table.std().item()
+    assert 0.15 < ratio < 0.35  # 0.02 x 8 = 0.16 against the table's ~0.71; unscaled it would be ~0.03
+    # the KV-cached path adds the same rows: one switch, read in one place
+    cache = model.new_cache(2, "cpu", torch.float32)
+    model(idx[:, :5], cache=cache)
+    model(idx[:, 5:6], start_pos=5, cache=cache)
+    assert torch.allclose(seen[-1][:, 0], model.tok_emb(idx[:, 5]) * math.sqrt(d) + model.pos_table[5], atol=1e-6)

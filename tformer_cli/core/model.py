@@ -265,7 +265,9 @@ class GPT(nn.Module):
         if self.pos_emb is not None:
             x = x + self.pos_emb.weight[start_pos : start_pos + T]  # rows of the table: no index tensor
         elif self.cfg.pos_encoding == "sinusoidal":
-            x = x + self.pos_table[start_pos : start_pos + T].to(x.dtype)
+            # Vaswani et al. (2017), 3.4: embeddings times sqrt(d_model), so the fixed table
+            # (amplitude 1) does not drown embeddings initialised with std 0.02.
+            x = x * math.sqrt(self.cfg.d_model) + self.pos_table[start_pos : start_pos + T].to(x.dtype)
         rope = None
         if self.cfg.pos_encoding == "rope":
             rope = (self.rope_cos[start_pos : start_pos + T], self.rope_sin[start_pos : start_pos + T])
