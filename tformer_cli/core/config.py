@@ -27,7 +27,7 @@ ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 ARCHS = ("gpt", "lstm")
 OBJECTIVES = ("clm", "mlm")
-TOKENIZERS = ("char", "bpe")
+TOKENIZERS = ("char", "bpe", "hf")  # hf: a Hugging Face tokenizer.json, from an imported run
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -66,7 +66,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     corpus: str = "prose"  # a built-in name (see `tformer corpora`) or a path to a UTF-8 text file
-    tokenizer: str = "char"  # char | bpe
+    tokenizer: str = "char"  # char | bpe | hf (the tokenizer.json of an imported model)
     vocab_size: int = 512  # BPE only
     val_fraction: float = 0.1  # the last fraction of the corpus is the validation split
 

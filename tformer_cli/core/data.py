@@ -188,7 +188,23 @@ class BPETokenizer:
         return {"type": "bpe", "hf": self.tok.to_str()}
 
 
+class HFTokenizer(BPETokenizer):
+    """A Hugging Face tokenizer.json (e.g. GPT-2's): the tokenizer of an imported run."""
+
+    kind = "hf"
+
+    def to_json(self) -> dict:
+        return json.loads(self.tok.to_str())
+
+
 def tokenizer_from_json(data: dict):
+    if "type" not in data and "model" in data:  # a Hugging Face tokenizer.json, as written by `tformer import`
+        from tokenizers import Tokenizer
+
+        try:
+            return HFTokenizer(Tokenizer.from_str(json.dumps(data)))
+        except Exception as e:  # the tokenizers package raises its own exception type
+            raise DataError(f"cannot read the Hugging Face tokenizer: {str(e)[:160]}") from None
     if data.get("type") == "char":
         return CharTokenizer(data["chars"])
     if data.get("type") == "bpe":
@@ -231,11 +247,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("TFORMER_CACHE", Path.home() / ".cache" / "tformer"))
 
 
-def prepare(cfg: DataConfig) -> Dataset:
-    """Read, split, tokenize (or load from the cache) and return the dataset."""
+def prepare(cfg: DataConfig, tokenizer=None) -> Dataset:
+    """Read, split, tokenize (or load from the cache) and return the dataset.
+
+    ``tokenizer``: encode with this one (a run's, e.g. an imported model's) instead of
+    building one from the corpus; data.tokenizer=hf requires it.
+    """
     text, label = read_corpus(cfg.corpus)
     spec = {"v": FORMAT_VERSION, "tokenizer": cfg.tokenizer, "val_fraction": cfg.val_fraction}
-    if cfg.tokenizer == "bpe":
+    if tokenizer is not None:  # keyed by the tokenizer itself
+        spec["tokenizer"] = hashlib.sha256(json.dumps(tokenizer.to_json(), sort_keys=True).encode()).hexdigest()
+    elif cfg.tokenizer == "hf":
+        raise DataError("data.tokenizer=hf is the tokenizer of an imported run; there is none to build from a corpus",
+                        hint="fine-tune with `tformer train --init-from RUN`, which uses RUN's tokenizer")
+    elif cfg.tokenizer == "bpe":
         spec["vocab_size"] = cfg.vocab_size
     digest = hashlib.sha256(text.encode("utf-8"))
     digest.update(json.dumps(spec, sort_keys=True).encode())
@@ -243,7 +268,7 @@ def prepare(cfg: DataConfig) -> Dataset:
     meta_path = cache_dir / "meta.json"
     from_cache = meta_path.exists()
     if not from_cache:
-        _build_cache(text, cfg, cache_dir)
+        _build_cache(text, cfg, cache_dir, tokenizer)
     meta = json.loads(meta_path.read_text())
     dtype = np.dtype(meta["dtype"])
     train = np.memmap(cache_dir / "train.bin", dtype=dtype, mode="r") if meta["n_train"] else np.zeros(0, dtype)
@@ -260,10 +285,16 @@ def prepare(cfg: DataConfig) -> Dataset:
     )
 
 
-def _build_cache(text: str, cfg: DataConfig, cache_dir: Path) -> None:
+def _build_cache(text: str, cfg: DataConfig, cache_dir: Path, tokenizer=None) -> None:
     split = int(len(text) * (1.0 - cfg.val_fraction))
     train_text, val_text = text[:split], text[split:]
-    if cfg.tokenizer == "char":
+    if tokenizer is not None:
+        tok = tokenizer
+        if missing := tok.unknown(text):
+            shown = ", ".join(repr(c) for c in missing[:8])
+            raise DataError(f"corpus {cfg.corpus} has {len(missing)} characters the run's tokenizer does not know "
+                            f"({shown})", hint="use a corpus written in the same characters, or a BPE run")
+    elif cfg.tokenizer == "char":
         tok = CharTokenizer.train(text)  # the whole corpus, so validation has no unknown characters
     else:
         tok = BPETokenizer.train(train_text, cfg.vocab_size)
