@@ -141,26 +141,33 @@ def find(run_dir: str | Path) -> Path:
     raise RunError(f"no checkpoint in {run_dir} (expected {CKPT_NAME})", hint="train first, or pick another run")
 
 
-def load(run_dir: str | Path, with_optimizer: bool = True) -> Checkpoint:
+def load(run_dir: str | Path, with_optimizer: bool = True, optimizer_groups=None) -> Checkpoint:
+    """The checkpoint of a run, every field and tensor checked before any tensor is read.
+
+    ``optimizer_groups(model)``: the parameter shapes of each AdamW group of a (meta) model;
+    given, the optimizer state's names, dtypes and shapes are checked too (a crafted state
+    would make fused AdamW read and write out of bounds)."""
+    from tformer_cli.run import validate as v
+
     path = find(run_dir)
+    raw, data_size = v.read_safetensors_header(path)
+    table = v.tensor_table(path, raw, data_size)
+    header = v.parse_metadata(path, raw)
+    cfg, vocab = v.check_header(path, header, FORMAT)
+    v.plausible_size(path, cfg, vocab, data_size, len(table))
+    meta = v.meta_model(cfg, vocab)
+    groups = optimizer_groups(meta) if (with_optimizer and optimizer_groups is not None) else None
+    v.check_tensors(path, table, v.model_shapes(meta), groups, with_optimizer,
+                    header["train_state"]["step"], header.get("optim_groups"))
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            keys = [k for k in f.keys() if with_optimizer or not k.startswith("optim.")]
+            keys = [k for k in table if with_optimizer or not k.startswith("optim.")]
             tensors = {k: f.get_tensor(k) for k in keys}
-    except Exception as e:  # safetensors raises its own error types for torn or foreign files
-        head = path.read_bytes()[:2] if path.exists() else b""
-        what = "a pickle, which tformer refuses to load" if head[:1] == b"\x80" else "corrupt or truncated"
-        raise RunError(f"checkpoint {path} is {what} ({type(e).__name__}: {str(e)[:120]})",
-                       hint="retrain, or restore the file from a backup") from None
-    try:
-        header = {k: json.loads(v) for k, v in raw.items()}
-    except ValueError:
-        raise RunError(f"checkpoint {path} has an unreadable header") from None
-    if header.get("format") != FORMAT:
-        raise RunError(f"{path} is not a tformer checkpoint (format {header.get('format')!r})")
+    except Exception as e:  # safetensors raises its own error types; the checks above make this rare
+        raise RunError(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:80]})",
+                       hint=v.RETRAIN) from None
     return Checkpoint(path, header, tensors)
 
 

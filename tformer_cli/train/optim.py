@@ -23,8 +23,7 @@ def lr_at(step: int, cfg: Config) -> float:
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
     """AdamW, weight decay on matrices only (not on biases, norms); fused on CUDA."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    decay, no_decay = _split(model)
     groups = [
         {"params": decay, "weight_decay": cfg.train.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -34,3 +33,16 @@ def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) ->
         return torch.optim.AdamW(groups, fused=True, **kwargs)
     except (RuntimeError, ValueError, TypeError):
         return torch.optim.AdamW(groups, foreach=True, **kwargs)
+
+
+def _split(model: torch.nn.Module) -> tuple[list, list]:
+    """(matrices, the rest): the two AdamW groups, in the order AdamW numbers the parameters."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    return decay, no_decay
+
+
+def group_shapes(model: torch.nn.Module) -> list[list[tuple[int, ...]]]:
+    """The parameter shapes of each AdamW group (checkpoint validation checks the saved state
+    against them before anything is loaded into the optimizer)."""
+    return [[tuple(p.shape) for p in group] for group in _split(model)]
