@@ -14,9 +14,14 @@ from rich.markup import escape
 
 from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_params, fmt_time
 from tformer_cli.render.table import Col, show
-from tformer_cli.study.results import ExperimentEntry, ExperimentResult, MemberSummary, RunEntry
+from tformer_cli.study.convergence import STILL_LEARNING
+from tformer_cli.study.results import ExperimentEntry, ExperimentResult, MemberSummary, RunEntry, Verdict
+from tformer_cli.study.stats import MIN_SEEDS
 
 MLM = "n/a (MLM)"
+CONVERGED_CAPTION = (
+    f"converged: 'NO' when the val loss still fell by more than {STILL_LEARNING} nats over the last fifth of "
+    "training (in any seed) or the greedy sample loops; no verdict names a winner among unconverged members.")
 LOSS_CAPTION = (
     "val loss (teacher-forced): one forward pass per window, every position predicted (what training "
     "optimises); val loss (causal-consistent): each prediction from a forward pass on its prefix only "
@@ -30,17 +35,40 @@ def _pm(mean: float | None, std: float | None, fmt=fmt_loss) -> str:
     return fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
 
 
-def _diff(s: MemberSummary) -> str:
+def _diff(s: MemberSummary, r: ExperimentResult) -> str:
+    """Δ vs the member's baseline: mean paired difference, its 95% interval, and what the tests say."""
     if s.is_baseline:
         return "(baseline)"
     if s.diff_vs_baseline is None:
         return "-"
     text = f"{s.diff_vs_baseline:+.4f}"
-    if s.significant is False:
+    if s.diff_ci_low is not None and s.diff_ci_high is not None:
+        text += f" [{s.diff_ci_low:+.3f}, {s.diff_ci_high:+.3f}]"
+    if s.significant:
+        text += f" p={s.p_value:.3f}"
+    elif s.equivalent:
+        text += " (no difference)"
+    elif s.significant is False:
         text += " (n.s.)"
-    elif s.significant and s.p_value is not None:
-        text += f" (p={s.p_value:.3f})"
+    elif s.n_paired:
+        text += f" ({s.n_paired} seed{'s' if s.n_paired > 1 else ''}: untested)"
+    if len({x.baseline for x in r.summary}) > 1:
+        text += f" vs {s.baseline}"
     return text
+
+
+def _converged(s: MemberSummary) -> str:
+    """'yes', or why not: still learning at the end (the val drop over the last fifth), degenerate sample."""
+    if not s.n_ok:
+        return "-"
+    why = []
+    if s.still_learning:
+        why.append(f"still learning (-{s.val_drop_last_fifth:.3f})")
+    if s.degenerate:
+        why.append("degenerate sample")
+    if why:
+        return "NO: " + ", ".join(why)
+    return "unknown" if s.still_learning is None else "yes"
 
 
 def _causal(s: MemberSummary) -> str:
@@ -74,17 +102,17 @@ def show_results(con: Console, r: ExperimentResult) -> None:
     cols = [Col("member", key=True), Col("what changed")] + [Col(a) for a in r.axes]
     cols += [Col("d_k", numeric=True)] if _shows_d_k(r) else []
     cols += [Col(h, numeric=True) for h in ("params", "train loss", "val loss (teacher-forced)",
-                                             "val loss (causal-consistent)", "Δ vs baseline", "tokens/s",
-                                             "peak memory")]
+                                             "val loss (causal-consistent)", "Δ vs baseline (95% CI)")]
+    cols += [Col("converged")] + [Col(h, numeric=True) for h in ("tokens/s", "peak memory")]
     cols += [Col(k, numeric=True) for k in extra_keys]
     rows = []
     for s in r.summary:
         if not s.n_ok:
-            rows.append(_member_cells(r, s) + ["-"] * (7 + len(extra_keys)))
+            rows.append(_member_cells(r, s) + ["-"] * (8 + len(extra_keys)))
             continue
         rows.append(_member_cells(r, s) + [
             fmt_params(s.params), _pm(s.train_loss, s.train_loss_std), _pm(s.val_loss, s.val_loss_std),
-            _causal(s), _diff(s), fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes),
+            _causal(s), _diff(s, r), _converged(s), fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes),
         ] + [_extra(s.extra.get(k)) for k in extra_keys])
     title = f"tformer {r.kind}: {r.out_dir}" + (f" ({len(r.seeds)} seeds, mean ± std)" if multi else "")
     show(con, cols, rows, title=escape(title))
@@ -133,10 +161,12 @@ def show_pivot(con: Console, r: ExperimentResult) -> None:
 
 
 def captions(r: ExperimentResult) -> list[str]:
+    few = len(r.seeds) < MIN_SEEDS
     return [
         LOSS_CAPTION,
-        f"significance: {r.significance_rule}." + ("" if len(r.seeds) > 1 else
-                                                     " One seed here: noise unknown (use --seeds N)."),
+        f"significance: {r.significance_rule}." + (f" {len(r.seeds)} seed(s) here: no difference is tested "
+                                                     f"(use --seeds {MIN_SEEDS} or more)." if few else ""),
+        CONVERGED_CAPTION,
         r.memory_note + ".",
         f"members ran {r.execution}; tokens/s: median over log intervals, eval excluded.",
     ]
@@ -154,11 +184,25 @@ def render(con: Console, r: ExperimentResult) -> None:
         con.print(escape(c), style="dim", soft_wrap=wrap)
     for n in r.notes:
         con.print(escape(n), style="bold", soft_wrap=wrap)
+    for v in r.verdicts:
+        con.print(escape(verdict_line(v)), style="bold", soft_wrap=wrap)
     failed = [row for row in r.rows if row.status == "failed"]
     if failed:
         con.print(f"{len(failed)} member run(s) failed; the others completed", style="red")
     con.print(escape(f"results: {r.out_dir}/results.json, results.csv" + (f"; plot: {r.plot}" if r.plot else "")
                      + f"; wall time {fmt_time(r.elapsed_s)}"), soft_wrap=wrap)
+
+
+def verdict_line(v: Verdict) -> str:
+    """One line: the claim, what was measured, and agrees / disagrees / undecided (with what would decide)."""
+    measured = "no paired seeds" if v.delta is None else f"Δ {v.metric} = {v.delta:+.4f}"
+    if v.ci_low is not None and v.ci_high is not None:
+        measured += f" [95% CI {v.ci_low:+.4f}, {v.ci_high:+.4f}]"
+    measured += f" over {v.n} seed(s), {v.member} vs {v.baseline}"
+    line = f"verdict: {v.outcome.upper()}: {v.statement} ({v.source}). Expected {v.expect}; {measured}: {v.reason}."
+    if v.suggestion:
+        line += f" To decide: {v.suggestion}."
+    return line
 
 
 def show_runs(con: Console, entries: Sequence[RunEntry | ExperimentEntry], root: Path) -> None:

@@ -16,10 +16,11 @@ from tformer_cli.errors import ConfigError
 from tformer_cli.study.matching import match_params
 from tformer_cli.study.members import ablation_members, grid_members, head_problems, parse_grid
 from tformer_cli.study.spec import Spec
+from tformer_cli.study.verdict import check_members, parse_claims
 
 ABLATE_KEYS = {"kind", "no_causal_mask", "no_ffn", "pos", "activation", "ffn_mult", "combine", "match",
-               "match_by", "seeds", "prompt"}
-SWEEP_KEYS = {"kind", "grid", "seeds", "prompt"}
+               "match_by", "seeds", "prompt", "claim"}
+SWEEP_KEYS = {"kind", "grid", "seeds", "prompt", "claim"}
 SECTION_KEYS = {"ablate": ABLATE_KEYS, "sweep": SWEEP_KEYS}
 
 
@@ -34,6 +35,8 @@ def experiment_config(config: Path | None, preset: str | None,
         exp = data_.pop("experiment", None) or {}
         if not isinstance(exp, dict):
             raise ConfigError(f"{config}: experiment: must be a mapping (kind, flags, grid, seeds)")
+        if "claim" in data_:  # the study's claim (tformer_cli.study.verdict) travels with the experiment
+            exp = {**exp, "claim": data_.pop("claim")}
         for section, values in data_.items():
             if not isinstance(values, dict):  # let from_dict name the problem
                 values = {"__invalid__": values} if values is not None else {}
@@ -215,6 +218,22 @@ def study_from(src: Source) -> Spec:
         raise ConfigError(f"{config}: experiment.kind must be ablate or sweep, got {kind!r}",
                           hint="a study file has an experiment: section; see experiments/studies/*.yaml")
     check_section(exp, kind, config)
+    claims = parse_claims(exp.get("claim"))
+    cfg = _device_scale(cfg, claims, src.overrides)
     if kind == "ablate":
-        return ablate_spec(cfg, exp, seeds=src.seeds)
-    return sweep_spec(cfg, file_grid(exp), src.seeds or exp.get("seeds"), exp.get("prompt"))
+        spec = ablate_spec(cfg, exp, seeds=src.seeds)
+    else:
+        spec = sweep_spec(cfg, file_grid(exp), src.seeds or exp.get("seeds"), exp.get("prompt"))
+    check_members(claims, spec)
+    spec.claims = as_list(exp.get("claim"))
+    return spec
+
+
+def _device_scale(cfg: Config, claims: list, given: dict[str, Any]) -> Config:
+    """A study's larger budget where a GPU is present (claim.gpu.set), under the user's own flags."""
+    scale = {k: v for c in claims for k, v in ((c.gpu or {}).get("set") or {}).items() if k not in given}
+    if not scale:
+        return cfg
+    from tformer_cli.core.device import select
+
+    return cfg.replace(scale) if select(cfg.train.device).type == "cuda" else cfg

@@ -14,6 +14,7 @@ from typing import Any, Callable, ContextManager
 from tformer_cli.core.config import Config
 from tformer_cli.errors import TformerError
 from tformer_cli.run.rundir import RunDir
+from tformer_cli.study import convergence
 from tformer_cli.study.measure import Evaluator, anatomy_columns, default_evaluator, measure
 from tformer_cli.study.results import MemberOutcome, MemberRow
 from tformer_cli.study.spec import Member
@@ -98,5 +99,12 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
             setattr(row, k, s[k])
     if o.post is not None:
         row.val_loss_causal, row.sample, row.eval_error = o.post.val_loss_causal, o.post.sample, o.post.error
+        row.degenerate = o.post.degenerate
+        if o.post.val_loss is not None:  # teacher-forced on the causal-consistent loss's own windows
+            row.val_loss = o.post.val_loss
+    if o.status == "ok":
+        _, val = RunDir(j.run_dir).curves()
+        row.val_drop_last_fifth = convergence.last_fifth_drop(val, j.cfg.train.steps)
+        row.still_learning = convergence.still_learning(row.val_drop_last_fifth)
     row.extra = dict(s.get("extra") or {})  # task metrics (synthetic corpora): extra columns
     return row

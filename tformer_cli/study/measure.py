@@ -9,7 +9,8 @@ from typing import Callable
 
 from tformer_cli.core.config import Config
 from tformer_cli.core.io import atomic_write_text
-from tformer_cli.errors import TformerError
+from tformer_cli.errors import RunError, TformerError
+from tformer_cli.study.convergence import degenerate
 from tformer_cli.study.results import Measurement
 
 MEMBER_METRICS = "member.json"  # post-training metrics of a member, so --resume need not recompute them
@@ -41,7 +42,7 @@ def default_evaluator(run_dir: Path, cfg: Config, prompt: str | None) -> Measure
     from tformer_cli.run.load import load_for_inference
     from tformer_cli.train.batches import Batcher
     from tformer_cli.train.distributed import DistInfo
-    from tformer_cli.train.evaluate import causal_consistent_loss
+    from tformer_cli.train.evaluate import window_losses
 
     model, tok, mcfg, ckpt, device = load_for_inference(run_dir, cfg.train.device)
     if mcfg.train.objective == "mlm":
@@ -49,18 +50,23 @@ def default_evaluator(run_dir: Path, cfg: Config, prompt: str | None) -> Measure
     dtype = dev.resolve_dtype(mcfg.train.dtype, device)
     ds = prepare(mcfg.data)
     batcher = Batcher(ds, mcfg, device, DistInfo(), ckpt.vocab_size)
-    # Whole eval batches, the first of those evaluate() uses: with eval_iters * batch_size <= 256 the
-    # windows are exactly the teacher-forced val loss's, so a causal model shows two equal numbers.
+    # Both losses on the same windows (the first of those evaluate() uses), so a causal model shows
+    # two equal numbers; the leak of a model that sees the future is the only difference.
     B = mcfg.train.batch_size
     n = B * min(mcfg.train.eval_iters, max(1, CAUSAL_WINDOWS // B))
-    causal = causal_consistent_loss(model, batcher, n, device, dtype)
+    sees_future = mcfg.model.arch == "gpt" and not mcfg.model.causal
+    try:
+        teacher, causal = window_losses(model, batcher, n, device, dtype, sees_future=sees_future)
+    except RuntimeError as e:
+        raise RunError(str(e)) from None
     text = prompt if prompt is not None else DEFAULT_PROMPT
     if not text or tok.unknown(text):  # a corpus without these characters: start from its own text
         text = tok.decode([int(i) for i in ds.val[:8]])
     ids = tok.encode(text)[-(mcfg.model.block_size // 2):]
     with torch.no_grad():
-        new = _greedy(model, ids, SAMPLE_TOKENS)
-    return Measurement(causal, one_line(text + tok.decode(new)))
+        continuation = tok.decode(_greedy(model, ids, SAMPLE_TOKENS))
+    return Measurement(causal, one_line(text + continuation), val_loss=teacher,
+                       degenerate=degenerate(continuation))
 
 
 def _greedy(model, ids: list[int], n: int) -> list[int]:

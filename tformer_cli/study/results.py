@@ -28,7 +28,7 @@ CSV_COLUMNS = [
     "flops_per_token", "flops_embeddings", "flops_attention", "flops_ffn",
     "train_loss", "val_loss", "val_loss_causal", "diff_vs_baseline",
     "tokens_per_s", "peak_memory_bytes", "memory_source", "steps_done", "elapsed_s", "sample", "run_dir",
-    "objective", "hint", "eval_error",
+    "objective", "hint", "eval_error", "val_drop_last_fifth", "still_learning", "degenerate",
 ]
 ANATOMY_KEYS = ("params", "params_embeddings", "params_attention", "params_ffn", "flops_per_token",
                 "flops_embeddings", "flops_attention", "flops_ffn")
@@ -52,13 +52,16 @@ class Measurement:
     val_loss_causal: float | None = None
     sample: str | None = None  # None for MLM (no left-to-right generation) or when evaluation failed
     error: str = ""  # why the evaluation failed, if it did
+    val_loss: float | None = None  # teacher-forced, on the causal-consistent loss's windows
+    degenerate: bool | None = None  # the greedy continuation loops (tformer_cli.study.convergence)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Measurement":
-        return cls(d.get("val_loss_causal"), d.get("sample"), d.get("error", ""))
+        return cls(d.get("val_loss_causal"), d.get("sample"), d.get("error", ""), d.get("val_loss"),
+                   d.get("degenerate"))
 
 
 @dataclass
@@ -105,6 +108,9 @@ class _Metrics(_Compared):
     eval_error: str = ""
     d_k: int | None = None
     objective: str = "clm"
+    val_drop_last_fifth: float | None = None  # nats the val loss fell over the last fifth of training
+    still_learning: bool | None = None  # that drop is over tformer_cli.study.convergence.STILL_LEARNING
+    degenerate: bool | None = None  # the greedy sample loops
     resized: str = ""  # what --match params changed, in words
     axes: dict[str, Any] = field(default_factory=dict)  # swept key -> value
     extra: dict[str, Any] = field(default_factory=dict)  # task metrics (synthetic corpora)
@@ -157,8 +163,15 @@ class MemberSummary(_Metrics):
     tokens_per_s_std: float | None = None
     peak_memory_bytes_std: float | None = None
     diff_vs_baseline_std: float | None = None
-    p_value: float | None = None
-    significant: bool | None = None
+    baseline: str = ""  # the member this one is compared with (one per objective)
+    n_paired: int = 0  # seeds both finished: the pairs behind diff_vs_baseline
+    diff_ci_low: float | None = None  # 95% t interval of the mean paired difference
+    diff_ci_high: float | None = None
+    p_value: float | None = None  # paired t-test
+    p_equivalence: float | None = None  # two one-sided tests against the equivalence margin
+    significant: bool | None = None  # None: fewer than 3 paired seeds
+    equivalent: bool | None = None
+    unconverged: int = 0  # seeds still learning fast at the end or writing a degenerate sample
 
     @property
     def compared_loss_std(self) -> float | None:
@@ -169,6 +182,35 @@ class MemberSummary(_Metrics):
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MemberSummary":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Verdict:
+    """A study's claim against what was measured: agrees, disagrees or undecided (and why)."""
+
+    statement: str
+    source: str
+    member: str
+    baseline: str
+    metric: str
+    expect: str  # higher | lower | equal: the member's metric against the baseline's
+    margin: float
+    outcome: str  # agrees | disagrees | undecided
+    reason: str
+    n: int = 0  # paired seeds
+    delta: float | None = None  # mean paired difference, member - baseline
+    ci_low: float | None = None
+    ci_high: float | None = None
+    suggestion: str = ""  # what budget would decide, when undecided
+    question: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Verdict":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -189,11 +231,12 @@ class ExperimentResult:
     notes: list[str]
     plot: str | None
     elapsed_s: float
+    verdicts: list[Verdict] = field(default_factory=list)  # one per claim of a study file
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(rows=[r.to_dict() for r in self.rows], summary=[s.to_dict() for s in self.summary],
-                 members=[asdict(m) for m in self.members])
+                 members=[asdict(m) for m in self.members], verdicts=[v.to_dict() for v in self.verdicts])
         return d
 
     @classmethod
@@ -204,7 +247,8 @@ class ExperimentResult:
                    members=[Member(**m) for m in d.get("members", [])], axes=axes, seeds=list(d["seeds"]),
                    interrupted=bool(d.get("interrupted")), execution=d.get("execution", ""),
                    memory_note=d.get("memory_note", ""), significance_rule=d.get("significance_rule", ""),
-                   notes=list(d.get("notes", [])), plot=d.get("plot"), elapsed_s=d.get("elapsed_s") or 0.0)
+                   notes=list(d.get("notes", [])), plot=d.get("plot"), elapsed_s=d.get("elapsed_s") or 0.0,
+                   verdicts=[Verdict.from_dict(v) for v in d.get("verdicts") or []])
 
 
 def write_results(result: ExperimentResult) -> None:

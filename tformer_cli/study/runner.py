@@ -20,7 +20,7 @@ from typing import Callable
 
 from tformer_cli.core.config import Config
 from tformer_cli.errors import ConfigError
-from tformer_cli.study import stats
+from tformer_cli.study import stats, verdict
 from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, skipped, train_member
 from tformer_cli.study.measure import Evaluator
 from tformer_cli.study.results import ExperimentResult, MemberOutcome, write_json, write_results
@@ -81,7 +81,8 @@ def run_experiment(
         members=list(spec.members), axes=spec.axes, seeds=spec.seeds,
         interrupted=any(o is None or o.status == "interrupted" for o in outcomes), execution=execution,
         memory_note=stats.memory_note(rows, execution), significance_rule=stats.SIGNIFICANCE_RULE,
-        notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0)
+        notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0,
+        verdicts=verdict.verdicts(spec, rows))
     write_results(result)
     return result
 

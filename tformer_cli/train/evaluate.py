@@ -31,28 +31,69 @@ def evaluate(model, batcher: Batcher, n_batches: int, device, dtype, split: str 
     return (total / count.clamp(min=1)).item()
 
 
-@torch.no_grad()
-def causal_consistent_loss(model, batcher: Batcher, n_windows: int, device, dtype) -> float:
-    """Loss where the prediction for position t sees tokens <= t only (a forward pass per prefix).
+CHECK_WINDOWS = 2  # windows on which a one-pass causal-consistent loss is checked against the prefix passes
+CHECK_TOLERANCE = 1e-4  # nats; float32 summation order differs between the two paths
 
-    For a causal model this equals the teacher-forced loss; for a model trained without the
-    mask it exposes the leak: at generation time the future is not there to copy.
+
+@torch.no_grad()
+def window_losses(model, batcher: Batcher, n_windows: int, device, dtype, *, sees_future: bool,
+                  should_stop=lambda: False) -> tuple[float, float]:
+    """(teacher-forced, causal-consistent) validation loss on the SAME ``n_windows`` windows.
+
+    A model that cannot see the future (a causal GPT, an LSTM) predicts position t from tokens
+    <= t in its one teacher-forced pass, so its causal-consistent loss is that pass's loss: it is
+    computed once and checked against the per-prefix passes on CHECK_WINDOWS windows (a
+    RuntimeError if they disagree).  Only a model that can see the future (``sees_future``) pays
+    block_size passes per window.  ``should_stop`` is polled between windows' passes.
     """
     if batcher.mlm:
         raise ValueError("causal-consistent loss is defined for next-token (clm) models, not MLM")
     was_training = model.training
     model.eval()
-    losses = []
+    tf, cc = [], []
+    try:
+        for x, y in _windows(batcher, n_windows):
+            with dev.autocast(device, dtype):
+                logits = model(x).logits.float()  # (B, T, V)
+            per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
+            tf.append(per_token)
+            if sees_future:
+                cc.append(_prefix_losses(model, x, y, device, dtype, should_stop))
+            elif not cc:  # the check, once
+                k = min(CHECK_WINDOWS, x.size(0))
+                ref = _prefix_losses(model, x[:k], y[:k], device, dtype, should_stop)
+                gap = (ref - per_token[:k]).abs().max().item()
+                if gap > CHECK_TOLERANCE:
+                    raise RuntimeError(f"a model that should not see the future does: one-pass and per-prefix "
+                                       f"losses differ by {gap:.2g} nats")
+                cc.append(per_token)
+            else:
+                cc.append(per_token)
+    finally:
+        model.train(was_training)
+    return torch.cat(tf).mean().item(), torch.cat(cc).mean().item()
+
+
+def _windows(batcher: Batcher, n_windows: int):
+    """The first ``n_windows`` validation windows, in evaluate()'s order, batch by batch."""
     done = 0
     for x, y in batcher.eval_batches("val", max(1, math.ceil(n_windows / batcher.cfg.train.batch_size))):
         x, y = x[: n_windows - done], y[: n_windows - done]
-        T = x.size(1)
-        for t in range(T):
-            with dev.autocast(device, dtype):
-                logits = model(x[:, : t + 1], last_only=True).logits[:, -1, :].float()
-            losses.append(torch.nn.functional.cross_entropy(logits, y[:, t], reduction="none"))
         done += x.size(0)
+        yield x, y
         if done >= n_windows:
-            break
-    model.train(was_training)
-    return torch.cat(losses).mean().item()
+            return
+
+
+def _prefix_losses(model, x, y, device, dtype, should_stop) -> torch.Tensor:
+    """(B, T) losses where position t is predicted by a forward pass on x[:, :t+1] alone."""
+    from tformer_cli.errors import Interrupted
+
+    cols = []
+    for t in range(x.size(1)):
+        if should_stop():
+            raise Interrupted()
+        with dev.autocast(device, dtype):
+            logits = model(x[:, : t + 1], last_only=True).logits[:, -1, :].float()
+        cols.append(torch.nn.functional.cross_entropy(logits, y[:, t], reduction="none"))
+    return torch.stack(cols, dim=1)

@@ -1,0 +1,199 @@
+"""Evidence, not demos: convergence marks, verdicts of a study's claim, one baseline per objective,
+and both validation losses on identical windows (one pass where the model cannot see the future)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tformer_cli.core.config import from_dict
+from tformer_cli.errors import ConfigError
+from tformer_cli.study import convergence, stats, verdict
+from tformer_cli.study.members import ablation_members, grid_members
+from tformer_cli.study.results import MemberRow
+from tformer_cli.study.spec import Spec
+
+
+# ---------------------------------------------------------------- convergence
+
+
+def test_last_fifth_drop_reads_the_val_curve():
+    curve = [(100, 3.0), (200, 2.5), (400, 2.20), (500, 2.10)]
+    assert convergence.last_fifth_drop(curve, 500) == pytest.approx(0.10)  # from step 400 (= 80%) to 500
+    assert convergence.still_learning(0.10) is True
+    assert convergence.still_learning(0.005) is False
+    assert convergence.last_fifth_drop([(500, 2.0)], 500) is None  # no evaluation before the last fifth
+    assert convergence.still_learning(None) is None
+
+
+@pytest.mark.parametrize("text, bad", [
+    ("the the the the the the the the", True),
+    (" " * 40, True),
+    ("eeeeeeeeeeeeeeeeeeee", True),
+    ("ROMEO: What say you, my lord? I pray thee", False),
+    ("def parse(self, text):\n    return None", False),
+])
+def test_degenerate_samples(text, bad):
+    assert convergence.degenerate(text) is bad
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+def _spec(tiny_config, claims, seeds=(1, 2, 3)) -> Spec:
+    base = from_dict(tiny_config)
+    return Spec("ablate", base.to_dict(), ablation_members(base, no_ffn=True), list(seeds), claims=claims)
+
+
+def _rows(base_losses, member_losses, still_learning=False):
+    rows = []
+    for seed, (b, m) in enumerate(zip(base_losses, member_losses), start=1):
+        rows.append(MemberRow(member="baseline", seed=seed, changed="baseline", status="ok", run_dir="",
+                              val_loss=b, val_loss_causal=b, still_learning=False))
+        rows.append(MemberRow(member="no-ffn", seed=seed, changed="model.ffn=false", status="ok", run_dir="",
+                              val_loss=m, val_loss_causal=m, still_learning=still_learning,
+                              val_drop_last_fifth=0.2 if still_learning else 0.0))
+    return rows
+
+
+CLAIM = {"statement": "Removing the FFN makes the model worse", "source": "a paper", "member": "no-ffn",
+         "expect": "higher", "margin": 0.02}
+
+
+def test_a_clear_difference_agrees(tiny_config):
+    spec = _spec(tiny_config, [CLAIM])
+    v = verdict.verdicts(spec, _rows([1.50, 1.80, 1.20], [1.60, 1.91, 1.29]))[0]
+    assert v.outcome == "agrees" and v.n == 3 and v.delta == pytest.approx(0.10, abs=1e-9)
+    assert v.ci_low > 0
+
+
+def test_the_other_direction_disagrees(tiny_config):
+    v = verdict.verdicts(_spec(tiny_config, [CLAIM]), _rows([1.50, 1.80, 1.20], [1.40, 1.69, 1.11]))[0]
+    assert v.outcome == "disagrees"
+
+
+def test_no_difference_within_the_margin_disagrees_with_a_claimed_difference(tiny_config):
+    v = verdict.verdicts(_spec(tiny_config, [CLAIM]), _rows([1.50, 1.80, 1.20], [1.501, 1.799, 1.2005]))[0]
+    assert v.outcome == "disagrees" and "within" in v.reason
+
+
+def test_an_equality_claim_agrees_only_inside_the_margin(tiny_config):
+    same = dict(CLAIM, expect="equal")
+    rows = _rows([1.50, 1.80, 1.20], [1.501, 1.799, 1.2005])
+    assert verdict.verdicts(_spec(tiny_config, [same]), rows)[0].outcome == "agrees"
+    rows = _rows([1.50, 1.80, 1.20], [1.60, 1.91, 1.29])
+    assert verdict.verdicts(_spec(tiny_config, [same]), rows)[0].outcome == "disagrees"
+
+
+def test_noise_leaves_it_undecided_with_a_budget_that_would_decide(tiny_config):
+    v = verdict.verdicts(_spec(tiny_config, [CLAIM]), _rows([1.50, 1.80, 1.20], [1.60, 1.75, 1.25]))[0]
+    assert v.outcome == "undecided" and v.suggestion.startswith("--seeds ")
+
+
+def test_two_seeds_are_undecided(tiny_config):
+    v = verdict.verdicts(_spec(tiny_config, [CLAIM], seeds=(1, 2)), _rows([1.5, 1.8], [1.9, 2.2]))[0]
+    assert v.outcome == "undecided" and "at least 3" in v.reason and v.suggestion == "--seeds 4"
+
+
+def test_no_winner_among_unconverged_members(tiny_config):
+    v = verdict.verdicts(_spec(tiny_config, [CLAIM]),
+                         _rows([1.50, 1.80, 1.20], [1.60, 1.91, 1.29], still_learning=True))[0]
+    assert v.outcome == "undecided" and "still learning" in v.reason
+    assert v.suggestion == f"--steps {2 * from_dict(tiny_config).train.steps}"
+
+
+def test_claims_are_validated(tiny_config):
+    with pytest.raises(ConfigError) as e:
+        verdict.parse_claims({"statement": "x", "member": "m", "expect": "bigger", "margin": -1, "colour": 1})
+    text = str(e.value.problems)
+    assert "claim.source: missing" in text and "expect" in text and "margin" in text and "colour" in text
+    claims = verdict.parse_claims(CLAIM)
+    with pytest.raises(ConfigError, match="is not a member"):
+        verdict.check_members([verdict.Claim(**dict(CLAIM, member="no-such"))], _spec(tiny_config, [CLAIM]))
+    assert claims[0].member == "no-ffn"
+
+
+def test_every_shipped_study_with_a_claim_names_one_of_its_members():
+    from tformer_cli.study.files import Source, study_from
+    from tformer_cli.core.config import PRESET_DIR
+
+    for path in sorted((PRESET_DIR / "studies").glob("*.yaml")):
+        spec = study_from(Source(path, None, {}))  # check_members raises on a claim about no member
+        for c in verdict.parse_claims(spec.claims):
+            assert c.member in [m.name for m in spec.members]
+
+
+# ---------------------------------------------------------------- one baseline per objective
+
+
+def test_a_mixed_sweep_compares_mlm_with_mlm(tiny_config):
+    base = from_dict(tiny_config)
+    members = grid_members(base, {"train.objective": ["clm", "mlm"], "model.pos_encoding": ["none", "learned"]})
+    spec = Spec("sweep", base.to_dict(), members, [1], axes=["train.objective", "model.pos_encoding"])
+    ref = stats.baselines(spec)
+    assert ref["objective-clm_pos_encoding-none"] == "objective-clm_pos_encoding-learned"
+    assert ref["objective-mlm_pos_encoding-none"] == "objective-mlm_pos_encoding-learned"
+    assert ref["objective-mlm_pos_encoding-learned"] == "objective-mlm_pos_encoding-learned"
+    assert stats.notes(spec) == []  # only MLM members lost the mask: they are bidirectional by definition
+
+
+def test_the_leak_note_needs_a_causal_lm_without_its_mask(tiny_config):
+    base = from_dict(tiny_config)
+    spec = Spec("ablate", base.to_dict(), ablation_members(base, no_causal_mask=True), [1])
+    assert stats.notes(spec) == [stats.LEAK_EXPLANATION]
+
+
+# ---------------------------------------------------------------- identical windows, one pass
+
+
+def _model_and_batcher(tiny_config, causal: bool, arch: str = "gpt"):
+    from tformer_cli.core.data import prepare
+    from tformer_cli.core.model import build_model
+    from tformer_cli.train.batches import Batcher
+    from tformer_cli.train.distributed import DistInfo
+
+    cfg = from_dict(tiny_config).replace({"model.causal": causal, "model.arch": arch})
+    ds = prepare(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ds.vocab_size).eval()
+    return model, Batcher(ds, cfg, torch.device("cpu"), DistInfo(), ds.vocab_size), cfg
+
+
+@pytest.mark.parametrize("arch", ["gpt", "lstm"])
+def test_a_model_that_cannot_see_the_future_gets_one_pass_and_equal_losses(tiny_config, arch):
+    from tformer_cli.train.evaluate import evaluate, window_losses
+
+    model, batcher, cfg = _model_and_batcher(tiny_config, causal=True, arch=arch)
+    n = cfg.train.batch_size * cfg.train.eval_iters
+    calls = []
+    hook = model.register_forward_hook(lambda *a: calls.append(1))
+    tf, cc = window_losses(model, batcher, n, torch.device("cpu"), torch.float32, sees_future=False)
+    hook.remove()
+    assert tf == cc
+    # the same windows as the training loop's evaluation: the same number
+    assert tf == pytest.approx(evaluate(model, batcher, cfg.train.eval_iters, torch.device("cpu"), torch.float32),
+                               abs=1e-6)
+    T = cfg.model.block_size
+    assert len(calls) == cfg.train.eval_iters + T  # one pass per batch, and one check of T prefix passes
+
+
+def test_a_model_that_sees_the_future_is_scored_prefix_by_prefix(tiny_config):
+    from tformer_cli.train.evaluate import window_losses
+
+    model, batcher, cfg = _model_and_batcher(tiny_config, causal=False)
+    with torch.no_grad():  # make the leak large enough to see
+        for p in model.parameters():
+            p.mul_(20)
+    tf, cc = window_losses(model, batcher, 4, torch.device("cpu"), torch.float32, sees_future=True)
+    assert tf != pytest.approx(cc, abs=1e-3)
+
+
+def test_a_leaking_model_declared_causal_is_caught(tiny_config):
+    from tformer_cli.train.evaluate import window_losses
+
+    model, batcher, cfg = _model_and_batcher(tiny_config, causal=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(20)
+    with pytest.raises(RuntimeError, match="should not see the future"):
+        window_losses(model, batcher, 4, torch.device("cpu"), torch.float32, sees_future=False)

@@ -1,0 +1,166 @@
+"""A study's claim, and the verdict its measurements give: agrees, disagrees or undecided.
+
+A study file may carry a ``claim:`` section (one mapping, or a list of them)::
+
+    claim:
+      question: "Does the FFN matter?"
+      statement: "Removing the FFN makes the model worse."
+      source: "Vaswani et al. 2017; Geva et al. 2021"
+      member: no-ffn          # the member compared with its baseline
+      metric: compared_loss   # or any per-seed metric of the rows (e.g. a task metric)
+      expect: higher          # higher | lower | equal: the member's metric against the baseline's
+      margin: 0.02            # nats: the smallest difference that matters
+      wall_time: {cpu: "...", gpu: "..."}
+      gpu: {set: {train.steps: 4000}}   # a larger budget where a GPU is present
+
+The decision uses the per-seed differences (member - baseline, paired by seed): the mean with its
+95% t interval.  ``higher`` agrees when the whole interval is above zero, disagrees when it is below
+zero or inside ±margin (no difference that matters); ``equal`` agrees when the interval is inside
+±margin and disagrees when it lies wholly beyond it.  Anything else is undecided, and so is any
+verdict with fewer than MIN_SEEDS seeds or with a member still learning or writing degenerate text:
+the verdict then says what budget would decide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from tformer_cli.errors import ConfigError
+from tformer_cli.study import stats
+from tformer_cli.study.results import MemberRow, Verdict
+from tformer_cli.study.spec import Spec
+
+EXPECT = ("higher", "lower", "equal")
+CLAIM_KEYS = {"question", "statement", "source", "member", "metric", "expect", "margin", "wall_time", "gpu"}
+
+
+@dataclass
+class Claim:
+    statement: str
+    source: str
+    member: str
+    expect: str
+    metric: str = "compared_loss"
+    margin: float = stats.EQUIVALENCE_MARGIN
+    question: str = ""
+    wall_time: dict[str, str] = field(default_factory=dict)
+    gpu: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_claims(raw: Any, where: str = "claim") -> list[Claim]:
+    """The claim: section as Claims; every problem at once."""
+    if raw is None:
+        return []
+    items = raw if isinstance(raw, list) else [raw]
+    claims, problems = [], []
+    for i, c in enumerate(items):
+        at = f"{where}[{i}]" if isinstance(raw, list) else where
+        if not isinstance(c, dict):
+            problems.append(f"{at}: expected a mapping (statement, source, member, expect, ...)")
+            continue
+        problems += [f"{at}.{k}: unknown key (known: {', '.join(sorted(CLAIM_KEYS))})" for k in c
+                     if k not in CLAIM_KEYS]
+        problems += [f"{at}.{k}: missing" for k in ("statement", "source", "member", "expect") if not c.get(k)]
+        if c.get("expect") and c["expect"] not in EXPECT:
+            problems.append(f"{at}.expect: {c['expect']!r}, expected one of {', '.join(EXPECT)}")
+        margin = c.get("margin", stats.EQUIVALENCE_MARGIN)
+        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin) \
+                or margin <= 0:
+            problems.append(f"{at}.margin: expected a positive number of nats, got {margin!r}")
+        if not problems:
+            claims.append(Claim(**{k: v for k, v in c.items() if k in CLAIM_KEYS}))
+    if problems:
+        raise ConfigError(problems, hint="see the claim: section of experiments/studies/*.yaml")
+    return claims
+
+
+def check_members(claims: list[Claim], spec: Spec) -> None:
+    names = [m.name for m in spec.members]
+    bad = [f"claim.member: {c.member!r} is not a member of this study (members: {', '.join(names)})"
+           for c in claims if c.member not in names]
+    if bad:
+        raise ConfigError(bad)
+
+
+def _value(row: MemberRow, metric: str) -> float | None:
+    if metric == "compared_loss":
+        return row.compared_loss
+    v = row.extra.get(metric, getattr(row, metric, None))
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
+    """The verdict of ``claim`` on an experiment's rows."""
+    base = stats.baselines(spec)[claim.member]
+    v = Verdict(statement=claim.statement, source=claim.source, member=claim.member, baseline=base,
+                metric=claim.metric, expect=claim.expect, margin=claim.margin, outcome="undecided", reason="",
+                question=claim.question)
+    mine = {r.seed: r for r in rows if r.member == claim.member and r.status == "ok"}
+    theirs = {r.seed: r for r in rows if r.member == base and r.status == "ok"}
+    seeds = sorted(set(mine) & set(theirs))
+    diffs = [a - b for s in seeds if (a := _value(mine[s], claim.metric)) is not None
+             and (b := _value(theirs[s], claim.metric)) is not None]
+    p = stats.paired(diffs, claim.margin)
+    v.n, v.delta, v.ci_low, v.ci_high = p.n, p.delta, p.ci_low, p.ci_high
+    steps = spec.config().train.steps
+    unconverged = [r for r in list(mine.values()) + list(theirs.values()) if r.still_learning or r.degenerate]
+    if p.n < stats.MIN_SEEDS:
+        v.reason = f"{p.n} paired seed(s): at least {stats.MIN_SEEDS} are needed to test a difference"
+        v.suggestion = f"--seeds {max(stats.MIN_SEEDS, 2 * max(p.n, 1))}"
+    elif unconverged:
+        v.reason = _unconverged_reason(unconverged)
+        v.suggestion = f"--steps {2 * steps}"
+    else:
+        _judge(v, p)
+    return v
+
+
+def _unconverged_reason(rows: list[MemberRow]) -> str:
+    learning = [r for r in rows if r.still_learning]
+    parts = []
+    if learning:
+        worst = max(r.val_drop_last_fifth or 0.0 for r in learning)
+        parts.append(f"{len(learning)} run(s) still learning (val loss fell by up to {worst:.3f} nats over the "
+                     f"last fifth of training)")
+    degenerate = [r for r in rows if r.degenerate]
+    if degenerate:
+        parts.append(f"{len(degenerate)} run(s) write a degenerate greedy sample")
+    return "; ".join(parts) + ": no winner is named among unconverged members"
+
+
+def _judge(v: Verdict, p: stats.Paired) -> None:
+    """Set outcome, reason and suggestion from the interval (at least MIN_SEEDS seeds, converged)."""
+    lo, hi, m = p.ci_low, p.ci_high, v.margin
+    assert lo is not None and hi is not None
+    within = -m < lo and hi < m
+    if v.expect == "equal":
+        if within:
+            v.outcome, v.reason = "agrees", f"the 95% interval lies within ±{m:g}"
+        elif lo > m or hi < -m:
+            v.outcome, v.reason = "disagrees", f"the 95% interval lies beyond ±{m:g}"
+    else:
+        sign = 1 if v.expect == "higher" else -1
+        lo_s, hi_s = sorted((sign * lo, sign * hi))
+        if lo_s > 0:
+            v.outcome, v.reason = "agrees", f"the 95% interval is {v.expect} than the baseline's throughout"
+        elif hi_s < 0:
+            v.outcome, v.reason = "disagrees", "the 95% interval is on the other side of zero"
+        elif within:
+            v.outcome, v.reason = "disagrees", f"no difference that matters: the interval lies within ±{m:g}"
+    if v.outcome == "undecided":
+        v.reason = f"the 95% interval [{lo:+.4f}, {hi:+.4f}] straddles the decision boundaries (margin ±{m:g})"
+        v.suggestion = f"--seeds {_seeds_needed(p, m)}"
+
+
+def _seeds_needed(p: stats.Paired, margin: float) -> int:
+    """Seeds for the interval to shrink below the larger of |delta| and the margin (a rough guide)."""
+    half = (p.ci_high - p.ci_low) / 2
+    target = max(abs(p.delta or 0.0), margin)
+    return int(min(50, max(p.n + 1, math.ceil(p.n * (half / target) ** 2) + 1)))
+
+
+def verdicts(spec: Spec, rows: list[MemberRow]) -> list[Verdict]:
+    claims = parse_claims(spec.claims) if spec.claims else []
+    return [decide(c, rows, spec) for c in claims]
