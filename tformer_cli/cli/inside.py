@@ -115,6 +115,8 @@ def heads(
     batches: Annotated[Optional[int], typer.Option("--batches", help="Val batches per evaluation "
                                                    "(default: the run's train.eval_iters).",
                                                    show_default=False)] = None,
+    context: Annotated[Optional[int], typer.Option("--context", help="Window length in tokens "
+                                                   "[default: the run's block_size].", show_default=False)] = None,
     device: DeviceOpt = None,
     json_: JsonOpt = False,
 ) -> None:
@@ -124,7 +126,7 @@ def heads(
     from tformer_cli.render.plots import heads_png
 
     say = (lambda s: None) if json_ else (lambda s: err_console().print(f"[dim]{s}[/dim]"))
-    result = heads_report(run, batches, threshold, device or "auto", progress=say)
+    result = heads_report(run, batches, threshold, device or "auto", progress=say, context=context)
     png = heads_png(result, out or Path(run) / "heads.png",
                     title=f"head importance of {Path(run).name} ({result.tokens:,} val tokens)")
     if json_:

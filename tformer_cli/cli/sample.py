@@ -127,7 +127,8 @@ def _load(run_dir: Path, device: str) -> _Session:
         raise ConfigError(f"{run_dir} is a masked language model (train.objective=mlm): it predicts masked "
                           "tokens from both sides and has no next-token distribution to sample from",
                           hint="sample from a run trained with train.objective=clm")
-    if tokenizer.vocab_size != ckpt.vocab_size:
+    padded = tokenizer.kind == "hf" and tokenizer.vocab_size < ckpt.vocab_size  # imported: rows past the tokenizer
+    if tokenizer.vocab_size != ckpt.vocab_size and not padded:
         raise RunError(f"tokenizer.json in {run_dir} has {tokenizer.vocab_size} tokens, the checkpoint's "
                        f"model {ckpt.vocab_size}", hint="the run directory mixes files of different runs")
     if not cfg.model.causal:

@@ -21,6 +21,7 @@ HELP = (
     "  tformer train --preset shakespeare_char --data ../shared/data/tinyshakespeare.txt\n\n"
     "  tformer train --set model.n_head=8 --set model.pos_encoding=rope --steps 300\n\n"
     "  tformer train --resume runs/20260101-120000      # continue from the last checkpoint\n\n"
+    "  tformer train --init-from runs/gpt2 --data my.txt --steps 200   # fine-tune (weights only, new run)\n\n"
     "  tformer train --nproc 4 --steps 5000            # 4 processes (GPUs) with DDP; see docs/scaling.md\n\n"
     "  torchrun --nproc_per_node=4 -m tformer_cli train --out runs/big   # the same, launched by hand"
 )
@@ -38,6 +39,9 @@ def train(
     out: OutOpt = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this directory.",
                                                    show_default=False)] = None,
+    init_from: Annotated[Optional[Path], typer.Option(
+        "--init-from", help="Start from this run's weights and tokenizer (e.g. an imported GPT-2) in a new "
+        "run directory; its model config is kept.", show_default=False)] = None,
     overwrite: Annotated[bool, typer.Option(
         "--overwrite", help="Replace a run in --out (only the files a run writes are deleted).")] = False,
     json_: JsonOpt = False,
@@ -45,7 +49,17 @@ def train(
         "--nproc", help="Run N processes on this machine under torchrun (DDP), e.g. one per GPU.",
         show_default=False)] = None,
 ) -> None:
-    if resume is not None:
+    if resume is not None and init_from is not None:
+        from tformer_cli.errors import ConfigError
+
+        raise ConfigError("--resume and --init-from cannot be combined",
+                          hint="--resume continues a run; --init-from starts a new one from a run's weights")
+    if init_from is not None:
+        from tformer_cli.run.init import init_config
+
+        cfg = init_config(init_from, flag_overrides(steps, device, seed, data, set_),
+                          config_given=config is not None or preset is not None)
+    elif resume is not None:
         from tformer_cli.run.resume import resume_config
 
         overrides = flag_overrides(steps, device, seed, data, set_)
@@ -54,7 +68,7 @@ def train(
         cfg = build_config(config, preset, set_, steps=steps, device=device, seed=seed, data=data)
     if nproc is not None:  # validated above; the ranks run this same command without --nproc
         raise typer.Exit(_launch(ctx, cfg, nproc, resume, out, overwrite))
-    result, run_dir = _train_this_rank(cfg, resume, out, overwrite, json_)
+    result, run_dir = _train_this_rank(cfg, resume, out, overwrite, json_, init_from)
     _show_result(result, run_dir, json_)
 
 
@@ -74,7 +88,7 @@ def _launch(ctx: typer.Context, cfg, nproc: int, resume: Optional[Path], out, ov
     return distributed.launch(nproc, args, cuda=cuda)
 
 
-def _train_this_rank(cfg, resume: Optional[Path], out, overwrite: bool, json_: bool):
+def _train_this_rank(cfg, resume: Optional[Path], out, overwrite: bool, json_: bool, init_from=None):
     """Train on this process (one rank of several under torchrun, or the only one).
 
     Only rank 0 creates, writes and prints; the other ranks leave the process right after."""
@@ -84,7 +98,8 @@ def _train_this_rank(cfg, resume: Optional[Path], out, overwrite: bool, json_: b
         try:
             run_dir = resume if resume is not None else distributed.agree_run_dir(out, overwrite, dist,
                                                                                   cfg.train.device)
-            result = run_training(cfg, run_dir, resume=resume is not None, json_=json_, dist=dist)
+            result = run_training(cfg, run_dir, resume=resume is not None, json_=json_, dist=dist,
+                                  init_from=init_from)
         except distributed.PeerFailed:
             raise typer.Exit(1) from None  # the failing rank has printed why
     if not dist.main:
@@ -114,7 +129,8 @@ def _show_result(result, run_dir, json_: bool) -> None:
         console().print(f"next: tformer sample {run_dir} --prompt \"The \"", soft_wrap=True)
 
 
-def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title: str = "training", dist=None):
+def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title: str = "training", dist=None,
+                 init_from=None):
     """Train with the live display and Ctrl-C handling; the result of tformer_cli.train.loop.train.
 
     ``dist`` (tformer_cli.train.DistInfo) for a rank under torchrun: ranks other than 0 train
@@ -126,8 +142,9 @@ def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title:
 
     if dist is not None and not dist.main:
         with StopOnInterrupt(lambda message: None) as stop:
-            return core_train(cfg, run_dir, resume=resume, should_stop=stop, dist=dist)
+            return core_train(cfg, run_dir, resume=resume, should_stop=stop, dist=dist, init_from=init_from)
     with TrainDisplay(title, to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:
-        result = core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop, dist=dist)
+        result = core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop, dist=dist,
+                            init_from=init_from)
     draw_loss_curve(run_dir)
     return result

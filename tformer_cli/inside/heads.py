@@ -35,12 +35,12 @@ class HeadsResult:
         return dict(self.__dict__)
 
 
-def _val_batches(cfg, vocab_size: int, device, n_batches: int):
+def _val_batches(cfg, vocab_size: int, device, n_batches: int, tokenizer=None):
     from tformer_cli.core.data import check_lengths, prepare
     from tformer_cli.train.batches import Batcher
     from tformer_cli.train.distributed import DistInfo
 
-    ds = prepare(cfg.data)
+    ds = prepare(cfg.data, tokenizer=tokenizer)  # the run's tokenizer (an imported run has no other)
     check_lengths(ds, cfg.model.block_size, ds.corpus)
     return list(Batcher(ds, cfg, device, DistInfo(), vocab_size).eval_batches("val", n_batches))
 
@@ -98,7 +98,8 @@ def removable_heads(curve: list[tuple[int, float]], threshold: float) -> int:
 
 
 def heads_report(run_dir: str | Path, n_batches: int | None = None, threshold: float = 0.05,
-                 device_name: str = "auto", progress: Callable[[str], None] | None = None) -> HeadsResult:
+                 device_name: str = "auto", progress: Callable[[str], None] | None = None,
+                 context: int | None = None) -> HeadsResult:
     """Head importance by single-head ablation, then a pruning curve in order of importance."""
     from tformer_cli.core import device as dev
 
@@ -110,7 +111,10 @@ def heads_report(run_dir: str | Path, n_batches: int | None = None, threshold: f
     if n_batches < 1:
         raise ConfigError(f"--batches must be >= 1, got {n_batches}")
     dtype = dev.resolve_dtype(cfg.train.dtype, device)
-    batches = _val_batches(cfg, model.vocab_size, device, n_batches)
+    if context is not None and not 1 <= context <= cfg.model.block_size:
+        raise ConfigError(f"--context {context}: must be between 1 and the run's block_size {cfg.model.block_size}")
+    windows = cfg.replace({"model.block_size": context}) if context else cfg  # shorter windows, same model
+    batches = _val_batches(windows, model.vocab_size, device, n_batches, tok)
     L, H = cfg.model.n_layer, cfg.model.n_head
     say(f"ablating {L * H} heads one at a time ({n_batches} val batches each)")
     base, delta = head_importance(model, batches, device, dtype)

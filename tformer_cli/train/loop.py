@@ -97,13 +97,16 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     dist: DistInfo | None = None,
     dataset: Dataset | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train ``cfg`` into ``run_dir`` (made by the caller with prepare_run_dir, or resumed).
 
     ``progress`` receives Events; ``should_stop`` is polled between steps (the run then saves a
-    checkpoint and returns with ``interrupted``); ``dist`` describes this rank under torchrun.
+    checkpoint and returns with ``interrupted``); ``dist`` describes this rank under torchrun;
+    ``init_from``: start from that run's weights and tokenizer (tformer_cli.run.init).
     """
-    return _Trainer(cfg, Path(run_dir), resume, progress, should_stop, dist or DistInfo(), dataset).run()
+    return _Trainer(cfg, Path(run_dir), resume, progress, should_stop, dist or DistInfo(), dataset,
+                    init_from).run()
 
 
 class _RunLog:
@@ -139,7 +142,7 @@ class _Trainer:
     """One training run: the set-up, the loop, and what a step may call (log, evaluate, save)."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool, progress, should_stop, dist: DistInfo,
-                 dataset: Dataset | None):
+                 dataset: Dataset | None, init_from: str | Path | None = None):
         self.cfg, self.run_dir, self.dist = cfg, run_dir, dist
         self.report = progress or (lambda e: None)
         self.stop = should_stop or (lambda: False)
@@ -147,9 +150,12 @@ class _Trainer:
         if dist.main:
             run_dir.mkdir(parents=True, exist_ok=True)
         self.device, self.dtype = self._device()
-        self.ds = dataset or prepare(cfg.data)
+        self.init = self._init_source(init_from, resume)
+        self.ds = dataset or prepare(cfg.data, tokenizer=self.init.tokenizer if self.init else None)
         check_lengths(self.ds, cfg.model.block_size, self.ds.corpus)
         self.vocab_size = self.ds.vocab_size + (1 if cfg.train.objective == "mlm" else 0)  # + [MASK]
+        if self.init is not None:  # the source model's vocabulary (it may exceed its tokenizer's)
+            self.vocab_size = self.init.vocab_size
         self._model_and_state(resume)
         self.totals = anatomy.totals(cfg.model, self.vocab_size)
         self.batcher = Batcher(self.ds, cfg, self.device, dist, self.vocab_size)
@@ -191,6 +197,12 @@ class _Trainer:
         self.optimizer = make_optimizer(self.raw_model, cfg, self.device)
         self.state: dict[str, Any] = {"step": 0, "best_val_loss": None, "loss_sum": 0.0, "loss_count": 0,
                                       "last_val_loss": None, "last_train_loss": None}
+        if ckpt is None and self.init is not None:
+            missing, unexpected = self.raw_model.load_state_dict(self.init.weights, strict=False)
+            if unexpected or set(missing) - {"lm_head.weight"}:  # a tied head is not stored
+                raise RunError(f"--init-from {self.init.path}: its weights do not fit the model "
+                               f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+            self.state["init_from"] = self.init.path
         if ckpt is not None:
             checkpoint.load_model_weights(self.raw_model, ckpt)
             try:
@@ -218,6 +230,14 @@ class _Trainer:
                              **{no_sync_kw: False})
         if self.compiled:
             self.model = torch.compile(self.model)
+
+    def _init_source(self, init_from, resume: bool):
+        """The weights and tokenizer a run starts from (--init-from); on resume, the run's own tokenizer."""
+        from tformer_cli.run.init import load_source, resumed_source
+
+        if resume:
+            return resumed_source(self.run_dir)
+        return load_source(init_from, self.cfg.model.block_size) if init_from is not None else None
 
     # ------------------------------------------------------------ the loop
 
