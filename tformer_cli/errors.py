@@ -52,3 +52,12 @@ class Interrupted(TformerError):
 
     def __init__(self) -> None:
         super().__init__("")
+
+
+class Stopped(TformerError):
+    """A stop (Ctrl-C, SIGTERM) honoured before there was anything to save."""
+
+    exit_code = 130
+
+    def __init__(self, what: str = "", hint: str | None = None):
+        super().__init__(f"stopped{' ' + what if what else ''}", hint)

@@ -85,6 +85,9 @@ class StopOnInterrupt:
             sys.stderr.write("\ninterrupted again: quitting at once; the last checkpoint on disk is kept\n")
             raise KeyboardInterrupt
         self.requested = True
+        from tformer_cli.core import stop
+
+        stop.request()  # every long loop (evaluation, tokenization, measurement, probes) sees it
         msg = "\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)\n"
         if self.notice:
             self.notice(msg)
@@ -97,6 +100,9 @@ class StopOnInterrupt:
             self._handler(signum, frame)
 
     def __enter__(self):
+        from tformer_cli.core import stop
+
+        stop.clear()
         self._old = {}
         try:
             self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
@@ -106,6 +112,9 @@ class StopOnInterrupt:
         return self
 
     def __exit__(self, *exc):
+        from tformer_cli.core import stop
+
         for sig, old in (self._old or {}).items():
             signal.signal(sig, old)
+        stop.clear()
         return False

@@ -22,7 +22,12 @@ def resume_config(run_dir: Path, overrides: dict[str, Any], config_given: bool =
                           hint="give a directory written by `tformer train`")
     if config_given:
         raise ConfigError("--resume takes its config from the run; do not pass a config file or --preset")
-    base = cfgmod.from_dict(cfgmod.load_yaml(rd.config))
+    try:
+        base = cfgmod.from_dict(cfgmod.load_yaml(rd.config))
+    except ConfigError as e:  # name the file: the problem is in the run, not in the flags
+        problems = [p if str(rd.config) in p else f"{rd.config}: {p}" for p in e.problems]
+        raise ConfigError(problems, hint=f"fix or restore {rd.config} (checkpoint.json holds a copy of the "
+                                         "config)") from None
     conflicts = [f"{k}={v!r} (the run has {base.get(k)!r})"
                  for k, v in overrides.items() if k not in RESUMABLE_CHANGES and base.get(k) != v]
     if conflicts:
@@ -31,3 +36,23 @@ def resume_config(run_dir: Path, overrides: dict[str, Any], config_given: bool =
             hint=f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume; start a new run otherwise",
         )
     return base.replace({k: v for k, v in overrides.items() if k in RESUMABLE_CHANGES})
+
+
+def finished_notice(run_dir: Path, cfg: cfgmod.Config, steps_given: bool) -> str | None:
+    """None when the run has steps left to train; the notice to print when it is finished.
+
+    A run resumed with fewer steps than it has reached is refused (it would rewrite its config
+    and summary to say it finished at step 20 of 10)."""
+    from tformer_cli.run import checkpoint
+
+    step = checkpoint.peek(run_dir)["train_state"]["step"]
+    steps = cfg.train.steps
+    if step > steps:
+        raise ConfigError(f"--resume {run_dir}: train.steps={steps} is below step {step}, which the run has "
+                          "already reached", hint=f"give --steps above {step} to train longer")
+    if step == steps:
+        more = "" if steps_given else " without --steps"
+        return (f"{run_dir} is finished (step {step} of {steps}); resuming it{more} has nothing to do, "
+                f"and nothing was changed. To train longer: tformer train --resume {run_dir} --steps M "
+                f"(M > {step})")
+    return None

@@ -24,7 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from tformer_cli.core.io import atomic_write_text
-from tformer_cli.errors import ConfigError
+from tformer_cli.errors import ConfigError, TformerError
+
+
+LOCK_NAME = ".tformer.lock"  # held by the process working in the directory (tformer_cli.run.lock)
 
 
 @dataclass(frozen=True)
@@ -84,19 +87,28 @@ class RunDir:
     # ------------------------------------------------------------ questions
 
     def is_run(self) -> bool:
-        """A run is a directory with a config.yaml."""
-        return self.path.is_dir() and self.config.exists()
+        """A run is a directory with a config.yaml and a checkpoint or metrics: a directory holding
+        only a user's own config.yaml is not one."""
+        return (self.path.is_dir() and self.config.exists()
+                and (self.checkpoint.exists() or self.metrics.exists()))
 
     def has_checkpoint(self) -> bool:
         return self.checkpoint.exists()
 
-    def read_summary(self) -> dict[str, Any] | None:
-        """summary.json as a dict, or None when it is missing or unreadable."""
+    def check_summary(self) -> tuple[dict[str, Any] | None, str | None]:
+        """(summary.json, None) when valid; (None, None) when missing; (None, problem) when damaged."""
+        from tformer_cli.run.validate import check_summary
+
+        if not self.summary.exists():
+            return None, None
         try:
-            data = json.loads(self.summary.read_text())
-        except (OSError, ValueError):
-            return None
-        return data if isinstance(data, dict) else None
+            return check_summary(self.summary), None
+        except TformerError as e:
+            return None, str(e)
+
+    def read_summary(self) -> dict[str, Any] | None:
+        """summary.json as a dict, or None when it is missing or damaged (every field typed)."""
+        return self.check_summary()[0]
 
     def finished_summary(self) -> dict[str, Any] | None:
         """The summary of a run that reached its last step, else None."""
@@ -107,28 +119,22 @@ class RunDir:
 
     # ------------------------------------------------------------ metrics.jsonl (the one parser)
 
-    def metric_rows(self, upto: int | None = None, perf: bool = False) -> list[dict[str, Any]]:
-        """Rows of metrics.jsonl (or perf.jsonl) with step <= ``upto``; a line torn by a crash is skipped."""
-        path = self.perf if perf else self.metrics
-        rows = []
-        try:
-            text = path.read_text()
-        except OSError:
-            return rows
-        for line in text.splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and (upto is None or row.get("step", 0) <= upto):
-                rows.append(row)
-        return rows
+    def metric_rows(self, upto: int | None = None, perf: bool = False,
+                    strict: bool = False) -> list[dict[str, Any]]:
+        """Rows of metrics.jsonl (or perf.jsonl) with step <= ``upto``.
+
+        A last line torn by a crash is skipped.  Any other bad line (not JSON, no integer step,
+        a value that is not a number) is skipped too, or with ``strict`` refused with the line
+        and field named (resume uses strict: it rewrites the file)."""
+        from tformer_cli.run.validate import metric_rows
+
+        return metric_rows(self.perf if perf else self.metrics, upto, strict)
 
     def curves(self) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
         """(train, val) loss curves as (step, loss) pairs."""
         rows = self.metric_rows()
-        train = [(r["step"], r["train_loss"]) for r in rows if "train_loss" in r and "step" in r]
-        val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r and "step" in r]
+        train = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]
+        val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") is not None]
         return train, val
 
     # ------------------------------------------------------------ writing
@@ -149,11 +155,13 @@ class RunDir:
         if path.exists():
             if not path.is_dir():
                 raise ConfigError(f"--out {path} exists and is a file", hint="choose another --out")
-            if any(path.iterdir()):
+            if any(p.name != LOCK_NAME for p in path.iterdir()):
+                if not self.is_run():
+                    raise ConfigError(f"--out {path} is a non-empty directory that is not a run",
+                                      hint="choose another --out (--overwrite replaces only a run)")
                 if not overwrite:
-                    what = "a run" if self.is_run() else "a non-empty directory that is not a run"
                     raise ConfigError(
-                        f"--out {path} is {what}",
+                        f"--out {path} is a run",
                         hint="use --resume to continue a run, --overwrite to replace it, or another --out",
                     )
                 for name in self.FILES:
