@@ -197,3 +197,26 @@ def test_a_leaking_model_declared_causal_is_caught(tiny_config):
             p.mul_(20)
     with pytest.raises(RuntimeError, match="should not see the future"):
         window_losses(model, batcher, 4, torch.device("cpu"), torch.float32, sees_future=False)
+
+
+# ---------------------------------------------------------------- members side by side on the CPU
+
+
+@pytest.mark.slow
+def test_cpu_members_run_side_by_side_with_the_cores_split(tiny_config, tmp_path, monkeypatch):
+    import json
+    import os
+
+    from tformer_cli.study import runner
+    from tformer_cli.study.spec import Member
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    tiny_config["train"].update(steps=6, eval_interval=3)
+    base = from_dict(tiny_config)
+    spec = Spec("ablate", base.to_dict(), [Member("baseline"), Member("no-ffn", {"model.ffn": False}, "ffn")],
+                [1])
+    r = runner.run_experiment(spec, tmp_path / "exp", devices=["cpu"], jobs=2)
+    assert r.execution.startswith("2 at a time on the CPU, one process each with 2 thread(s)")
+    assert [x.status for x in r.rows] == ["ok", "ok"]
+    jobs = [json.loads(p.read_text()) for p in sorted((tmp_path / "exp" / "workers").glob("*.job.json"))]
+    assert [j["threads"] for j in jobs] == [2, 2]

@@ -8,6 +8,7 @@ command's context in one place; --resume refuses every option the user gave exce
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -24,11 +25,14 @@ ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue th
                                                    "finished members are skipped.", show_default=False)]
 ParallelOpt = Annotated[bool, typer.Option("--parallel", help="One member per CUDA device at a time, each in "
                                            "its own process (in sequence when one device is visible).")]
+JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="On the CPU: train N members at a time, "
+                                               "each in its own process with cores/N threads (default: 1; "
+                                               "`tformer study`: one per core).", show_default=False)]
 IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run each member in its own process (per-member "
                                           "peak memory on CPU; a few seconds of start-up each).")]
 
 # What --resume accepts besides itself: how to run and print, never what the experiment is.
-RESUME_OK = {"resume", "json_", "parallel", "isolate"}
+RESUME_OK = {"resume", "json_", "parallel", "isolate", "jobs"}
 
 
 # ---------------------------------------------------------------- shared options
@@ -70,6 +74,7 @@ class ExperimentOptions:
     resume: Optional[Path] = None
     parallel: bool = False
     isolate: bool = False
+    jobs: Optional[int] = None
     json_: bool = False
 
     @classmethod
@@ -92,8 +97,9 @@ class ExperimentOptions:
 # ---------------------------------------------------------------- running and drawing
 
 
-def execute(o: ExperimentOptions, spec) -> None:
-    """Run the spec (or resume a directory) with live progress, draw, render; exit 130 if interrupted."""
+def execute(o: ExperimentOptions, spec, out: Path | None = None):
+    """Run the spec (or resume a directory) with live progress, draw, render; exit 130 if interrupted.
+    Returns the ExperimentResult."""
     from tformer_cli.errors import Interrupted
     from tformer_cli.render.console import console, err_console, print_json
     from tformer_cli.render.experiments import render
@@ -101,7 +107,7 @@ def execute(o: ExperimentOptions, spec) -> None:
     from tformer_cli.study.runner import run_experiment
     from tformer_cli.study.spec import experiment_target
 
-    spec, out_dir = experiment_target(spec, o.out, o.resume)
+    spec, out_dir = experiment_target(spec, out or o.out, o.resume)
     con = err_console() if o.json_ else console()
     notice = lambda s: con.print(f"[dim]{s}[/dim]")  # noqa: E731
     if not o.json_:
@@ -109,7 +115,7 @@ def execute(o: ExperimentOptions, spec) -> None:
     with StopOnInterrupt(notice) as stop:
         result = run_experiment(spec, out_dir, resume=o.resume is not None, notice=notice, should_stop=stop,
                                 display=lambda label: TrainDisplay(label, to_stderr=o.json_),
-                                parallel=o.parallel, isolate=o.isolate)
+                                parallel=o.parallel, isolate=o.isolate, jobs=o.jobs)
     draw(result)
     if o.json_:
         print_json(result.to_dict())
@@ -118,6 +124,24 @@ def execute(o: ExperimentOptions, spec) -> None:
     if result.interrupted:
         err_console().print(f"interrupted: continue with  tformer {spec.kind} --resume {out_dir}", soft_wrap=True)
         raise Interrupted()
+    return result
+
+
+def run_all(o: ExperimentOptions) -> None:
+    """`tformer study --all`: every built-in study into one directory, then a findings report."""
+    from tformer_cli.render.console import console
+    from tformer_cli.render.findings import show_verdicts, write_findings
+    from tformer_cli.run.rundir import default_run_dir
+    from tformer_cli.study import files
+
+    root = o.out or Path("runs") / f"studies-{default_run_dir('runs').name}"
+    results = []
+    for path in files.builtin_studies():
+        spec = files.study_from(files.Source(path, None, o.source().overrides, o.seeds))
+        results.append(execute(o, spec, root / path.stem))
+    report = write_findings(root, results)
+    show_verdicts(console(), results)
+    console().print(f"findings: {report}", soft_wrap=True)
 
 
 def draw(result) -> None:
@@ -170,7 +194,7 @@ def ablate(
     match_by: Annotated[Optional[str], typer.Option("--match-by", help="What --match params resizes: d_ff "
                         "(default), n_layer or d_model.", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -197,7 +221,7 @@ def sweep(
     grid: Annotated[Optional[List[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable; the "
                     "full grid of all keys is trained).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -222,7 +246,7 @@ def sweep_heads(
     d_model: Annotated[Optional[int], typer.Option("--d-model", help="model.d_model for every member "
                        "(default: the config's).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -246,7 +270,7 @@ def sweep_dmodel(
     heads: Annotated[Optional[int], typer.Option("--heads", help="model.n_head for every member "
                      "(default: the config's).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -260,21 +284,34 @@ STUDY_HELP = (
     "\n\nExamples:\n\n"
     "  tformer study ablate_causal_mask                  # a built-in study by name\n\n"
     "  tformer study experiments/studies/ablate_causal_mask.yaml\n\n"
-    "  tformer study experiments/studies/sweep_heads.yaml --steps 100 --out runs/heads-quick"
+    "  tformer study experiments/studies/sweep_heads.yaml --steps 100 --out runs/heads-quick\n\n"
+    "  tformer study --all                                # every built-in study and a findings report"
 )
 
 
 def study_(
     ctx: typer.Context,
-    config: Annotated[Path, typer.Argument(help="A study file (model:, data:, train: and experiment:) or "
-                                           "the name of a built-in study.")],
+    config: Annotated[Optional[Path], typer.Argument(help="A study file (model:, data:, train: and experiment:) "
+                                                     "or the name of a built-in study.", show_default=False)] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Run every built-in study, one after another, and write a "
+                                       "findings report (findings.md) beside them.")] = False,
     set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
     data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
+    from tformer_cli.errors import ConfigError
+
     o = ExperimentOptions.from_context(ctx)
+    if o.jobs is None:  # a study's members are many and small: one per core (on the CPU)
+        o.jobs = os.cpu_count() or 1
+    if all_ == (config is not None):
+        raise ConfigError("give a study (a name or a file) or --all, not both" if all_ else
+                          "which study? give a name (`tformer presets` lists them), a study file, or --all")
+    if all_:
+        run_all(o)
+        return
     execute(o, files.study_from(o.source()))
 
 

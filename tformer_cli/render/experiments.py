@@ -29,13 +29,13 @@ LOSS_CAPTION = (
     "causal-consistent loss (teacher-forced for MLM).")
 
 
-def _pm(mean: float | None, std: float | None, fmt=fmt_loss) -> str:
+def pm(mean: float | None, std: float | None, fmt=fmt_loss) -> str:
     if mean is None:
         return "-"
     return fmt(mean) + (f" ± {fmt(std)}" if std is not None else "")
 
 
-def _diff(s: MemberSummary, r: ExperimentResult) -> str:
+def diff_cell(s: MemberSummary, r: ExperimentResult) -> str:
     """Δ vs the member's baseline: mean paired difference, its 95% interval, and what the tests say."""
     if s.is_baseline:
         return "(baseline)"
@@ -57,7 +57,7 @@ def _diff(s: MemberSummary, r: ExperimentResult) -> str:
     return text
 
 
-def _converged(s: MemberSummary) -> str:
+def converged_cell(s: MemberSummary) -> str:
     """'yes', or why not: still learning at the end (the val drop over the last fifth), degenerate sample."""
     if not s.n_ok:
         return "-"
@@ -73,7 +73,7 @@ def _converged(s: MemberSummary) -> str:
 
 def _causal(s: MemberSummary) -> str:
     if s.val_loss_causal is not None:
-        return _pm(s.val_loss_causal, s.val_loss_causal_std)
+        return pm(s.val_loss_causal, s.val_loss_causal_std)
     return MLM if s.objective == "mlm" else "-"
 
 
@@ -111,8 +111,8 @@ def show_results(con: Console, r: ExperimentResult) -> None:
             rows.append(_member_cells(r, s) + ["-"] * (8 + len(extra_keys)))
             continue
         rows.append(_member_cells(r, s) + [
-            fmt_params(s.params), _pm(s.train_loss, s.train_loss_std), _pm(s.val_loss, s.val_loss_std),
-            _causal(s), _diff(s, r), _converged(s), fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes),
+            fmt_params(s.params), pm(s.train_loss, s.train_loss_std), pm(s.val_loss, s.val_loss_std),
+            _causal(s), diff_cell(s, r), converged_cell(s), fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes),
         ] + [_extra(s.extra.get(k)) for k in extra_keys])
     title = f"tformer {r.kind}: {r.out_dir}" + (f" ({len(r.seeds)} seeds, mean ± std)" if multi else "")
     show(con, cols, rows, title=escape(title))
@@ -153,7 +153,7 @@ def show_pivot(con: Console, r: ExperimentResult) -> None:
     def text(s: MemberSummary | None) -> str:
         if s is None:
             return "-"
-        return "failed" if not s.n_ok else _pm(s.compared_loss, s.compared_loss_std)
+        return "failed" if not s.n_ok else pm(s.compared_loss, s.compared_loss_std)
 
     rows = [[escape(str(v))] + [text(cell.get((v, c))) for c in across] for v in down]
     show(con, [Col(escape(f"{a} \\ {b}"), key=True)] + [Col(escape(str(c)), numeric=True) for c in across], rows,

@@ -155,6 +155,11 @@ def dmodel_grid(cfg: Config, widths: list[int], heads: int | None) -> dict[str, 
     return grid
 
 
+def builtin_studies() -> list[Path]:
+    """The study files that ship with tformer, by name."""
+    return sorted((cfgmod.PRESET_DIR / "studies").glob("*.yaml"))
+
+
 def find_study(config: Path) -> Path:
     """A study file's path, or the built-in study of that name (`tformer study ablate_causal_mask`)."""
     builtin = cfgmod.PRESET_DIR / "studies" / f"{config}.yaml"

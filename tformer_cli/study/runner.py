@@ -9,6 +9,7 @@ also writes to results.json and results.csv.  Trainer and evaluator are injectab
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -46,12 +47,15 @@ def run_experiment(
     parallel: bool = False,
     isolate: bool = False,
     devices: list[str] | None = None,
+    jobs: int | None = None,
 ) -> ExperimentResult:
     """Train and measure every member x seed into ``out_dir``; write results.json/.csv.
 
     ``display(label)`` gives a context manager yielding the progress callback of one member.
     ``parallel`` runs one process per device when more than one is given (or visible);
     ``isolate`` runs each member in its own process even on one device (honest peak memory).
+    ``jobs`` > 1 on the CPU trains that many members at a time, each in its own process with
+    cores / jobs threads (torch's default threads in concurrent processes oversubscribe the cores).
     A member that fails is recorded with its error; the others still run.
     """
     t0 = time.perf_counter()
@@ -64,7 +68,13 @@ def run_experiment(
     run = _Run(spec, out_dir, resume, trainer, evaluator, display, notice or (lambda s: None),
                should_stop or (lambda: False))
     devices = devices if devices is not None else visible_devices(spec.config())
-    if parallel and len(devices) > 1:
+    jobs = min(jobs or 1, len(run.jobs))
+    if jobs > 1 and devices[:1] in (["cpu"], ["auto"]) and not parallel:  # no CUDA device visible
+        run.threads = max(1, (os.cpu_count() or 1) // jobs)
+        execution = (f"{jobs} at a time on the CPU, one process each with {run.threads} thread(s) "
+                     "(tokens/s is each member's under that load)")
+        outcomes = run.in_processes(devices[:1] * jobs)
+    elif parallel and len(devices) > 1:
         execution = f"in parallel, one process per device ({', '.join(devices)})"
         outcomes = run.in_processes(devices)
     elif isolate or parallel:
@@ -110,6 +120,7 @@ class _Run:
         self.trainer, self.evaluator, self.display, self.say, self.stop = trainer, evaluator, display, say, stop
         self.jobs = [Job(m, s, spec.member_config(m, s), member_dir(out_dir, m, s), f"{m.name} seed {s}")
                      for m in spec.members for s in spec.seeds]
+        self.threads: int | None = None  # torch threads of each worker process (CPU jobs)
         for i, j in enumerate(self.jobs):
             j.label = f"[{i + 1}/{len(self.jobs)}] {j.label}"
 
@@ -156,14 +167,15 @@ class _Run:
         wj = WorkerJob(config=j.cfg.replace({"train.device": device}).to_dict(), seed=j.seed,
                        member=j.member.name, run_dir=str(j.run_dir), label=j.label,
                        cont=self.resume and j.can_continue(), prompt=self.spec.prompt,
-                       outcome=str(work / f"{name}.outcome.json"))
+                       outcome=str(work / f"{name}.outcome.json"), threads=self.threads)
         job_path, log_path = work / f"{name}.job.json", work / f"{name}.log"
         Path(wj.outcome).unlink(missing_ok=True)
         write_json(job_path, wj)
         self.say(f"{j.label}: started on {device}")
         with open(log_path, "w") as log:
+            env = {**os.environ, **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
             proc = subprocess.Popen([sys.executable, "-m", "tformer_cli.study.worker", str(job_path)],
-                                    stdout=log, stderr=subprocess.STDOUT)
+                                    stdout=log, stderr=subprocess.STDOUT, env=env)
             rc = _wait(proc, self.stop)
         o = _read_outcome(Path(wj.outcome), rc, log_path)
         self.say(f"{j.label}: " + {"ok": "done", "interrupted": "interrupted"}.get(o.status, f"failed: {o.error}"))

@@ -26,6 +26,7 @@ class WorkerJob:
     cont: bool  # continue from the member's checkpoint
     prompt: str | None
     outcome: str  # where to write the MemberOutcome
+    threads: int | None = None  # torch threads (CPU members trained side by side)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = sys.argv[1:] if argv is None else argv
     job = WorkerJob(**json.loads(Path(args[0]).read_text()))
+    if job.threads:
+        import torch
+
+        torch.set_num_threads(job.threads)
     stop = _Stop()
     signal.signal(signal.SIGINT, stop.handle)
     signal.signal(signal.SIGTERM, stop.handle)

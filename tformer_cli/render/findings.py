@@ -1,0 +1,81 @@
+"""The findings of `tformer study --all`: a lab notebook in Markdown (findings.md) and a verdict table.
+
+For each study: its question, the claim and its source, the verdict line, the members' table
+(compared loss mean ± std over seeds, Δ against the baseline with its 95% interval, whether each
+member converged) and its comparison plot.  Numbers come from the typed results only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from tformer_cli.core.io import atomic_write_text
+from tformer_cli.render.experiments import converged_cell, diff_cell, pm, verdict_line
+from tformer_cli.render.fmt import fmt_int, fmt_time
+from tformer_cli.render.table import Col, show
+from tformer_cli.study.results import ExperimentResult
+
+REPORT = "findings.md"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _study_section(r: ExperimentResult) -> list[str]:
+    name = Path(r.out_dir).name
+    out = [f"## {name}", ""]
+    for v in r.verdicts:
+        if v.question:
+            out += [f"**Question.** {v.question}", ""]
+        out += [f"**Verdict.** {verdict_line(v)[len('verdict: '):]}", ""]
+    if not r.verdicts:
+        out += ["No claim: this study reports its table without a verdict.", ""]
+    out += ["| member | what changed | compared loss | Δ vs baseline (95% CI) | converged | tokens/s |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for s in r.summary:
+        out.append("| " + " | ".join(_cell(c) for c in (
+            s.member, s.changed, pm(s.compared_loss, s.compared_loss_std), diff_cell(s, r), converged_cell(s),
+            fmt_int(s.tokens_per_s))) + " |")
+    seeds = len(r.seeds)
+    out += ["", f"{len(r.summary)} members x {seeds} seed(s), members ran {r.execution}; wall time "
+                f"{fmt_time(r.elapsed_s)}. Compared loss: causal-consistent for next-token models, teacher-forced "
+                f"for masked LMs. Directory: `{r.out_dir}`."]
+    if r.plot:
+        out += ["", f"![{name}]({Path(r.plot).relative_to(Path(r.out_dir).parent)})"]
+    return out + [""]
+
+
+def write_findings(root: Path, results: Sequence[ExperimentResult]) -> Path:
+    """findings.md in ``root``: the verdict table, then one section per study."""
+    lines = ["# Findings", "", "| study | claim | verdict | Δ (95% CI) | seeds |", "| --- | --- | --- | --- | --- |"]
+    for r in results:
+        for v in r.verdicts or []:
+            ci = "-" if v.ci_low is None else f"{v.delta:+.4f} [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
+            lines.append("| " + " | ".join(_cell(c) for c in (
+                Path(r.out_dir).name, v.statement, v.outcome + (f" ({v.suggestion})" if v.suggestion else ""),
+                ci, str(v.n))) + " |")
+        if not r.verdicts:
+            lines.append(f"| {_cell(Path(r.out_dir).name)} | (no claim) | - | - | {len(r.seeds)} |")
+    lines.append("")
+    for r in results:
+        lines += _study_section(r)
+    path = Path(root) / REPORT
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def show_verdicts(con: Console, results: Sequence[ExperimentResult]) -> None:
+    """One row per claim: study, verdict, Δ with its interval."""
+    rows = []
+    for r in results:
+        for v in r.verdicts:
+            ci = "-" if v.ci_low is None else f"{v.delta:+.4f} [{v.ci_low:+.3f}, {v.ci_high:+.3f}]"
+            rows.append([escape(Path(r.out_dir).name), escape(v.statement), v.outcome.upper(), ci,
+                         escape(v.suggestion or "-")])
+    show(con, [Col("study", key=True), Col("claim"), Col("verdict"), Col("Δ (95% CI)", numeric=True),
+               Col("to decide")], rows, title="verdicts")
