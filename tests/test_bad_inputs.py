@@ -232,7 +232,7 @@ def test_out_exists_and_is_not_a_run(train, tmp_path):
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     assert_error(train(), 2, f"--out {out} is a non-empty directory that is not a run",
-                 "hint: choose another --out (--overwrite replaces only a run)")
+                 "hint: use --resume to continue a run, --overwrite to replace it, or another --out")
     assert (out / "notes.txt").read_text() == "mine"  # untouched
 
 

@@ -49,6 +49,20 @@ for _module in (train, bench, info, inside, sample, experiments, hf):
     _module.register(app)
 
 
+# OS errors a user's path or machine can cause: (what, hint, exit code), the path appended.
+_OS_ERRORS = {
+    errno.ENAMETOOLONG: ("a file name is too long (at most 255 bytes per name)", "choose a shorter name", 2),
+    errno.ENOTDIR: ("a part of this path is a file, not a directory", "check the path", 2),
+    errno.EISDIR: ("this path is a directory, not a file", "check the path", 2),
+    errno.ENOENT: ("no such file or directory", "check the path", 2),
+    errno.EROFS: ("the file system is read-only", "write somewhere else (--out), or remount it writable", 1),
+    errno.EACCES: ("permission denied", "check the permissions, or choose another path", 1),
+    errno.EPERM: ("operation not permitted", "check the permissions, or choose another path", 1),
+    errno.ELOOP: ("too many symbolic links", "check the path", 2),
+    errno.EEXIST: ("a file is in the way", "move it, or choose another path", 2),
+}
+
+
 def _err(message: str, hint: str | None = None) -> None:
     sys.stderr.write(f"error: {message}\n")
     if hint:
@@ -98,6 +112,14 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(1)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
             _err(f"the disk is full ({e.filename or 'while writing'})", "free some space and try again")
+            sys.exit(1)
+        if isinstance(e, OSError) and e.errno in _OS_ERRORS:
+            what, hint, code = _OS_ERRORS[e.errno]
+            path = str(e.filename) if e.filename is not None else "a file"
+            _err(f"{what}: {path if len(path) <= 200 else path[:197] + '...'}", hint)
+            sys.exit(code)
+        if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and "DefaultCPUAllocator" in str(e)):
+            _err("out of memory", "use a smaller train.batch_size, model.block_size or model.d_model")
             sys.exit(1)
         _err(f"unexpected {type(e).__name__}: {e}", "set TFORMER_DEBUG=1 to see the traceback")
         sys.exit(1)

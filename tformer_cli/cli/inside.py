@@ -94,6 +94,7 @@ def attention(
     from tformer_cli.render.inside import show_attention
     from tformer_cli.render.plots import attention_png
 
+    _check_image(out)
     result = attention_report(run, prompt, device or "auto")
     L, H = result.weights.shape[:2]
     _check_index("--layer", layer, L)
@@ -125,6 +126,7 @@ def heads(
     from tformer_cli.render.inside import show_heads
     from tformer_cli.render.plots import heads_png
 
+    _check_image(out)
     say = (lambda s: None) if json_ else (lambda s: err_console().print(f"[dim]{s}[/dim]"))
     result = heads_report(run, batches, threshold, device or "auto", progress=say, context=context)
     png = heads_png(result, out or Path(run) / "heads.png",
@@ -146,3 +148,15 @@ def _check_index(flag: str, value: Optional[int], n: int) -> None:
 
     if value is not None and not 0 <= value < n:
         raise ConfigError(f"{flag} {value} is out of range: the model has {n} (0 to {n - 1})")
+
+
+IMAGE_TYPES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _check_image(out: Optional[Path]) -> None:
+    """Refuse an --out matplotlib cannot write before any work is done."""
+    from tformer_cli.errors import ConfigError
+
+    if out is not None and out.suffix.lower() not in IMAGE_TYPES:
+        raise ConfigError(f"--out {str(out)[:120]}: unknown image type {out.suffix[:20] or '(no extension)'!r}",
+                          hint=f"end the name with one of {', '.join(IMAGE_TYPES)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -69,7 +70,7 @@ def sample(
     from tformer_cli.render.sample import note
     from tformer_cli.run.checkpoint import find
 
-    _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads)
+    _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed)
     find(run_dir)  # a missing run or checkpoint fails before waiting on stdin
     text = read_prompt(prompt, prompt_file)
     if threads is not None:
@@ -97,7 +98,7 @@ def register(app: typer.Typer) -> None:
 # ---------------------------------------------------------------- input
 
 
-def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads) -> None:
+def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed=None) -> None:
     from tformer_cli.errors import ConfigError
     from tformer_cli.core.generate import sampling_problems
 
@@ -108,6 +109,15 @@ def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threa
         problems.append(f"--num-samples must be >= 1, got {num_samples}")
     if threads is not None and threads < 1:
         problems.append(f"--threads must be >= 1, got {threads}")
+    cpus = os.cpu_count() or 1
+    if threads is not None and threads > cpus:
+        problems.append(f"--threads must be at most {cpus} (the CPUs of this machine), got {threads}")
+    if seed is not None and not 0 <= seed < 2**63:
+        problems.append(f"--seed must be in [0, 2**63 - 1], got {str(seed)[:40]}")
+    if max_new_tokens is not None and max_new_tokens > 10**9:
+        problems.append(f"--max-new-tokens must be at most 1,000,000,000, got {str(max_new_tokens)[:40]}")
+    if num_samples > 10**6:
+        problems.append(f"--num-samples must be at most 1,000,000, got {str(num_samples)[:40]}")
     if problems:
         raise ConfigError(problems, hint="see tformer sample --help")
 

@@ -142,7 +142,10 @@ def _sampler(temperature: float, top_k: int | None, top_p: float | None,
     def sample(logits: torch.Tensor) -> torch.Tensor:
         if temperature == 0:
             return logits.argmax(dim=-1, keepdim=True)
-        logits = logits.float() / temperature
+        logits = logits.float()
+        # Shift so the largest logit is 0 before dividing: a tiny temperature then sends the others
+        # to -inf (exp 0), never the largest to +inf (inf / inf = nan in the softmax).
+        logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
         if top_k is not None and top_k < logits.size(-1):
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (1, 1) the k-th largest
             logits = logits.masked_fill(logits < kth, float("-inf"))

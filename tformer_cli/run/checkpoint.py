@@ -141,12 +141,8 @@ def find(run_dir: str | Path) -> Path:
     raise RunError(f"no checkpoint in {run_dir} (expected {CKPT_NAME})", hint="train first, or pick another run")
 
 
-def load(run_dir: str | Path, with_optimizer: bool = True, optimizer_groups=None) -> Checkpoint:
-    """The checkpoint of a run, every field and tensor checked before any tensor is read.
-
-    ``optimizer_groups(model)``: the parameter shapes of each AdamW group of a (meta) model;
-    given, the optimizer state's names, dtypes and shapes are checked too (a crafted state
-    would make fused AdamW read and write out of bounds)."""
+def _checked_header(run_dir: str | Path):
+    """(path, header, tensor table, config, vocab_size), every header field checked."""
     from tformer_cli.run import validate as v
 
     path = find(run_dir)
@@ -155,6 +151,23 @@ def load(run_dir: str | Path, with_optimizer: bool = True, optimizer_groups=None
     header = v.parse_metadata(path, raw)
     cfg, vocab = v.check_header(path, header, FORMAT)
     v.plausible_size(path, cfg, vocab, data_size, len(table))
+    return path, header, table, cfg, vocab
+
+
+def peek(run_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint's header (config, vocab_size, train_state), checked; no tensor is read."""
+    return _checked_header(run_dir)[1]
+
+
+def load(run_dir: str | Path, with_optimizer: bool = True, optimizer_groups=None) -> Checkpoint:
+    """The checkpoint of a run, every field and tensor checked before any tensor is read.
+
+    ``optimizer_groups(model)``: the parameter shapes of each AdamW group of a (meta) model;
+    given, the optimizer state's names, dtypes and shapes are checked too (a crafted state
+    would make fused AdamW read and write out of bounds)."""
+    from tformer_cli.run import validate as v
+
+    path, header, table, cfg, vocab = _checked_header(run_dir)
     meta = v.meta_model(cfg, vocab)
     groups = optimizer_groups(meta) if (with_optimizer and optimizer_groups is not None) else None
     v.check_tensors(path, table, v.model_shapes(meta), groups, with_optimizer,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tformer_cli.core import device as dev
+from tformer_cli.core.memory import check_fits
 from tformer_cli.core.model import build_model
-from tformer_cli.errors import RunError
+from tformer_cli.errors import DataError, RunError
 from tformer_cli.run import checkpoint
 from tformer_cli.run.rundir import RunDir
 
@@ -18,10 +19,15 @@ def load_for_inference(run_dir: str | Path, device_name: str = "auto"):
     ckpt = checkpoint.load(run_dir, with_optimizer=False)
     cfg = ckpt.config
     device = dev.select(device_name)
+    check_fits(cfg.model, ckpt.vocab_size, 1, device, training=False, what="loading the model")
     model = build_model(cfg.model, ckpt.vocab_size)
     checkpoint.load_model_weights(model, ckpt)
     model.to(device).eval()
     tok_path = RunDir(run_dir).tokenizer
     if not tok_path.exists():
         raise RunError(f"no tokenizer.json in {run_dir}", hint="the run directory is incomplete")
-    return model, load_tokenizer(tok_path), cfg, ckpt, device
+    try:
+        tok = load_tokenizer(tok_path)
+    except DataError as e:  # a run's file, not the user's input: a runtime error (exit 1)
+        raise RunError(str(e), hint="restore tokenizer.json from a backup, or retrain") from None
+    return model, tok, cfg, ckpt, device

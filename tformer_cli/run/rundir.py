@@ -156,14 +156,19 @@ class RunDir:
             if not path.is_dir():
                 raise ConfigError(f"--out {path} exists and is a file", hint="choose another --out")
             if any(p.name != LOCK_NAME for p in path.iterdir()):
-                if not self.is_run():
-                    raise ConfigError(f"--out {path} is a non-empty directory that is not a run",
-                                      hint="choose another --out (--overwrite replaces only a run)")
+                run = self.is_run()
                 if not overwrite:
+                    what = "a run" if run else "a non-empty directory that is not a run"
                     raise ConfigError(
-                        f"--out {path} is a run",
+                        f"--out {path} is {what}",
                         hint="use --resume to continue a run, --overwrite to replace it, or another --out",
                     )
+                if not run:  # --overwrite never deletes a file tformer did not write
+                    clash = [name for name in self.FILES if (path / name).exists()]
+                    if clash:
+                        raise ConfigError(f"--out {path} is not a run, but holds {', '.join(clash)}, which "
+                                          "tformer did not write; --overwrite replaces only a run's files",
+                                          hint="choose another --out, or move those files away")
                 for name in self.FILES:
                     (path / name).unlink(missing_ok=True)
         try:

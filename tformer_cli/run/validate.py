@@ -352,3 +352,69 @@ def check_tensors(path: Path, table: dict[str, tuple[str, tuple[int, ...]]], mod
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise RunError(f"checkpoint {path} does not match its config: {shown}",
                        hint="the file may have been edited or come from another run")
+
+
+# ---------------------------------------------------------------- summary.json, metrics.jsonl
+
+
+SUMMARY_INTS = ("steps_done", "steps")
+SUMMARY_NUMBERS = ("train_loss", "val_loss", "val_bpb", "best_val_loss", "tokens_per_s", "ms_per_step", "mfu",
+                   "peak_flops", "elapsed_s", "init_loss_ref", "params", "non_embedding_params",
+                   "flops_per_token", "tokens_seen", "vocab_size", "peak_memory_bytes", "resumed_from")
+
+
+def check_summary(path: Path) -> dict[str, Any]:
+    """summary.json with every field the commands read typed (RunError naming the field)."""
+    data = read_json(path, 16 << 20)
+    f = Fields(path, data)
+    for key in SUMMARY_INTS:
+        f.int(key)
+    f.bool("interrupted")
+    for key in SUMMARY_NUMBERS:
+        f.num(key, optional=True)
+    for key in ("device", "dtype", "run_dir", "peak_source", "memory_source"):
+        f.str(key, optional=True)
+    f.obj("extra", optional=True)
+    return data
+
+
+NUMERIC_ROW_KEYS = ("train_loss", "val_loss", "val_bpb", "lr", "tokens", "tokens_per_s")
+
+
+def metric_rows(path: Path, upto: int | None, strict: bool) -> list[dict[str, Any]]:
+    """Rows of a metrics.jsonl-style file; see RunDir.metric_rows."""
+    try:
+        text = read_text(path, ROW_LIMIT)
+    except UnreadableFile as e:
+        if e.missing:
+            return []
+        if strict:
+            raise RunError(f"cannot read {e}", hint=f"move {path} aside to start its records afresh") from None
+        return []
+    lines = text.splitlines()
+    torn = len(lines) - 1 if lines and not text.endswith("\n") else None  # a crash mid-write
+    rows = []
+    for i, line in enumerate(lines):
+        problem = None
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            row, problem = None, "not valid JSON"
+        if problem is None:
+            if not isinstance(row, dict):
+                problem = "not a JSON object"
+            elif not (is_int(row.get("step")) and row["step"] >= 0):
+                problem = f"field step: expected an integer >= 0, got {short(row.get('step'))}"
+            else:
+                bad = next((k for k in NUMERIC_ROW_KEYS if k in row and not (is_num(row[k]) or row[k] is None)),
+                           None)
+                if bad is not None:
+                    problem = f"field {short(bad, 40)}: expected a number, got {short(row[bad])}"
+        if problem is not None:
+            if strict and i != torn and line.strip():
+                raise RunError(f"{path} is damaged: line {i + 1}: {problem}",
+                               hint="delete that line (or the file, to lose the curve) and resume again")
+            continue
+        if upto is None or row["step"] <= upto:
+            rows.append(row)
+    return rows

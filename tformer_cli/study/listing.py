@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from tformer_cli.run.rundir import RunDir
-from tformer_cli.study.results import ExperimentEntry, RunEntry, read_results
+from tformer_cli.run.validate import is_num
+from tformer_cli.study.results import RESULTS_JSON, ExperimentEntry, RunEntry, read_results
 from tformer_cli.study.spec import is_experiment_dir, load_spec
-from tformer_cli.errors import TformerError
+from tformer_cli.errors import RunError, TformerError
 
 
 def list_runs(root: str | Path) -> list[RunEntry | ExperimentEntry]:
@@ -19,15 +20,25 @@ def list_runs(root: str | Path) -> list[RunEntry | ExperimentEntry]:
             candidates += sorted(c for c in p.iterdir() if c.is_dir())
     found: list[RunEntry | ExperimentEntry] = []
     for p in candidates:
-        if is_experiment_dir(p):
-            found.append(_experiment_entry(p))
-        elif RunDir(p).is_run():
-            found.append(_run_entry(p))
+        try:  # one damaged directory is listed as damaged; the others are still listed
+            if is_experiment_dir(p):
+                found.append(_experiment_entry(p))
+            elif RunDir(p).is_run():
+                found.append(_run_entry(p))
+        except (TformerError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            found.append(RunEntry(str(p), f"damaged: {_why(e)}"))
     return found
 
 
+def _why(e: Exception) -> str:
+    text = str(e) if isinstance(e, TformerError) else f"{type(e).__name__}: {e}"
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def _run_entry(p: Path) -> RunEntry:
-    s = RunDir(p).read_summary()
+    s, problem = RunDir(p).check_summary()
+    if problem is not None:
+        return RunEntry(str(p), f"damaged: {_why(RunError(problem))}")
     if s is None:
         return RunEntry(str(p), "no summary (running or crashed)")
     return RunEntry(str(p), "interrupted" if s.get("interrupted") else "finished",
@@ -39,17 +50,26 @@ def _experiment_entry(p: Path) -> ExperimentEntry:
     e = ExperimentEntry(str(p), "no results yet (running or crashed)")
     try:
         spec = load_spec(p)
-    except TformerError:
+    except TformerError as err:
+        e.status = f"damaged: {_why(err)}"
         return e
     e.kind, e.members, e.seeds = spec.kind, len(spec.members), len(spec.seeds)
+    if not (p / RESULTS_JSON).exists():
+        return e
     try:
         r = read_results(p)
-    except (OSError, ValueError, KeyError, TypeError):
+        ok = [s for s in r.summary if s.n_ok and s.compared_loss is not None]
+        best = min(ok, key=lambda s: s.compared_loss) if ok else None
+        failed = sum(1 for row in r.rows if row.status == "failed")
+        if not (r.elapsed_s is None or is_num(r.elapsed_s)) or not isinstance(r.interrupted, bool):
+            raise ValueError("field elapsed_s or interrupted has the wrong type")
+        if best is not None and not (isinstance(best.member, str) and is_num(best.compared_loss)):
+            raise ValueError("the best member's name or loss has the wrong type")
+    except Exception as err:  # any shape of damage in results.json: listed, never fatal
+        e.status = f"damaged: {RESULTS_JSON}: {_why(err)}"
         return e
-    ok = [s for s in r.summary if s.n_ok and s.compared_loss is not None]
-    best = min(ok, key=lambda s: s.compared_loss) if ok else None
     e.status = "interrupted" if r.interrupted else "finished"
     e.elapsed_s = r.elapsed_s
     e.best, e.val_loss = (best.member, best.compared_loss) if best else (None, None)
-    e.failed = sum(1 for row in r.rows if row.status == "failed")
+    e.failed = failed
     return e

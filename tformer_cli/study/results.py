@@ -269,7 +269,9 @@ def write_results(result: ExperimentResult) -> None:
 
 def read_results(exp_dir: str | Path) -> ExperimentResult:
     """results.json of an experiment directory (OSError, ValueError or KeyError when unreadable)."""
-    return ExperimentResult.from_dict(json.loads((Path(exp_dir) / RESULTS_JSON).read_text()))
+    from tformer_cli.core.untrusted import read_text
+
+    return ExperimentResult.from_dict(json.loads(read_text(Path(exp_dir) / RESULTS_JSON)))
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -112,13 +112,26 @@ def is_experiment_dir(path: Path) -> bool:
 
 
 def load_spec(exp_dir: Path) -> Spec:
+    from tformer_cli.core.untrusted import UnreadableFile, read_text, short
+
+    path = Path(exp_dir) / SPEC_NAME
     try:
-        return Spec.from_dict(json.loads((Path(exp_dir) / SPEC_NAME).read_text()))
-    except OSError:
-        raise ConfigError(f"--resume {exp_dir}: not an experiment directory (no {SPEC_NAME})",
-                          hint="give a directory written by tformer ablate or tformer sweep") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise RunError(f"{exp_dir}/{SPEC_NAME} is damaged: {e}") from None
+        text = read_text(path, 16 << 20)
+    except UnreadableFile as e:
+        if e.missing:
+            raise ConfigError(f"--resume {exp_dir}: not an experiment directory (no {SPEC_NAME})",
+                              hint="give a directory written by tformer ablate or tformer sweep") from None
+        raise RunError(f"cannot read {e}") from None
+    try:
+        spec = Spec.from_dict(json.loads(text))
+        if not (isinstance(spec.kind, str) and isinstance(spec.base, dict) and spec.members and spec.seeds
+                and all(isinstance(m.name, str) and isinstance(m.overrides, dict) for m in spec.members)
+                and all(isinstance(s, int) and not isinstance(s, bool) for s in spec.seeds)):
+            raise TypeError("a field has the wrong type (kind, base, members or seeds)")
+        return spec
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        raise RunError(f"{path} is damaged: {short(str(e), 100)}",
+                       hint="restore it from a backup, or start the experiment again") from None
 
 
 def experiment_target(spec: Spec | None, out: Path | None, resume: Path | None) -> tuple[Spec, Path]:
