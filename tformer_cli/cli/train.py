@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -64,6 +65,7 @@ def train(
 
         overrides = flag_overrides(steps, device, seed, data, set_)
         cfg = resume_config(resume, overrides, config_given=config is not None or preset is not None)
+        _stop_if_finished(resume, cfg, "train.steps" in overrides)
     else:
         cfg = build_config(config, preset, set_, steps=steps, device=device, seed=seed, data=data)
     if nproc is not None:  # validated above; the ranks run this same command without --nproc
@@ -96,10 +98,9 @@ def _train_this_rank(cfg, resume: Optional[Path], out, overwrite: bool, json_: b
 
     with distributed.process_group(cfg.train.device) as dist:
         try:
-            run_dir = resume if resume is not None else distributed.agree_run_dir(out, overwrite, dist,
-                                                                                  cfg.train.device)
-            result = run_training(cfg, run_dir, resume=resume is not None, json_=json_, dist=dist,
-                                  init_from=init_from)
+            with _claim(cfg, resume, out, overwrite, dist) as run_dir:
+                result = run_training(cfg, run_dir, resume=resume is not None, json_=json_, dist=dist,
+                                      init_from=init_from)
         except distributed.PeerFailed:
             raise typer.Exit(1) from None  # the failing rank has printed why
     if not dist.main:
@@ -148,3 +149,34 @@ def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title:
                             init_from=init_from)
     draw_loss_curve(run_dir)
     return result
+
+
+def _stop_if_finished(run_dir: Path, cfg, steps_given: bool) -> None:
+    """`--resume FINISHED` (without more steps) says so and changes nothing: exit 0."""
+    from tformer_cli.render.console import err_console
+    from tformer_cli.run.resume import finished_notice
+
+    notice = finished_notice(run_dir, cfg, steps_given)
+    if notice is not None:
+        err_console().print(notice, soft_wrap=True)
+        raise typer.Exit(0)
+
+
+@contextlib.contextmanager
+def _claim(cfg, resume: Optional[Path], out, overwrite: bool, dist):
+    """The run directory, locked by rank 0 for the whole run (another tformer in it is refused).
+    A new directory that fails before its first checkpoint is removed again."""
+    from tformer_cli.run.lock import DirLock, new_run_dir
+    from tformer_cli.run.rundir import default_run_dir
+    from tformer_cli.train import distributed
+
+    if resume is not None:
+        with DirLock(resume) if dist.main else contextlib.nullcontext():
+            yield resume
+    elif dist.world <= 1:
+        with new_run_dir(Path(out) if out is not None else default_run_dir(), overwrite) as path:
+            yield path
+    else:
+        path = distributed.agree_run_dir(out, overwrite, dist, cfg.train.device)
+        with DirLock(path) if dist.main else contextlib.nullcontext():
+            yield path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, Optional
 
 import yaml
 
+from tformer_cli.core.untrusted import UnreadableFile, read_text, short, yaml_load
 from tformer_cli.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent.parent / "experiments"
@@ -29,6 +31,8 @@ ARCHS = ("gpt", "lstm")
 OBJECTIVES = ("clm", "mlm")
 TOKENIZERS = ("char", "bpe", "hf")  # hf: a Hugging Face tokenizer.json, from an imported run
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+INT_LIMIT = 2**62  # every integer key: beyond this, numpy and torch overflow
+SEED_MAX = 2**63 - 1
 
 
 @dataclass
@@ -154,7 +158,7 @@ def _coerce(path: str, value: Any, hint: Any) -> tuple[Any, str | None]:
     if hint is bool:
         if isinstance(value, bool):
             return value, None
-        return value, f"{path}: expected true or false, got {value!r}"
+        return value, f"{path}: expected true or false, got {short(value)}"
     if hint in (int, float) and isinstance(value, str):
         try:  # YAML 1.1 reads "3e-4" (no dot) as a string; accept it as the number it means
             value = float(value) if hint is float else int(value)
@@ -165,15 +169,15 @@ def _coerce(path: str, value: Any, hint: Any) -> tuple[Any, str | None]:
             return value, None
         if isinstance(value, float) and value.is_integer():
             return int(value), None
-        return value, f"{path}: expected an integer, got {value!r}"
+        return value, f"{path}: expected an integer, got {short(value)}"
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value), None
-        return value, f"{path}: expected a number, got {value!r}"
+        return value, f"{path}: expected a number, got {short(value)}"
     if hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value), None
-        return value, f"{path}: expected a string, got {value!r}"
+        return value, f"{path}: expected a string, got {short(value)}"
     return value, None
 
 
@@ -186,12 +190,12 @@ def from_dict(data: dict[str, Any], problems: list[str] | None = None) -> Config
     sections = {}
     for name, section in data.items():
         if name not in SECTIONS:
-            problems.append(f"unknown section '{name}'{_suggest(str(name), list(SECTIONS))}")
+            problems.append(f"unknown section {short(name)}{_suggest(str(name)[:80], list(SECTIONS))}")
             continue
         if section is None:
             section = {}
         if not isinstance(section, dict):
-            problems.append(f"{name}: expected a mapping of keys, got {section!r}")
+            problems.append(f"{name}: expected a mapping of keys, got {short(section)}")
             continue
         sections[name] = section
     built = {}
@@ -201,7 +205,7 @@ def from_dict(data: dict[str, Any], problems: list[str] | None = None) -> Config
         for key, value in sections.get(name, {}).items():
             if key not in hints:
                 problems.append(
-                    f"unknown key '{name}.{key}'{_suggest(f'{name}.{key}', all_keys())}"
+                    f"unknown key {short(f'{name}.{key}')}{_suggest(f'{name}.{key}'[:80], all_keys())}"
                 )
                 continue
             value, problem = _coerce(f"{name}.{key}", value, hints[key])
@@ -243,8 +247,28 @@ def validate(cfg: Config) -> list[str]:
             )
 
     def positive(path: str, value: float | int | None) -> None:
-        if value is not None and value <= 0:
+        if value is not None and path not in bad and value <= 0:
             p.append(f"{path}: must be positive, got {value}")
+
+    # Every number first: finite, and an integer within what torch and numpy can hold.  A key
+    # that fails here is not range-checked again below (nan fails every comparison).
+    bad = set()
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value, key = getattr(getattr(cfg, section), f.name), f"{section}.{f.name}"
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                p.append(f"{key}: must be a finite number, got {value}")
+                bad.add(key)
+            elif isinstance(value, int) and key != "train.seed" and not -INT_LIMIT <= value <= INT_LIMIT:
+                p.append(f"{key}: {short(value)} is out of range (at most {INT_LIMIT:,})")
+                bad.add(key)
+    if "train.seed" not in bad and not 0 <= t.seed <= SEED_MAX:
+        p.append(f"train.seed: must be in [0, 2**63 - 1], got {short(t.seed)}")
+
+    def ok(path: str) -> bool:
+        return path not in bad
 
     choice("model.arch", m.arch, ARCHS)
     choice("model.activation", m.activation, ACTIVATIONS)
@@ -260,24 +284,24 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"model.pos_encoding: rope needs an even head size d_k, got d_k={m.d_k}")
     if m.pos_encoding == "sinusoidal" and m.d_model % 2:
         p.append(f"model.pos_encoding: sinusoidal needs an even d_model, got {m.d_model}")
-    if not 0.0 <= m.dropout < 1.0:
+    if ok("model.dropout") and not 0.0 <= m.dropout < 1.0:
         p.append(f"model.dropout: must be in [0, 1), got {m.dropout}")
     positive("model.rope_base", m.rope_base)
     if d.tokenizer == "bpe" and d.vocab_size < 257:
         p.append(f"data.vocab_size: byte-level BPE needs at least 257 (256 bytes + 1), got {d.vocab_size}")
-    if not 0.0 < d.val_fraction < 1.0:
+    if ok("data.val_fraction") and not 0.0 < d.val_fraction < 1.0:
         p.append(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
     if not d.corpus:
         p.append("data.corpus: empty; give a built-in name or a file path")
     for key in ("steps", "batch_size", "grad_accum", "lr", "eval_interval", "eval_iters", "log_interval", "ckpt_interval"):
         positive(f"train.{key}", getattr(t, key))
     for key in ("warmup_steps", "weight_decay", "grad_clip"):
-        if getattr(t, key) < 0:
+        if ok(f"train.{key}") and getattr(t, key) < 0:
             p.append(f"train.{key}: must be >= 0, got {getattr(t, key)}")
-    if t.min_lr is not None and t.min_lr < 0:
+    if t.min_lr is not None and ok("train.min_lr") and t.min_lr < 0:
         p.append(f"train.min_lr: must be >= 0, got {t.min_lr}")
     for key in ("beta1", "beta2"):
-        if not 0.0 <= getattr(t, key) < 1.0:
+        if ok(f"train.{key}") and not 0.0 <= getattr(t, key) < 1.0:
             p.append(f"train.{key}: must be in [0, 1), got {getattr(t, key)}")
     if t.objective == "mlm" and m.causal:
         # MLM is defined with bidirectional attention; say so rather than silently change it.
@@ -296,25 +320,26 @@ def validate(cfg: Config) -> list[str]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Parse a YAML file with the safe loader (tags that build Python objects are refused)."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}", hint="give a path to a YAML file, or --preset NAME")
-    if path.is_dir():
-        raise ConfigError(f"config path is a directory, not a YAML file: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start})") from None
+        text = read_text(path)
+    except UnreadableFile as e:
+        if e.missing:
+            raise ConfigError(f"config file not found: {path}",
+                              hint="give a path to a YAML file, or --preset NAME") from None
+        raise ConfigError(f"config file {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
-        what = e.problem or "invalid YAML"
+        what = (e.problem or "invalid YAML")[:200]
         if "constructor" in type(e).__name__.lower() or "tag" in (e.problem or ""):
             what = f"{what} (tags that construct Python objects are not allowed)"
         raise ConfigError(f"cannot parse {path} at {where}: {what}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"cannot parse {path}: {e}") from None
+        raise ConfigError(f"cannot parse {path}: {short(str(e), 200)}") from None
+    except RecursionError:
+        raise ConfigError(f"cannot parse {path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -351,15 +376,15 @@ def parse_set(items: list[str]) -> dict[str, Any]:
     for item in items:
         pair = split_assignment(item)
         if pair is None:
-            problems.append(f"--set {item!r}: expected KEY=VALUE, e.g. model.n_head=8")
+            problems.append(f"--set {short(item)}: expected KEY=VALUE, e.g. model.n_head=8")
             continue
         key, raw = pair
         if key not in all_keys():
-            problems.append(f"--set: unknown key '{key}'{_suggest(key, all_keys())}")
+            problems.append(f"--set: unknown key {short(key)}{_suggest(key[:80], all_keys())}")
             continue
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = yaml_load(raw) if raw.strip() else ""
+        except (yaml.YAMLError, RecursionError):
             value = raw
         out[key] = value
     if problems:

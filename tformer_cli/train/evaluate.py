@@ -11,13 +11,20 @@ from tformer_cli.train.batches import Batcher
 
 
 @torch.no_grad()
-def evaluate(model, batcher: Batcher, n_batches: int, device, dtype, split: str = "val") -> float:
-    """Mean teacher-forced loss over fixed windows (the same windows at every evaluation)."""
+def evaluate(model, batcher: Batcher, n_batches: int, device, dtype, split: str = "val",
+             should_stop=None) -> float | None:
+    """Mean teacher-forced loss over fixed windows (the same windows at every evaluation).
+
+    ``should_stop`` is polled between batches (one process only: ranks must agree); when it
+    says stop, the evaluation is abandoned and None returned."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
     for x, y in batcher.eval_batches(split, n_batches):
+        if should_stop is not None and batcher.dist.world == 1 and should_stop():
+            model.train(was_training)
+            return None
         with dev.autocast(device, dtype):
             out = model(x, y)
         total += out.loss.double()

@@ -21,17 +21,19 @@ from typing import Any, Callable
 import torch
 
 from tformer_cli.core import anatomy, device as dev
+from tformer_cli.core import stop as stop_flag
+from tformer_cli.core.memory import check_fits
 from tformer_cli.run import checkpoint
 from tformer_cli.core.config import Config
 from tformer_cli.core.data import Dataset, check_lengths, mix_seed, prepare
-from tformer_cli.errors import ConfigError, RunError
+from tformer_cli.errors import ConfigError, RunError, Stopped
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.core.model import build_model
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.batches import Batcher
 from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.evaluate import evaluate
-from tformer_cli.train.optim import lr_at, make_optimizer
+from tformer_cli.train.optim import group_shapes, lr_at, make_optimizer
 
 
 
@@ -122,7 +124,7 @@ class _RunLog:
         rd = RunDir(run_dir)
         paths = (rd.metrics, rd.perf)
         for path, perf in zip(paths, (False, True)):
-            kept = rd.metric_rows(upto=start_step, perf=perf)  # drop what came after the checkpoint
+            kept = rd.metric_rows(upto=start_step, perf=perf, strict=True)  # drop what came after the checkpoint
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.metrics, self.perf = (open(path, "a") for path in paths)
 
@@ -189,9 +191,14 @@ class _Trainer:
         cfg = self.cfg
         self.start_step, self.resumed_from, ckpt = 0, None, None
         if resume:
-            ckpt = checkpoint.load(self.run_dir)
-            self.start_step = self.resumed_from = int(ckpt.train_state.get("step", 0))
+            ckpt = checkpoint.load(self.run_dir, optimizer_groups=group_shapes)
+            if ckpt.vocab_size != self.vocab_size:
+                raise RunError(f"checkpoint {ckpt.path} has a vocabulary of {ckpt.vocab_size} tokens, the corpus "
+                               f"{self.ds.corpus} gives {self.vocab_size}",
+                               hint="resume with the corpus the run was trained on")
+            self.start_step = self.resumed_from = int(ckpt.train_state["step"])
             _check_global_batch(ckpt, cfg, self.dist)
+        check_fits(cfg.model, self.vocab_size, cfg.train.batch_size, self.device, training=True)
         torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed alone
         self.raw_model = build_model(cfg.model, self.vocab_size).to(self.device)
         self.optimizer = make_optimizer(self.raw_model, cfg, self.device)
@@ -249,6 +256,10 @@ class _Trainer:
                           message=f"{self.device.type} {dev.dtype_name(self.dtype)}{procs}"))
         self.model.train()
         step, interrupted = self.start_step, False
+        if self.state.pop("pending_eval", False) and step > 0:  # the evaluation a stop cut short
+            self._off_the_clock(self._evaluate, step)
+            if self.state.get("pending_eval"):
+                return self._finish(step, True)
         try:
             while step < steps:
                 if self._stop_agreed(step):
@@ -260,12 +271,18 @@ class _Trainer:
                     self._log_step(step, lr)
                 if step % cfg.train.eval_interval == 0 or step == steps:
                     self._off_the_clock(self._evaluate, step)
+                    if self.state.get("pending_eval"):  # stopped inside the evaluation: save, redo on resume
+                        interrupted = True
+                        break
                 if step % ckpt_interval == 0 or step == steps:
                     self._off_the_clock(self._checkpoint, step)
         finally:  # a raw KeyboardInterrupt may land mid-step: nothing is saved then (the CLI asks politely)
             self.log.close()
         if interrupted and step > self.start_step:
             self._checkpoint(step)
+        if interrupted and not RunDir(self.run_dir).has_checkpoint():
+            raise Stopped("before the first checkpoint: nothing was saved, there is nothing to resume",
+                          hint="run the same command again to start over")
         return self._finish(step, interrupted)
 
     def _step(self, step: int) -> float:
@@ -329,7 +346,11 @@ class _Trainer:
         self.interval_t0, self.interval_steps, self.eval_time = now, 0, 0.0
 
     def _evaluate(self, step: int) -> None:
-        val = evaluate(self.model, self.batcher, self.cfg.train.eval_iters, self.device, self.dtype)
+        val = evaluate(self.model, self.batcher, self.cfg.train.eval_iters, self.device, self.dtype,
+                       should_stop=lambda: stop_flag.requested() or self.stop())
+        if val is None:  # a stop arrived mid-evaluation; the checkpoint of this step redoes it on resume
+            self.state["pending_eval"] = True
+            return
         if not math.isfinite(val):
             raise _nan_error(step, self.cfg, self.dtype, self.run_dir)
         self.state["last_val_loss"] = val
