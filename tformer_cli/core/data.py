@@ -67,6 +67,46 @@ def _repeat(n_lines: int = 20_000, seed: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
+INDUCTION_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+INDUCTION_PREFIX = (0, 6)  # random letters before the first copy (inclusive range)
+INDUCTION_SEGMENT = (4, 12)  # letters in the repeated segment
+INDUCTION_GAP = (0, 6)  # random letters between the two copies
+
+
+@dataclass(frozen=True)
+class InductionLine:
+    """One line of the ``induction`` corpus: ``text`` = prefix + segment + gap + segment (no
+    newline); the first copy starts at ``first``, the second at ``second``, each ``length`` long."""
+
+    text: str
+    first: int
+    second: int
+    length: int
+
+
+def induction_lines(n_lines: int, seed: int) -> list[InductionLine]:
+    """Lines of random letters in which a random-length segment, at a random position, is repeated
+    later in the line (after a random gap).  A fixed offset cannot copy it (lengths and positions
+    vary): only finding the earlier occurrence of the current letter and copying the letter that
+    followed it (an induction head) predicts the second copy after its first letter."""
+    rng = random.Random(seed)
+    L = INDUCTION_LETTERS
+    lines = []
+    for _ in range(n_lines):
+        pre, k, gap = rng.randint(*INDUCTION_PREFIX), rng.randint(*INDUCTION_SEGMENT), rng.randint(*INDUCTION_GAP)
+        head = "".join(rng.choices(L, k=pre + k + gap))  # prefix, segment, gap
+        lines.append(InductionLine(head + head[pre:pre + k], pre, pre + k + gap, k))
+    return lines
+
+
+INDUCTION_LINES = 40_000
+
+
+def _induction(n_lines: int = INDUCTION_LINES, seed: int = 0) -> str:
+    """The ``induction`` corpus: induction_lines joined by newlines."""
+    return "\n".join(line.text for line in induction_lines(n_lines, seed)) + "\n"
+
+
 def _modadd(n_lines: int = 30_000, seed: int = 0, modulus: int = 97) -> str:
     """Lines "a+b=c" with c = (a + b) mod 97: an algorithmic task whose answer is a
     non-linear function of the inputs (carries and wrap-around)."""
@@ -83,6 +123,8 @@ BUILTIN = {
     "code": ("Python source: the standard library's own modules (about 2 MB)", _code),
     "repeat": ("synthetic: random strings each followed by its copy (induction)", _repeat),
     "modadd": ("synthetic: 'a+b=c' modulo 97 (needs the FFN's non-linearity)", _modadd),
+    "induction": ("synthetic: random letters with a segment repeated later, lengths and positions varied "
+                  "(needs an induction head)", _induction),
 }
 
 

@@ -1,4 +1,4 @@
-"""Task-specific metrics for the synthetic corpora (data.BUILTIN ``repeat`` and ``modadd``).
+"""Task-specific metrics for the synthetic corpora (data.BUILTIN ``repeat``, ``modadd``, ``induction``).
 
 Both tasks are line-based, so every metric is computed on windows that start at a line start
 of the validation split (the same text data.prepare holds out), with each target token tagged
@@ -7,6 +7,9 @@ by its role in its line:
 - ``repeat`` ("qxmbtfzr|qxmbtfzr"): the first copy is random (the best loss is ln 26 per
   letter); the second copy is fully predictable by looking back (an induction head).  The
   in-context drop is loss(first copy) - loss(second copy).
+- ``induction`` (random letters, a segment of 4-12 repeated later in the line): loss on the
+  second copy after its first letter (only an induction head predicts it), on every other
+  letter (random: ln 26 is the floor), and their difference.
 - ``modadd`` ("aa+bb=cc", mod 97): the two answer digits.  Under teacher forcing, both answer
   digits being the arg-max equals greedy decoding getting the answer right.
 
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import math
 
-TASKS = ("repeat", "modadd")
+TASKS = ("repeat", "modadd", "induction")
 MAX_WINDOWS = 128  # enough for a stable figure (about 1,000 answers or copies), fast on a CPU
 MAX_TOKENS = 65_536  # fewer windows for long blocks
 CHUNK = 32  # windows per forward pass (bounds the (chunk, T, V) logits)
@@ -34,6 +37,25 @@ def _val_text(cfg) -> str:
     text, _ = read_corpus(cfg.data.corpus)
     val = text[int(len(text) * (1.0 - cfg.data.val_fraction)):]
     return val[val.index("\n") + 1:]
+
+
+def induction_val(cfg) -> tuple[str, list[str]]:
+    """The ``induction`` corpus's validation text (from its first full line, as _val_text) and a
+    role per character, from the generator's own record of where each line's copies are:
+    "copy" for the letters of the second copy after its first, "random" for every other letter
+    (the prefix, the first copy, the gap, the second copy's first letter), "sep" for newlines."""
+    from tformer_cli.core.data import INDUCTION_LINES, induction_lines
+
+    lines = induction_lines(INDUCTION_LINES, 0)
+    text = "\n".join(line.text for line in lines) + "\n"  # exactly data._induction()
+    start = text.index("\n", int(len(text) * (1.0 - cfg.data.val_fraction))) + 1
+    roles, pos = [], 0
+    for line in lines:
+        if pos >= start:
+            copy = range(line.second + 1, line.second + line.length)
+            roles += ["copy" if i in copy else "random" for i in range(len(line.text))] + ["sep"]
+        pos += len(line.text) + 1
+    return text[start:], roles
 
 
 def char_roles(corpus: str, text: str) -> list[str]:
@@ -55,10 +77,10 @@ def char_roles(corpus: str, text: str) -> list[str]:
     return roles
 
 
-def _tokens_with_roles(tokenizer, corpus: str, text: str) -> tuple[list[int], list[str], list[bool]]:
+def _tokens_with_roles(tokenizer, corpus: str, text: str, roles=None) -> tuple[list[int], list[str], list[bool]]:
     """Token ids, the role of each token's first character, and whether a token starts a line."""
     ids = tokenizer.encode(text)
-    roles = char_roles(corpus, text)
+    roles = char_roles(corpus, text) if roles is None else roles
     tok_roles, line_start, pos = [], [], 0
     for i in ids:
         piece = tokenizer.decode([i])
@@ -87,7 +109,8 @@ def task_metrics(model, cfg, dataset_or_tokenizer, device, dtype=None) -> dict[s
 
     tokenizer = getattr(dataset_or_tokenizer, "tokenizer", dataset_or_tokenizer)
     corpus = cfg.data.corpus
-    ids, roles, line_start = _tokens_with_roles(tokenizer, corpus, _val_text(cfg))
+    text, char_role = induction_val(cfg) if corpus == "induction" else (_val_text(cfg), None)
+    ids, roles, line_start = _tokens_with_roles(tokenizer, corpus, text, char_role)
     limit = max(8, min(MAX_WINDOWS, MAX_TOKENS // cfg.model.block_size))
     wins = list(_windows(ids, roles, line_start, cfg.model.block_size, limit))
     if not wins:
@@ -96,6 +119,8 @@ def task_metrics(model, cfg, dataset_or_tokenizer, device, dtype=None) -> dict[s
     codes = torch.tensor([[ROLE_CODES[r] for r in w[2]] for w in wins])  # (N, T) role of each target
     if corpus == "repeat":
         return _repeat_metrics(nll, codes)
+    if corpus == "induction":
+        return _induction_metrics(nll, codes)
     return _modadd_metrics(nll, correct, codes)
 
 
@@ -120,7 +145,7 @@ def _score(model, xs, ys, device, dtype):
     return torch.cat(nll), torch.cat(correct)
 
 
-ROLE_CODES = {"sep": 0, "first": 1, "second": 2, "question": 3, "answer": 4}
+ROLE_CODES = {"sep": 0, "first": 1, "second": 2, "question": 3, "answer": 4, "random": 5, "copy": 6}
 
 
 def _mean(values) -> float:
@@ -130,6 +155,11 @@ def _mean(values) -> float:
 def _repeat_metrics(nll, codes) -> dict[str, float]:
     a, b = _mean(nll[codes == 1]), _mean(nll[codes == 2])
     return {"repeat_loss_first_copy": a, "repeat_loss_second_copy": b, "repeat_in_context_drop": a - b}
+
+
+def _induction_metrics(nll, codes) -> dict[str, float]:
+    r, c = _mean(nll[codes == 5]), _mean(nll[codes == 6])
+    return {"induction_loss_random": r, "induction_loss_second_copy": c, "induction_in_context_drop": r - c}
 
 
 def _modadd_metrics(nll, correct, codes) -> dict[str, float]:

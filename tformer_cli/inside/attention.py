@@ -9,8 +9,11 @@ induction heads", for the induction score):
 
 - previous-token: mean weight from token i to token i-1;
 - first-token: mean weight from token i to token 0 (an attention sink / "no-op" head);
-- induction: on a random token sequence repeated twice, the mean weight from a token of the
-  second copy to the token that followed its previous occurrence;
+- induction: on sequences drawn like the run's training data, the mean weight from a token of
+  a repeated segment's second copy to the token that followed its previous occurrence (for the
+  ``induction`` corpus, lines drawn by its own generator with a fresh seed; otherwise chunks of
+  block_size/2 tokens of the run's validation text, each repeated twice; random ids over the
+  vocabulary only when that text cannot be read);
 - entropy: mean row entropy divided by the entropy of a uniform row (1 = looks everywhere).
 """
 
@@ -25,7 +28,8 @@ from tformer_cli.inside.load import load_gpt
 
 LABEL_MIN = 0.4  # a score at least this high names the head
 DIFFUSE_MIN = 0.8  # normalised entropy at least this high: a diffuse (averaging) head
-INDUCTION_SEQS = 8  # random repeated sequences averaged for the induction score
+INDUCTION_SEQS = 8  # repeated sequences averaged for the induction score
+PROBE_SEED = 1_000_003  # the induction probe's lines differ from the corpus's (seed 0)
 
 
 @dataclass
@@ -48,11 +52,12 @@ class AttentionResult:
     causal: bool
     scores: list[HeadScore]
     truncated: int  # tokens dropped from the front of a prompt longer than block_size
+    induction_probe: str = ""  # what the induction score was measured on
 
     def to_dict(self) -> dict[str, Any]:
         """The --json form (weights as nested lists)."""
         return {"tokens": self.tokens, "truncated": self.truncated, "heads": [s.__dict__ for s in self.scores],
-                "weights": self.weights.tolist()}
+                "induction_probe": self.induction_probe, "weights": self.weights.tolist()}
 
 
 def attention_maps(model, ids: list[int], device):
@@ -81,22 +86,115 @@ def _row_scores(w, causal: bool):
     return prev, first, ent_norm
 
 
-def induction_scores(model, vocab: int, device, seed: int = 0):
-    """(n_layer, n_head) mean weight from each token of a repeated random sequence's second copy
-    to the token after its previous occurrence (key j+1 for query n+j)."""
+@dataclass
+class InductionProbe:
+    """Sequences of equal length and, for each, the (query, key) pairs an induction head links:
+    query = a token of a second copy, key = the token after that token's first occurrence."""
+
+    seqs: list[list[int]]
+    pairs: list[list[tuple[int, int]]]
+    source: str
+
+
+def repeated_chunks(chunks: list[list[int]], source: str) -> InductionProbe:
+    """Each chunk of n tokens followed by itself: query n + j links to key j + 1."""
+    return InductionProbe([c + c for c in chunks], [[(len(c) + j, j + 1) for j in range(len(c) - 1)] for c in chunks],
+                          source)
+
+
+def random_probe(vocab: int, block_size: int, seed: int = 0) -> InductionProbe:
+    """Random ids over the whole vocabulary, block_size/2 of them repeated (out of distribution
+    for most runs: the fallback when the run's own text cannot be read)."""
     import torch
 
-    n = model.cfg.block_size // 2
-    if n < 2:
-        return torch.zeros(model.cfg.n_layer, model.cfg.n_head)
     g = torch.Generator().manual_seed(seed)
-    r = torch.randint(0, vocab, (INDUCTION_SEQS, n), generator=g)
-    seq = torch.cat([r, r], dim=1).to(device)  # (S, 2n)
+    r = torch.randint(0, vocab, (INDUCTION_SEQS, block_size // 2), generator=g)
+    return repeated_chunks(r.tolist(), f"{INDUCTION_SEQS} sequences of {block_size // 2} random ids, each repeated")
+
+
+def induction_corpus_probe(tok, block_size: int, seed: int = 0, n_seqs: int = 2 * INDUCTION_SEQS) -> InductionProbe:
+    """Windows of block_size characters of fresh ``induction`` corpus lines (from a line start, as
+    the task metrics read them), with a pair for every second-copy letter whose line fits."""
+    from tformer_cli.core.data import induction_lines
+
+    lines = iter(induction_lines(n_seqs * block_size, PROBE_SEED + seed))
+    seqs, pairs = [], []
+    for _ in range(n_seqs):
+        text, links = "", []
+        while len(text) < block_size:
+            line = next(lines)
+            off = len(text)
+            links += [(off + line.second + j, off + line.first + j + 1) for j in range(line.length - 1)
+                      if off + line.second + j < block_size]
+            text += line.text + "\n"
+        seqs.append(tok.encode(text[:block_size]))
+        pairs.append(links)
+    return InductionProbe(seqs, pairs, f"{n_seqs} windows of fresh induction-corpus lines "
+                                       f"({sum(map(len, pairs))} second-copy tokens)")
+
+
+def text_probe(ids: list[int], block_size: int, seed: int = 0) -> InductionProbe | None:
+    """Chunks of block_size/2 consecutive tokens of ``ids`` (the run's validation text), each
+    repeated; None when the text is too short."""
+    import random
+
+    n = block_size // 2
+    if n < 2 or len(ids) < n:
+        return None
+    rng = random.Random(seed)
+    starts = [rng.randrange(len(ids) - n + 1) for _ in range(INDUCTION_SEQS)]
+    return repeated_chunks([list(ids[s:s + n]) for s in starts],
+                           f"{INDUCTION_SEQS} chunks of {n} tokens of the run's validation text, each repeated")
+
+
+def induction_probe(cfg, tok, seed: int = 0) -> InductionProbe:
+    """Sequences like the run's training data: the ``induction`` corpus's own lines, else the run's
+    validation text repeated, else (text unreadable) random ids."""
+    from tformer_cli.errors import TformerError
+
+    block = cfg.model.block_size
+    if cfg.data.corpus == "induction" and getattr(tok, "kind", "") == "char":
+        return induction_corpus_probe(tok, block, seed)
+    try:
+        from tformer_cli.core.tasks import _val_text
+
+        text = _val_text(cfg)[:200_000]
+        if not tok.unknown(text):
+            probe = text_probe(tok.encode(text), block, seed)
+            if probe is not None:
+                return probe
+    except (TformerError, OSError, ValueError):  # the corpus moved or is unreadable: the fallback below
+        pass
+    return random_probe(tok.vocab_size, block, seed)
+
+
+def probe_scores(model, probe: InductionProbe, device):
+    """(n_layer, n_head) mean weight over the probe's (query, key) pairs."""
+    import torch
+
+    L, nh = model.cfg.n_layer, model.cfg.n_head
+    if not any(probe.pairs):
+        return torch.zeros(L, nh)
     with torch.no_grad():
-        out = model(seq, need_weights=True)
-    w = torch.stack([a.float().cpu() for a in out.attentions])  # (L, S, nh, 2n, 2n)
-    j = torch.arange(n - 1)
-    return w[..., n + j, j + 1].mean(dim=(-1, 1))  # (L, nh)
+        out = model(torch.tensor(probe.seqs, device=device), need_weights=True)
+    w = torch.stack([a.float().cpu() for a in out.attentions]).transpose(1, 2)  # (L, nh, S, T, T)
+    s = torch.tensor([i for i, p in enumerate(probe.pairs) for _ in p])
+    q = torch.tensor([a for p in probe.pairs for a, _ in p])
+    k = torch.tensor([b for p in probe.pairs for _, b in p])
+    return w[:, :, s, q, k].mean(dim=-1)  # (L, nh, N) -> (L, nh)
+
+
+def induction_scores(model, vocab: int, device, seed: int = 0, probe: InductionProbe | None = None):
+    """(n_layer, n_head) mean weight from each token of a second copy to the token after its
+    previous occurrence, on ``probe`` (default: random ids, block_size/2 repeated: key j+1 for
+    query n+j)."""
+    import torch
+
+    if probe is None:
+        if model.cfg.block_size // 2 < 2:
+            return torch.zeros(model.cfg.n_layer, model.cfg.n_head)
+        probe = random_probe(vocab, model.cfg.block_size, seed)
+    return probe_scores(model, probe, device)
 
 
 def offset_scores(w, min_rows: int = 4):
@@ -121,9 +219,14 @@ def offset_scores(w, min_rows: int = 4):
 
 def label_head(prev: float, first: float, induction: float, entropy: float,
                offset: int = 0, offset_score: float = 0.0) -> str:
-    """The name of the strongest pattern (score >= LABEL_MIN), else diffuse or mixed."""
+    """The name of the strongest pattern (score >= LABEL_MIN), else diffuse or mixed.
+
+    An induction head looks like a fixed offset on a prompt that repeats once (the offset of
+    that repeat), so the offset, measured on the prompt, does not compete with an induction score
+    of at least LABEL_MIN, measured on the probe (whose copies vary in position for the
+    ``induction`` corpus, and sit block_size/2 apart otherwise)."""
     named = {"induction": induction, "previous-token": prev, "first-token": first}
-    if offset:
+    if offset and induction < LABEL_MIN:
         named[f"offset -{offset}"] = offset_score
     best = max(named, key=named.get)
     if named[best] >= LABEL_MIN:
@@ -149,11 +252,13 @@ def attention_report(run_dir: str | Path, prompt: str, device_name: str = "auto"
     ids, dropped = window_ids(tok, prompt, cfg.model.block_size)
     weights = attention_maps(model, ids, device)
     vocab = tok.vocab_size  # the tokenizer's ids: never the MLM's [MASK]
-    induction = induction_scores(model, vocab, device, seed)
+    probe = induction_probe(cfg, tok, seed)
+    induction = induction_scores(model, vocab, device, seed, probe)
     return AttentionResult(
         tokens=[display_token(tok, i) for i in ids],
         weights=weights,
         causal=cfg.model.causal,
         scores=score_heads(weights, induction, cfg.model.causal),
         truncated=dropped,
+        induction_probe=probe.source,
     )
