@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, ContextManager
 
 from tformer_cli.core.config import Config
-from tformer_cli.errors import TformerError
+from tformer_cli.errors import Stopped, TformerError
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.study import convergence
 from tformer_cli.study.measure import Evaluator, anatomy_columns, default_evaluator, measure
@@ -65,6 +65,9 @@ def train_member(j: Job, *, cont: bool, trainer: Trainer | None = None, display:
             RunDir(j.run_dir).prepare(overwrite=True)  # a member dir without a checkpoint has nothing to keep
         with ctx as progress:
             result = trainer(j.cfg, j.run_dir, resume=cont, progress=progress, should_stop=should_stop)
+    except Stopped:  # stopped before its first checkpoint: not a failure, nothing to keep
+        say(f"{j.label}: stopped before its first checkpoint")
+        return MemberOutcome("interrupted")
     except TformerError as e:
         say(f"{j.label}: failed: {e}")
         return MemberOutcome("failed", error=str(e), hint=e.hint or "")

@@ -19,7 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from tformer_cli.core import stop as stop_flag
 from tformer_cli.core.config import Config
+from tformer_cli.run.lock import DirLock
 from tformer_cli.errors import ConfigError
 from tformer_cli.study import stats, verdict
 from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, skipped, train_member
@@ -65,36 +67,41 @@ def run_experiment(
         prepare_experiment_dir(out_dir, spec)
     elif not is_experiment_dir(out_dir):
         raise ConfigError(f"--resume {out_dir}: not an experiment directory (no {SPEC_NAME})")
-    run = _Run(spec, out_dir, resume, trainer, evaluator, display, notice or (lambda s: None),
-               should_stop or (lambda: False))
-    devices = devices if devices is not None else visible_devices(spec.config())
-    jobs = min(jobs or 1, len(run.jobs))
-    if jobs > 1 and devices[:1] in (["cpu"], ["auto"]) and not parallel:  # no CUDA device visible
-        run.threads = max(1, (os.cpu_count() or 1) // jobs)
-        execution = (f"{jobs} at a time on the CPU, one process each with {run.threads} thread(s) "
-                     "(tokens/s is each member's under that load)")
-        outcomes = run.in_processes(devices[:1] * jobs)
-    elif parallel and len(devices) > 1:
-        execution = f"in parallel, one process per device ({', '.join(devices)})"
-        outcomes = run.in_processes(devices)
-    elif isolate or parallel:
-        why = "" if isolate else " (--parallel needs more than one CUDA device; only one is visible)"
-        execution = f"in sequence, one process per member{why}"
-        outcomes = run.in_processes(devices[:1] or [spec.config().train.device])
-    else:
-        execution = "in sequence, in this process"
-        outcomes = run.inline()
-    rows = [member_row(j, o) for j, o in zip(run.jobs, outcomes)]
-    stats.add_baseline_diffs(rows, spec)
-    result = ExperimentResult(
-        kind=spec.kind, out_dir=str(out_dir), rows=rows, summary=stats.summarize(rows, spec),
-        members=list(spec.members), axes=spec.axes, seeds=spec.seeds,
-        interrupted=any(o is None or o.status == "interrupted" for o in outcomes), execution=execution,
-        memory_note=stats.memory_note(rows, execution), significance_rule=stats.SIGNIFICANCE_RULE,
-        notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0,
-        verdicts=verdict.verdicts(spec, rows))
-    write_results(result)
-    return result
+    lock = DirLock(out_dir, "experiment").acquire()  # one process per experiment directory
+    try:
+        run = _Run(spec, out_dir, resume, trainer, evaluator, display, notice or (lambda s: None),
+                   should_stop or (lambda: False))
+        devices = devices if devices is not None else visible_devices(spec.config())
+        jobs = min(jobs or 1, len(run.jobs))
+        if jobs > 1 and devices[:1] in (["cpu"], ["auto"]) and not parallel:  # no CUDA device visible
+            run.threads = max(1, (os.cpu_count() or 1) // jobs)
+            execution = (f"{jobs} at a time on the CPU, one process each with {run.threads} thread(s) "
+                         "(tokens/s is each member's under that load)")
+            outcomes = run.in_processes(devices[:1] * jobs)
+        elif parallel and len(devices) > 1:
+            execution = f"in parallel, one process per device ({', '.join(devices)})"
+            outcomes = run.in_processes(devices)
+        elif isolate or parallel:
+            why = "" if isolate else " (--parallel needs more than one CUDA device; only one is visible)"
+            execution = f"in sequence, one process per member{why}"
+            outcomes = run.in_processes(devices[:1] or [spec.config().train.device])
+        else:
+            execution = "in sequence, in this process"
+            outcomes = run.inline()
+        rows = [member_row(j, o) for j, o in zip(run.jobs, outcomes)]
+        stats.add_baseline_diffs(rows, spec)
+        result = ExperimentResult(
+            kind=spec.kind, out_dir=str(out_dir), rows=rows, summary=stats.summarize(rows, spec),
+            members=list(spec.members), axes=spec.axes, seeds=spec.seeds,
+            interrupted=any(o is None or o.status == "interrupted" for o in outcomes) or stop_flag.requested(),
+            execution=execution,
+            memory_note=stats.memory_note(rows, execution), significance_rule=stats.SIGNIFICANCE_RULE,
+            notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0,
+            verdicts=verdict.verdicts(spec, rows))
+        write_results(result)
+        return result
+    finally:
+        lock.release()
 
 
 def visible_devices(cfg: Config) -> list[str]:
