@@ -163,7 +163,9 @@ def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
     probs = torch.softmax(sorted_logits, dim=-1)
     mass_above = probs.cumsum(dim=-1) - probs  # the most likely token has 0 above it: always kept
-    sorted_logits = sorted_logits.masked_fill(mass_above >= top_p, float("-inf"))
+    drop = mass_above >= top_p
+    drop[..., 0] = False  # the most likely token always stays (a top_p below float32's range rounds to 0)
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 

@@ -121,5 +121,7 @@ def yaml_load(text: str) -> Any:
     loader = NoAliasLoader(text)
     try:
         return loader.get_single_data()
+    except ValueError as e:  # an integer of 100,000 digits, say: Python refuses to convert it
+        raise yaml.YAMLError(f"a value cannot be read ({str(e)[:80]})") from None
     finally:
         loader.dispose()
