@@ -68,7 +68,7 @@ def converged_cell(s: MemberSummary) -> str:
         why.append("degenerate sample")
     if why:
         return "NO: " + ", ".join(why)
-    return "unknown" if s.still_learning is None else "yes"
+    return "unknown (evaluate more often)" if s.still_learning is None else "yes"
 
 
 def _causal(s: MemberSummary) -> str:
@@ -195,7 +195,8 @@ def render(con: Console, r: ExperimentResult) -> None:
 
 def verdict_line(v: Verdict) -> str:
     """One line: the claim, what was measured, and agrees / disagrees / undecided (with what would decide)."""
-    measured = "no paired seeds" if v.delta is None else f"Δ {v.metric} = {v.delta:+.4f}"
+    metric = "loss" if v.metric == "compared_loss" else v.metric
+    measured = "no paired seeds" if v.delta is None else f"Δ {metric} = {v.delta:+.4f}"
     if v.ci_low is not None and v.ci_high is not None:
         measured += f" [95% CI {v.ci_low:+.4f}, {v.ci_high:+.4f}]"
     measured += f" over {v.n} seed(s), {v.member} vs {v.baseline}"

@@ -134,7 +134,8 @@ def _summary(m: Member, rows: list[MemberRow], baseline: str) -> MemberSummary:
         setattr(s, k, mean)
         setattr(s, f"{k}_std", std)
     s.unconverged = sum(1 for r in ok if r.still_learning or r.degenerate)
-    s.still_learning = any(r.still_learning for r in ok) if ok else None
+    known = [r.still_learning for r in ok if r.still_learning is not None]
+    s.still_learning = any(known) if known else None  # None: no evaluation before the last fifth
     s.degenerate = any(r.degenerate for r in ok) if ok else None
     drops = [r.val_drop_last_fifth for r in ok if r.val_drop_last_fifth is not None]
     s.val_drop_last_fifth = max(drops) if drops else None
