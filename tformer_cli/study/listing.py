@@ -40,10 +40,20 @@ def _run_entry(p: Path) -> RunEntry:
     if problem is not None:
         return RunEntry(str(p), f"damaged: {_why(RunError(problem))}")
     if s is None:
-        return RunEntry(str(p), "no summary (running or crashed)")
+        return RunEntry(str(p), "imported, not trained" if _imported(p) else "no summary (running or crashed)")
     return RunEntry(str(p), "interrupted" if s.get("interrupted") else "finished",
                     steps=f"{s.get('steps_done')}/{s.get('steps')}", val_loss=s.get("val_loss"),
                     params=s.get("params"), tokens_per_s=s.get("tokens_per_s"), elapsed_s=s.get("elapsed_s"))
+
+
+def _imported(p: Path) -> bool:
+    """A run written by `tformer import` (its checkpoint header names where it came from)."""
+    import json
+
+    try:
+        return "imported_from" in json.loads(RunDir(p).checkpoint_json.read_text()).get("train_state", {})
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _experiment_entry(p: Path) -> ExperimentEntry:
