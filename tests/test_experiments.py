@@ -386,7 +386,7 @@ def test_lstm_and_mlm_members_run_in_a_sweep(cli, tiny_yaml, tmp_path):
 def test_a_builtin_study_runs_by_name(cli, tmp_path):
     out = tmp_path / "mask"
     r = cli("study", "ablate_causal_mask", "--steps", "3", "--set", "train.eval_interval=3",
-            "--set", "train.log_interval=3", "--out", out)
+            "--set", "train.log_interval=3", "--seeds", "1", "--jobs", "1", "--out", out)
     assert r.code == 0, r
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [row["member"] for row in rows] == ["baseline", "no-causal-mask"]
