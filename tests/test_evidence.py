@@ -220,3 +220,44 @@ def test_cpu_members_run_side_by_side_with_the_cores_split(tiny_config, tmp_path
     assert [x.status for x in r.rows] == ["ok", "ok"]
     jobs = [json.loads(p.read_text()) for p in sorted((tmp_path / "exp" / "workers").glob("*.job.json"))]
     assert [j["threads"] for j in jobs] == [2, 2]
+
+
+# ---------------------------------------------------------------- --tune lr
+
+
+def test_tuning_compares_each_member_at_its_best_learning_rate(tiny_config, tmp_path):
+    import json
+    import math
+    from pathlib import Path
+
+    from tformer_cli.study import runner, tune
+    from tformer_cli.study.results import Measurement
+
+    base_lr = from_dict(tiny_config).train.lr
+
+    def trainer(cfg, run_dir, **kw):  # the baseline is best at 1x the rate, no-ffn at 2x
+        best = base_lr * (2.0 if not cfg.model.ffn else 1.0)
+        loss = 2.0 + 0.3 * (not cfg.model.ffn) + abs(math.log2(cfg.train.lr / best)) * 0.2 + 0.001 * cfg.train.seed
+        run_dir = Path(run_dir)
+        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 10, "val_loss": loss}) + "\n")
+        s = {"run_dir": str(run_dir), "steps_done": 10, "steps": 10, "interrupted": False, "val_loss": loss,
+             "vocab_size": 65, "params": 1}
+        (run_dir / "summary.json").write_text(json.dumps(s))
+        return s
+
+    def evaluator(run_dir, cfg, prompt):
+        v = json.loads((Path(run_dir) / "summary.json").read_text())["val_loss"]
+        return Measurement(v, "The cat sat on the mat", val_loss=v, degenerate=False)
+
+    base = from_dict(tiny_config)
+    spec = tune.expand(Spec("ablate", base.to_dict(), ablation_members(base, no_ffn=True), [1, 2, 3]),
+                       tune.parse_grid("0.5,1,2"))
+    assert len(spec.members) == 6
+    r = runner.run_experiment(spec, tmp_path / "exp", trainer=trainer, evaluator=evaluator)
+    chosen = {c["member"]: c["multiple"] for c in r.tuning}
+    assert chosen == {"baseline": 1.0, "no-ffn": 2.0}
+    by = {s.member: s for s in r.summary}
+    assert set(by) == {"baseline", "no-ffn"}
+    assert by["no-ffn"].diff_vs_baseline == pytest.approx(0.3)  # at their best rates: the FFN's own effect
+    with pytest.raises(ConfigError):
+        tune.parse_grid("1")

@@ -25,6 +25,11 @@ ResumeOpt = Annotated[Optional[Path], typer.Option("--resume", help="Continue th
                                                    "finished members are skipped.", show_default=False)]
 ParallelOpt = Annotated[bool, typer.Option("--parallel", help="One member per CUDA device at a time, each in "
                                            "its own process (in sequence when one device is visible).")]
+TuneOpt = Annotated[Optional[str], typer.Option("--tune", help="'lr': train every member at each learning "
+                                               "rate of --lr-grid and compare each at its best rate.",
+                                               show_default=False)]
+LrGridOpt = Annotated[Optional[str], typer.Option("--lr-grid", help="Multiples of train.lr for --tune lr "
+                                                  "(default 0.5,1,2).", show_default=False)]
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="On the CPU: train N members at a time, "
                                                "each in its own process with cores/N threads (default: 1; "
                                                "`tformer study`: one per core).", show_default=False)]
@@ -75,6 +80,8 @@ class ExperimentOptions:
     parallel: bool = False
     isolate: bool = False
     jobs: Optional[int] = None
+    tune: Optional[str] = None
+    lr_grid: Optional[str] = None
     json_: bool = False
 
     @classmethod
@@ -107,7 +114,7 @@ def execute(o: ExperimentOptions, spec, out: Path | None = None):
     from tformer_cli.study.runner import run_experiment
     from tformer_cli.study.spec import experiment_target
 
-    spec, out_dir = experiment_target(spec, out or o.out, o.resume)
+    spec, out_dir = experiment_target(_tuned(o, spec), out or o.out, o.resume)
     con = err_console() if o.json_ else console()
     notice = lambda s: con.print(f"[dim]{s}[/dim]")  # noqa: E731
     if not o.json_:
@@ -125,6 +132,20 @@ def execute(o: ExperimentOptions, spec, out: Path | None = None):
         err_console().print(f"interrupted: continue with  tformer {spec.kind} --resume {out_dir}", soft_wrap=True)
         raise Interrupted()
     return result
+
+
+def _tuned(o: ExperimentOptions, spec):
+    """The spec with --tune lr applied (every member at each rate of the grid)."""
+    from tformer_cli.errors import ConfigError
+    from tformer_cli.study import tune
+
+    if o.tune is None:
+        if o.lr_grid is not None:
+            raise ConfigError("--lr-grid needs --tune lr")
+        return spec
+    if o.tune != "lr":
+        raise ConfigError(f"--tune {o.tune}: only 'lr' can be tuned", hint="e.g. --tune lr --lr-grid 0.5,1,2")
+    return tune.expand(spec, tune.parse_grid(o.lr_grid)) if spec is not None else spec
 
 
 def run_all(o: ExperimentOptions) -> None:
@@ -194,7 +215,8 @@ def ablate(
     match_by: Annotated[Optional[str], typer.Option("--match-by", help="What --match params resizes: d_ff "
                         "(default), n_layer or d_model.", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -221,7 +243,8 @@ def sweep(
     grid: Annotated[Optional[List[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable; the "
                     "full grid of all keys is trained).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -246,7 +269,8 @@ def sweep_heads(
     d_model: Annotated[Optional[int], typer.Option("--d-model", help="model.d_model for every member "
                        "(default: the config's).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -270,7 +294,8 @@ def sweep_dmodel(
     heads: Annotated[Optional[int], typer.Option("--heads", help="model.n_head for every member "
                      "(default: the config's).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -297,7 +322,8 @@ def study_(
                                        "findings report (findings.md) beside them.")] = False,
     set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
     data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 

@@ -87,9 +87,16 @@ def _shows_d_k(r: ExperimentResult) -> bool:
     return "model.n_head" in r.axes or "model.d_model" in r.axes
 
 
+def _tuned(r: ExperimentResult, member: str) -> str:
+    c = next((c for c in r.tuning if c["member"] == member), None)
+    if c is None:
+        return ""
+    return f"\n[tuned] train.lr={c['lr']:g}, best of {', '.join(c['mean_loss_by_lr'])}"
+
+
 def _member_cells(r: ExperimentResult, s: MemberSummary) -> list[str]:
     name = s.member + (f"\n({s.n_seeds - s.n_ok} seed(s) failed)" if s.n_ok and s.n_ok < s.n_seeds else "")
-    changed = s.changed + (f"\n[resized] {s.resized}" if s.resized and s.n_ok else "")
+    changed = s.changed + (f"\n[resized] {s.resized}" if s.resized and s.n_ok else "") + _tuned(r, s.member)
     if not s.n_ok:
         changed += "\nFAILED: " + "; ".join(s.errors) if s.errors else "\nnot run"
     cells = [escape(name), escape(changed)] + [escape(str(s.axes.get(a, ""))) for a in r.axes]

@@ -232,6 +232,7 @@ class ExperimentResult:
     plot: str | None
     elapsed_s: float
     verdicts: list[Verdict] = field(default_factory=list)  # one per claim of a study file
+    tuning: list[dict[str, Any]] = field(default_factory=list)  # --tune lr: each member's rate and losses
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -248,7 +249,8 @@ class ExperimentResult:
                    interrupted=bool(d.get("interrupted")), execution=d.get("execution", ""),
                    memory_note=d.get("memory_note", ""), significance_rule=d.get("significance_rule", ""),
                    notes=list(d.get("notes", [])), plot=d.get("plot"), elapsed_s=d.get("elapsed_s") or 0.0,
-                   verdicts=[Verdict.from_dict(v) for v in d.get("verdicts") or []])
+                   verdicts=[Verdict.from_dict(v) for v in d.get("verdicts") or []],
+                   tuning=list(d.get("tuning") or []))
 
 
 def write_results(result: ExperimentResult) -> None:

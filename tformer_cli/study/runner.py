@@ -23,7 +23,7 @@ from tformer_cli.core import stop as stop_flag
 from tformer_cli.core.config import Config
 from tformer_cli.run.lock import DirLock
 from tformer_cli.errors import ConfigError
-from tformer_cli.study import stats, verdict
+from tformer_cli.study import stats, tune, verdict
 from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, skipped, train_member
 from tformer_cli.study.measure import Evaluator
 from tformer_cli.study.results import ExperimentResult, MemberOutcome, write_json, write_results
@@ -89,10 +89,13 @@ def run_experiment(
             execution = "in sequence, in this process"
             outcomes = run.inline()
         rows = [member_row(j, o) for j, o in zip(run.jobs, outcomes)]
+        choices: list[dict] = []
+        if spec.tune:  # each member at its best learning rate, then compared as usual
+            spec, rows, choices = tune.collapse(spec, rows)
         stats.add_baseline_diffs(rows, spec)
         result = ExperimentResult(
             kind=spec.kind, out_dir=str(out_dir), rows=rows, summary=stats.summarize(rows, spec),
-            members=list(spec.members), axes=spec.axes, seeds=spec.seeds,
+            members=list(spec.members), axes=spec.axes, seeds=spec.seeds, tuning=choices,
             interrupted=any(o is None or o.status == "interrupted" for o in outcomes) or stop_flag.requested(),
             execution=execution,
             memory_note=stats.memory_note(rows, execution), significance_rule=stats.SIGNIFICANCE_RULE,

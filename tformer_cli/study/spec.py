@@ -44,6 +44,7 @@ class Spec:
     axes: list[str] = field(default_factory=list)  # swept keys, in order (sweeps)
     prompt: str | None = None
     claims: list[dict[str, Any]] = field(default_factory=list)  # a study file's claim: (tformer_cli.study.verdict)
+    tune: dict[str, Any] | None = None  # --tune lr: the grid and the original members (tformer_cli.study.tune)
 
     def config(self) -> Config:
         return cfgmod.from_dict(self.base)
@@ -65,7 +66,7 @@ class Spec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Spec":
         return cls(d["kind"], d["base"], [Member(**m) for m in d["members"]], list(d["seeds"]),
-                   list(d.get("axes", [])), d.get("prompt"), list(d.get("claims") or []))
+                   list(d.get("axes", [])), d.get("prompt"), list(d.get("claims") or []), d.get("tune"))
 
 
 def describe(overrides: dict[str, Any]) -> str:
