@@ -119,6 +119,7 @@ def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch, tmp_path)
     code, _, err = run_cli("train", cfg, "--nproc", "3", "--out", tmp_path / "r")
     assert code == 7 and seen["args"][-2:] == ["--out", str(tmp_path / "r")]  # empty: still usable
     (tmp_path / "r" / "config.yaml").write_text("")
+    (tmp_path / "r" / "metrics.jsonl").write_text("")  # a run has a checkpoint or metrics (issue 13)
     code, _, err = run_cli("train", cfg, "--nproc", "3", "--out", tmp_path / "r")
     assert code == 2 and "is a run" in err
     assert distributed.torchrun_argv(3, ["train"])[1:] == [
