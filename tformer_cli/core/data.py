@@ -24,6 +24,7 @@ import numpy as np
 from tformer_cli.core.config import DataConfig
 from tformer_cli.errors import DataError
 from tformer_cli.core.io import atomic_write_text
+from tformer_cli.core.token_cache import DamagedCache, encode_in_chunks, open_cache, read_corpus_bytes
 
 FORMAT_VERSION = 1
 
@@ -134,14 +135,9 @@ def read_corpus(name_or_path: str) -> tuple[str, str]:
         return BUILTIN[name_or_path][1](), name_or_path
     path = Path(name_or_path).expanduser()
     hint = f"built-in corpora: {', '.join(BUILTIN)}; or give a path to a UTF-8 text file"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"corpus not found: {name_or_path}", hint=hint)
-    if path.is_dir():
-        raise DataError(f"corpus path is a directory, not a file: {path}", hint=hint)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"cannot read corpus {path}: {e.strerror}") from None
+    raw = read_corpus_bytes(path, hint)  # a regular file only, read in chunks (stop flag, progress)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -257,11 +253,36 @@ def tokenizer_from_json(data: dict):
 
 
 def load_tokenizer(path: str | Path):
+    """A tokenizer.json, read with a size bound and checked field by field (DataError naming the field)."""
+    from tformer_cli.core.untrusted import UnreadableFile, read_text, short
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read tokenizer {path}: {e}") from None
-    return tokenizer_from_json(data)
+        data = json.loads(read_text(path, 256 << 20))
+    except UnreadableFile as e:
+        raise DataError(f"cannot read tokenizer {e}") from None
+    except (ValueError, RecursionError) as e:
+        raise DataError(f"tokenizer {path} is damaged: not valid JSON ({short(str(e), 60)})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"tokenizer {path} is damaged: expected a JSON object, got {type(data).__name__}")
+    kind = data.get("type")
+    if kind == "char":
+        chars = data.get("chars")
+        if not isinstance(chars, str) or not chars or len(set(chars)) != len(chars):
+            raise DataError(f"tokenizer {path} is damaged: field chars: expected a string of distinct "
+                            f"characters, got {short(chars)}")
+    elif kind == "bpe" and not isinstance(data.get("hf"), str):
+        raise DataError(f"tokenizer {path} is damaged: field hf: expected a string, got {short(data.get('hf'))}")
+    elif kind not in ("char", "bpe", None):
+        raise DataError(f"tokenizer {path} is damaged: field type: unknown tokenizer type {short(kind)}")
+    try:
+        tok = tokenizer_from_json(data)
+    except DataError as e:
+        raise DataError(f"tokenizer {path}: {str(e)[:160]}") from None
+    except Exception as e:  # the tokenizers package raises its own exception types
+        raise DataError(f"tokenizer {path} is damaged: {type(e).__name__}: {str(e)[:100]}") from None
+    if tok.vocab_size < 1:
+        raise DataError(f"tokenizer {path} is damaged: its vocabulary is empty")
+    return tok
 
 
 # ---------------------------------------------------------------- prepared data
@@ -311,14 +332,21 @@ def prepare(cfg: DataConfig, tokenizer=None) -> Dataset:
     from_cache = meta_path.exists()
     if not from_cache:
         _build_cache(text, cfg, cache_dir, tokenizer)
-    meta = json.loads(meta_path.read_text())
-    dtype = np.dtype(meta["dtype"])
-    train = np.memmap(cache_dir / "train.bin", dtype=dtype, mode="r") if meta["n_train"] else np.zeros(0, dtype)
-    val = np.memmap(cache_dir / "val.bin", dtype=dtype, mode="r") if meta["n_val"] else np.zeros(0, dtype)
+    try:
+        meta, train, val, cached_tok = open_cache(cache_dir, load_tokenizer)
+    except DamagedCache as e:  # rebuilt: the cache is derived data
+        _remove_cache_entry(cache_dir, str(e))
+        from_cache = False
+        _build_cache(text, cfg, cache_dir, tokenizer)
+        try:
+            meta, train, val, cached_tok = open_cache(cache_dir, load_tokenizer)
+        except DamagedCache as e2:
+            raise DataError(f"the token cache entry {cache_dir} is damaged ({e2})",
+                            hint=f"delete {cache_dir} and run again") from None
     return Dataset(
         train=train,
         val=val,
-        tokenizer=load_tokenizer(cache_dir / "tokenizer.json"),
+        tokenizer=cached_tok,
         corpus=label,
         train_bytes_per_token=meta["train_bytes"] / max(meta["n_train"], 1),
         val_bytes_per_token=meta["val_bytes"] / max(meta["n_val"], 1),
@@ -342,10 +370,14 @@ def _build_cache(text: str, cfg: DataConfig, cache_dir: Path, tokenizer=None) ->
         tok = BPETokenizer.train(train_text, cfg.vocab_size)
     dtype = np.dtype("<u2") if tok.vocab_size <= 65535 else np.dtype("<u4")
     tmp = cache_dir.with_name(cache_dir.name + f".tmp{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"cannot create the token cache in {cache_dir.parent}: {e.strerror}",
+                        hint="set TFORMER_CACHE to a writable directory") from None
     n = {}
     for name, part in (("train", train_text), ("val", val_text)):
-        ids = np.asarray(tok.encode(part), dtype=dtype)
+        ids = np.asarray(encode_in_chunks(tok, part), dtype=dtype)  # polls the stop flag
         ids.tofile(tmp / f"{name}.bin")
         n[name] = len(ids)
     atomic_write_text(tmp / "tokenizer.json", json.dumps(tok.to_json()))
@@ -364,6 +396,16 @@ def _build_cache(text: str, cfg: DataConfig, cache_dir: Path, tokenizer=None) ->
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_cache_entry(cache_dir: Path, why: str) -> None:
+    import shutil
+
+    try:
+        shutil.rmtree(cache_dir)
+    except OSError as e:
+        raise DataError(f"the token cache entry {cache_dir} is damaged ({why}) and cannot be removed: "
+                        f"{e.strerror}", hint=f"delete {cache_dir} and run again") from None
 
 
 def check_lengths(ds: Dataset, block_size: int, corpus: str) -> None:
