@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from tformer_cli.cli.options import DeviceOpt, JsonOpt, PresetOpt, SetOpt
+from tformer_cli.cli.options import DeviceOpt, JsonOpt, PresetOpt, SetOpt, StopOnInterrupt
 
 RunArg = Annotated[Path, typer.Argument(help="A run directory written by `tformer train`.", show_default=False)]
 PngOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="PNG to write (default: inside the run).",
@@ -95,7 +95,8 @@ def attention(
     from tformer_cli.render.plots import attention_png
 
     _check_image(out)
-    result = attention_report(run, prompt, device or "auto")
+    with StopOnInterrupt(message=""):  # Ctrl-C or SIGTERM: the probe stops (one line, exit 130)
+        result = attention_report(run, prompt, device or "auto")
     L, H = result.weights.shape[:2]
     _check_index("--layer", layer, L)
     _check_index("--head", head, H)
@@ -128,7 +129,8 @@ def heads(
 
     _check_image(out)
     say = (lambda s: None) if json_ else (lambda s: err_console().print(f"[dim]{s}[/dim]"))
-    result = heads_report(run, batches, threshold, device or "auto", progress=say, context=context)
+    with StopOnInterrupt(message=""):  # Ctrl-C or SIGTERM: the probe stops (one line, exit 130)
+        result = heads_report(run, batches, threshold, device or "auto", progress=say, context=context)
     png = heads_png(result, out or Path(run) / "heads.png",
                     title=f"head importance of {Path(run).name} ({result.tokens:,} val tokens)")
     if json_:

@@ -67,13 +67,24 @@ def flag_overrides(steps=None, device=None, seed=None, data=None, sets=None, ext
     return out
 
 
-class StopOnInterrupt:
-    """First Ctrl-C (or SIGTERM): ask the loop to stop after the current step (it saves and
-    returns). Second Ctrl-C: exit at once (KeyboardInterrupt, exit code 130)."""
+TRAIN_STOP = "\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)\n"
 
-    def __init__(self, notice=None):
+
+class StopOnInterrupt:
+    """First Ctrl-C (or SIGTERM): set the process-wide stop flag (tformer_cli.core.stop) and say
+    ``message`` (by default: the loop stops after the current step, saves and returns; "" says
+    nothing, for commands whose stop ends in a one-line ``Stopped`` error). Second Ctrl-C: exit
+    at once (KeyboardInterrupt, exit code 130).
+
+    While it is active, the long reads' progress lines (``stop.notice``: a big corpus read and
+    tokenized) go to stderr through render/progress.py ReadProgress; ``progress=False``: nowhere."""
+
+    def __init__(self, notice=None, message: str = TRAIN_STOP, progress: bool = True):
         self.requested = False
         self.notice = notice
+        self.message = message
+        self.progress = progress
+        self._lines = None
         self._old = None
 
     def __call__(self) -> bool:
@@ -88,7 +99,11 @@ class StopOnInterrupt:
         from tformer_cli.core import stop
 
         stop.request()  # every long loop (evaluation, tokenization, measurement, probes) sees it
-        msg = "\nstopping after this step and saving a checkpoint (Ctrl-C again to quit at once)\n"
+        msg = self.message
+        if not msg:
+            return
+        if self._lines is not None:
+            self._lines.close()  # a progress line left open on the terminal
         if self.notice:
             self.notice(msg)
         else:
@@ -103,6 +118,11 @@ class StopOnInterrupt:
         from tformer_cli.core import stop
 
         stop.clear()
+        if self.progress:
+            from tformer_cli.render.progress import ReadProgress
+
+            self._lines = ReadProgress()
+            stop.set_notice(self._lines)
         self._old = {}
         try:
             self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._handler)
@@ -117,4 +137,8 @@ class StopOnInterrupt:
         for sig, old in (self._old or {}).items():
             signal.signal(sig, old)
         stop.clear()
+        if self._lines is not None:
+            stop.set_notice(None)
+            self._lines.close()
+            self._lines = None
         return False

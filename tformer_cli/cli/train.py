@@ -142,7 +142,7 @@ def run_training(cfg, run_dir, resume: bool = False, json_: bool = False, title:
     from tformer_cli.train.loop import train as core_train
 
     if dist is not None and not dist.main:
-        with StopOnInterrupt(lambda message: None) as stop:
+        with StopOnInterrupt(lambda message: None, progress=False) as stop:
             return core_train(cfg, run_dir, resume=resume, should_stop=stop, dist=dist, init_from=init_from)
     with TrainDisplay(title, to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:
         result = core_train(cfg, run_dir, resume=resume, progress=display, should_stop=stop, dist=dist,

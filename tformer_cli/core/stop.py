@@ -39,11 +39,13 @@ _notice = None
 
 
 def set_notice(fn) -> None:
-    """Where the long loops' progress lines go (the CLI's console while a command runs); None: nowhere."""
+    """Where the long loops' progress lines go: ``fn(message, final)`` (the CLI connects its
+    stderr console while a command runs, see cli/options.py StopOnInterrupt); None: nowhere."""
     global _notice
     _notice = fn
 
 
-def notice(message: str) -> None:
+def notice(message: str, final: bool = False) -> None:
+    """One progress line of a long loop; ``final`` on its last one (the work is done)."""
     if _notice is not None:
-        _notice(message)
+        _notice(message, final)

@@ -49,7 +49,8 @@ def read_corpus_bytes(path: Path, hint: str) -> bytes:
                 parts.append(block)
                 done += len(block)
                 if size >= BIG:
-                    stop.notice(f"reading {path}: {done >> 20} of {size >> 20} MiB")
+                    stop.notice(f"reading {path}: {min(100, done * 100 // size)}% of {size / 2**20:,.1f} MiB",
+                                final=done >= size)
     except OSError as e:
         raise DataError(f"cannot read corpus {path}: {e.strerror}") from None
     return b"".join(parts)
@@ -71,7 +72,7 @@ def encode_in_chunks(tok, text: str) -> list[int]:
         ids.extend(tok.encode(text[start:end]))
         start = end
         if len(text) >= BIG:
-            stop.notice(f"tokenizing: {start * 100 // len(text)}%")
+            stop.notice(f"tokenizing: {start * 100 // len(text)}%", final=start >= len(text))
     return ids
 
 

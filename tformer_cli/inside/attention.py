@@ -23,8 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tformer_cli.core import stop
 from tformer_cli.core.prompt import display_token, window_ids
 from tformer_cli.inside.load import load_gpt
+
+STOPPED = "while probing attention: nothing was written"
 
 LABEL_MIN = 0.4  # a score at least this high names the head
 DIFFUSE_MIN = 0.8  # normalised entropy at least this high: a diffuse (averaging) head
@@ -175,13 +178,18 @@ def probe_scores(model, probe: InductionProbe, device):
     L, nh = model.cfg.n_layer, model.cfg.n_head
     if not any(probe.pairs):
         return torch.zeros(L, nh)
-    with torch.no_grad():
-        out = model(torch.tensor(probe.seqs, device=device), need_weights=True)
-    w = torch.stack([a.float().cpu() for a in out.attentions]).transpose(1, 2)  # (L, nh, S, T, T)
-    s = torch.tensor([i for i, p in enumerate(probe.pairs) for _ in p])
-    q = torch.tensor([a for p in probe.pairs for a, _ in p])
-    k = torch.tensor([b for p in probe.pairs for _, b in p])
-    return w[:, :, s, q, k].mean(dim=-1)  # (L, nh, N) -> (L, nh)
+    picked = []  # one sequence at a time: the weights of one (L, nh, T, T), and a stop between two
+    for seq, pairs in zip(probe.seqs, probe.pairs):
+        stop.check(STOPPED)
+        if not pairs:
+            continue
+        with torch.no_grad():
+            out = model(torch.tensor([seq], device=device), need_weights=True)
+        w = torch.stack([a[0].float().cpu() for a in out.attentions])  # (L, nh, T, T)
+        q = torch.tensor([a for a, _ in pairs])
+        k = torch.tensor([b for _, b in pairs])
+        picked.append(w[:, :, q, k])  # (L, nh, pairs)
+    return torch.cat(picked, dim=-1).mean(dim=-1)  # (L, nh, N) -> (L, nh)
 
 
 def induction_scores(model, vocab: int, device, seed: int = 0, probe: InductionProbe | None = None):
@@ -250,10 +258,13 @@ def attention_report(run_dir: str | Path, prompt: str, device_name: str = "auto"
     """Attention weights of a run on ``prompt`` and a label for every head."""
     model, tok, cfg, device = load_gpt(run_dir, device_name)
     ids, dropped = window_ids(tok, prompt, cfg.model.block_size)
+    stop.check(STOPPED)  # a Ctrl-C or SIGTERM is honoured between the passes (Stopped, exit 130)
     weights = attention_maps(model, ids, device)
     vocab = tok.vocab_size  # the tokenizer's ids: never the MLM's [MASK]
+    stop.check(STOPPED)
     probe = induction_probe(cfg, tok, seed)
     induction = induction_scores(model, vocab, device, seed, probe)
+    stop.check(STOPPED)
     return AttentionResult(
         tokens=[display_token(tok, i) for i in ids],
         weights=weights,

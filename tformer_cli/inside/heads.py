@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tformer_cli.core import stop
 from tformer_cli.errors import ConfigError
 from tformer_cli.inside.load import load_gpt
+
+STOPPED = "while measuring head importance: nothing was written"
 
 
 @dataclass
@@ -54,6 +57,7 @@ def masked_loss(model, batches, head_mask, device, dtype) -> float:
     total = 0.0
     with torch.no_grad(), dev.autocast(device, dtype):
         for x, y in batches:
+            stop.check(STOPPED)  # a Ctrl-C or SIGTERM is honoured between batches (Stopped, exit 130)
             total += model(x, y, head_mask=head_mask).loss.item()
     return total / len(batches)
 

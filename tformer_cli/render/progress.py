@@ -7,6 +7,7 @@ shrinks, then goes, then the fields move to a second line.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from tformer_cli.render.console import console, err_console
@@ -102,3 +103,44 @@ class TrainDisplay:
                     f"step {e.step}/{e.steps}  train {self.fields['train']}  lr {self.fields['lr']}  "
                     f"{self.fields['tps']} tok/s  eta {fmt_time(eta)}"
                 )
+
+
+class ReadProgress:
+    """Progress of long reads (a big corpus read, then tokenized), on stderr: the
+    ``tformer_cli.core.stop.notice`` callback while a command runs (cli/options.py).
+
+    On a terminal, one line per phase rewritten in place; otherwise plain lines: the first and
+    the last of each phase and at most one every ``interval`` seconds between (a log stays short).
+    A phase is the text before the message's first colon ("reading PATH", "tokenizing").
+    """
+
+    def __init__(self, con=None, interval: float = 1.0):
+        self.con = con or err_console()
+        self.interval = interval
+        self.phase: str | None = None
+        self.last = 0.0
+        self.open = False  # a terminal line not yet ended
+
+    def __call__(self, message: str, final: bool = False) -> None:
+        phase = message.split(":", 1)[0]
+        now = time.monotonic()
+        new = phase != self.phase
+        if self.con.is_terminal:
+            if new:
+                self.close()
+            self.con.file.write(f"\r{message}\x1b[K")
+            self.con.file.flush()
+            self.open = not final
+            if final:
+                self.con.file.write("\n")
+        elif new or final or now - self.last >= self.interval:
+            self.con.print(message, soft_wrap=True, highlight=False)
+            self.last = now
+        self.phase = None if final else phase
+
+    def close(self) -> None:
+        """End a line left open on the terminal."""
+        if self.open:
+            self.con.file.write("\n")
+            self.con.file.flush()
+            self.open = False

@@ -79,7 +79,11 @@ def measured(o: MemberOutcome, j: Job, prompt: str | None, evaluator: Evaluator 
              say: Callable[[str], None]) -> MemberOutcome:
     """``o`` with the measurement of a member that finished (read back from its cache when skipped)."""
     if o.status == "ok" and o.post is None:
-        o.post = measure(j.run_dir, j.cfg, prompt, evaluator or default_evaluator, o.skipped, say, j.label)
+        try:
+            o.post = measure(j.run_dir, j.cfg, prompt, evaluator or default_evaluator, o.skipped, say, j.label)
+        except Stopped:  # Ctrl-C or SIGTERM while measuring: trained, not measured; --resume measures it
+            say(f"{j.label}: stopped while measuring (--resume measures it)")
+            o.status = "interrupted"
     return o
 
 

@@ -9,7 +9,7 @@ from typing import Callable
 
 from tformer_cli.core.config import Config
 from tformer_cli.core.io import atomic_write_text
-from tformer_cli.errors import RunError, TformerError
+from tformer_cli.errors import RunError, Stopped, TformerError
 from tformer_cli.study.convergence import degenerate
 from tformer_cli.study.results import Measurement
 
@@ -38,6 +38,7 @@ def default_evaluator(run_dir: Path, cfg: Config, prompt: str | None) -> Measure
     import torch
 
     from tformer_cli.core import device as dev
+    from tformer_cli.core import stop
     from tformer_cli.core.data import prepare
     from tformer_cli.run.load import load_for_inference
     from tformer_cli.train.batches import Batcher
@@ -55,8 +56,9 @@ def default_evaluator(run_dir: Path, cfg: Config, prompt: str | None) -> Measure
     B = mcfg.train.batch_size
     n = B * min(mcfg.train.eval_iters, max(1, CAUSAL_WINDOWS // B))
     sees_future = mcfg.model.arch == "gpt" and not mcfg.model.causal
-    try:
-        teacher, causal = window_losses(model, batcher, n, device, dtype, sees_future=sees_future)
+    try:  # a Ctrl-C or SIGTERM (the process-wide stop flag) stops it between passes: Stopped
+        teacher, causal = window_losses(model, batcher, n, device, dtype, sees_future=sees_future,
+                                        should_stop=stop.requested)
     except RuntimeError as e:
         raise RunError(str(e)) from None
     text = prompt if prompt is not None else DEFAULT_PROMPT
@@ -84,7 +86,8 @@ def one_line(text: str, width: int = 60) -> str:
 
 def measure(run_dir: Path, cfg: Config, prompt: str | None, evaluator: Evaluator, cached: bool,
             say: Callable[[str], None], label: str) -> Measurement:
-    """The evaluator's measurement, cached in the member dir (``cached``: a resume reads it back)."""
+    """The evaluator's measurement, cached in the member dir (``cached``: a resume reads it back).
+    A stop (``Stopped``) is not a failure: it propagates, and nothing is cached."""
     path = Path(run_dir) / MEMBER_METRICS
     if cached and path.exists():
         try:
@@ -93,6 +96,8 @@ def measure(run_dir: Path, cfg: Config, prompt: str | None, evaluator: Evaluator
             pass
     try:
         post = evaluator(run_dir, cfg, prompt)
+    except Stopped:
+        raise
     except TformerError as e:
         say(f"{label}: evaluation failed: {e}")
         return Measurement(error=str(e))

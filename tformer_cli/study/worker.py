@@ -43,6 +43,9 @@ class _Stop:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        from tformer_cli.core import stop
+
+        stop.request()  # tokenization, evaluation and the measurement poll the process-wide flag
 
 
 def run(job: WorkerJob, should_stop=lambda: False):

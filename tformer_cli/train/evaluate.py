@@ -7,7 +7,10 @@ import math
 import torch
 
 from tformer_cli.core import device as dev
+from tformer_cli.errors import Stopped
 from tformer_cli.train.batches import Batcher
+
+STOPPED_MEASURING = "while measuring the causal-consistent loss"
 
 
 @torch.no_grad()
@@ -51,7 +54,8 @@ def window_losses(model, batcher: Batcher, n_windows: int, device, dtype, *, see
     <= t in its one teacher-forced pass, so its causal-consistent loss is that pass's loss: it is
     computed once and checked against the per-prefix passes on CHECK_WINDOWS windows (a
     RuntimeError if they disagree).  Only a model that can see the future (``sees_future``) pays
-    block_size passes per window.  ``should_stop`` is polled between windows' passes.
+    block_size passes per window.  ``should_stop`` is polled between batches and between the
+    prefix passes; when it says stop, ``Stopped`` is raised (nothing is measured).
     """
     if batcher.mlm:
         raise ValueError("causal-consistent loss is defined for next-token (clm) models, not MLM")
@@ -60,6 +64,8 @@ def window_losses(model, batcher: Batcher, n_windows: int, device, dtype, *, see
     tf, cc = [], []
     try:
         for x, y in _windows(batcher, n_windows):
+            if should_stop():
+                raise Stopped(STOPPED_MEASURING)
             with dev.autocast(device, dtype):
                 logits = model(x).logits.float()  # (B, T, V)
             per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
@@ -94,12 +100,10 @@ def _windows(batcher: Batcher, n_windows: int):
 
 def _prefix_losses(model, x, y, device, dtype, should_stop) -> torch.Tensor:
     """(B, T) losses where position t is predicted by a forward pass on x[:, :t+1] alone."""
-    from tformer_cli.errors import Interrupted
-
     cols = []
     for t in range(x.size(1)):
         if should_stop():
-            raise Interrupted()
+            raise Stopped(STOPPED_MEASURING)
         with dev.autocast(device, dtype):
             logits = model(x[:, : t + 1], last_only=True).logits[:, -1, :].float()
         cols.append(torch.nn.functional.cross_entropy(logits, y[:, t], reduction="none"))
