@@ -237,22 +237,15 @@ def head_count_problem(d_model: int, n_head: int) -> str | None:
 
 def validate(cfg: Config) -> list[str]:
     """Every impossible value, named by its key."""
+    p, bad = _number_problems(cfg)
+    return p + _model_problems(cfg, bad) + _data_problems(cfg, bad) + _train_problems(cfg, bad)
+
+
+def _number_problems(cfg: Config) -> tuple[list[str], set[str]]:
+    """Every number first: finite, and an integer within what torch and numpy can hold.  A key
+    that fails here (in the returned set) is not range-checked again (nan fails every comparison)."""
     p: list[str] = []
-    m, d, t = cfg.model, cfg.data, cfg.train
-
-    def choice(path: str, value: str, choices: tuple[str, ...]) -> None:
-        if value not in choices:
-            p.append(
-                f"{path}: '{value}' is not one of {', '.join(choices)}{_suggest(value, list(choices))}"
-            )
-
-    def positive(path: str, value: float | int | None) -> None:
-        if value is not None and path not in bad and value <= 0:
-            p.append(f"{path}: must be positive, got {value}")
-
-    # Every number first: finite, and an integer within what torch and numpy can hold.  A key
-    # that fails here is not range-checked again below (nan fails every comparison).
-    bad = set()
+    bad: set[str] = set()
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
             value, key = getattr(getattr(cfg, section), f.name), f"{section}.{f.name}"
@@ -264,44 +257,62 @@ def validate(cfg: Config) -> list[str]:
             elif isinstance(value, int) and key != "train.seed" and not -INT_LIMIT <= value <= INT_LIMIT:
                 p.append(f"{key}: {short(value)} is out of range (at most {INT_LIMIT:,})")
                 bad.add(key)
-    if "train.seed" not in bad and not 0 <= t.seed <= SEED_MAX:
-        p.append(f"train.seed: must be in [0, 2**63 - 1], got {short(t.seed)}")
+    if "train.seed" not in bad and not 0 <= cfg.train.seed <= SEED_MAX:
+        p.append(f"train.seed: must be in [0, 2**63 - 1], got {short(cfg.train.seed)}")
+    return p, bad
 
-    def ok(path: str) -> bool:
-        return path not in bad
 
-    choice("model.arch", m.arch, ARCHS)
-    choice("model.activation", m.activation, ACTIVATIONS)
-    choice("model.pos_encoding", m.pos_encoding, POS_ENCODINGS)
-    choice("data.tokenizer", d.tokenizer, TOKENIZERS)
-    choice("train.dtype", t.dtype, DTYPES)
-    choice("train.objective", t.objective, OBJECTIVES)
+def _choice(path: str, value: str, choices: tuple[str, ...]) -> list[str]:
+    if value in choices:
+        return []
+    return [f"{path}: '{value}' is not one of {', '.join(choices)}{_suggest(value, list(choices))}"]
+
+
+def _positive(path: str, value: float | int | None, bad: set[str]) -> list[str]:
+    return [f"{path}: must be positive, got {value}"] if value is not None and path not in bad and value <= 0 else []
+
+
+def _model_problems(cfg: Config, bad: set[str]) -> list[str]:
+    m = cfg.model
+    p = (_choice("model.arch", m.arch, ARCHS) + _choice("model.activation", m.activation, ACTIVATIONS)
+         + _choice("model.pos_encoding", m.pos_encoding, POS_ENCODINGS))
     for key in ("d_model", "n_layer", "n_head", "block_size", "d_ff"):
-        positive(f"model.{key}", getattr(m, key))
+        p += _positive(f"model.{key}", getattr(m, key), bad)
     if problem := head_count_problem(m.d_model, m.n_head):
         p.append(problem)
     if m.pos_encoding == "rope" and m.n_head > 0 and m.d_model % m.n_head == 0 and m.d_k % 2:
         p.append(f"model.pos_encoding: rope needs an even head size d_k, got d_k={m.d_k}")
     if m.pos_encoding == "sinusoidal" and m.d_model % 2:
         p.append(f"model.pos_encoding: sinusoidal needs an even d_model, got {m.d_model}")
-    if ok("model.dropout") and not 0.0 <= m.dropout < 1.0:
+    if "model.dropout" not in bad and not 0.0 <= m.dropout < 1.0:
         p.append(f"model.dropout: must be in [0, 1), got {m.dropout}")
-    positive("model.rope_base", m.rope_base)
+    return p + _positive("model.rope_base", m.rope_base, bad)
+
+
+def _data_problems(cfg: Config, bad: set[str]) -> list[str]:
+    d = cfg.data
+    p = _choice("data.tokenizer", d.tokenizer, TOKENIZERS)
     if d.tokenizer == "bpe" and d.vocab_size < 257:
         p.append(f"data.vocab_size: byte-level BPE needs at least 257 (256 bytes + 1), got {d.vocab_size}")
-    if ok("data.val_fraction") and not 0.0 < d.val_fraction < 1.0:
+    if "data.val_fraction" not in bad and not 0.0 < d.val_fraction < 1.0:
         p.append(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
     if not d.corpus:
         p.append("data.corpus: empty; give a built-in name or a file path")
+    return p
+
+
+def _train_problems(cfg: Config, bad: set[str]) -> list[str]:
+    m, t = cfg.model, cfg.train
+    p = _choice("train.dtype", t.dtype, DTYPES) + _choice("train.objective", t.objective, OBJECTIVES)
     for key in ("steps", "batch_size", "grad_accum", "lr", "eval_interval", "eval_iters", "log_interval", "ckpt_interval"):
-        positive(f"train.{key}", getattr(t, key))
+        p += _positive(f"train.{key}", getattr(t, key), bad)
     for key in ("warmup_steps", "weight_decay", "grad_clip"):
-        if ok(f"train.{key}") and getattr(t, key) < 0:
+        if f"train.{key}" not in bad and getattr(t, key) < 0:
             p.append(f"train.{key}: must be >= 0, got {getattr(t, key)}")
-    if t.min_lr is not None and ok("train.min_lr") and t.min_lr < 0:
+    if t.min_lr is not None and "train.min_lr" not in bad and t.min_lr < 0:
         p.append(f"train.min_lr: must be >= 0, got {t.min_lr}")
     for key in ("beta1", "beta2"):
-        if ok(f"train.{key}") and not 0.0 <= getattr(t, key) < 1.0:
+        if f"train.{key}" not in bad and not 0.0 <= getattr(t, key) < 1.0:
             p.append(f"train.{key}: must be in [0, 1), got {getattr(t, key)}")
     if t.objective == "mlm" and m.causal:
         # MLM is defined with bidirectional attention; say so rather than silently change it.
