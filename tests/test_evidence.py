@@ -261,3 +261,11 @@ def test_tuning_compares_each_member_at_its_best_learning_rate(tiny_config, tmp_
     assert by["no-ffn"].diff_vs_baseline == pytest.approx(0.3)  # at their best rates: the FFN's own effect
     with pytest.raises(ConfigError):
         tune.parse_grid("1")
+
+
+def test_learning_fast_is_measured_against_the_run_s_whole_progress():
+    # fell 3.1 nats from ln(vocab) in all; 0.046 in the last fifth (1.5%): the slow tail
+    assert convergence.still_learning(0.046, final=1.5, start=4.6) is False
+    # cut off mid-descent: 0.3 of 2.4 nats (12%) in the last fifth
+    assert convergence.still_learning(0.3, final=2.2, start=4.6) is True
+    assert convergence.still_learning(0.03) is True  # without the scale: the absolute floor

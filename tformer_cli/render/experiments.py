@@ -14,14 +14,15 @@ from rich.markup import escape
 
 from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_params, fmt_time
 from tformer_cli.render.table import Col, show
-from tformer_cli.study.convergence import STILL_LEARNING
+from tformer_cli.study.convergence import STILL_LEARNING, STILL_LEARNING_FRACTION
 from tformer_cli.study.results import ExperimentEntry, ExperimentResult, MemberSummary, RunEntry, Verdict
 from tformer_cli.study.stats import MIN_SEEDS
 
 MLM = "n/a (MLM)"
 CONVERGED_CAPTION = (
-    f"converged: 'NO' when the val loss still fell by more than {STILL_LEARNING} nats over the last fifth of "
-    "training (in any seed) or the greedy sample loops; no verdict names a winner among unconverged members.")
+    f"converged: 'NO' when, over the last fifth of training (in any seed), the val loss still fell by more than "
+    f"{STILL_LEARNING_FRACTION:.0%} of all it fell from ln(vocab) (and by more than {STILL_LEARNING} nats), or "
+    "the greedy sample loops; no verdict names a winner among unconverged members.")
 LOSS_CAPTION = (
     "val loss (teacher-forced): one forward pass per window, every position predicted (what training "
     "optimises); val loss (causal-consistent): each prediction from a forward pass on its prefix only "

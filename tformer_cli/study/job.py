@@ -112,6 +112,7 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
     if o.status == "ok":
         _, val = RunDir(j.run_dir).curves()
         row.val_drop_last_fifth = convergence.last_fifth_drop(val, j.cfg.train.steps)
-        row.still_learning = convergence.still_learning(row.val_drop_last_fifth)
+        final = val[-1][1] if val else None
+        row.still_learning = convergence.still_learning(row.val_drop_last_fifth, final, s.get("init_loss_ref"))
     row.extra = dict(s.get("extra") or {})  # task metrics (synthetic corpora): extra columns
     return row
