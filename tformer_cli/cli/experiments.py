@@ -9,7 +9,7 @@ command's context in one place; --resume refuses every option the user gave exce
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -37,7 +37,7 @@ IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run each member in 
                                           "peak memory on CPU; a few seconds of start-up each).")]
 
 # What --resume accepts besides itself: how to run and print, never what the experiment is.
-RESUME_OK = {"resume", "json_", "parallel", "isolate", "jobs"}
+RESUME_OK = {"resume", "json_", "parallel", "isolate", "jobs", "all_"}
 
 
 # ---------------------------------------------------------------- shared options
@@ -155,11 +155,12 @@ def run_all(o: ExperimentOptions) -> None:
     from tformer_cli.run.rundir import default_run_dir
     from tformer_cli.study import files
 
-    root = o.out or Path("runs") / f"studies-{default_run_dir('runs').name}"
+    root = o.resume or o.out or Path("runs") / f"studies-{default_run_dir('runs').name}"
     results = []
     for path in files.builtin_studies():
-        spec = files.study_from(files.Source(path, None, o.source().overrides, o.seeds))
-        results.append(execute(o, spec, root / path.stem))
+        one = replace(o, resume=root / path.stem if o.resume and (root / path.stem).is_dir() else None)
+        spec = None if one.resume else files.study_from(files.Source(path, None, o.source().overrides, o.seeds))
+        results.append(execute(one, spec, root / path.stem))
     report = write_findings(root, results)
     show_verdicts(console(), results)
     console().print(f"findings: {report}", soft_wrap=True)
@@ -320,6 +321,9 @@ def study_(
                                                      "or the name of a built-in study.", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Run every built-in study, one after another, and write a "
                                        "findings report (findings.md) beside them.")] = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="With --all: continue the studies in this "
+                                                   "directory (finished members are skipped) and rewrite "
+                                                   "findings.md.", show_default=False)] = None,
     set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
     data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
     isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
@@ -335,6 +339,9 @@ def study_(
     if all_ == (config is not None):
         raise ConfigError("give a study (a name or a file) or --all, not both" if all_ else
                           "which study? give a name (`tformer presets` lists them), a study file, or --all")
+    if resume is not None and not all_:
+        raise ConfigError("tformer study --resume needs --all",
+                          hint=f"continue one study's directory with tformer ablate (or sweep) --resume {resume}")
     if all_:
         run_all(o)
         return
