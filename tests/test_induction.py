@@ -149,9 +149,9 @@ class _FakeModel:
     """Attention of a fixed rule on the token ids: induction (longest earlier match, then the
     token after it) or a fixed offset back."""
 
-    def __init__(self, rule: str, block: int, offset: int = 15):
+    def __init__(self, rule: str, block: int, offset: int = 15, shift: int = 0):
         self.cfg = ModelConfig(d_model=8, n_layer=1, n_head=2, block_size=block)
-        self.rule, self.offset = rule, offset
+        self.rule, self.offset, self.shift = rule, offset, shift
 
     def __call__(self, seqs, need_weights):
         S, T = seqs.shape
@@ -170,7 +170,7 @@ class _FakeModel:
                                 n += 1
                             if n and n >= best_n:
                                 p, best_n = q + 1, n
-                    k = p if p is not None else 0
+                    k = p + self.shift if p is not None and p + self.shift <= t else 0
                 else:
                     k = max(0, t - self.offset)
                 w[b, :, t, k] = 1.0
@@ -192,6 +192,12 @@ def test_an_induction_pattern_is_labelled_induction_and_a_fixed_offset_is_not():
     ind = attention.induction_scores(_FakeModel("induction", 64), 27, torch.device("cpu"), probe=probe)
     off = attention.induction_scores(_FakeModel("offset", 64), 27, torch.device("cpu"), probe=probe)
     assert ind.min() > 0.85 and off.max() < 0.2
+    # the same circuit reading the copied token 6 positions later (a layer-0 head that copies each
+    # token 6 forward, instead of a previous-token head): found with its shift
+    score, shift = attention.probe_scores(_FakeModel("induction", 64, shift=6), probe, torch.device("cpu"))
+    assert score.min() > 0.8 and (shift == 6).all()
+    score, shift = attention.probe_scores(_FakeModel("offset", 64), probe, torch.device("cpu"))
+    assert score.max() < 0.2
     # on the prompt, an induction head of a once-repeated prompt looks like a fixed offset; the
     # probe's score names it
     T = 20

@@ -30,7 +30,8 @@ INSPECT_HELP = (
 ATTENTION_HELP = (
     "Attention weights of a trained GPT on a prompt: a PNG grid (one heatmap per head, tokens on "
     "both axes, the masked future grey), a terminal rendering of one head, and a label per head from "
-    "simple scores: previous-token, first-token, induction (on a repeated random sequence), the best fixed "
+    "simple scores: previous-token, first-token, induction (on repeated sequences drawn like the run's "
+    "training text), the best fixed "
     "offset and entropy.\n\n"
     "Examples:\n\n"
     "  tformer attention runs/20260101-120000 --prompt \"The cat sat on the mat\"\n\n"

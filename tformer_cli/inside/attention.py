@@ -33,6 +33,7 @@ LABEL_MIN = 0.4  # a score at least this high names the head
 DIFFUSE_MIN = 0.8  # normalised entropy at least this high: a diffuse (averaging) head
 INDUCTION_SEQS = 8  # repeated sequences averaged for the induction score
 PROBE_SEED = 1_000_003  # the induction probe's lines differ from the corpus's (seed 0)
+MAX_SHIFT = 8  # an induction head may read the copied token from up to this many positions later
 
 
 @dataclass
@@ -46,6 +47,7 @@ class HeadScore:
     label: str
     offset: int = 0  # the fixed distance k >= 2 back this head attends to most (0: none scored)
     offset_score: float = 0.0  # mean weight from token i to token i - k
+    induction_shift: int = 0  # the induction score's key: the token after the earlier occurrence, + this
 
 
 @dataclass
@@ -97,6 +99,7 @@ class InductionProbe:
     seqs: list[list[int]]
     pairs: list[list[tuple[int, int]]]
     source: str
+    max_shift: int = 0  # keys shifted by up to this many positions are tried (varying copy offsets only)
 
 
 def repeated_chunks(chunks: list[list[int]], source: str) -> InductionProbe:
@@ -133,7 +136,7 @@ def induction_corpus_probe(tok, block_size: int, seed: int = 0, n_seqs: int = 2 
         seqs.append(tok.encode(text[:block_size]))
         pairs.append(links)
     return InductionProbe(seqs, pairs, f"{n_seqs} windows of fresh induction-corpus lines "
-                                       f"({sum(map(len, pairs))} second-copy tokens)")
+                                       f"({sum(map(len, pairs))} second-copy tokens)", MAX_SHIFT)
 
 
 def text_probe(ids: list[int], block_size: int, seed: int = 0) -> InductionProbe | None:
@@ -172,12 +175,34 @@ def induction_probe(cfg, tok, seed: int = 0) -> InductionProbe:
 
 
 def probe_scores(model, probe: InductionProbe, device):
-    """(n_layer, n_head) mean weight over the probe's (query, key) pairs."""
+    """(score, shift), each (n_layer, n_head): the mean weight over the probe's (query, key + d)
+    pairs for the shift d in 0..probe.max_shift that gives the head its largest score.
+
+    d = 0 is Olsson et al.'s key, the token after the earlier occurrence.  d > 0: a layer-0 head
+    that copies each token d positions forward lets a layer-1 head read the same token d positions
+    later (the same circuit, composed with an offset head instead of a previous-token head).  Only
+    the induction corpus's probe tries d > 0: its copies sit at varying distances, so no fixed
+    offset head scores there, whatever d."""
     import torch
 
     L, nh = model.cfg.n_layer, model.cfg.n_head
+    best, shift = torch.zeros(L, nh), torch.zeros(L, nh, dtype=torch.long)
     if not any(probe.pairs):
-        return torch.zeros(L, nh)
+        return best, shift
+    for d in range(probe.max_shift + 1):
+        seen = [[(q, k + d) for q, k in p if k + d <= q] for p in probe.pairs]  # keys a causal head sees
+        if d and sum(map(len, seen)) < sum(map(len, probe.pairs)) // 2:
+            break
+        score = _pair_means(model, InductionProbe(probe.seqs, seen, probe.source), device)
+        better = score > best
+        best, shift = torch.where(better, score, best), torch.where(better, torch.full_like(shift, d), shift)
+    return best, shift
+
+
+def _pair_means(model, probe: InductionProbe, device):
+    """(n_layer, n_head) mean weight over the probe's (query, key) pairs."""
+    import torch
+
     picked = []  # one sequence at a time: the weights of one (L, nh, T, T), and a stop between two
     for seq, pairs in zip(probe.seqs, probe.pairs):
         stop.check(STOPPED)
@@ -202,7 +227,7 @@ def induction_scores(model, vocab: int, device, seed: int = 0, probe: InductionP
         if model.cfg.block_size // 2 < 2:
             return torch.zeros(model.cfg.n_layer, model.cfg.n_head)
         probe = random_probe(vocab, model.cfg.block_size, seed)
-    return probe_scores(model, probe, device)
+    return probe_scores(model, probe, device)[0]
 
 
 def offset_scores(w, min_rows: int = 4):
@@ -242,7 +267,7 @@ def label_head(prev: float, first: float, induction: float, entropy: float,
     return "diffuse" if entropy >= DIFFUSE_MIN else "mixed"
 
 
-def score_heads(weights, induction, causal: bool) -> list[HeadScore]:
+def score_heads(weights, induction, causal: bool, shifts=None) -> list[HeadScore]:
     prev, first, ent = _row_scores(weights, causal)
     offsets, offset_w = offset_scores(weights)
     out = []
@@ -250,7 +275,8 @@ def score_heads(weights, induction, causal: bool) -> list[HeadScore]:
         for head in range(weights.size(1)):
             s = [float(t[layer, head]) for t in (prev, first, induction, ent)]
             k, ks = int(offsets[layer, head]), float(offset_w[layer, head])
-            out.append(HeadScore(layer, head, *s, label=label_head(*s, k, ks), offset=k, offset_score=ks))
+            out.append(HeadScore(layer, head, *s, label=label_head(*s, k, ks), offset=k, offset_score=ks,
+                                 induction_shift=0 if shifts is None else int(shifts[layer, head])))
     return out
 
 
@@ -260,16 +286,15 @@ def attention_report(run_dir: str | Path, prompt: str, device_name: str = "auto"
     ids, dropped = window_ids(tok, prompt, cfg.model.block_size)
     stop.check(STOPPED)  # a Ctrl-C or SIGTERM is honoured between the passes (Stopped, exit 130)
     weights = attention_maps(model, ids, device)
-    vocab = tok.vocab_size  # the tokenizer's ids: never the MLM's [MASK]
     stop.check(STOPPED)
-    probe = induction_probe(cfg, tok, seed)
-    induction = induction_scores(model, vocab, device, seed, probe)
+    probe = induction_probe(cfg, tok, seed)  # random ids, if any, from the tokenizer: never the MLM's [MASK]
+    induction, shifts = probe_scores(model, probe, device)
     stop.check(STOPPED)
     return AttentionResult(
         tokens=[display_token(tok, i) for i in ids],
         weights=weights,
         causal=cfg.model.causal,
-        scores=score_heads(weights, induction, cfg.model.causal),
+        scores=score_heads(weights, induction, cfg.model.causal, shifts),
         truncated=dropped,
         induction_probe=probe.source,
     )

@@ -77,11 +77,14 @@ def show_attention(con: Console, result, layer: int, head: int, png) -> None:
     if result.truncated:
         con.print(f"[yellow]the prompt was cut to its last {len(result.tokens)} tokens (block_size)[/yellow]")
     rows = [[str(s.layer), str(s.head), f"{s.previous_token:.2f}", f"{s.first_token:.2f}", f"{s.induction:.2f}",
-             f"{s.entropy:.2f}", f"{s.label} ({s.offset_score:.2f})" if s.label.startswith("offset") else s.label]
+             f"{s.entropy:.2f}", f"{s.label} ({s.offset_score:.2f})" if s.label.startswith("offset") else
+             f"induction (key +{s.induction_shift})" if s.label == "induction" and s.induction_shift else s.label]
             for s in result.scores]
     cols = [Col("layer", numeric=True, key=True), Col("head", numeric=True, key=True)] + [
         Col(h, numeric=True) for h in ("previous-token", "first-token", "induction", "entropy")] + [Col("label")]
     show(con, cols, rows, title="head labels (scores in [0, 1])")
+    if result.induction_probe:
+        line(con, f"induction scored on {result.induction_probe}")
     con.print(shade_rows(result, layer, head, columns=con.width if con.is_terminal else None))
     line(con, f"wrote {png}")
 
