@@ -269,3 +269,35 @@ def test_learning_fast_is_measured_against_the_run_s_whole_progress():
     # cut off mid-descent: 0.3 of 2.4 nats (12%) in the last fifth
     assert convergence.still_learning(0.3, final=2.2, start=4.6) is True
     assert convergence.still_learning(0.03) is True  # without the scale: the absolute floor
+
+
+# ---------------------------------------------------------------- tformer study --all
+
+
+@pytest.mark.slow
+def test_study_all_writes_findings_and_resumes(cli, tiny_config, tmp_path, monkeypatch):
+    import yaml
+
+    from tformer_cli.study import files
+
+    study = dict(tiny_config)
+    study["train"] = dict(study["train"], steps=4, eval_interval=2, log_interval=2)
+    study["experiment"] = {"kind": "ablate", "no_ffn": True, "seeds": 3}
+    study["claim"] = dict(CLAIM)
+    path = tmp_path / "tiny_ffn.yaml"
+    path.write_text(yaml.safe_dump(study))
+    monkeypatch.setattr(files, "builtin_studies", lambda: [path])
+    out = tmp_path / "all"
+    r = cli("study", "--all", "--out", out, "--jobs", "1")
+    assert r.code == 0, r
+    report = (out / "findings.md").read_text()
+    assert "| tiny_ffn | Removing the FFN makes the model worse |" in report
+    assert "## tiny_ffn" in report and "verdicts" in r.out
+    members = sorted(p.name for p in (out / "tiny_ffn" / "members").iterdir())
+    assert members == [f"{m}-s{s}" for m in ("baseline", "no-ffn") for s in (1337, 1338, 1339)]
+    (out / "findings.md").unlink()
+    again = cli("study", "--all", "--resume", out, "--jobs", "1")
+    assert again.code == 0, again
+    assert (out / "findings.md").exists() and "finished earlier, skipped" in again.out + again.err
+    refused = cli("study", "tiny_ffn", "--resume", out)  # one study resumes through ablate/sweep --resume
+    assert refused.code == 2 and refused.err.startswith("error: ")
