@@ -13,7 +13,7 @@ import sys
 import pytest
 import yaml
 
-CORPUS_HINT = "hint: built-in corpora: prose, code, repeat, modadd; or give a path to a UTF-8 text file"
+CORPUS_HINT = "hint: built-in corpora: prose, code, repeat, modadd, induction; or give a path to a UTF-8 text file"
 
 
 def assert_error(r, code: int, message: str, hint: str | None = None) -> None:
