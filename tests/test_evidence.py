@@ -301,3 +301,13 @@ def test_study_all_writes_findings_and_resumes(cli, tiny_config, tmp_path, monke
     assert (out / "findings.md").exists() and "finished earlier, skipped" in again.out + again.err
     refused = cli("study", "tiny_ffn", "--resume", out)  # one study resumes through ablate/sweep --resume
     assert refused.code == 2 and refused.err.startswith("error: ")
+
+
+def test_a_degenerate_member_blocks_a_verdict_unless_the_claim_predicts_it(tiny_config):
+    rows = _rows([1.50, 1.80, 1.20], [3.4, 3.5, 3.3])
+    for r in rows:
+        if r.member == "no-ffn":
+            r.degenerate = True
+    assert verdict.verdicts(_spec(tiny_config, [CLAIM]), rows)[0].outcome == "undecided"
+    leak = dict(CLAIM, allow_degenerate=True)
+    assert verdict.verdicts(_spec(tiny_config, [leak]), rows)[0].outcome == "agrees"

@@ -12,6 +12,7 @@ A study file may carry a ``claim:`` section (one mapping, or a list of them)::
       margin: 0.02            # nats: the smallest difference that matters
       wall_time: {cpu: "...", gpu: "..."}
       gpu: {set: {train.steps: 4000}}   # a larger budget where a GPU is present
+      allow_degenerate: false # true when the member's degenerate sample is what the claim predicts
 
 The decision uses the per-seed differences (member - baseline, paired by seed): the mean with its
 95% t interval.  ``higher`` agrees when the whole interval is above zero, disagrees when it is below
@@ -33,7 +34,8 @@ from tformer_cli.study.results import MemberRow, Verdict
 from tformer_cli.study.spec import Spec
 
 EXPECT = ("higher", "lower", "equal")
-CLAIM_KEYS = {"question", "statement", "source", "member", "metric", "expect", "margin", "wall_time", "gpu"}
+CLAIM_KEYS = {"question", "statement", "source", "member", "metric", "expect", "margin", "wall_time", "gpu",
+              "allow_degenerate"}
 
 
 @dataclass
@@ -47,6 +49,7 @@ class Claim:
     question: str = ""
     wall_time: dict[str, str] = field(default_factory=dict)
     gpu: dict[str, Any] = field(default_factory=dict)
+    allow_degenerate: bool = False  # the member's degenerate sample is what the claim predicts (the leak)
 
 
 def parse_claims(raw: Any, where: str = "claim") -> list[Claim]:
@@ -105,7 +108,8 @@ def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
     p = stats.paired(diffs, claim.margin)
     v.n, v.delta, v.ci_low, v.ci_high = p.n, p.delta, p.ci_low, p.ci_high
     steps = spec.config().train.steps
-    unconverged = [r for r in list(mine.values()) + list(theirs.values()) if r.still_learning or r.degenerate]
+    unconverged = [r for r in theirs.values() if r.still_learning or r.degenerate]
+    unconverged += [r for r in mine.values() if r.still_learning or (r.degenerate and not claim.allow_degenerate)]
     if p.n < stats.MIN_SEEDS:
         v.reason = f"{p.n} paired seed(s): at least {stats.MIN_SEEDS} are needed to test a difference"
         v.suggestion = f"--seeds {max(stats.MIN_SEEDS, 2 * max(p.n, 1))}"
