@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from tformer_cli.core.config import Config
+from tformer_cli.core.tasks import is_task
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.errors import RunError, Stopped, TformerError
 from tformer_cli.study.convergence import degenerate
@@ -67,8 +68,9 @@ def default_evaluator(run_dir: Path, cfg: Config, prompt: str | None) -> Measure
     ids = tok.encode(text)[-(mcfg.model.block_size // 2):]
     with torch.no_grad():
         continuation = tok.decode(_greedy(model, ids, SAMPLE_TOKENS))
-    return Measurement(causal, one_line(text + continuation), val_loss=teacher,
-                       degenerate=degenerate(continuation))
+    # A synthetic task's text (random letters, sums) is not prose: a loop there says nothing.
+    loops = None if is_task(mcfg.data.corpus) else degenerate(continuation)
+    return Measurement(causal, one_line(text + continuation), val_loss=teacher, degenerate=loops)
 
 
 def _greedy(model, ids: list[int], n: int) -> list[int]:
