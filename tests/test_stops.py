@@ -40,7 +40,8 @@ def test_a_big_corpus_shows_its_reading_and_tokenizing_progress_on_stderr(cli, t
     monkeypatch.setattr(token_cache, "BIG", 1 << 10)
     monkeypatch.setattr(token_cache, "CHUNK", 1 << 10)
     corpus = tmp_path / "big.txt"
-    corpus.write_text("".join(f"line {i} of a corpus in {tmp_path.name}\n" for i in range(2000)))
+    fresh = os.urandom(8).hex()  # never in the token cache
+    corpus.write_text("".join(f"line {i} of a corpus {fresh}\n" for i in range(2000)))
     r = cli("train", tiny_yaml, "--data", corpus, "--steps", "2", "--out", tmp_path / "r")
     assert r.code == 0, r
     lines = r.err.splitlines()
@@ -55,7 +56,7 @@ def test_a_big_corpus_shows_its_reading_and_tokenizing_progress_on_stderr(cli, t
 
 def test_a_small_corpus_says_nothing(cli, tiny_yaml, tmp_path):
     corpus = tmp_path / "small.txt"
-    corpus.write_text("".join(f"a small corpus {tmp_path.name} {i}\n" for i in range(300)))
+    corpus.write_text("".join(f"a small corpus {os.urandom(8).hex()} {i}\n" for i in range(300)))
     r = cli("train", tiny_yaml, "--data", corpus, "--steps", "2", "--out", tmp_path / "r")
     assert r.code == 0, r
     assert "reading" not in r.err and "tokenizing" not in r.err
@@ -119,6 +120,27 @@ def test_heads_stops_between_batches_on_the_first_ctrl_c_or_sigterm(cli, tiny_ru
     assert not (tiny_run.parent / "never.png").exists()
 
 
+def test_heads_with_a_huge_batches_holds_no_list_of_batches_and_stops(cli, tiny_run, monkeypatch):
+    """--batches 1e9 once built a list of every batch before the first pass (22 GB in a hostile
+    pass, deaf to SIGTERM): the batches are drawn again on each pass and the stop is honoured."""
+    from tformer_cli.train.batches import Batcher
+
+    drawn = []
+    original = Batcher.eval_batches
+
+    def eval_batches(self, split, n):
+        for b in original(self, split, n):
+            drawn.append(1)
+            if len(drawn) == 50:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield b
+
+    monkeypatch.setattr(Batcher, "eval_batches", eval_batches)
+    r = cli("heads", tiny_run, "--batches", "1000000000", "--out", tiny_run.parent / "never.png")
+    one_line(r, 130, "stopped while measuring head importance")
+    assert len(drawn) <= 51
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_attention_stops_on_the_first_ctrl_c_or_sigterm(cli, tiny_run, monkeypatch, sig):
     from tformer_cli.inside import attention
@@ -154,7 +176,7 @@ def test_the_induction_probe_stops_between_sequences(tiny_run):
         stop.clear()
     assert len(forwards) == 1 and len(probe.seqs) > 1
     model.forward = original
-    assert probe_scores(model, probe, device).shape == (cfg.model.n_layer, cfg.model.n_head)
+    assert probe_scores(model, probe, device)[0].shape == (cfg.model.n_layer, cfg.model.n_head)
 
 
 def test_the_heads_loss_stops_between_batches():

@@ -12,6 +12,8 @@ from typing import Callable, Optional
 
 from tformer_cli.errors import ConfigError, DataError
 
+PROMPT_LIMIT = 16 << 20  # the most a prompt may hold (bytes of a file, characters on stdin)
+
 
 def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
     """The prompt text from --prompt, --prompt-file (- is stdin), or a piped stdin; else ''."""
@@ -20,8 +22,13 @@ def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
     if prompt is not None:
         return prompt
     if prompt_file is not None and str(prompt_file) != "-":
-        try:
-            return prompt_file.read_text(encoding="utf-8")
+        try:  # bounded: /dev/zero or an endless pipe is refused at PROMPT_LIMIT, not read until memory runs out
+            with open(prompt_file, "rb") as f:
+                data = f.read(PROMPT_LIMIT + 1)
+            if len(data) > PROMPT_LIMIT:
+                raise DataError(f"--prompt-file {prompt_file} is more than {PROMPT_LIMIT >> 20} MiB",
+                                hint="give a shorter prompt: only its last block_size tokens are used")
+            return data.decode("utf-8")
         except UnicodeDecodeError:
             raise DataError(f"--prompt-file {prompt_file} is not UTF-8 text") from None
         except OSError as e:
@@ -29,7 +36,11 @@ def read_prompt(prompt: Optional[str], prompt_file: Optional[Path]) -> str:
     if prompt_file is None and _stdin_is_terminal():
         return ""
     try:
-        return sys.stdin.read()
+        text = sys.stdin.read(PROMPT_LIMIT + 1)
+        if len(text) > PROMPT_LIMIT:
+            raise DataError(f"the prompt on stdin is more than {PROMPT_LIMIT >> 20} Mi characters",
+                            hint="give a shorter prompt: only its last block_size tokens are used")
+        return text
     except UnicodeDecodeError:
         raise DataError("the prompt on stdin is not UTF-8 text") from None
     except (OSError, ValueError):  # stdin closed or unreadable: no prompt

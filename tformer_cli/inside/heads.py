@@ -45,7 +45,25 @@ def _val_batches(cfg, vocab_size: int, device, n_batches: int, tokenizer=None):
 
     ds = prepare(cfg.data, tokenizer=tokenizer)  # the run's tokenizer (an imported run has no other)
     check_lengths(ds, cfg.model.block_size, ds.corpus)
-    return list(Batcher(ds, cfg, device, DistInfo(), vocab_size).eval_batches("val", n_batches))
+    return ValBatches(Batcher(ds, cfg, device, DistInfo(), vocab_size), n_batches)
+
+
+class ValBatches:
+    """The same ``n`` val batches on every pass (seeded windows), drawn again each time rather than
+    held: memory does not grow with --batches, however large."""
+
+    def __init__(self, batcher, n: int):
+        self.batcher, self.n = batcher, n
+
+    def __iter__(self):
+        return self.batcher.eval_batches("val", self.n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def tokens(self) -> int:
+        cfg = self.batcher.cfg
+        return self.n * cfg.train.batch_size * cfg.model.block_size
 
 
 def masked_loss(model, batches, head_mask, device, dtype) -> float:
@@ -133,5 +151,5 @@ def heads_report(run_dir: str | Path, n_batches: int | None = None, threshold: f
     return HeadsResult(
         base_loss=base, importance=delta.tolist(), order=order, curve=curve, milestones=milestones,
         threshold=threshold, removable=removable_heads(curve, threshold), n_layer=L, n_head=H,
-        n_batches=n_batches, tokens=sum(x.numel() for x, _ in batches),
+        n_batches=n_batches, tokens=batches.tokens(),
     )

@@ -1,0 +1,42 @@
+"""Issue 13, a second hostile pass: each failure it found, as a test (the pass's cases and
+outcomes are listed in docs/guarantees.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from test_hostile import one_line
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    import yaml
+
+    from conftest import TINY, run_cli
+
+    root = tmp_path_factory.mktemp("pass2")
+    cfg = {k: dict(v) for k, v in TINY.items()}
+    cfg["train"].update(steps=2, eval_interval=2, log_interval=1)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_cli("train", root / "tiny.yaml", "--out", root / "run")
+    assert r.code == 0, r
+    return root / "run"
+
+
+def test_an_endless_prompt_file_is_refused_at_a_bound(cli, tiny_run, monkeypatch):
+    """`sample --prompt-file /dev/zero` read until memory ran out ("out of memory", with a hint
+    about train.batch_size)."""
+    from tformer_cli.core import prompt
+
+    monkeypatch.setattr(prompt, "PROMPT_LIMIT", 1 << 16)
+    one_line(cli("sample", tiny_run, "--prompt-file", "/dev/zero", "--max-new-tokens", "2"), 2, "more than")
+
+
+def test_a_prompt_file_at_the_bound_is_read(cli, tiny_run, tmp_path, monkeypatch):
+    from tformer_cli.core import prompt
+
+    monkeypatch.setattr(prompt, "PROMPT_LIMIT", 1 << 10)
+    f = tmp_path / "p.txt"
+    f.write_text("the " * 256)  # exactly the limit
+    r = cli("sample", tiny_run, "--prompt-file", f, "--max-new-tokens", "2", "--json")
+    assert r.code == 0, r
