@@ -40,3 +40,29 @@ def test_a_prompt_file_at_the_bound_is_read(cli, tiny_run, tmp_path, monkeypatch
     f.write_text("the " * 256)  # exactly the limit
     r = cli("sample", tiny_run, "--prompt-file", f, "--max-new-tokens", "2", "--json")
     assert r.code == 0, r
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+def test_heads_threshold_is_finite_and_positive(cli, tiny_run, value):
+    """`heads --threshold nan` was accepted (every comparison with nan is false)."""
+    one_line(cli("heads", tiny_run, "--threshold", value), 2, "--threshold")
+
+
+def test_a_checkpoint_with_nan_weights_is_damaged_not_unexpected(cli, tiny_run, tmp_path):
+    """NaN weights reached sampling: "unexpected RuntimeError: probability tensor contains nan"."""
+    import shutil
+
+    from test_hostile import CKPT, rewrite_checkpoint
+
+    run = tmp_path / "r"
+    shutil.copytree(tiny_run, run)
+
+    def poison(tensors):
+        name = sorted(k for k in tensors if not k.startswith("optim."))[0]
+        tensors[name][...] = float("nan")
+        return tensors
+
+    rewrite_checkpoint(run / CKPT, poison)
+    one_line(cli("sample", run, "--prompt", "The ", "--max-new-tokens", "2"), 1, "nan or inf")
+    one_line(cli("heads", run), 1, "nan or inf")
+    one_line(cli("train", "--resume", run, "--steps", "4"), 1, "nan or inf")

@@ -125,8 +125,8 @@ def heads_report(run_dir: str | Path, n_batches: int | None = None, threshold: f
     """Head importance by single-head ablation, then a pruning curve in order of importance."""
     from tformer_cli.core import device as dev
 
-    if threshold <= 0:
-        raise ConfigError(f"--threshold must be positive, got {threshold}")
+    if not (0 < threshold < float("inf")):  # nan compares false both ways: refused too
+        raise ConfigError(f"--threshold must be a positive finite number, got {threshold}")
     say = progress or (lambda s: None)
     model, tok, cfg, device = load_gpt(run_dir, device_name)
     n_batches = n_batches or cfg.train.eval_iters

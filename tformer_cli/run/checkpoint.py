@@ -181,6 +181,10 @@ def load(run_dir: str | Path, with_optimizer: bool = True, optimizer_groups=None
     except Exception as e:  # safetensors raises its own error types; the checks above make this rare
         raise RunError(f"checkpoint {path} is damaged ({type(e).__name__}: {str(e)[:80]})",
                        hint=v.RETRAIN) from None
+    for k, t in tensors.items():  # a nan or inf weight would only surface later, as a sampling error
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise RunError(f"checkpoint {path} is damaged: tensor {v.short(k)} holds nan or inf values",
+                           hint=v.RETRAIN)
     return Checkpoint(path, header, tensors)
 
 
