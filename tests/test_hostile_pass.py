@@ -66,3 +66,12 @@ def test_a_checkpoint_with_nan_weights_is_damaged_not_unexpected(cli, tiny_run, 
     one_line(cli("sample", run, "--prompt", "The ", "--max-new-tokens", "2"), 1, "nan or inf")
     one_line(cli("heads", run), 1, "nan or inf")
     one_line(cli("train", "--resume", run, "--steps", "4"), 1, "nan or inf")
+
+
+def test_bench_checks_memory_before_allocating(cli, tiny_yaml, monkeypatch):
+    """`bench --set train.batch_size=10000000` allocated until the allocator failed; train refused
+    it up front.  The estimate is checked against a small limit here (no real allocation)."""
+    from tformer_cli.core import memory
+
+    monkeypatch.setattr(memory, "available", lambda device: (64 << 20, "physical memory"))
+    one_line(cli("bench", tiny_yaml, "--set", "train.batch_size=100000"), 1, "train.batch_size")

@@ -16,6 +16,7 @@ import torch
 
 from tformer_cli.core import anatomy, device as dev
 from tformer_cli.core.config import Config
+from tformer_cli.core.memory import check_fits
 from tformer_cli.core.model import build_model
 from tformer_cli.train.optim import make_optimizer
 
@@ -98,6 +99,8 @@ class _Setup:
         dev.setup_backends(self.device)
         self.dtype = dev.resolve_dtype(cfg.train.dtype, self.device)
         torch.manual_seed(cfg.train.seed)
+        # refused with the figure and the key to lower, before anything is allocated
+        check_fits(cfg.model, vocab_size, cfg.train.batch_size, self.device, training=True, what="the benchmark")
         self.raw = build_model(cfg.model, vocab_size).to(self.device)
         self.optimizer = make_optimizer(self.raw, cfg, self.device)
         self.compiled = bool(cfg.train.compile if cfg.train.compile is not None else self.device.type == "cuda")
