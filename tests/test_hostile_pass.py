@@ -4,14 +4,12 @@ outcomes are listed in docs/guarantees.md)."""
 from __future__ import annotations
 
 import pytest
-
 from test_hostile import one_line
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     import yaml
-
     from conftest import TINY, run_cli
 
     root = tmp_path_factory.mktemp("pass2")

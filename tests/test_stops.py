@@ -9,7 +9,6 @@ import os
 import signal
 
 import pytest
-
 from test_hostile import one_line
 
 
@@ -17,7 +16,6 @@ from test_hostile import one_line
 def tiny_run(tmp_path_factory):
     """A 4-step tiny run (shared: the probes only read it)."""
     import yaml
-
     from conftest import TINY, run_cli
 
     root = tmp_path_factory.mktemp("stops")
