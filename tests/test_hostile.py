@@ -380,6 +380,7 @@ def test_os_errors_name_the_path(cli, tiny_yaml, tmp_path, monkeypatch):
 def test_an_unknown_image_extension_is_refused_first(run):
     one_line(run_cli("attention", run, "--prompt", "ab", "--out", run / "a.xyz"), 2, "unknown image type")
     one_line(run_cli("heads", run, "--out", run / "h.doc"), 2, "unknown image type")
+    one_line(run_cli("attention", run, "--prompt", "ab", "--out", run / "no-such-dir" / "a.png"), 2, "does not exist")
 
 
 # ---------------------------------------------------------------- (7) listing

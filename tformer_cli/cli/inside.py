@@ -163,3 +163,6 @@ def _check_image(out: Optional[Path]) -> None:
     if out is not None and out.suffix.lower() not in IMAGE_TYPES:
         raise ConfigError(f"--out {str(out)[:120]}: unknown image type {out.suffix[:20] or '(no extension)'!r}",
                           hint=f"end the name with one of {', '.join(IMAGE_TYPES)}")
+    if out is not None and not out.resolve().parent.is_dir():
+        raise ConfigError(f"--out {str(out)[:120]}: the directory {str(out.parent)[:120]} does not exist",
+                          hint="create it first, or choose another --out")
