@@ -234,3 +234,14 @@ def test_weight_names_map_both_ways():
     state.pop("lm_head.weight")
     back = hfmod.hf_to_tformer(hfmod.tformer_to_hf(state), m)
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_eval_windows_score_every_token_after_the_first_once():
+    import numpy as np
+
+    from tformer_cli.train.score import _batches
+
+    for n, context, batch in ((10, 4, 2), (9, 4, 3), (5, 8, 2), (2, 1, 1)):
+        ids = np.arange(n)
+        targets = [t for arr in _batches(ids, context, batch) for row in arr for t in row[1:]]
+        assert sorted(targets) == list(range(1, n)), (n, context, batch)

@@ -39,19 +39,29 @@ class EvalResult:
         return dict(self.__dict__)
 
 
-def _windows(ids: list[int], context: int) -> list[list[int]]:
-    """Consecutive windows of context + 1 tokens overlapping by one (the last may be shorter)."""
-    return [ids[s : s + context + 1] for s in range(0, len(ids) - 1, context)]
+def _batches(ids, context: int, batch: int):
+    """Consecutive windows of context + 1 tokens overlapping by one, ``batch`` at a time as (B, L)
+    numpy arrays: the full windows first, then the shorter last one.  Windows are cut as they are
+    needed, so memory does not grow with the number of windows."""
+    import numpy as np
+
+    starts = range(0, len(ids) - 1, context)
+    full = [s for s in starts if s + context + 1 <= len(ids)]
+    for i in range(0, len(full), batch):
+        yield np.stack([ids[s : s + context + 1] for s in full[i : i + batch]])
+    if len(full) < len(starts):
+        yield ids[starts[-1]:][None, :]
 
 
 def eval_text(run_dir: str | Path, data: str, context: int | None = None, max_tokens: int | None = None,
               causal_consistent: bool = False, batch_size: int | None = None, device_name: str = "auto",
               progress: Callable[[str], None] | None = None) -> EvalResult:
     """Score ``data`` (a file path or a built-in corpus name) with the run in ``run_dir``."""
+    import numpy as np
     import torch
     import torch.nn.functional as F
 
-    from tformer_cli.core import device as dev
+    from tformer_cli.core import device as dev, stop
     from tformer_cli.core.data import read_corpus
     from tformer_cli.run.load import load_for_inference
 
@@ -69,35 +79,34 @@ def eval_text(run_dir: str | Path, data: str, context: int | None = None, max_to
         shown = ", ".join(repr(c) for c in missing[:8])
         raise DataError(f"{label} has {len(missing)} characters the run's tokenizer does not know ({shown})",
                         hint="a character-level run knows only the characters of its own corpus")
-    ids = tok.encode(text)[:max_tokens]
+    ids = np.asarray(tok.encode(text)[:max_tokens], dtype=np.int64)  # 8 bytes a token, not a Python int's 36
     if len(ids) < 2:
         raise DataError(f"{label} is {len(ids)} token long; eval needs at least 2")
-    bytes_per_token = len(tok.decode(ids).encode("utf-8")) / len(ids)
+    n_bytes = len(tok.decode(ids.tolist()).encode("utf-8")) if max_tokens is not None else len(text.encode("utf-8"))
+    del text
+    bytes_per_token = n_bytes / len(ids)
     dtype = dev.resolve_dtype(cfg.train.dtype, device)
-    windows = _windows(ids, context)
+    n_windows = len(range(0, len(ids) - 1, context))
     batch = batch_size or cfg.train.batch_size
     t0 = time.perf_counter()
     total, scored, cc_total = 0.0, 0, 0.0
-    groups: dict[int, list[list[int]]] = {}
-    for w in windows:  # equal lengths batch together; only the last window is shorter
-        groups.setdefault(len(w), []).append(w)
-    say(f"scoring {len(ids):,} tokens in {len(windows):,} windows of {context}")
+    say(f"scoring {len(ids):,} tokens in {n_windows:,} windows of {context}")
     with torch.no_grad(), dev.autocast(device, dtype):
-        for length, ws in groups.items():
-            for i in range(0, len(ws), batch):
-                win = torch.tensor(ws[i : i + batch], dtype=torch.long, device=device)
-                x, y = win[:, :-1], win[:, 1:]
-                logits = model(x).logits.float()
-                total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
-                scored += y.numel()
-                if causal_consistent:
-                    for t in range(x.size(1)):  # position t from its prefix alone
-                        last = model(x[:, : t + 1], last_only=True).logits[:, -1, :].float()
-                        cc_total += F.cross_entropy(last, y[:, t], reduction="sum").item()
+        for arr in _batches(ids, context, batch):
+            stop.check("scoring")
+            win = torch.from_numpy(arr).to(device)
+            x, y = win[:, :-1], win[:, 1:]
+            logits = model(x).logits.float()
+            total += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum").item()
+            scored += y.numel()
+            if causal_consistent:
+                for t in range(x.size(1)):  # position t from its prefix alone
+                    last = model(x[:, : t + 1], last_only=True).logits[:, -1, :].float()
+                    cc_total += F.cross_entropy(last, y[:, t], reduction="sum").item()
     loss = total / scored
     return EvalResult(
         run_dir=str(run_dir), data=label, tokens=len(ids), scored=scored, bytes_per_token=bytes_per_token,
-        context=context, windows=len(windows), loss=loss, bpb=loss / math.log(2) / bytes_per_token,
+        context=context, windows=n_windows, loss=loss, bpb=loss / math.log(2) / bytes_per_token,
         perplexity=math.exp(min(loss, 700.0)), causal_consistent_loss=cc_total / scored if causal_consistent else None,
         device=str(device), seconds=time.perf_counter() - t0,
     )
