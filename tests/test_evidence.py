@@ -311,3 +311,20 @@ def test_a_degenerate_member_blocks_a_verdict_unless_the_claim_predicts_it(tiny_
     assert verdict.verdicts(_spec(tiny_config, [CLAIM]), rows)[0].outcome == "undecided"
     leak = dict(CLAIM, allow_degenerate=True)
     assert verdict.verdicts(_spec(tiny_config, [leak]), rows)[0].outcome == "agrees"
+
+
+def test_a_resumed_experiment_adds_up_its_wall_time(tiny_config, tmp_path):
+    import json
+
+    from test_experiments import FakeTrainer, fake_eval
+
+    from tformer_cli.study import runner
+
+    base = from_dict(tiny_config)
+    spec = Spec("ablate", base.to_dict(), ablation_members(base, no_ffn=True), [1])
+    r = runner.run_experiment(spec, tmp_path / "exp", trainer=FakeTrainer(), evaluator=fake_eval)
+    data = json.loads((tmp_path / "exp" / "results.json").read_text())
+    data["elapsed_s"] = 1000.0  # an earlier session's time
+    (tmp_path / "exp" / "results.json").write_text(json.dumps(data))
+    again = runner.run_experiment(spec, tmp_path / "exp", resume=True, trainer=FakeTrainer(), evaluator=fake_eval)
+    assert 1000.0 <= again.elapsed_s < 1000.0 + 60 and r.elapsed_s < 60

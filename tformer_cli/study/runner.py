@@ -22,11 +22,11 @@ from typing import Callable
 from tformer_cli.core import stop as stop_flag
 from tformer_cli.core.config import Config
 from tformer_cli.run.lock import DirLock
-from tformer_cli.errors import ConfigError
+from tformer_cli.errors import ConfigError, TformerError
 from tformer_cli.study import stats, tune, verdict
 from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, skipped, train_member
 from tformer_cli.study.measure import Evaluator
-from tformer_cli.study.results import ExperimentResult, MemberOutcome, write_json, write_results
+from tformer_cli.study.results import ExperimentResult, MemberOutcome, read_results, write_json, write_results
 from tformer_cli.study.spec import (
     SPEC_NAME, Spec, is_experiment_dir, member_dir, prepare_experiment_dir, validate_members,
 )
@@ -99,12 +99,22 @@ def run_experiment(
             interrupted=any(o is None or o.status == "interrupted" for o in outcomes) or stop_flag.requested(),
             execution=execution,
             memory_note=stats.memory_note(rows, execution), significance_rule=stats.SIGNIFICANCE_RULE,
-            notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0,
+            notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0 + _earlier(out_dir, resume),
             verdicts=verdict.verdicts(spec, rows))
         write_results(result)
         return result
     finally:
         lock.release()
+
+
+def _earlier(out_dir: Path, resume: bool) -> float:
+    """Wall time of the sessions before this one (a resumed experiment's time adds up)."""
+    if not resume:
+        return 0.0
+    try:
+        return float(read_results(out_dir).elapsed_s or 0.0)
+    except (OSError, ValueError, KeyError, TypeError, TformerError):
+        return 0.0
 
 
 def visible_devices(cfg: Config) -> list[str]:
