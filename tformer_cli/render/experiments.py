@@ -46,7 +46,7 @@ def diff_cell(s: MemberSummary, r: ExperimentResult) -> str:
     if s.diff_ci_low is not None and s.diff_ci_high is not None:
         text += f" [{s.diff_ci_low:+.3f}, {s.diff_ci_high:+.3f}]"
     if s.significant:
-        text += f" p={s.p_value:.3f}"
+        text += " p<0.001" if s.p_value < 0.001 else f" p={s.p_value:.3f}"
     elif s.equivalent:
         text += " (no difference)"
     elif s.significant is False:
