@@ -14,6 +14,7 @@ from typing import Any
 
 from tformer_cli.core import config as cfgmod
 from tformer_cli.errors import ConfigError, RunError
+from tformer_cli.run.resume import run_config
 from tformer_cli.run.rundir import RunDir
 
 INIT_CHANGES = {"model.dropout", "model.block_size"}
@@ -31,14 +32,10 @@ class InitSource:
 
 def init_config(source: Path, overrides: dict[str, Any], config_given: bool = False) -> cfgmod.Config:
     """The source run's config with ``overrides``; model changes other than INIT_CHANGES refused."""
-    rd = RunDir(source)
-    if not rd.is_run():
-        raise ConfigError(f"--init-from {source}: not a tformer run directory (no {RunDir.CONFIG})",
-                          hint="give a directory written by `tformer train` or `tformer import`")
-    if config_given:
-        raise ConfigError("--init-from takes the model from the run; do not pass a config file or --preset",
-                          hint="change training and data with --set train.KEY=... / --data FILE")
-    base = cfgmod.from_dict(cfgmod.load_yaml(rd.config))
+    base = run_config(source, "--init-from", config_given,
+                      "give a directory written by `tformer train` or `tformer import`",
+                      "--init-from takes the model from the run; do not pass a config file or --preset",
+                      "change training and data with --set train.KEY=... / --data FILE")
     conflicts = [f"{k}={v!r} (the run has {base.get(k)!r})" for k, v in overrides.items()
                  if k.startswith("model.") and k not in INIT_CHANGES and base.get(k) != v]
     if "data.tokenizer" in overrides and overrides["data.tokenizer"] != base.data.tokenizer:

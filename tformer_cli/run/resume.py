@@ -14,20 +14,27 @@ from tformer_cli.run.rundir import RunDir
 RESUMABLE_CHANGES = {"train.steps", "train.device", "train.compile", "train.log_interval", "train.batch_size"}
 
 
-def resume_config(run_dir: Path, overrides: dict[str, Any], config_given: bool = False) -> cfgmod.Config:
-    """The run's own config with the allowed ``overrides`` applied; every other change refused."""
+def run_config(run_dir: Path, flag: str, config_given: bool, hint: str, refusal: str,
+               refusal_hint: str | None = None) -> cfgmod.Config:
+    """The config of the run ``flag`` (--resume, --init-from) names: refused when ``run_dir`` is not
+    a run or a config file or preset was also given; a damaged config.yaml is named."""
     rd = RunDir(run_dir)
     if not rd.is_run():
-        raise ConfigError(f"--resume {run_dir}: not a tformer run directory (no {RunDir.CONFIG})",
-                          hint="give a directory written by `tformer train`")
+        raise ConfigError(f"{flag} {run_dir}: not a tformer run directory (no {RunDir.CONFIG})", hint=hint)
     if config_given:
-        raise ConfigError("--resume takes its config from the run; do not pass a config file or --preset")
+        raise ConfigError(refusal, hint=refusal_hint)
     try:
-        base = cfgmod.from_dict(cfgmod.load_yaml(rd.config))
+        return cfgmod.from_dict(cfgmod.load_yaml(rd.config))
     except ConfigError as e:  # name the file: the problem is in the run, not in the flags
         problems = [p if str(rd.config) in p else f"{rd.config}: {p}" for p in e.problems]
         raise ConfigError(problems, hint=f"fix or restore {rd.config} (checkpoint.json holds a copy of the "
                                          "config)") from None
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any], config_given: bool = False) -> cfgmod.Config:
+    """The run's own config with the allowed ``overrides`` applied; every other change refused."""
+    base = run_config(run_dir, "--resume", config_given, "give a directory written by `tformer train`",
+                      "--resume takes its config from the run; do not pass a config file or --preset")
     conflicts = [f"{k}={v!r} (the run has {base.get(k)!r})"
                  for k, v in overrides.items() if k not in RESUMABLE_CHANGES and base.get(k) != v]
     if conflicts:

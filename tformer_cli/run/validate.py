@@ -17,9 +17,9 @@ import json
 import math
 import struct
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from tformer_cli.core.untrusted import UnreadableFile, read_bytes, read_text, regular_file_size, short
+from tformer_cli.core.untrusted import UnreadableFile, read_text, regular_file_size, short
 from tformer_cli.errors import ConfigError, RunError
 
 HEADER_LIMIT = 16 << 20  # a tformer checkpoint's JSON header is a few kB; 16 MiB is generous
