@@ -11,7 +11,6 @@ import os
 import sys
 
 import pytest
-import yaml
 
 CORPUS_HINT = "hint: built-in corpora: prose, code, repeat, modadd, induction; or give a path to a UTF-8 text file"
 
