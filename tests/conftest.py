@@ -63,3 +63,38 @@ def run_cli(*args) -> CliResult:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+def train_tiny_run(root: Path, name: str = "base", **train) -> Path:
+    """Train the tiny config (with ``train`` overrides) into ROOT/NAME through the CLI; its directory."""
+    cfg = {k: dict(v) for k, v in TINY.items()}
+    cfg["train"].update(train)
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    r = run_cli("train", root / "tiny.yaml", "--out", root / name)
+    assert r.code == 0, r
+    return root / name
+
+
+def rule_oracle(tok, rule, logit: float = 30.0):
+    """A stand-in model (an nn.Module) that predicts the next character from the window's own text by
+    ``rule(s, t)``: one-hot logits of height ``logit``; None: no opinion."""
+    import torch
+
+    class RuleOracle(torch.nn.Module):
+        def forward(self, x):
+            return _oracle_logits(x, tok, rule, logit)
+
+    return RuleOracle()
+
+
+def _oracle_logits(x, tok, rule, logit):
+    import torch
+
+    logits = torch.zeros(*x.shape, tok.vocab_size)
+    for b, row in enumerate(x.tolist()):
+        s = tok.decode(row)
+        for t in range(len(s)):
+            c = rule(s, t)
+            if c is not None and c in tok.stoi:
+                logits[b, t, tok.stoi[c]] = logit
+    return type("Out", (), {"logits": logits})()

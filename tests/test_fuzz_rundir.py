@@ -22,7 +22,7 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import TINY, run_cli
+from conftest import train_tiny_run
 
 pytestmark = pytest.mark.slow
 
@@ -58,13 +58,7 @@ sys.__stdout__.write(json.dumps(results))
 
 @pytest.fixture(scope="module")
 def base_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fuzz")
-    cfg = {k: dict(v) for k, v in TINY.items()}
-    cfg["train"].update(steps=10, eval_interval=5, log_interval=5)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    r = run_cli("train", root / "tiny.yaml", "--out", root / "base")
-    assert r.code == 0, r
-    return root / "base"
+    return train_tiny_run(tmp_path_factory.mktemp("fuzz"), steps=10, eval_interval=5, log_interval=5)
 
 
 def _mutate_value(data, rnd, kind):

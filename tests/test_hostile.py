@@ -18,7 +18,7 @@ import struct
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import run_cli, train_tiny_run
 
 CKPT = "checkpoint.safetensors"
 
@@ -38,15 +38,7 @@ def one_line(r, code: int, *needles: str) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 10-step tiny run (checkpoint at 5 and 10), copied fresh for each test by `run`."""
-    from conftest import TINY
-
-    root = tmp_path_factory.mktemp("hostile")
-    cfg = {k: dict(v) for k, v in TINY.items()}
-    cfg["train"].update(steps=10, eval_interval=5, log_interval=5)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    r = run_cli("train", root / "tiny.yaml", "--out", root / "base")
-    assert r.code == 0, r
-    return root / "base"
+    return train_tiny_run(tmp_path_factory.mktemp("hostile"), steps=10, eval_interval=5, log_interval=5)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import rule_oracle
 
 from tformer_cli.core import data, tasks
 from tformer_cli.core.config import ModelConfig, from_dict
@@ -87,31 +88,15 @@ def _longest_match_rule(s: str, t: int):
     return None if best is None else s[best + 1]
 
 
-class _Oracle(torch.nn.Module):
-    def __init__(self, tok, rule, logit=6.0):
-        super().__init__()
-        self.tok, self.rule, self.logit = tok, rule, logit
-
-    def forward(self, x):
-        logits = torch.zeros(*x.shape, self.tok.vocab_size)
-        for b, row in enumerate(x.tolist()):
-            s = self.tok.decode(row)
-            for t in range(len(s)):
-                c = self.rule(s, t)
-                if c is not None and c in self.tok.stoi:
-                    logits[b, t, self.tok.stoi[c]] = self.logit
-        return type("Out", (), {"logits": logits})()
-
-
 def test_task_metrics_of_an_induction_oracle_and_a_blind_model():
     cfg = from_dict(CFG)
     ds = data.prepare(cfg.data)
-    m = tasks.task_metrics(_Oracle(ds.tokenizer, _longest_match_rule), cfg, ds, torch.device("cpu"))
+    m = tasks.task_metrics(rule_oracle(ds.tokenizer, _longest_match_rule, logit=6.0), cfg, ds, torch.device("cpu"))
     assert set(m) == {"induction_loss_random", "induction_loss_second_copy", "induction_in_context_drop"}
     assert m["induction_in_context_drop"] == pytest.approx(m["induction_loss_random"] - m["induction_loss_second_copy"])
     # right about 98% of the time on the copy (a right guess costs 0.07 nats, a wrong one 6)
     assert m["induction_loss_second_copy"] < 0.4 and m["induction_loss_random"] > 3.0
-    blind = tasks.task_metrics(_Oracle(ds.tokenizer, lambda s, t: None), cfg, ds, torch.device("cpu"))
+    blind = tasks.task_metrics(rule_oracle(ds.tokenizer, lambda s, t: None, logit=6.0), cfg, ds, torch.device("cpu"))
     v = ds.tokenizer.vocab_size
     assert blind["induction_loss_second_copy"] == pytest.approx(math.log(v), abs=1e-4)
     assert blind["induction_in_context_drop"] == pytest.approx(0.0, abs=1e-4)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import rule_oracle, run_cli
 
 from tformer_cli.core import anatomy, tasks
 from tformer_cli.inside import attention, heads
@@ -290,24 +290,6 @@ def test_roles_of_the_synthetic_lines():
     assert tasks.char_roles("modadd", "01+02=03\n") == ["question"] * 6 + ["answer"] * 2 + ["sep"]
 
 
-class _Oracle(torch.nn.Module):
-    """Predicts the next character from the window's own text by a rule (one-hot logits)."""
-
-    def __init__(self, tok, rule):
-        super().__init__()
-        self.tok, self.rule = tok, rule
-
-    def forward(self, x):
-        logits = torch.zeros(*x.shape, self.tok.vocab_size)
-        for b, row in enumerate(x.tolist()):
-            s = self.tok.decode(row)
-            for t in range(len(s)):
-                c = self.rule(s, t)
-                if c is not None:
-                    logits[b, t, self.tok.stoi[c]] = 30.0
-        return type("Out", (), {"logits": logits})()
-
-
 def _modadd_rule(s: str, t: int):
     eq = s.rfind("=", 0, t + 1)
     if eq < 5 or t - eq > 1 or s[eq - 3] != "+":
@@ -321,15 +303,15 @@ def test_task_metrics_of_oracles(tmp_path):
 
     cfg = from_dict(RUN_CFG)
     ds = prepare(cfg.data)
-    copy = _Oracle(ds.tokenizer, lambda s, t: s[t - 8] if t >= 8 else None)  # the letter 9 back
+    copy = rule_oracle(ds.tokenizer, lambda s, t: s[t - 8] if t >= 8 else None)  # the letter 9 back
     m = tasks.task_metrics(copy, cfg, ds, torch.device("cpu"))
     assert m["repeat_loss_second_copy"] < 1e-3 and m["repeat_in_context_drop"] > 5
 
     cfg = cfg.replace({"data.corpus": "modadd"})
     ds = prepare(cfg.data)
-    m = tasks.task_metrics(_Oracle(ds.tokenizer, _modadd_rule), cfg, ds, torch.device("cpu"))
+    m = tasks.task_metrics(rule_oracle(ds.tokenizer, _modadd_rule), cfg, ds, torch.device("cpu"))
     assert m["modadd_answer_accuracy"] == 1.0 and m["modadd_answer_loss"] < 1e-3
-    wrong = _Oracle(ds.tokenizer, lambda s, t: (lambda c: None if c is None else str((int(c) + 1) % 10))(
+    wrong = rule_oracle(ds.tokenizer, lambda s, t: (lambda c: None if c is None else str((int(c) + 1) % 10))(
         _modadd_rule(s, t)))
     m = tasks.task_metrics(wrong, cfg, ds, torch.device("cpu"))
     assert m["modadd_answer_accuracy"] == 0.0 and m["modadd_answer_loss"] > 10
