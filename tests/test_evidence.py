@@ -328,3 +328,18 @@ def test_a_resumed_experiment_adds_up_its_wall_time(tiny_config, tmp_path):
     (tmp_path / "exp" / "results.json").write_text(json.dumps(data))
     again = runner.run_experiment(spec, tmp_path / "exp", resume=True, trainer=FakeTrainer(), evaluator=fake_eval)
     assert 1000.0 <= again.elapsed_s < 1000.0 + 60 and r.elapsed_s < 60
+
+
+def test_study_runs_one_member_per_core_and_tuning_flags_are_checked(cli, monkeypatch):
+    import os
+
+    from tformer_cli.cli import experiments
+
+    seen = {}
+    monkeypatch.setattr(experiments, "execute", lambda o, spec, out=None: seen.update(jobs=o.jobs, spec=spec))
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert cli("study", "ablate_ffn").code == 0 and seen["jobs"] == 6
+    assert cli("study", "ablate_ffn", "--jobs", "1").code == 0 and seen["jobs"] == 1
+    monkeypatch.undo()
+    assert "needs --tune lr" in cli("ablate", "--no-ffn", "--lr-grid", "1,2", "--steps", "1").err
+    assert "only 'lr'" in cli("ablate", "--no-ffn", "--tune", "wd", "--steps", "1").err

@@ -16,10 +16,6 @@ def _pyplot():
     return plt
 
 
-def read_metrics(run_dir: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    return RunDir(run_dir).curves()
-
-
 def draw_loss_curve(run_dir: str | Path) -> Path | None:
     """loss.png of a run; None when it could not be drawn (a plot is a convenience: never lose a run over it)."""
     try:
@@ -32,7 +28,7 @@ def loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Training and validation loss against step, with ln(V) for reference."""
     run_dir = Path(run_dir)
     plt = _pyplot()
-    train, val = read_metrics(run_dir)
+    train, val = RunDir(run_dir).curves()
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     if train:
         ax.plot(*zip(*train), label="train (mean over log interval)", color="#4c72b0", alpha=0.8)

@@ -139,9 +139,6 @@ class RunDir:
 
     # ------------------------------------------------------------ writing
 
-    def write_text(self, name: str, text: str) -> None:
-        atomic_write_text(self.path / name, text)
-
     def write_summary(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.summary, json.dumps(data, indent=2) + "\n")
 
@@ -179,10 +176,6 @@ class RunDir:
         except OSError as e:
             raise ConfigError(f"cannot write to output directory {path}: {e.strerror}",
                               hint="choose a writable --out") from None
-
-
-def is_run_dir(path: str | Path) -> bool:
-    return RunDir(path).is_run()
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool) -> None:
