@@ -32,13 +32,17 @@ def parts(m: ModelConfig, vocab_size: int) -> list[Part]:
     else:
         if m.pos_encoding == "learned":
             out.append(Part("position embedding (block x d_model)", "embeddings", T * d, 0))
-        ln = d * (1 + b)
+        ln, norm = norm_params(m), m.norm
         f = m.d_ff_resolved
+        kv = m.kv_heads * m.d_k  # the width of W_K and of W_V (d_model unless grouped-query)
         for i in range(m.n_layer):
-            qkv = 3 * d * d + 3 * d * b
+            qkv = (d + 2 * kv) * d + (d + 2 * kv) * b
             o = d * d + d * b
-            out.append(Part("layernorm 1", "other", ln, 6 * ln, i))
-            out.append(Part("attention Q/K/V", "attention", qkv, 6 * qkv, i))
+            out.append(Part(f"{norm} 1", "other", ln, 6 * ln, i))
+            out.append(Part("attention Q/K/V" + (f" ({m.kv_heads} K/V heads)" if kv != d else ""),
+                            "attention", qkv, 6 * qkv, i))
+            if m.qk_norm:
+                out.append(Part("query/key norm gains", "attention", 2 * m.d_k, 6 * 2 * m.d_k, i))
             out.append(Part("attention scores (QK^T, AV)", "attention", 0, 12 * T * d, i))
             out.append(Part("attention output W_O", "attention", o, 6 * o, i))
             if m.ffn:
@@ -46,14 +50,29 @@ def parts(m: ModelConfig, vocab_size: int) -> list[Part]:
                 if m.activation == "swiglu":
                     w1 *= 2  # W1 and the gate W3
                 w2 = f * d + d * b
-                out.append(Part("layernorm 2", "other", ln, 6 * ln, i))
+                out.append(Part(f"{norm} 2", "other", ln, 6 * ln, i))
                 out.append(Part("FFN W1" + (" + W3 (gate)" if m.activation == "swiglu" else ""), "ffn", w1, 6 * w1, i))
                 out.append(Part("FFN W2", "ffn", w2, 6 * w2, i))
-    out.append(Part("final layernorm", "other", d * (1 + b), 6 * d * (1 + b)))
+    if m.arch == "lstm" or m.norm_position == "pre":  # post-norm blocks end normalised: no final norm
+        ln = d * (1 + b) if m.arch == "lstm" else norm_params(m)
+        out.append(Part("final " + ("layernorm" if m.arch == "lstm" else m.norm), "other", ln, 6 * ln))
     head_params = 0 if m.tie_weights else V * d
     out.append(Part("LM head (d_model x V)" + (", tied to the embedding" if m.tie_weights else ""),
                     "embeddings", head_params, 6 * V * d))
     return out
+
+
+def norm_params(m: ModelConfig) -> int:
+    """One norm's parameters: a gain, plus a bias for a LayerNorm with model.bias."""
+    return m.d_model * (1 + int(m.bias and m.norm == "layernorm"))
+
+
+def kv_cache_bytes_per_token(m: ModelConfig, dtype_bytes: int = 4) -> int:
+    """What generation caches per token: a key and a value of d_k for each K/V head of each layer
+    (fewer K/V heads, grouped-query or multi-query attention, shrink it by n_head / n_kv_head)."""
+    if m.arch != "gpt":
+        return 0
+    return 2 * m.n_layer * m.kv_heads * m.d_k * dtype_bytes
 
 
 @dataclass

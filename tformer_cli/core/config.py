@@ -25,7 +25,10 @@ from tformer_cli.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent.parent / "experiments"
 
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "swiglu", "relu2")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+OPTIMIZERS = ("adamw", "muon")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 ARCHS = ("gpt", "lstm")
 OBJECTIVES = ("clm", "mlm")
@@ -45,12 +48,22 @@ class ModelConfig:
     block_size: int = 64
     dropout: float = 0.0
     bias: bool = True
-    activation: str = "gelu"  # relu | gelu | gelu_tanh (GPT-2's tanh approximation) | swiglu
+    activation: str = "gelu"  # relu | gelu | gelu_tanh (GPT-2's tanh approximation) | swiglu | relu2 (squared ReLU)
     pos_encoding: str = "learned"  # learned | sinusoidal | rope | none
     causal: bool = True  # False turns every block into a bidirectional (encoder) block
     ffn: bool = True  # False: attention-only blocks
     tie_weights: bool = True  # share the token embedding with the LM head
     rope_base: float = 10000.0
+    norm: str = "layernorm"  # layernorm | rmsnorm (no mean subtraction, no bias)
+    norm_position: str = "pre"  # pre: x + f(norm(x)) (GPT-2 on) | post: norm(x + f(x)) (Vaswani et al. 2017)
+    n_kv_head: Optional[int] = None  # None: n_head (multi-head); fewer: grouped-query; 1: multi-query
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before the dot product
+    logit_softcap: Optional[float] = None  # None: off; c: logits = c * tanh(logits / c)
+
+    @property
+    def kv_heads(self) -> int:
+        """The key/value heads actually built (and cached)."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     @property
     def d_k(self) -> int:
@@ -96,6 +109,9 @@ class TrainConfig:
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | float32 | bfloat16 | float16
     compile: Optional[bool] = None  # None: on for CUDA, off on CPU (measured slower there)
     objective: str = "clm"  # clm (next token) | mlm (BERT-style masked tokens, bidirectional)
+    optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW at train.lr on the rest)
+    muon_lr: float = 0.02  # Muon's peak learning rate (same warm-up and decay as train.lr)
+    muon_momentum: float = 0.95
 
 
 @dataclass
@@ -235,6 +251,14 @@ def head_count_problem(d_model: int, n_head: int) -> str | None:
     )
 
 
+def kv_head_count_problem(n_head: int, n_kv_head: int | None) -> str | None:
+    if n_kv_head is None or n_head <= 0 or (0 < n_kv_head <= n_head and n_head % n_kv_head == 0):
+        return None
+    valid = ", ".join(str(h) for h in range(1, n_head + 1) if n_head % h == 0)
+    return (f"model.n_kv_head: {n_kv_head} key/value heads cannot be shared evenly by n_head={n_head} "
+            f"query heads; valid values for n_head={n_head}: {valid}")
+
+
 def validate(cfg: Config) -> list[str]:
     """Every impossible value, named by its key."""
     p, bad = _number_problems(cfg)
@@ -275,10 +299,13 @@ def _positive(path: str, value: float | int | None, bad: set[str]) -> list[str]:
 def _model_problems(cfg: Config, bad: set[str]) -> list[str]:
     m = cfg.model
     p = (_choice("model.arch", m.arch, ARCHS) + _choice("model.activation", m.activation, ACTIVATIONS)
-         + _choice("model.pos_encoding", m.pos_encoding, POS_ENCODINGS))
+         + _choice("model.pos_encoding", m.pos_encoding, POS_ENCODINGS) + _choice("model.norm", m.norm, NORMS)
+         + _choice("model.norm_position", m.norm_position, NORM_POSITIONS))
     for key in ("d_model", "n_layer", "n_head", "block_size", "d_ff"):
         p += _positive(f"model.{key}", getattr(m, key), bad)
     if problem := head_count_problem(m.d_model, m.n_head):
+        p.append(problem)
+    if "model.n_kv_head" not in bad and (problem := kv_head_count_problem(m.n_head, m.n_kv_head)):
         p.append(problem)
     if m.pos_encoding == "rope" and m.n_head > 0 and m.d_model % m.n_head == 0 and m.d_k % 2:
         p.append(f"model.pos_encoding: rope needs an even head size d_k, got d_k={m.d_k}")
@@ -286,7 +313,7 @@ def _model_problems(cfg: Config, bad: set[str]) -> list[str]:
         p.append(f"model.pos_encoding: sinusoidal needs an even d_model, got {m.d_model}")
     if "model.dropout" not in bad and not 0.0 <= m.dropout < 1.0:
         p.append(f"model.dropout: must be in [0, 1), got {m.dropout}")
-    return p + _positive("model.rope_base", m.rope_base, bad)
+    return p + _positive("model.rope_base", m.rope_base, bad) + _positive("model.logit_softcap", m.logit_softcap, bad)
 
 
 def _data_problems(cfg: Config, bad: set[str]) -> list[str]:
@@ -303,7 +330,8 @@ def _data_problems(cfg: Config, bad: set[str]) -> list[str]:
 
 def _train_problems(cfg: Config, bad: set[str]) -> list[str]:
     m, t = cfg.model, cfg.train
-    p = _choice("train.dtype", t.dtype, DTYPES) + _choice("train.objective", t.objective, OBJECTIVES)
+    p = (_choice("train.dtype", t.dtype, DTYPES) + _choice("train.objective", t.objective, OBJECTIVES)
+         + _choice("train.optimizer", t.optimizer, OPTIMIZERS) + _positive("train.muon_lr", t.muon_lr, bad))
     for key in ("steps", "batch_size", "grad_accum", "lr", "eval_interval", "eval_iters", "log_interval", "ckpt_interval"):
         p += _positive(f"train.{key}", getattr(t, key), bad)
     for key in ("warmup_steps", "weight_decay", "grad_clip"):
@@ -311,7 +339,7 @@ def _train_problems(cfg: Config, bad: set[str]) -> list[str]:
             p.append(f"train.{key}: must be >= 0, got {getattr(t, key)}")
     if t.min_lr is not None and "train.min_lr" not in bad and t.min_lr < 0:
         p.append(f"train.min_lr: must be >= 0, got {t.min_lr}")
-    for key in ("beta1", "beta2"):
+    for key in ("beta1", "beta2", "muon_momentum"):
         if f"train.{key}" not in bad and not 0.0 <= getattr(t, key) < 1.0:
             p.append(f"train.{key}: must be in [0, 1), got {getattr(t, key)}")
     if t.objective == "mlm" and m.causal:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from tformer_cli.core.config import ModelConfig, head_count_problem
 from tformer_cli.errors import ConfigError
 
+NORM_EPS = 1e-5  # LayerNorm's default, used by every norm of the model
+
 
 # ---------------------------------------------------------------- positions
 
@@ -50,7 +52,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class KVCache:
-    """Per-layer key/value buffers for generation: (B, nh, block_size, hs) each, filled left to right.
+    """Per-layer key/value buffers for generation: (B, n_kv_head, block_size, hs) each, filled left to right.
 
     The cached tokens occupy positions 0..length-1 of the current window; the model's
     positional encodings use those same positions, so cached and recomputed keys agree.
@@ -84,8 +86,12 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.n_head, self.d_model, self.causal = cfg.n_head, cfg.d_model, cfg.causal
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)  # W_Q, W_K, W_V stacked
+        self.n_head, self.n_kv, self.d_model, self.causal = cfg.n_head, cfg.kv_heads, cfg.d_model, cfg.causal
+        self.hs = cfg.d_k
+        # W_Q (d_model x d_model), then W_K and W_V (n_kv_head * d_k each), stacked.
+        self.qkv = nn.Linear(cfg.d_model, cfg.d_model + 2 * self.n_kv * self.hs, bias=cfg.bias)
+        self.q_norm = nn.RMSNorm(self.hs, eps=NORM_EPS) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.hs, eps=NORM_EPS) if cfg.qk_norm else None
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)  # W_O
         self.dropout = cfg.dropout
         self.attn_dropout = nn.Dropout(cfg.dropout)
@@ -101,15 +107,20 @@ class CausalSelfAttention(nn.Module):
         head_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         B, T, C = x.shape
-        hs = C // self.n_head
-        q, k, v = self.qkv(x).split(C, dim=2)
+        hs, kv = self.hs, self.n_kv * self.hs
+        q, k, v = self.qkv(x).split((C, kv, kv), dim=2)
         q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, hs).transpose(1, 2)
-        v = v.view(B, T, self.n_head, hs).transpose(1, 2)
+        k = k.view(B, T, self.n_kv, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv, hs).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
-            k, v = cache.update(layer, k, v)  # (B, nh, Tk, hs), Tk = cached + T
+            k, v = cache.update(layer, k, v)  # (B, n_kv, Tk, hs), Tk = cached + T: shared heads only
+        if self.n_kv != self.n_head:  # query head i reads key/value head i // (n_head / n_kv)
+            k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
+            v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
         Tk = k.size(2)
         weights = None
         if explicit:
@@ -146,7 +157,8 @@ def _future_mask(T: int, Tk: int, device) -> torch.Tensor:
 
 
 class FeedForward(nn.Module):
-    """Position-wise FFN: act(x W1 + b1) W2 + b2 (relu, gelu, gelu_tanh), or SwiGLU: (silu(x W1) * x W3) W2."""
+    """Position-wise FFN: act(x W1 + b1) W2 + b2 (relu, relu2 = relu squared, gelu, gelu_tanh),
+    or SwiGLU: (silu(x W1) * x W3) W2."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -165,6 +177,8 @@ class FeedForward(nn.Module):
             h = F.gelu(h)
         elif self.activation == "gelu_tanh":  # GPT-2's tanh approximation ("gelu_new")
             h = F.gelu(h, approximate="tanh")
+        elif self.activation == "relu2":  # squared ReLU (So et al., 2021)
+            h = F.relu(h).square()
         else:
             h = F.silu(h) * self.w3(x)
         return self.dropout(self.w2(h))
@@ -173,17 +187,30 @@ class FeedForward(nn.Module):
 # ---------------------------------------------------------------- block and GPT
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """model.norm, read here only: LayerNorm (bias per model.bias) or RMSNorm (a gain, no bias)."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.d_model, eps=NORM_EPS)
+    return nn.LayerNorm(cfg.d_model, eps=NORM_EPS, bias=cfg.bias)
+
+
 class Block(nn.Module):
-    """Pre-norm: x + Attn(LN(x)), then x + FFN(LN(x)) (the FFN half is absent when ffn=False)."""
+    """Pre-norm: x + Attn(N(x)), then x + FFN(N(x)); post-norm (the 2017 paper's): N(x + Attn(x)),
+    then N(x + FFN(x)).  N is model.norm; the FFN half is absent when ffn=False."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.post = cfg.norm_position == "post"
+        self.ln1 = make_norm(cfg)
         self.attn = CausalSelfAttention(cfg)
-        self.ln2 = nn.LayerNorm(cfg.d_model, bias=cfg.bias) if cfg.ffn else None
+        self.ln2 = make_norm(cfg) if cfg.ffn else None
         self.ffn = FeedForward(cfg) if cfg.ffn else None
 
     def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None):
+        if self.post:
+            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask)
+            x = self.ln1(x + a)
+            return (x if self.ffn is None else self.ln2(x + self.ffn(x))), weights
         a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask)
         x = x + a
         if self.ffn is not None:
@@ -214,7 +241,8 @@ class GPT(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        # Post-norm blocks end normalised: the 2017 decoder feeds its last block to the output layer.
+        self.ln_f = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
         self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf, 2017)
@@ -283,6 +311,8 @@ class GPT(nn.Module):
         if last_only:
             x = x[:, -1:, :]
         logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        if (cap := self.cfg.logit_softcap) is not None:  # smooth cap to (-cap, cap) (Gemma 2)
+            logits = cap * torch.tanh(logits / cap)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
@@ -292,7 +322,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch: int, device, dtype) -> KVCache:
         c = self.cfg
-        return KVCache(c.n_layer, batch, c.n_head, c.block_size, c.d_k, device, dtype)
+        return KVCache(c.n_layer, batch, c.kv_heads, c.block_size, c.d_k, device, dtype)
 
     @property
     def supports_cache(self) -> bool:

@@ -306,6 +306,22 @@ def import_hf(source: str, out: str | Path, overwrite: bool = False) -> ImportRe
 # ---------------------------------------------------------------- writing a GPT-2 folder
 
 
+def _modern_switches(m) -> list[str]:
+    """The switches of newer GPTs that GPT-2's architecture has no place for."""
+    problems = []
+    if m.norm != "layernorm":
+        problems.append(f"model.norm={m.norm} (GPT-2 has LayerNorm)")
+    if m.norm_position != "pre":
+        problems.append(f"model.norm_position={m.norm_position} (GPT-2 is pre-norm)")
+    if m.kv_heads != m.n_head:
+        problems.append(f"model.n_kv_head={m.n_kv_head} (GPT-2 has one key/value head per query head)")
+    if m.qk_norm:
+        problems.append("model.qk_norm=true (GPT-2 does not normalise queries and keys)")
+    if m.logit_softcap is not None:
+        problems.append(f"model.logit_softcap={m.logit_softcap} (GPT-2 does not cap its logits)")
+    return problems
+
+
 def hf_config_for(cfg: Config, vocab_size: int) -> dict[str, Any]:
     """GPT-2's config.json for a tformer config, or a ConfigError naming every switch that does not map."""
     m = cfg.model
@@ -322,6 +338,7 @@ def hf_config_for(cfg: Config, vocab_size: int) -> dict[str, Any]:
         problems.append("model.causal=false (GPT-2 is causal)")
     if not m.ffn:
         problems.append("model.ffn=false (every GPT-2 block has an FFN)")
+    problems += _modern_switches(m)
     if problems:
         raise ConfigError(f"this run does not map onto GPT-2: {'; '.join(problems)}",
                           hint="export works for runs trained with GPT-2's switches")

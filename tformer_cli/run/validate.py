@@ -250,15 +250,29 @@ def check_header(path: Path, meta: dict[str, Any], fmt: str):
         params = gf.list("params")
         if not all(is_int(p) and 0 <= p < 1 << 20 for p in params):
             raise damaged(path, f"optim_groups.{i}.params", "expected a list of parameter indices")
-        for key in ("lr", "eps", "weight_decay"):
-            gf.num(key, lo=0.0, optional=True)
-        betas = gf.list("betas", optional=True)
-        if betas is not None and (len(betas) != 2 or not all(is_num(b) and 0 <= b < 1 for b in betas)):
-            raise damaged(path, f"optim_groups.{i}.betas", f"expected two numbers in [0, 1), got {short(betas)}")
-        for key, value in g.items():
-            if key not in ("params", "lr", "eps", "weight_decay", "betas") and not isinstance(value, (bool, type(None))):
-                raise damaged(path, f"optim_groups.{i}.{key}", f"expected true, false or null, got {short(value)}")
+        _check_group(path, i, g, gf)
     return cfg, vocab
+
+
+GROUP_NUMBERS = ("lr", "eps", "weight_decay", "lr_scale", "momentum")  # AdamW's and Muon's
+MUON_ADJUST = ("original", "match_rms_adamw")
+
+
+def _check_group(path: Path, i: int, g: dict, gf: Fields) -> None:
+    """One saved optimizer group: AdamW's or Muon's hyper-parameters, every value in range."""
+    for key in GROUP_NUMBERS:
+        gf.num(key, lo=0.0, optional=True)
+    gf.int("ns_steps", lo=1, hi=100, optional=True)
+    for key, n, lo, hi in (("betas", 2, 0, 1), ("ns_coefficients", 3, -100, 100)):
+        got = gf.list(key, optional=True)
+        if got is not None and (len(got) != n or not all(is_num(b) and lo <= b < hi for b in got)):
+            raise damaged(path, f"optim_groups.{i}.{key}", f"expected {n} numbers in [{lo}, {hi}), got {short(got)}")
+    if g.get("adjust_lr_fn") not in (None, *MUON_ADJUST):
+        raise damaged(path, f"optim_groups.{i}.adjust_lr_fn", f"expected one of {', '.join(MUON_ADJUST)} or null")
+    known = ("params", *GROUP_NUMBERS, "ns_steps", "betas", "ns_coefficients", "adjust_lr_fn")
+    for key, value in g.items():
+        if key not in known and not isinstance(value, (bool, type(None))):
+            raise damaged(path, f"optim_groups.{i}.{key}", f"expected true, false or null, got {short(value)}")
 
 
 def meta_model(cfg, vocab_size: int):
@@ -296,22 +310,47 @@ def plausible_size(path: Path, cfg, vocab_size: int, data_size: int, n_tensors: 
                       f"the file holds {data_size:,} bytes of tensors")
 
 
+def _group_numbering(groups, header_groups) -> list[str]:
+    if groups is None or not header_groups:
+        return []
+    first, want = 0, []
+    for _, shapes in groups:
+        want.append(list(range(first, first + len(shapes))))
+        first += len(shapes)
+    got = [g.get("params") for g in header_groups]
+    return [] if got == want else [f"optim_groups number the parameters {short(got)}, the model needs {short(want)}"]
+
+
+def _optimizer_state_problems(optim: dict, per_param: list, complete: bool) -> list[str]:
+    """Each parameter's saved state: exactly the names its group keeps, float32, its shape."""
+    problems = []
+    for idx, state in sorted(optim.items()):
+        if idx >= len(per_param):
+            problems.append(f"optimizer state for parameter {idx}, the model has {len(per_param)}")
+            continue
+        names, shape = per_param[idx]
+        for name, (dtype, got) in state.items():
+            want = () if name == "step" else shape
+            if name not in names:
+                problems.append(f"unexpected tensor optim.{idx}.{name}")
+            elif dtype != "F32" or got != want:
+                problems.append(f"optim.{idx}.{name} is {dtype} {got}, expected F32 {want}")
+        if missing := set(names) - set(state):
+            problems.append(f"optim.{idx} lacks {', '.join(sorted(missing))}")
+    if complete and len(optim) != len(per_param):
+        problems.append(f"the optimizer state covers {len(optim)} of {len(per_param)} parameters "
+                        "(a resume without it would not be exact)")
+    return problems
+
+
 def check_tensors(path: Path, table: dict[str, tuple[str, tuple[int, ...]]], model: dict[str, tuple[int, ...]],
-                  groups: list[list[tuple[int, ...]]] | None, with_optimizer: bool, step: int,
-                  header_groups: list | None = None) -> None:
+                  groups: list[tuple[tuple[str, ...], list[tuple[int, ...]]]] | None, with_optimizer: bool,
+                  step: int, header_groups: list | None = None) -> None:
     """Every tensor name, dtype and shape against what the config needs; optimizer state complete.
 
-    ``groups``: the shapes of the parameters in each optimizer group, in index order (the order
-    AdamW numbers them); None skips the optimizer (inference)."""
-    problems = []
-    if groups is not None and header_groups:
-        first, want = 0, []
-        for g in groups:
-            want.append(list(range(first, first + len(g))))
-            first += len(g)
-        got = [g.get("params") for g in header_groups]
-        if got != want:
-            problems.append(f"optim_groups number the parameters {short(got)}, the model needs {short(want)}")
+    ``groups``: (state names, parameter shapes) of each optimizer group, in index order (the order
+    the optimizer numbers them); None skips the optimizer (inference)."""
+    problems = _group_numbering(groups, header_groups)
     for name, shape in model.items():
         key = f"model.{name}"
         if key not in table:
@@ -320,7 +359,8 @@ def check_tensors(path: Path, table: dict[str, tuple[str, tuple[int, ...]]], mod
             problems.append(f"{name} is {table[key][0]}, expected F32")
         elif table[key][1] != shape:
             problems.append(f"{name} has shape {table[key][1]}, the config needs {shape}")
-    shapes = [s for g in (groups or []) for s in g]
+    per_param = [(names, s) for names, shapes in (groups or []) for s in shapes]
+    every_name = {n for names, _ in per_param for n in names} or {"exp_avg", "exp_avg_sq", "step"}
     optim = {}
     for key in table:
         if key.startswith("model."):
@@ -328,26 +368,14 @@ def check_tensors(path: Path, table: dict[str, tuple[str, tuple[int, ...]]], mod
                 problems.append(f"unexpected {short(key[6:])}")
         elif key.startswith("optim."):
             parts = key.split(".")
-            if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in ("exp_avg", "exp_avg_sq", "step"):
+            if len(parts) != 3 or not parts[1].isdigit() or parts[2] not in every_name:
                 problems.append(f"unexpected tensor {short(key)}")
                 continue
             optim.setdefault(int(parts[1]), {})[parts[2]] = table[key]
         else:
             problems.append(f"unexpected tensor {short(key)}")
     if groups is not None:
-        for idx, state in sorted(optim.items()):
-            if idx >= len(shapes):
-                problems.append(f"optimizer state for parameter {idx}, the model has {len(shapes)}")
-                continue
-            for name, (dtype, shape) in state.items():
-                want = () if name == "step" else shapes[idx]
-                if dtype != "F32" or shape != want:
-                    problems.append(f"optim.{idx}.{name} is {dtype} {shape}, expected F32 {want}")
-            if set(state) != {"exp_avg", "exp_avg_sq", "step"}:
-                problems.append(f"optim.{idx} lacks {', '.join(sorted({'exp_avg', 'exp_avg_sq', 'step'} - set(state)))}")
-        if with_optimizer and step > 0 and len(optim) != len(shapes):
-            problems.append(f"the optimizer state covers {len(optim)} of {len(shapes)} parameters "
-                            "(a resume without it would not be exact)")
+        problems += _optimizer_state_problems(optim, per_param, with_optimizer and step > 0)
     if problems:
         shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
         raise RunError(f"checkpoint {path} does not match its config: {shown}",

@@ -33,7 +33,7 @@ from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.batches import Batcher
 from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.evaluate import evaluate
-from tformer_cli.train.optim import group_shapes, lr_at, make_optimizer
+from tformer_cli.train.optim import group_shapes, make_optimizer, set_lr
 
 
 
@@ -191,7 +191,7 @@ class _Trainer:
         cfg = self.cfg
         self.start_step, self.resumed_from, ckpt = 0, None, None
         if resume:
-            ckpt = checkpoint.load(self.run_dir, optimizer_groups=group_shapes)
+            ckpt = checkpoint.load(self.run_dir, optimizer_groups=lambda meta: group_shapes(meta, cfg))
             if ckpt.vocab_size != self.vocab_size:
                 raise RunError(f"checkpoint {ckpt.path} has a vocabulary of {ckpt.vocab_size} tokens, the corpus "
                                f"{self.ds.corpus} gives {self.vocab_size}",
@@ -288,9 +288,7 @@ class _Trainer:
     def _step(self, step: int) -> float:
         """One optimizer step (with gradient accumulation); returns its learning rate."""
         cfg, dist = self.cfg, self.dist
-        lr = lr_at(step, cfg)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        lr = set_lr(self.optimizer, step, cfg)
         torch.manual_seed(mix_seed(cfg.train.seed, step, dist.rank))  # dropout of this step
         for micro in range(cfg.train.grad_accum):
             x, y = self.batcher.train_batch(step, micro)
