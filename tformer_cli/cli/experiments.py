@@ -191,6 +191,7 @@ ABLATE_HELP = (
     "  tformer ablate --no-causal-mask --steps 300          # see the leak\n\n"
     "  tformer ablate --no-ffn --match params --match-by n_layer --seeds 3\n\n"
     "  tformer ablate --pos none --pos rope --activation swiglu\n\n"
+    "  tformer ablate --post-norm --norm rmsnorm --kv-heads 1 --optimizer muon\n\n"
     "  tformer ablate experiments/studies/ablate_causal_mask.yaml    # a study file as it ships\n\n"
     "  tformer ablate --resume runs/ablate-20260101-120000"
 )
@@ -207,9 +208,21 @@ def ablate(
     pos: Annotated[Optional[List[str]], typer.Option("--pos", help="A member with model.pos_encoding=X "
                    "(none, learned, sinusoidal, rope; repeatable).", show_default=False)] = None,
     activation: Annotated[Optional[List[str]], typer.Option("--activation", help="A member with "
-                          "model.activation=X (relu, gelu, swiglu; repeatable).", show_default=False)] = None,
+                          "model.activation=X (relu, relu2, gelu, gelu_tanh, swiglu; repeatable).",
+                          show_default=False)] = None,
     ffn_mult: Annotated[Optional[List[float]], typer.Option("--ffn-mult", help="A member with model.d_ff = "
                         "X * d_model (repeatable).", show_default=False)] = None,
+    norm: Annotated[Optional[List[str]], typer.Option("--norm", help="A member with model.norm=X "
+                    "(layernorm, rmsnorm).", show_default=False)] = None,
+    post_norm: Annotated[bool, typer.Option("--post-norm", help="A member with model.norm_position=post "
+                                            "(the 2017 paper's norm after the residual sum).")] = False,
+    kv_heads: Annotated[Optional[List[int]], typer.Option("--kv-heads", help="A member with model.n_kv_head=N "
+                        "(grouped-query; 1 = multi-query; repeatable).", show_default=False)] = None,
+    qk_norm: Annotated[bool, typer.Option("--qk-norm", help="A member with model.qk_norm=true.")] = False,
+    softcap: Annotated[Optional[List[float]], typer.Option("--softcap", help="A member with "
+                       "model.logit_softcap=C (repeatable).", show_default=False)] = None,
+    optimizer: Annotated[Optional[List[str]], typer.Option("--optimizer", help="A member with "
+                         "train.optimizer=X (adamw, muon).", show_default=False)] = None,
     combine: Annotated[bool, typer.Option("--combine", help="One member with all the flags together.")] = False,
     match: Annotated[Optional[str], typer.Option("--match", help="'params': resize each member to within 5% "
                      "of the baseline's parameter count.", show_default=False)] = None,
@@ -224,7 +237,8 @@ def ablate(
     o = ExperimentOptions.from_context(ctx)
     spec = None if o.resume else files.ablate_from(
         o.source(), no_causal_mask=no_causal_mask, no_ffn=no_ffn, pos=pos, activation=activation,
-        ffn_mult=ffn_mult, combine=combine, match=match, match_by=match_by)
+        ffn_mult=ffn_mult, norm=norm, post_norm=post_norm, kv_heads=kv_heads, qk_norm=qk_norm, softcap=softcap,
+        optimizer=optimizer, combine=combine, match=match, match_by=match_by)
     execute(o, spec)
 
 
@@ -258,7 +272,8 @@ SWEEP_HEADS_HELP = (
     "that do not divide d_model are refused before anything trains. A front end of `tformer sweep`.\n\n"
     "Examples:\n\n"
     "  tformer sweep-heads --heads 1,2,4,8,16 --steps 300\n\n"
-    "  tformer sweep-heads --heads 1,4,16 --d-model 64 --seeds 2"
+    "  tformer sweep-heads --heads 1,4,16 --d-model 64 --seeds 2\n\n"
+    "  tformer sweep-heads --heads 8 --kv-heads 1,2,4,8     # MQA, GQA, MHA: loss vs KV-cache bytes"
 )
 
 
@@ -269,6 +284,9 @@ def sweep_heads(
     heads: Annotated[str, typer.Option("--heads", help="Head counts, comma separated.")] = "1,2,4,8,16",
     d_model: Annotated[Optional[int], typer.Option("--d-model", help="model.d_model for every member "
                        "(default: the config's).", show_default=False)] = None,
+    kv_heads: Annotated[Optional[str], typer.Option("--kv-heads", help="model.n_kv_head values, comma "
+                        "separated: key/value heads shared by the query heads (each must divide every "
+                        "head count).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
     isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
     json_: JsonOpt = False,
@@ -276,7 +294,7 @@ def sweep_heads(
     from tformer_cli.study import files
 
     o = ExperimentOptions.from_context(ctx)
-    execute(o, None if o.resume else files.heads_from(o.source(), heads, d_model))
+    execute(o, None if o.resume else files.heads_from(o.source(), heads, d_model, kv_heads))
 
 
 SWEEP_DMODEL_HELP = (

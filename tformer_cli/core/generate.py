@@ -233,6 +233,7 @@ class CacheBench:
     recompute: Speed
     identical: bool  # both paths produced the same tokens
     sliding: Speed | None = None  # nanoGPT-style baseline: the newest block_size tokens, every step
+    cache_bytes_per_token: int | None = None  # the KV cache's memory per token (batch 1), as allocated
 
     @property
     def speedup_vs_sliding(self) -> float | None:
@@ -272,7 +273,17 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
         sample = _sampler(temperature, top_k, top_p, g)
         _, sliding = timed(_sliding_recompute(model, list(prompt_ids), new_tokens, sample))
     return CacheBench(new_tokens, len(prompt_ids), model.cfg.block_size, uses_cache(model),
-                      results[True][1], results[False][1], results[True][0] == results[False][0], sliding)
+                      results[True][1], results[False][1], results[True][0] == results[False][0], sliding,
+                      _cache_bytes_per_token(model, device))
+
+
+def _cache_bytes_per_token(model: torch.nn.Module, device) -> int | None:
+    """Bytes per cached position of the cache the model allocates (keys and values of every layer;
+    grouped-query attention keeps n_kv_head heads, not n_head)."""
+    if not (uses_cache(model) and model.cfg.arch == "gpt"):
+        return None
+    cache = model.new_cache(1, device, next(model.parameters()).dtype)
+    return sum(t.numel() * t.element_size() for t in cache.k + cache.v) // cache.max_len
 
 
 @torch.inference_mode()

@@ -50,6 +50,7 @@ class InspectReport:
     per_layer: Totals
     groups: dict[str, Totals]
     memory_bytes: dict[str, dict[str, int]]  # dtype -> weights, gradients, adamw
+    kv_cache_bytes_per_token: int = 0  # float32 keys and values of every layer (0: no KV cache)
     lstm_equal_params: Optional[LstmMatch] = None  # GPT models only
 
     def shape(self) -> str:
@@ -139,4 +140,5 @@ def inspect_model(cfg, vocab_size: int, source: str = "") -> InspectReport:
         per_layer=Totals(sum(p.params for p in one_layer), sum(p.flops for p in one_layer)),
         groups={g: Totals(tot.by_group_params[g], tot.by_group_flops.get(g, 0)) for g in tot.by_group_params},
         memory_bytes=anatomy.memory_bytes(tot.params), lstm_equal_params=lstm,
+        kv_cache_bytes_per_token=anatomy.kv_cache_bytes_per_token(m) if m.causal else 0,
     )

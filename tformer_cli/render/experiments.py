@@ -78,7 +78,12 @@ def _causal(s: MemberSummary) -> str:
     return MLM if s.objective == "mlm" else "-"
 
 
-def _extra(v) -> str:
+EXTRA_HEADERS = {"kv_cache_bytes_per_token": "KV cache per token (float32)"}
+
+
+def _extra(v, key: str = "") -> str:
+    if key.endswith("_bytes_per_token") and v is not None:
+        return fmt_bytes(int(v))
     if isinstance(v, float):
         return f"{v:.4f}"
     return "-" if v is None else str(v)
@@ -112,7 +117,7 @@ def show_results(con: Console, r: ExperimentResult) -> None:
     cols += [Col(h, numeric=True) for h in ("params", "train loss", "val loss (teacher-forced)",
                                              "val loss (causal-consistent)", "Δ vs baseline (95% CI)")]
     cols += [Col("converged")] + [Col(h, numeric=True) for h in ("tokens/s", "peak memory")]
-    cols += [Col(k, numeric=True) for k in extra_keys]
+    cols += [Col(EXTRA_HEADERS.get(k, k), numeric=True) for k in extra_keys]
     rows = []
     for s in r.summary:
         if not s.n_ok:
@@ -121,7 +126,7 @@ def show_results(con: Console, r: ExperimentResult) -> None:
         rows.append(_member_cells(r, s) + [
             fmt_params(s.params), pm(s.train_loss, s.train_loss_std), pm(s.val_loss, s.val_loss_std),
             _causal(s), diff_cell(s, r), converged_cell(s), fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes),
-        ] + [_extra(s.extra.get(k)) for k in extra_keys])
+        ] + [_extra(s.extra.get(k), k) for k in extra_keys])
     title = f"tformer {r.kind}: {r.out_dir}" + (f" ({len(r.seeds)} seeds, mean ± std)" if multi else "")
     show(con, cols, rows, title=escape(title))
 

@@ -67,6 +67,11 @@ def _memory(con: Console, r) -> None:
     cols = [Col("dtype", key=True)] + [Col(h, numeric=True) for h in ("weights", "gradients",
                                                                       "AdamW state (2 moments)", "total")]
     show(con, cols, rows, title=f"memory for {r.params:,} parameters (activations not included)")
+    if r.kv_cache_bytes_per_token:
+        m = r.model
+        line(con, f"KV cache for generation (float32, batch 1): {fmt_bytes(r.kv_cache_bytes_per_token)} per token "
+             f"(2 x {m.n_layer} layers x {m.kv_heads} key/value heads x d_k {m.d_k}), "
+             f"{fmt_bytes(r.kv_cache_bytes_per_token * m.block_size)} for a full block of {m.block_size}")
 
 
 # ---------------------------------------------------------------- attention

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tformer_cli.render.console import err_console, line
+from tformer_cli.render.fmt import fmt_bytes
 from tformer_cli.render.table import Col, show
 
 
@@ -67,3 +68,8 @@ def show_cache_bench(con: Console, r, model_cfg, where: str) -> None:
     vs_sliding = "" if r.speedup_vs_sliding is None else f" ({r.speedup_vs_sliding:.1f}x the sliding crop)"
     line(con, f"speed-up of the cache: [bold]{ratio}[/bold]{vs_sliding} · same tokens: "
          f"{'yes' if r.identical else 'no'}")
+    if r.cache_bytes_per_token:
+        kv = m.kv_heads
+        line(con, f"KV cache: {fmt_bytes(r.cache_bytes_per_token)} per token, "
+             f"{fmt_bytes(r.cache_bytes_per_token * r.block_size)} for a full block ({kv} key/value "
+             f"head{'s' if kv > 1 else ''} of {m.n_head} query heads per layer)")

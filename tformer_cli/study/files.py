@@ -14,12 +14,14 @@ from tformer_cli.core import config as cfgmod
 from tformer_cli.core.config import Config
 from tformer_cli.errors import ConfigError
 from tformer_cli.study.matching import match_params
-from tformer_cli.study.members import ablation_members, grid_members, head_problems, parse_grid
+from tformer_cli.study.members import ablation_members, file_arms, grid_members, head_problems, parse_grid
 from tformer_cli.study.spec import Spec
 from tformer_cli.study.verdict import check_members, parse_claims
 
-ABLATE_KEYS = {"kind", "no_causal_mask", "no_ffn", "pos", "activation", "ffn_mult", "combine", "match",
-               "match_by", "seeds", "prompt", "claim"}
+LIST_FLAGS = ("pos", "activation", "ffn_mult", "norm", "kv_heads", "softcap", "optimizer")  # repeatable
+BOOL_FLAGS = ("no_causal_mask", "no_ffn", "post_norm", "qk_norm")
+ABLATE_KEYS = {"kind", *LIST_FLAGS, *BOOL_FLAGS, "arms", "cumulative", "combine", "match", "match_by", "seeds",
+               "prompt", "claim"}
 SWEEP_KEYS = {"kind", "grid", "seeds", "prompt", "claim"}
 SECTION_KEYS = {"ablate": ABLATE_KEYS, "sweep": SWEEP_KEYS}
 
@@ -87,15 +89,14 @@ def _merged(exp: dict[str, Any], key: str, given) -> list:
     return list(dict.fromkeys(as_list(exp.get(key)) + list(given or [])))
 
 
-def ablate_spec(cfg: Config, exp: dict[str, Any], *, no_causal_mask=False, no_ffn=False, pos=None,
-                activation=None, ffn_mult=None, combine=False, match=None, match_by=None, seeds=None) -> Spec:
+def ablate_spec(cfg: Config, exp: dict[str, Any], *, combine=False, match=None, match_by=None, seeds=None,
+                **flags) -> Spec:
     """The ablation spec: CLI flags add to (or, for single values, override) the study file's."""
-    members = ablation_members(
-        cfg, no_causal_mask=no_causal_mask or bool(exp.get("no_causal_mask")),
-        no_ffn=no_ffn or bool(exp.get("no_ffn")), pos=_merged(exp, "pos", pos),
-        activation=_merged(exp, "activation", activation),
-        ffn_mult=[float(x) for x in _merged(exp, "ffn_mult", ffn_mult)],
-        combine=combine or bool(exp.get("combine")))
+    merged: dict[str, Any] = {k: flags.get(k) or bool(exp.get(k)) for k in BOOL_FLAGS}
+    merged.update({k: _merged(exp, k, flags.get(k)) for k in LIST_FLAGS})
+    merged["ffn_mult"] = [float(x) for x in merged["ffn_mult"]]
+    members = ablation_members(cfg, combine=combine or bool(exp.get("combine")),
+                               cumulative=bool(exp.get("cumulative")), arms=file_arms(exp.get("arms")), **merged)
     spec = Spec("ablate", cfg.to_dict(), members, seed_list(cfg, seeds or exp.get("seeds")),
                 prompt=exp.get("prompt"))
     match = match or exp.get("match")
@@ -131,15 +132,22 @@ def grid_spec(cfg: Config, exp: dict[str, Any], grid: list[str] | None, seeds: i
     return sweep_spec(cfg, g, seeds or exp.get("seeds"), exp.get("prompt"))
 
 
-def heads_grid(cfg: Config, heads: list[int], d_model: int | None) -> dict[str, list]:
-    """model.n_head values at a fixed d_model; refuses every head count that does not divide it."""
+def heads_grid(cfg: Config, heads: list[int], d_model: int | None, kv_heads: list[int] | None = None
+               ) -> dict[str, list]:
+    """model.n_head values at a fixed d_model (and model.n_kv_head values, every pair of the two);
+    refuses every head count that does not divide d_model and every K/V count that does not divide
+    a head count, before anything trains."""
     d = d_model or cfg.model.d_model
     problems = head_problems(d, heads)
+    problems += list(dict.fromkeys(p for h in heads for k in kv_heads or []
+                                   if (p := cfgmod.kv_head_count_problem(h, k))))
     if problems:
         raise ConfigError(problems, hint="nothing was trained; choose head counts from the valid ones")
     grid: dict[str, list] = {"model.n_head": heads}
     if d_model is not None:
         grid = {"model.d_model": [d_model], **grid}
+    if kv_heads:
+        grid["model.n_kv_head"] = kv_heads
     return grid
 
 
@@ -199,10 +207,11 @@ def sweep_from(src: Source, grid: list[str] | None) -> Spec:
     return grid_spec(cfg, exp, grid, src.seeds)
 
 
-def heads_from(src: Source, heads: str, d_model: int | None) -> Spec:
-    """`tformer sweep-heads`: head counts at one d_model."""
+def heads_from(src: Source, heads: str, d_model: int | None, kv_heads: str | None = None) -> Spec:
+    """`tformer sweep-heads`: head counts at one d_model (and shared key/value heads)."""
     cfg, exp = src.load()
-    return sweep_spec(cfg, heads_grid(cfg, int_list(heads, "--heads"), d_model), src.seeds or exp.get("seeds"),
+    kv = int_list(kv_heads, "--kv-heads") if kv_heads is not None else None
+    return sweep_spec(cfg, heads_grid(cfg, int_list(heads, "--heads"), d_model, kv), src.seeds or exp.get("seeds"),
                       exp.get("prompt"))
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
+from tformer_cli.core.anatomy import kv_cache_bytes_per_token
 from tformer_cli.core.config import Config
 from tformer_cli.errors import Stopped, TformerError
 from tformer_cli.run.rundir import RunDir
@@ -18,6 +19,8 @@ from tformer_cli.study import convergence
 from tformer_cli.study.measure import Evaluator, anatomy_columns, default_evaluator, measure
 from tformer_cli.study.results import MemberOutcome, MemberRow
 from tformer_cli.study.spec import Member
+
+KV_AXES = ("model.n_head", "model.n_kv_head")  # a sweep of these shows the KV-cache bytes per token
 
 Trainer = Callable[..., Any]
 Display = Callable[[str], ContextManager[Callable]]
@@ -115,4 +118,6 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
         final = val[-1][1] if val else None
         row.still_learning = convergence.still_learning(row.val_drop_last_fifth, final, s.get("init_loss_ref"))
     row.extra = dict(s.get("extra") or {})  # task metrics (synthetic corpora): extra columns
+    if any(k in j.member.axes for k in KV_AXES):  # what the head counts cost at generation
+        row.extra["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(j.cfg.model)
     return row
