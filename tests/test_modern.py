@@ -241,3 +241,61 @@ def test_gpt2_export_refuses_modern_switches(tmp_path):
         with pytest.raises(ConfigError) as e:
             hf_config_for(Config(model=cfg(**sw)), V)
         assert f"model.{next(iter(sw))}" in str(e.value)
+
+
+# ---------------------------------------------------------------- in the studies
+
+
+def test_ablate_flags_make_one_member_per_switch(tiny_config):
+    from tformer_cli.study.members import ablation_members
+
+    base = from_dict(tiny_config)
+    members = ablation_members(base, norm=["rmsnorm"], post_norm=True, kv_heads=[1], qk_norm=True,
+                               softcap=[30.0], optimizer=["muon"], activation=["relu2"])
+    got = {m.name: m.overrides for m in members}
+    assert got == {"baseline": {}, "act-relu2": {"model.activation": "relu2"}, "norm-rmsnorm": {"model.norm": "rmsnorm"},
+                   "post-norm": {"model.norm_position": "post"}, "kv-heads-1": {"model.n_kv_head": 1},
+                   "qk-norm": {"model.qk_norm": True}, "softcap-30": {"model.logit_softcap": 30.0},
+                   "opt-muon": {"train.optimizer": "muon"}}
+
+
+def test_cumulative_arms_walk_a_path_one_switch_at_a_time(tiny_config):
+    from tformer_cli.study.members import ablation_members, file_arms
+
+    arms = file_arms([{"pre": {"model.norm_position": "pre"}}, {"+rms": {"model.norm": "rmsnorm"}},
+                      {"+muon": {"train.optimizer": "muon"}}])
+    tiny_config["model"]["norm_position"] = "post"
+    members = ablation_members(from_dict(tiny_config), arms=arms, cumulative=True)
+    assert [m.overrides for m in members] == [
+        {}, {"model.norm_position": "pre"}, {"model.norm_position": "pre", "model.norm": "rmsnorm"},
+        {"model.norm_position": "pre", "model.norm": "rmsnorm", "train.optimizer": "muon"}]
+    for bad in ([{"a": 1}], [{"a": {"model.nrom": "x"}}], "text"):
+        with pytest.raises(ConfigError, match="experiment.arms"):
+            file_arms(bad)
+
+
+def test_sweep_heads_refuses_kv_counts_that_do_not_share_evenly(cli, tiny_yaml, tmp_path):
+    r = cli("sweep-heads", tiny_yaml, "--heads", "2,4", "--kv-heads", "4", "--out", tmp_path / "x")
+    assert r.code == 2 and "n_kv_head: 4 key/value heads cannot be shared evenly by n_head=2" in r.err
+    assert not (tmp_path / "x").exists()
+
+
+def test_kv_sweep_rows_carry_the_cache_bytes_and_muon_rows_the_steps_to_baseline(tiny_config, tmp_path):
+    from test_experiments import FakeTrainer, fake_eval
+    from tformer_cli.study import runner
+    from tformer_cli.study.members import ablation_members, grid_members
+    from tformer_cli.study.spec import Spec
+
+    base = from_dict(tiny_config)
+    spec = Spec("sweep", base.to_dict(), grid_members(base, {"model.n_kv_head": [2, 1]}), [1],
+                axes=["model.n_kv_head"])
+    r = runner.run_experiment(spec, tmp_path / "kv", trainer=FakeTrainer(), evaluator=fake_eval)
+    want = {m.name: anatomy.kv_cache_bytes_per_token(spec.member_config(m, 1).model) for m in spec.members}
+    assert {row.member: row.extra["kv_cache_bytes_per_token"] for row in r.rows} == want
+    assert want["n_kv_head-2"] == 2 * want["n_kv_head-1"]
+    spec = Spec("ablate", base.to_dict(), ablation_members(base, optimizer=["muon"]), [1, 2])
+    r = runner.run_experiment(spec, tmp_path / "opt", trainer=FakeTrainer(), evaluator=fake_eval)
+    for row in r.rows:
+        steps = row.extra["steps_to_baseline_loss"]
+        assert steps is None or 0 < steps <= base.train.steps
+    assert all(row.extra["steps_to_baseline_loss"] is not None for row in r.rows if row.member == "baseline")

@@ -78,12 +78,15 @@ def _causal(s: MemberSummary) -> str:
     return MLM if s.objective == "mlm" else "-"
 
 
-EXTRA_HEADERS = {"kv_cache_bytes_per_token": "KV cache per token (float32)"}
+EXTRA_HEADERS = {"kv_cache_bytes_per_token": "KV cache per token (float32)",
+                 "steps_to_baseline_loss": "steps to the baseline's final val loss"}
 
 
 def _extra(v, key: str = "") -> str:
     if key.endswith("_bytes_per_token") and v is not None:
         return fmt_bytes(int(v))
+    if key.startswith("steps_") and isinstance(v, (int, float)):
+        return f"{v:,.0f}"
     if isinstance(v, float):
         return f"{v:.4f}"
     return "-" if v is None else str(v)

@@ -93,6 +93,8 @@ def run_experiment(
         if spec.tune:  # each member at its best learning rate, then compared as usual
             spec, rows, choices = tune.collapse(spec, rows)
         stats.add_baseline_diffs(rows, spec)
+        if stats.wants_steps_to_baseline(spec):
+            stats.add_steps_to_baseline(rows, spec)
         result = ExperimentResult(
             kind=spec.kind, out_dir=str(out_dir), rows=rows, summary=stats.summarize(rows, spec),
             members=list(spec.members), axes=spec.axes, seeds=spec.seeds, tuning=choices,

@@ -124,6 +124,31 @@ def _set_paired(s: MemberSummary, p: Paired) -> None:
     s.significant, s.equivalent = p.significant, p.equivalent
 
 
+STEPS_TO_BASELINE = "steps_to_baseline_loss"
+
+
+def wants_steps_to_baseline(spec: Spec) -> bool:
+    """Optimizer comparisons (and any claim on the metric) report how fast each member got there."""
+    return (any(c.get("metric") == STEPS_TO_BASELINE for c in spec.claims)
+            or any("train.optimizer" in m.overrides for m in spec.members))
+
+
+def add_steps_to_baseline(rows: list[MemberRow], spec: Spec) -> None:
+    """Each row's first evaluation step whose val loss is at or below its baseline's final val loss
+    (same seed), as the extra metric steps_to_baseline_loss; None when it never got there."""
+    from tformer_cli.run.rundir import RunDir
+
+    ref = baselines(spec)
+    curves = {(r.member, r.seed): RunDir(r.run_dir).curves()[1] for r in rows if r.status == "ok"}
+    for r in rows:
+        mine, theirs = curves.get((r.member, r.seed)), curves.get((ref[r.member], r.seed))
+        if mine is None:
+            continue
+        target = theirs[-1][1] if theirs else None
+        r.extra[STEPS_TO_BASELINE] = None if target is None else \
+            next((step for step, loss in mine if loss <= target), None)
+
+
 def _summary(m: Member, rows: list[MemberRow], baseline: str) -> MemberSummary:
     ok = [r for r in rows if r.status == "ok"]
     s = MemberSummary(member=m.name, changed=m.changed, resized=m.resized, axes=dict(m.axes),
@@ -145,7 +170,8 @@ def _summary(m: Member, rows: list[MemberRow], baseline: str) -> MemberSummary:
             setattr(s, k, getattr(first, k))
         for k, v in first.extra.items():
             vals = [x for r in ok if isinstance(x := r.extra.get(k), (int, float)) and not isinstance(x, bool)]
-            s.extra[k] = mean_std(vals)[0] if vals else v
+            # a mean over the seeds that have a value would hide those that never got there
+            s.extra[k] = mean_std(vals)[0] if vals and len(vals) == len(ok) else (None if vals else v)
     return s
 
 
@@ -162,9 +188,15 @@ def memory_note(rows: list[MemberRow], execution: str) -> str:
 def notes(spec: Spec) -> list[str]:
     """What a reader must know to read the table: a next-token (clm) member without the causal mask
     leaks the future.  (A masked LM is bidirectional by definition: no leak to explain.)"""
+    out = []
     for m in spec.members:
         cfg = spec.member_config(m, spec.seeds[0])
         if cfg.train.objective == "clm" and not cfg.model.causal and cfg.model.arch == "gpt":
-            return [LEAK_EXPLANATION]
-    return []
+            out.append(LEAK_EXPLANATION)
+            break
+    if wants_steps_to_baseline(spec):
+        every = spec.config().train.eval_interval
+        out.append(f"steps to the baseline's final val loss: the first evaluation (every {every} steps) whose "
+                   "val loss is at or below the baseline's last one, same seed; '-' when a seed never got there.")
+    return out
 
