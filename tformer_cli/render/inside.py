@@ -70,7 +70,7 @@ def _memory(con: Console, r) -> None:
     if r.kv_cache_bytes_per_token:
         m = r.model
         line(con, f"KV cache for generation (float32, batch 1): {fmt_bytes(r.kv_cache_bytes_per_token)} per token "
-             f"(2 x {m.n_layer} layers x {m.kv_heads} key/value heads x d_k {m.d_k}), "
+             f"(2 x {m.n_layer} layers x {m.kv_heads} key/value head{'s' if m.kv_heads > 1 else ''} x d_k {m.d_k}), "
              f"{fmt_bytes(r.kv_cache_bytes_per_token * m.block_size)} for a full block of {m.block_size}")
 
 
