@@ -299,3 +299,15 @@ def test_kv_sweep_rows_carry_the_cache_bytes_and_muon_rows_the_steps_to_baseline
         steps = row.extra["steps_to_baseline_loss"]
         assert steps is None or 0 < steps <= base.train.steps
     assert all(row.extra["steps_to_baseline_loss"] is not None for row in r.rows if row.member == "baseline")
+
+
+def test_inspect_and_sample_bench_show_the_kv_cache_per_token(cli, tiny_yaml, tmp_path):
+    r = cli("inspect", tiny_yaml, "--set", "model.n_kv_head=1", "--vocab-size", "50")
+    # 2 x 2 layers x 1 K/V head x d_k 16 x 4 bytes = 256 B per token; 16 positions: 4 KiB
+    assert r.code == 0 and "256 B per token (2 x 2 layers x 1 key/value head x d_k 16)" in " ".join(r.out.split())
+    run = tmp_path / "run"
+    assert cli("train", tiny_yaml, "--out", run, "--steps", "2", "--set", "model.n_kv_head=1").code == 0
+    r = cli("sample", run, "--bench", "--max-new-tokens", "8", "--prompt", "The ")
+    assert r.code == 0, r
+    text = " ".join((r.out + r.err).split())
+    assert "KV cache: 256 B per token, 4.0 KiB for a full block (1 key/value head of 2 query heads per layer)" in text
