@@ -36,6 +36,7 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("peak memory", f"{fmt_bytes(r['peak_memory_bytes'])} ({r['memory_source']})"),
         ("parameters", f"{r['params']:,} ({r['non_embedding_params']:,} non-embedding)"),
         ("device", f"{r['device']}, {r['dtype']}" + (", compiled" if r["compiled"] else "")),
+        ("compile", r.get("compile_reason") or ("on" if r["compiled"] else "off")),
         ("tokens seen", fmt_int(r["tokens_seen"])),
         ("wall time", fmt_time(r["elapsed_s"])),
     ]

@@ -33,6 +33,7 @@ from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.batches import Batcher
 from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.evaluate import evaluate
+from tformer_cli.train.compile_policy import compile_decision
 from tformer_cli.train.optim import group_shapes, make_optimizer, set_lr
 
 
@@ -75,6 +76,7 @@ class TrainResult:
     device: str
     dtype: str
     compiled: bool
+    compile_reason: str
     vocab_size: int
     tokens_seen: int
     elapsed_s: float
@@ -221,7 +223,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         if self.scaler is not None and self.state.get("grad_scaler"):
             self.scaler.load_state_dict(self.state["grad_scaler"])
-        self.compiled = cfg.train.compile if cfg.train.compile is not None else self.device.type == "cuda"
+        self.compiled, self.compile_reason = compile_decision(
+            cfg, self.device.type, dev.dtype_name(self.dtype), self.vocab_size, cfg.train.steps - self.start_step)
         self.model = self.raw_model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -439,6 +442,7 @@ class _Trainer:
             device=str(self.device),
             dtype=dev.dtype_name(self.dtype),
             compiled=bool(self.compiled),
+            compile_reason=self.compile_reason,
             vocab_size=self.vocab_size,
             tokens_seen=step * self.tokens_per_step,
             elapsed_s=elapsed,

@@ -1,0 +1,37 @@
+"""train.compile's default: compile only where the estimated saving exceeds the compile's cost,
+and say why (issue 18).  The decision reads the device type only, so it is tested on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+from tformer_cli.core.config import resolve
+from tformer_cli.train.compile_policy import compile_decision
+
+
+def test_a_setting_wins_and_the_cpu_does_not_compile():
+    cfg = resolve(preset="quick")
+    assert compile_decision(cfg, "cpu", "float32", 100) == (
+        False, "off on cpu (measured slower there; train.compile=true forces it)")
+    for value in (True, False):
+        on, why = compile_decision(cfg.replace({"train.compile": value}), "cuda", "bfloat16", 100)
+        assert on is value and why == f"train.compile={'true' if value else 'false'}"
+
+
+def test_on_cuda_a_tiny_run_stays_eager_and_a_long_large_one_compiles():
+    tiny = resolve(preset="quick", overrides={"train.steps": 300})
+    on, why = compile_decision(tiny, "cuda", "bfloat16", 100)
+    assert not on and why.startswith("off: an eager run of about 1 s")
+    big = resolve(preset="gpt2_small")
+    on, why = compile_decision(big, "cuda", "bfloat16", 50304)
+    assert on and why.startswith("on: about")
+    # the same model for 20 steps (or resumed 20 steps before its end) does not pay for it
+    assert not compile_decision(big.replace({"train.steps": 20}), "cuda", "bfloat16", 50304)[0]
+    assert not compile_decision(big, "cuda", "bfloat16", 50304, steps_left=20)[0]
+
+
+def test_the_run_summary_says_which_was_chosen_and_why(cli, tiny_yaml, tmp_path):
+    r = cli("train", tiny_yaml, "--out", tmp_path / "run", "--steps", "2")
+    assert r.code == 0 and "compile" in r.out and "off on cpu (measured slower there" in " ".join(r.out.split())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["compiled"] is False and summary["compile_reason"].startswith("off on cpu")
