@@ -30,9 +30,11 @@ TuneOpt = Annotated[Optional[str], typer.Option("--tune", help="'lr': train ever
                                                show_default=False)]
 LrGridOpt = Annotated[Optional[str], typer.Option("--lr-grid", help="Multiples of train.lr for --tune lr "
                                                   "(default 0.5,1,2).", show_default=False)]
-JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="On the CPU: train N members at a time, "
-                                               "each in its own process with cores/N threads (default: 1; "
-                                               "`tformer study`: one per core).", show_default=False)]
+JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Train N members at a time, each in its "
+                                               "own process: on the CPU with cores/N threads each; on GPUs "
+                                               "spread over them, as many per GPU as fit its free memory "
+                                               "(default: 1; `tformer study`: one per core).",
+                                               show_default=False)]
 IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run each member in its own process (per-member "
                                           "peak memory on CPU; a few seconds of start-up each).")]
 

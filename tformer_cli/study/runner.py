@@ -1,7 +1,8 @@
 """Running an experiment: every member x seed trained and measured into one directory.
 
 Members run in sequence in this process, or each in its own worker process
-(tformer_cli.study.worker) with at most one per device at a time (--parallel, --isolate).
+(tformer_cli.study.worker): one per device at a time (--parallel, --isolate), or --jobs N at a
+time, on the CPU with the cores split between them, on GPUs packed as memory allows.
 The runner is silent: it reports through callbacks and returns an ExperimentResult, which it
 also writes to results.json and results.csv.  Trainer and evaluator are injectable for tests.
 """
@@ -78,6 +79,12 @@ def run_experiment(
             execution = (f"{jobs} at a time on the CPU, one process each with {run.threads} thread(s) "
                          "(tokens/s is each member's under that load)")
             outcomes = run.in_processes(devices[:1] * jobs)
+        elif jobs > 1 and devices[0].startswith("cuda"):  # several small members share each GPU
+            slots = pack_slots(devices, jobs, member_bytes(spec), {d: _free_bytes(d) for d in devices})
+            run.threads = max(1, (os.cpu_count() or 1) // len(slots))
+            execution = (f"{len(slots)} at a time on {len(devices)} GPU(s) (as many per GPU as fit its free "
+                         f"memory, at most {-(-jobs // len(devices))}), one process each")
+            outcomes = run.in_processes(slots)
         elif parallel and len(devices) > 1:
             execution = f"in parallel, one process per device ({', '.join(devices)})"
             outcomes = run.in_processes(devices)
@@ -132,6 +139,45 @@ def visible_devices(cfg: Config) -> list[str]:
         if n > 0:
             return [f"cuda:{i}" for i in range(n)]
     return [dev]
+
+
+CUDA_PROCESS_BYTES = 512 * 2**20  # a worker's CUDA context and allocator slack, besides its model (estimate)
+
+
+def member_bytes(spec: Spec) -> int:
+    """The largest training-memory estimate among the members (core.memory's, at the member's
+    batch), for packing members onto a GPU; the vocabulary is the corpus's."""
+    from tformer_cli.core.data import prepare
+    from tformer_cli.core.memory import estimate
+
+    worst = 0
+    for m in spec.members:
+        cfg = spec.member_config(m, spec.seeds[0])
+        vocab = prepare(cfg.data).vocab_size + (cfg.train.objective == "mlm")
+        worst = max(worst, estimate(cfg.model, vocab, cfg.train.batch_size, training=True).total)
+    return worst
+
+
+def _free_bytes(device: str) -> int | None:
+    import torch
+
+    from tformer_cli.core.memory import available
+
+    return available(torch.device(device))[0]
+
+
+def pack_slots(devices: list[str], jobs: int, need: int, free: dict[str, int | None]) -> list[str]:
+    """Worker slots for ``jobs`` members at a time over ``devices``, spread round-robin, with no
+    more on a device than its free memory holds at ``need`` bytes (plus a process's CUDA context)
+    each; at least one per device, whatever the estimate says (the member itself then reports)."""
+    room = {d: jobs if free.get(d) is None else max(1, free[d] // (need + CUDA_PROCESS_BYTES)) for d in devices}
+    slots: list[str] = []
+    while len(slots) < jobs:
+        added = [d for d in devices if slots.count(d) < room[d]][: jobs - len(slots)]
+        if not added:
+            break
+        slots += added
+    return slots
 
 
 class _Run:
