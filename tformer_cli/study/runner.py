@@ -73,28 +73,7 @@ def run_experiment(
         run = _Run(spec, out_dir, resume, trainer, evaluator, display, notice or (lambda s: None),
                    should_stop or (lambda: False))
         devices = devices if devices is not None else visible_devices(spec.config())
-        jobs = min(jobs or 1, len(run.jobs))
-        if jobs > 1 and devices[:1] in (["cpu"], ["auto"]) and not parallel:  # no CUDA device visible
-            run.threads = max(1, (os.cpu_count() or 1) // jobs)
-            execution = (f"{jobs} at a time on the CPU, one process each with {run.threads} thread(s) "
-                         "(tokens/s is each member's under that load)")
-            outcomes = run.in_processes(devices[:1] * jobs)
-        elif jobs > 1 and devices[0].startswith("cuda"):  # several small members share each GPU
-            slots = pack_slots(devices, jobs, member_bytes(spec), {d: _free_bytes(d) for d in devices})
-            run.threads = max(1, (os.cpu_count() or 1) // len(slots))
-            execution = (f"{len(slots)} at a time on {len(devices)} GPU(s) (as many per GPU as fit its free "
-                         f"memory, at most {-(-jobs // len(devices))}), one process each")
-            outcomes = run.in_processes(slots)
-        elif parallel and len(devices) > 1:
-            execution = f"in parallel, one process per device ({', '.join(devices)})"
-            outcomes = run.in_processes(devices)
-        elif isolate or parallel:
-            why = "" if isolate else " (--parallel needs more than one CUDA device; only one is visible)"
-            execution = f"in sequence, one process per member{why}"
-            outcomes = run.in_processes(devices[:1] or [spec.config().train.device])
-        else:
-            execution = "in sequence, in this process"
-            outcomes = run.inline()
+        execution, outcomes = _execute(run, spec, devices, min(jobs or 1, len(run.jobs)), parallel, isolate)
         rows = [member_row(j, o) for j, o in zip(run.jobs, outcomes)]
         choices: list[dict] = []
         if spec.tune:  # each member at its best learning rate, then compared as usual
@@ -139,6 +118,33 @@ def visible_devices(cfg: Config) -> list[str]:
         if n > 0:
             return [f"cuda:{i}" for i in range(n)]
     return [dev]
+
+
+def _execute(run: "_Run", spec: Spec, devices: list[str], jobs: int, parallel: bool, isolate: bool
+             ) -> tuple[str, list[MemberOutcome | None]]:
+    """Run the jobs the way the flags and the visible devices say; (how, in words; the outcomes)."""
+    if jobs > 1 and devices[:1] in (["cpu"], ["auto"]) and not parallel:  # no CUDA device visible
+        run.threads = max(1, (os.cpu_count() or 1) // jobs)
+        execution = (f"{jobs} at a time on the CPU, one process each with {run.threads} thread(s) "
+                     "(tokens/s is each member's under that load)")
+        outcomes = run.in_processes(devices[:1] * jobs)
+    elif jobs > 1 and devices[0].startswith("cuda"):  # several small members share each GPU
+        slots = pack_slots(devices, jobs, member_bytes(spec), {d: _free_bytes(d) for d in devices})
+        run.threads = max(1, (os.cpu_count() or 1) // len(slots))
+        execution = (f"{len(slots)} at a time on {len(devices)} GPU(s) (as many per GPU as fit its free "
+                     f"memory, at most {-(-jobs // len(devices))}), one process each")
+        outcomes = run.in_processes(slots)
+    elif parallel and len(devices) > 1:
+        execution = f"in parallel, one process per device ({', '.join(devices)})"
+        outcomes = run.in_processes(devices)
+    elif isolate or parallel:
+        why = "" if isolate else " (--parallel needs more than one CUDA device; only one is visible)"
+        execution = f"in sequence, one process per member{why}"
+        outcomes = run.in_processes(devices[:1] or [spec.config().train.device])
+    else:
+        execution = "in sequence, in this process"
+        outcomes = run.inline()
+    return execution, outcomes
 
 
 CUDA_PROCESS_BYTES = 512 * 2**20  # a worker's CUDA context and allocator slack, besides its model (estimate)

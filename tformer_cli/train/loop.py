@@ -223,6 +223,12 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
         if self.scaler is not None and self.state.get("grad_scaler"):
             self.scaler.load_state_dict(self.state["grad_scaler"])
+        self._wrap()
+
+    def _wrap(self) -> None:
+        """The model the steps call: the raw model, under DDP with several processes, compiled when
+        compile_decision says so."""
+        cfg = self.cfg
         self.compiled, self.compile_reason = compile_decision(
             cfg, self.device.type, dev.dtype_name(self.dtype), self.vocab_size, cfg.train.steps - self.start_step)
         self.model = self.raw_model
