@@ -311,3 +311,13 @@ def test_inspect_and_sample_bench_show_the_kv_cache_per_token(cli, tiny_yaml, tm
     assert r.code == 0, r
     text = " ".join((r.out + r.err).split())
     assert "KV cache: 256 B per token, 4.0 KiB for a full block (1 key/value head of 2 query heads per layer)" in text
+
+
+def test_a_muon_run_samples_and_evaluates(cli, tiny_yaml, tmp_path):
+    """Inference loads the weights of a Muon run (its momentum buffers are skipped, not refused)."""
+    run = tmp_path / "run"
+    _run(cli, tiny_yaml, run, "--steps", "4", "--set", "train.optimizer=muon")
+    r = cli("sample", run, "--max-new-tokens", "5", "--prompt", "The ", "--temperature", "0")
+    assert r.code == 0, r
+    r = cli("inspect", run)
+    assert r.code == 0, r

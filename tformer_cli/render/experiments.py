@@ -17,6 +17,7 @@ from tformer_cli.render.table import Col, show
 from tformer_cli.study.convergence import STILL_LEARNING, STILL_LEARNING_FRACTION
 from tformer_cli.study.results import ExperimentEntry, ExperimentResult, MemberSummary, RunEntry, Verdict
 from tformer_cli.study.stats import MIN_SEEDS
+from tformer_cli.study.verdict import signed
 
 MLM = "n/a (MLM)"
 CONVERGED_CAPTION = (
@@ -212,9 +213,9 @@ def render(con: Console, r: ExperimentResult) -> None:
 def verdict_line(v: Verdict) -> str:
     """One line: the claim, what was measured, and agrees / disagrees / undecided (with what would decide)."""
     metric = "loss" if v.metric == "compared_loss" else v.metric
-    measured = "no paired seeds" if v.delta is None else f"Δ {metric} = {v.delta:+.4f}"
+    measured = "no paired seeds" if v.delta is None else f"Δ {metric} = {signed(v.delta, v.metric)}"
     if v.ci_low is not None and v.ci_high is not None:
-        measured += f" [95% CI {v.ci_low:+.4f}, {v.ci_high:+.4f}]"
+        measured += f" [95% CI {signed(v.ci_low, v.metric)}, {signed(v.ci_high, v.metric)}]"
     measured += f" over {v.n} seed(s), {v.member} vs {v.baseline}"
     line = f"verdict: {v.outcome.upper()}: {v.statement} ({v.source}). Expected {v.expect}; {measured}: {v.reason}."
     if v.suggestion:

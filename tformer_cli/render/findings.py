@@ -18,6 +18,7 @@ from tformer_cli.render.experiments import converged_cell, diff_cell, pm, verdic
 from tformer_cli.render.fmt import fmt_int, fmt_time
 from tformer_cli.render.table import Col, show
 from tformer_cli.study.results import ExperimentResult
+from tformer_cli.study.verdict import signed
 
 REPORT = "findings.md"
 
@@ -55,7 +56,8 @@ def write_findings(root: Path, results: Sequence[ExperimentResult]) -> Path:
     lines = ["# Findings", "", "| study | claim | verdict | Δ (95% CI) | seeds |", "| --- | --- | --- | --- | --- |"]
     for r in results:
         for v in r.verdicts or []:
-            ci = "-" if v.ci_low is None else f"{v.delta:+.4f} [{v.ci_low:+.4f}, {v.ci_high:+.4f}]"
+            ci = "-" if v.ci_low is None else \
+                f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric)}, {signed(v.ci_high, v.metric)}]"
             lines.append("| " + " | ".join(_cell(c) for c in (
                 Path(r.out_dir).name, v.statement, v.outcome + (f" ({v.suggestion})" if v.suggestion else ""),
                 ci, str(v.n))) + " |")
@@ -74,7 +76,8 @@ def show_verdicts(con: Console, results: Sequence[ExperimentResult]) -> None:
     rows = []
     for r in results:
         for v in r.verdicts:
-            ci = "-" if v.ci_low is None else f"{v.delta:+.4f} [{v.ci_low:+.3f}, {v.ci_high:+.3f}]"
+            ci = "-" if v.ci_low is None else \
+                f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric, 3)}, {signed(v.ci_high, v.metric, 3)}]"
             rows.append([escape(Path(r.out_dir).name), escape(v.statement), v.outcome.upper(), ci,
                          escape(v.suggestion or "-")])
     show(con, [Col("study", key=True), Col("claim"), Col("verdict"), Col("Δ (95% CI)", numeric=True),

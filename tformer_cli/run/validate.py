@@ -254,6 +254,7 @@ def check_header(path: Path, meta: dict[str, Any], fmt: str):
     return cfg, vocab
 
 
+OPTIMIZER_STATE_NAMES = ("exp_avg", "exp_avg_sq", "step", "momentum_buffer")  # AdamW's and Muon's
 GROUP_NUMBERS = ("lr", "eps", "weight_decay", "lr_scale", "momentum")  # AdamW's and Muon's
 MUON_ADJUST = ("original", "match_rms_adamw")
 
@@ -360,7 +361,8 @@ def check_tensors(path: Path, table: dict[str, tuple[str, tuple[int, ...]]], mod
         elif table[key][1] != shape:
             problems.append(f"{name} has shape {table[key][1]}, the config needs {shape}")
     per_param = [(names, s) for names, shapes in (groups or []) for s in shapes]
-    every_name = {n for names, _ in per_param for n in names} or {"exp_avg", "exp_avg_sq", "step"}
+    # without the groups (inference skips the optimizer) any optimizer's state names are known
+    every_name = {n for names, _ in per_param for n in names} or set(OPTIMIZER_STATE_NAMES)
     optim = {}
     for key in table:
         if key.startswith("model."):

@@ -154,7 +154,8 @@ def _judge(v: Verdict, p: stats.Paired) -> None:
         elif within:
             v.outcome, v.reason = "disagrees", f"no difference that matters: the interval lies within ±{m:g}"
     if v.outcome == "undecided":
-        v.reason = f"the 95% interval [{lo:+.4f}, {hi:+.4f}] straddles the decision boundaries (margin ±{m:g})"
+        v.reason = (f"the 95% interval [{signed(lo, v.metric)}, {signed(hi, v.metric)}] straddles the decision "
+                    f"boundaries (margin ±{m:g})")
         v.suggestion = f"--seeds {_seeds_needed(p, m)}"
 
 
@@ -168,3 +169,8 @@ def _seeds_needed(p: stats.Paired, margin: float) -> int:
 def verdicts(spec: Spec, rows: list[MemberRow]) -> list[Verdict]:
     claims = parse_claims(spec.claims) if spec.claims else []
     return [decide(c, rows, spec) for c in claims]
+
+
+def signed(x: float, metric: str, digits: int = 4) -> str:
+    """A difference of ``metric`` with its sign: whole steps for a count of steps, else 4 decimals."""
+    return f"{x:+,.0f}" if metric.startswith("steps_") else f"{x:+.{digits}f}"
