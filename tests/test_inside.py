@@ -73,7 +73,7 @@ def test_inspect_counts_equal_the_models_parameters(sets):
     assert data["params"] == model.num_params()
     assert sum(c["params"] for c in data["components"]) == model.num_params()
     assert sum(g["params"] for g in data["groups"].values()) == model.num_params()
-    assert data["memory_bytes"]["float32"]["adamw"] == 8 * model.num_params()
+    assert data["memory_bytes"]["float32"]["optimizer"] == 8 * model.num_params()
 
 
 @pytest.mark.parametrize("kw", [{}, {"tie_weights": False}, {"activation": "swiglu", "bias": False},

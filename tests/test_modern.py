@@ -12,7 +12,7 @@ from safetensors import safe_open
 
 from tformer_cli.core import anatomy
 from tformer_cli.core.config import ConfigError, ModelConfig, from_dict
-from tformer_cli.core.model import GPT
+from tformer_cli.core.model import GPT, build_model
 
 V = 37
 SWITCHES = {
@@ -321,3 +321,15 @@ def test_a_muon_run_samples_and_evaluates(cli, tiny_yaml, tmp_path):
     assert r.code == 0, r
     r = cli("inspect", run)
     assert r.code == 0, r
+
+
+def test_muon_state_is_one_buffer_per_block_matrix_in_the_closed_form():
+    from tformer_cli.core.config import Config, TrainConfig
+    from tformer_cli.train.optim import groups
+
+    for sw in ({}, {"n_kv_head": 1}, {"activation": "swiglu"}, {"ffn": False}, {"arch": "lstm"}):
+        c = Config(model=cfg(**sw), train=TrainConfig(optimizer="muon"))
+        model = build_model(c.model, V)
+        assert anatomy.muon_params(c.model) == sum(p.numel() for p in groups(model, c)[0].params), sw
+    P, M = 1000, 600
+    assert anatomy.memory_bytes(P, M)["float32"]["optimizer"] == 4 * (2 * (P - M) + M)

@@ -99,11 +99,22 @@ def totals(m: ModelConfig, vocab_size: int) -> Totals:
     return Totals(params, n, sum(p.flops for p in ps), groups_p, groups_f)
 
 
-def memory_bytes(params: int) -> dict[str, dict[str, int]]:
-    """Weights, gradients and AdamW state (two moments) in fp32 and bf16."""
+def muon_params(m: ModelConfig) -> int:
+    """The weights Muon steps (train.optimizer=muon): the 2-D matrices inside the blocks."""
+    if m.arch == "lstm":
+        return m.n_layer * 8 * m.d_model * m.d_model  # W_ih and W_hh of the four gates
+    d, kv, f = m.d_model, m.kv_heads * m.d_k, m.d_ff_resolved
+    ffn = (3 if m.activation == "swiglu" else 2) * d * f if m.ffn else 0
+    return m.n_layer * ((d + 2 * kv) * d + d * d + ffn)
+
+
+def memory_bytes(params: int, muon: int = 0) -> dict[str, dict[str, int]]:
+    """Weights, gradients and optimizer state in fp32 and bf16: AdamW keeps two moments per
+    parameter; Muon one momentum buffer for each of its ``muon`` weights."""
+    state = 2 * (params - muon) + muon
     return {
-        "float32": {"weights": 4 * params, "gradients": 4 * params, "adamw": 8 * params},
-        "bfloat16": {"weights": 2 * params, "gradients": 2 * params, "adamw": 4 * params},
+        "float32": {"weights": 4 * params, "gradients": 4 * params, "optimizer": 4 * state},
+        "bfloat16": {"weights": 2 * params, "gradients": 2 * params, "optimizer": 2 * state},
     }
 
 

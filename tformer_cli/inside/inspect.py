@@ -49,7 +49,8 @@ class InspectReport:
     components: list[Component]
     per_layer: Totals
     groups: dict[str, Totals]
-    memory_bytes: dict[str, dict[str, int]]  # dtype -> weights, gradients, adamw
+    memory_bytes: dict[str, dict[str, int]]  # dtype -> weights, gradients, optimizer (state)
+    optimizer: str = "adamw"
     kv_cache_bytes_per_token: int = 0  # float32 keys and values of every layer (0: no KV cache)
     lstm_equal_params: Optional[LstmMatch] = None  # GPT models only
 
@@ -120,6 +121,7 @@ def inspect_model(cfg, vocab_size: int, source: str = "") -> InspectReport:
     from tformer_cli.core import anatomy
 
     m = cfg.model
+    muon = cfg.train.optimizer == "muon"
     parts = anatomy.parts(m, vocab_size)
     tot = anatomy.totals(m, vocab_size)
     one_layer = [p for p in parts if p.layer == 0]
@@ -139,6 +141,7 @@ def inspect_model(cfg, vocab_size: int, source: str = "") -> InspectReport:
         non_embedding_params=tot.non_embedding, flops_per_token=tot.flops_per_token, components=components,
         per_layer=Totals(sum(p.params for p in one_layer), sum(p.flops for p in one_layer)),
         groups={g: Totals(tot.by_group_params[g], tot.by_group_flops.get(g, 0)) for g in tot.by_group_params},
-        memory_bytes=anatomy.memory_bytes(tot.params), lstm_equal_params=lstm,
+        memory_bytes=anatomy.memory_bytes(tot.params, anatomy.muon_params(m) if muon else 0),
+        optimizer=cfg.train.optimizer, lstm_equal_params=lstm,
         kv_cache_bytes_per_token=anatomy.kv_cache_bytes_per_token(m) if m.causal else 0,
     )

@@ -62,10 +62,10 @@ def _split(con: Console, r) -> None:
 
 
 def _memory(con: Console, r) -> None:
-    rows = [[dtype, *(fmt_bytes(v[k]) for k in ("weights", "gradients", "adamw")), fmt_bytes(sum(v.values()))]
+    rows = [[dtype, *(fmt_bytes(v[k]) for k in ("weights", "gradients", "optimizer")), fmt_bytes(sum(v.values()))]
             for dtype, v in r.memory_bytes.items()]
-    cols = [Col("dtype", key=True)] + [Col(h, numeric=True) for h in ("weights", "gradients",
-                                                                      "AdamW state (2 moments)", "total")]
+    state = "Muon + AdamW state" if r.optimizer == "muon" else "AdamW state (2 moments)"
+    cols = [Col("dtype", key=True)] + [Col(h, numeric=True) for h in ("weights", "gradients", state, "total")]
     show(con, cols, rows, title=f"memory for {r.params:,} parameters (activations not included)")
     if r.kv_cache_bytes_per_token:
         m = r.model
