@@ -106,3 +106,63 @@ def show_predictions(con: Console, preds: Sequence[Any]) -> None:
     show(con, cols, rows)
     if any(p.truncated for p in preds):
         line(con, escape("(cut): longer than the model's block_size; its first tokens were read"))
+
+
+# ---------------------------------------------------------------- finetune-study
+
+_START = {"gpt": "GPT, pretrained (clm)", "encoder": "encoder, pretrained (mlm)", "gpt-scratch": "GPT, scratch",
+          "encoder-scratch": "encoder, scratch", "bag": "bag of tokens"}
+
+
+def _delta(j) -> str:
+    if j is None or j.delta is None:
+        return "-"
+    if j.ci_low is None:
+        return f"{100 * j.delta:+.1f}"
+    return f"{100 * j.delta:+.1f} [{100 * j.ci_low:+.1f}, {100 * j.ci_high:+.1f}]"
+
+
+def show_study_task(con: Console, r, task: str) -> None:
+    """One task: every member's held-out accuracy and macro-F1 (mean ± sd over seeds), Δ vs the GPT."""
+    from tformer_cli.study.classify import MEMBERS, summarize
+
+    vs_gpt = {j.member: j for j in r.versus_gpt if j.task == task}
+    cols = [Col("member", key=True), Col("start"), Col("pool"), Col("params", numeric=True),
+            Col("accuracy %", numeric=True), Col("macro-F1 %", numeric=True), Col("Δ acc vs gpt [95% CI]", numeric=True)]
+    rows = []
+    for m in MEMBERS:
+        acc, sd, f1, params = summarize(r.rows, task, m.name)
+        delta = _delta(vs_gpt.get(m.name))
+        rows.append([m.name, _START[m.name], m.pool, f"{params:,}",
+                     f"{100 * acc:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}"), f"{100 * f1:.1f}", delta])
+    chance = next(x.chance for x in r.rows if x.task == task)
+    show(con, cols, rows, title=f"task {task}: held-out accuracy over {len(r.seeds)} seeds (chance {pct(chance)})")
+
+
+def show_study(con: Console, r) -> None:
+    for task in r.tasks:
+        show_study_task(con, r, task)
+    cols = [Col("claim", key=True), Col("task"), Col("Δ accuracy pts [95% CI]", numeric=True), Col("verdict")]
+    rows = [[j.claim, j.task, _delta(j), j.outcome] for j in r.judged]
+    show(con, cols, rows, title="claims, judged per task (paired by seed)")
+    for note in r.notes:
+        line(con, escape(note))
+    pre = ", ".join(f"{k} {fmt_loss(v)}" for k, v in r.pretrain.items())
+    line(con, escape(f"pretraining ({r.budget['pretrain_steps']} steps on prose) left validation losses {pre}; "
+                     f"fine-tunes: {r.budget['finetune_steps']} steps each"))
+    line(con, escape(f"results: {r.out_dir}/results.json, results.csv; wall time {fmt_time(r.elapsed_s)}"))
+    line(con, escape(study_verdict(r)))
+
+
+def study_verdict(r) -> str:
+    """The one verdict line on Q1: can a decoder-only GPT classify, and against the encoder?"""
+    from tformer_cli.study.classify import SOURCE
+
+    q = {(j.task, j.reference): j for j in r.judged if j.member == "gpt" and j.reference == "chance"}
+    enc = {j.task: j for j in r.judged if j.member == "encoder" and j.reference == "gpt"}
+    can = [t for t in r.tasks if q[(t, "chance")].outcome == "agrees"]
+    parts = [f"a fine-tuned GPT classifies above chance on {len(can)} of {len(r.tasks)} tasks"
+             + (f" ({', '.join(can)})" if can else "")]
+    for t in r.tasks:
+        parts.append(f"encoder vs GPT on {t}: {enc[t].outcome.upper()} ({_delta(enc[t])} pts; {enc[t].reason})")
+    return "verdict: " + "; ".join(parts) + f". Claim tested: {SOURCE}."
