@@ -177,14 +177,14 @@ def _jsonl_row(path: Path, n: int, raw: str) -> tuple[str, str]:
     except ValueError as e:
         raise DataError(f"{path}, line {n}: not valid JSON ({str(e)[:60]})",
                         hint='one object per line: {"text": "...", "label": "..."}') from None
+    shape = 'one object per line: {"text": "...", "label": "..."}'
     if not isinstance(obj, dict) or "text" not in obj or "label" not in obj:
-        raise DataError(f"{path}, line {n}: expected an object with fields text and label",
-                        hint='one object per line: {"text": "...", "label": "..."}')
+        raise DataError(f"{path}, line {n}: expected an object with fields text and label", hint=shape)
     text, label = obj["text"], obj["label"]
     if not isinstance(text, str):
-        raise DataError(f"{path}, line {n}: field text must be a string")
+        raise DataError(f"{path}, line {n}: field text must be a string", hint=shape)
     if isinstance(label, bool) or not isinstance(label, (str, int)):
-        raise DataError(f"{path}, line {n}: field label must be a string or an integer")
+        raise DataError(f"{path}, line {n}: field label must be a string or an integer", hint=shape)
     return text, str(label)
 
 
