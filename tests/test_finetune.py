@@ -260,3 +260,37 @@ def test_the_study_runs_end_to_end_at_a_tiny_budget(cli, tmp_path):
     assert "verdict: " in r.out and "claims, judged per task" in r.out
     data = json.loads((tmp_path / "q1" / "results.json").read_text())
     assert len(data["rows"]) == 15 and len(data["judged"]) == 5
+
+
+# ---------------------------------------------------------------- output at 80 columns
+
+
+def test_finetune_and_classify_fit_80_columns(monkeypatch, tmp_path):
+    from test_output import terminal
+
+    monkeypatch.chdir(tmp_path)  # a command to copy is never wrapped: keep the path short
+    r = terminal(monkeypatch, "finetune", "--bag", "--data", "order", "--steps", "3", "--out", "ft")
+    assert "test accuracy" in r.out and "confusion matrix" in r.out
+    r = terminal(monkeypatch, "classify", "ft", "--text", "abxcdyefgh" * 8)
+    assert "(cut)" in r.out  # longer than block_size, and said so
+
+
+def test_the_study_tables_fit_80_columns():
+    import io
+
+    from rich.console import Console
+
+    from tformer_cli.render.finetune import show_study
+    from tformer_cli.study.classify import MEMBERS, Row, StudyResult, _judge, judge, notes
+
+    rows = [Row(t, m.name, s, 0.6 + 0.01 * s + 0.05 * i, 0.6, 0.5, 0.9, 110_914, False, 3.0)
+            for t in ("source", "order") for i, m in enumerate(MEMBERS) for s in range(3)]
+    versus = [_judge(f"{m.name} vs gpt", t, m.name, "gpt", [r for r in rows if r.task == t])
+              for t in ("source", "order") for m in MEMBERS if m.name != "gpt"]
+    result = StudyResult("runs/q1", ["source", "order"], [0, 1, 2], {"pretrain_steps": 600, "finetune_steps": 300},
+                         rows, judge(rows, ["source", "order"]), versus, {"clm": 1.7, "mlm": 2.6}, 100.0, notes(rows))
+    buf = io.StringIO()
+    show_study(Console(file=buf, width=80, force_terminal=True, color_system=None), result)
+    text = buf.getvalue()
+    assert "\u2026" not in text and "verdict: " in text
+    assert max(len(line) for line in text.splitlines()) <= 80
