@@ -216,7 +216,8 @@ def test_an_existing_fine_tune_is_not_overwritten_by_accident(cli, tmp_path):
     assert cli("finetune", "--bag", "--data", "order", "--steps", "2", "--out", tmp_path / "ft").code == 0
     r = cli("finetune", "--bag", "--data", "order", "--steps", "2", "--out", tmp_path / "ft")
     assert r.code == 2 and "is a fine-tune" in r.err
-    assert cli("finetune", "--bag", "--data", "order", "--steps", "2", "--out", tmp_path / "ft", "--overwrite").code == 0
+    r = cli("finetune", "--bag", "--data", "order", "--steps", "2", "--out", tmp_path / "ft", "--overwrite")
+    assert r.code == 0, r
 
 
 # ---------------------------------------------------------------- metrics
@@ -294,3 +295,12 @@ def test_the_study_tables_fit_80_columns():
     text = buf.getvalue()
     assert "\u2026" not in text and "verdict: " in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_a_member_whose_held_out_accuracy_still_rose_late_is_unconverged():
+    from tformer_cli.study.classify import still_learning
+
+    summary = {"test": {"accuracy": 0.90}, "extra": {"probe_step": 240, "probe_accuracy": 0.85}}
+    assert still_learning(summary)
+    summary["extra"]["probe_accuracy"] = 0.89
+    assert not still_learning(summary)

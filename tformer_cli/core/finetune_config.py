@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import yaml
 
-from tformer_cli.core.config import Config, ModelConfig, from_dict
+from tformer_cli.core.config import ModelConfig, from_dict
 from tformer_cli.errors import ConfigError
 
 FT_TASKS = ("classify",)
@@ -93,7 +93,3 @@ def from_yaml_dict(data: Any, where: str) -> FinetuneSpec:
         raise ConfigError(f"{where}: unknown finetune keys {unknown}")
     model = from_dict({"model": data.get("model") or {}}).model
     return build(dict(data["finetune"]), model)
-
-
-def model_from(cfg: Config) -> ModelConfig:
-    return cfg.model

@@ -128,7 +128,8 @@ def show_study_task(con: Console, r, task: str) -> None:
 
     vs_gpt = {j.member: j for j in r.versus_gpt if j.task == task}
     cols = [Col("member", key=True), Col("start"), Col("pool"), Col("params", numeric=True),
-            Col("accuracy %", numeric=True), Col("macro-F1 %", numeric=True), Col("Δ acc vs gpt [95% CI]", numeric=True)]
+            Col("accuracy %", numeric=True), Col("macro-F1 %", numeric=True),
+            Col("Δ acc vs gpt [95% CI]", numeric=True)]
     rows = []
     for m in MEMBERS:
         acc, sd, f1, params = summarize(r.rows, task, m.name)

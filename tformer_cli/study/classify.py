@@ -194,29 +194,21 @@ def _member(path: Path, m: Member, task: str, seed: int, steps: int, runs, data,
         if r.interrupted:
             raise Stopped("the study", hint="run the same command again to continue (finished members are kept)")
         summary = r.to_dict()
-    return _row(task, m.name, seed, summary, fd)
+    return _row(task, m.name, seed, summary)
 
 
-def _row(task: str, member: str, seed: int, s: dict, fd) -> Row:
+def _row(task: str, member: str, seed: int, s: dict) -> Row:
     t = s["test"]
     return Row(task, member, seed, t["accuracy"], t["macro_f1"], t["chance"], s["train_accuracy"], s["params"],
-               still_learning(fd.file(fd.METRICS)), s["elapsed_s"])
+               still_learning(s), s["elapsed_s"])
 
 
-def still_learning(metrics: Path) -> bool:
-    """Unconverged: the mean training loss of the last fifth of the logs is more than 10% (and more
-    than 0.02 nats) below that of the fifth before it."""
-    losses = []
-    for text in metrics.read_text().splitlines() if metrics.exists() else []:
-        try:
-            losses.append(float(json.loads(text)["train_loss"]))
-        except (ValueError, KeyError, TypeError):
-            continue
-    k = len(losses) // 5
-    if k < 1:
-        return False
-    last, before = statistics.fmean(losses[-k:]), statistics.fmean(losses[-2 * k:-k])
-    return before - last > max(0.1 * before, 0.02)
+def still_learning(summary: dict) -> bool:
+    """Unconverged: the held-out accuracy rose by more than MARGIN over the last fifth of the
+    fine-tune (train.finetune takes it at PROBE_AT of the steps as well as at the end).  The
+    training loss is no guide here: it keeps falling while a small set is memorised."""
+    probe = summary.get("extra", {}).get("probe_accuracy")
+    return probe is not None and summary["test"]["accuracy"] - probe > MARGIN
 
 
 # ---------------------------------------------------------------- statistics and verdicts

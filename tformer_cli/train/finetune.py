@@ -31,6 +31,7 @@ from tformer_cli.run.finetune_dir import FinetuneDir
 from tformer_cli.train.loop import Event
 
 TRAIN_ACC_EXAMPLES = 512  # training accuracy on this many examples: is the model still far from fitting?
+PROBE_AT = 0.8  # the held-out accuracy is also taken here: did the last fifth of training still change it?
 
 
 @dataclass
@@ -174,6 +175,7 @@ class _Finetuner:
 
     def run(self) -> FinetuneResult:
         f, step = self.f, int(self.state["step"])
+        self.tokens, self.t_log = 0, time.perf_counter()
         self.report(Event("start", step, f.steps, message=f"{self.device.type} float32 fine-tune"))
         interrupted = False
         with open(self.fd.file(self.fd.METRICS), "a") as log:
@@ -185,6 +187,8 @@ class _Finetuner:
                 step += 1
                 if step % f.log_interval == 0 or step == f.steps:
                     self._log(log, step, lr)
+                if step == max(1, round(PROBE_AT * f.steps)) and step < f.steps:
+                    self.state["probe"] = [step, self._test_accuracy()]
                 if step % f.ckpt_interval == 0 or step == f.steps:
                     self._checkpoint(step)
         if interrupted and step > int(self.state["step"]):
@@ -201,6 +205,7 @@ class _Finetuner:
             g["lr"] = lr
         rng = np.random.Generator(np.random.PCG64(mix_seed(f.seed, step)))
         idx = rng.integers(0, len(self.train_ids), size=f.batch_size)
+        self.tokens += sum(len(self.train_ids[i]) for i in idx)
         torch.manual_seed(mix_seed(f.seed, step, 1))  # dropout of this step
         self.model.train()
         if f.freeze:
@@ -223,7 +228,10 @@ class _Finetuner:
         self.state.update(loss_sum=0.0, loss_count=0, last_train_loss=mean)
         log.write(json.dumps({"step": step, "train_loss": round(mean, 6), "lr": lr}) + "\n")
         log.flush()
-        self.report(Event("log", step, self.f.steps, train_loss=mean, lr=lr, elapsed=time.perf_counter() - self.t0))
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.t_log, 1e-9)  # training tokens per second since the last log
+        self.tokens, self.t_log = 0, now
+        self.report(Event("log", step, self.f.steps, train_loss=mean, lr=lr, tokens_per_s=rate, elapsed=now - self.t0))
 
     def _checkpoint(self, step: int) -> None:
         self.state["step"] = step
@@ -231,6 +239,10 @@ class _Finetuner:
                   "state": self.state}
         fdir.save_checkpoint(self.run_dir, self.model, self.optimizer, header)
         self.report(Event("checkpoint", step, self.f.steps, elapsed=time.perf_counter() - self.t0))
+
+    def _test_accuracy(self) -> float:
+        pred = predict(self.model, self.test_ids, self.device).argmax(-1).tolist()
+        return sum(int(a == b) for a, b in zip(pred, self.data.test_y)) / len(pred)
 
     def _finish(self, step: int, interrupted: bool) -> FinetuneResult:
         f, k = self.f, len(self.data.labels)
@@ -248,6 +260,8 @@ class _Finetuner:
             trainable_params=sum(p.numel() for p in self.model.parameters() if p.requires_grad),
             n_train=len(self.train_ids), train_loss=self.state.get("last_train_loss"), train_accuracy=train_acc,
             test=test, elapsed_s=time.perf_counter() - self.t0, resumed_from=self.resumed_from)
+        if self.state.get("probe") and test is not None:  # [step, held-out accuracy] at PROBE_AT of the steps
+            result.extra["probe_step"], result.extra["probe_accuracy"] = self.state["probe"]
         self.fd.write_json(FinetuneDir.SUMMARY, result.to_dict())
         self.report(Event("end", step, f.steps, elapsed=result.elapsed_s))
         return result
