@@ -155,9 +155,9 @@ def test_classify_refuses_what_is_not_a_fine_tune(cli, tmp_path):
 # ---------------------------------------------------------------- end to end
 
 
-def test_a_tiny_fine_tune_from_scratch_beats_chance_on_the_order_task(cli, tmp_path):
-    r = cli("finetune", "--from-scratch", *TINY_SETS, "--data", "order", "--steps", "80", "--lr", "3e-3",
-            "--out", tmp_path / "ft", "--json")
+def test_a_fine_tune_of_a_tiny_run_beats_chance_on_the_order_task(cli, tmp_path):
+    run = train_tiny_run(tmp_path, steps=10, eval_interval=10)
+    r = cli("finetune", run, "--data", "order", "--steps", "80", "--lr", "3e-3", "--out", tmp_path / "ft", "--json")
     assert r.code == 0, r
     t = json.loads(r.out)["test"]
     assert t["accuracy_ci"][0] > 0.5, t  # the Wilson interval clears chance
@@ -165,6 +165,14 @@ def test_a_tiny_fine_tune_from_scratch_beats_chance_on_the_order_task(cli, tmp_p
                  "summary.json", "confusion.png"):
         assert (tmp_path / "ft" / name).exists(), name
     assert not list((tmp_path / "ft").glob("*.pt"))
+
+
+def test_a_tiny_fine_tune_from_scratch_without_a_run_builds_its_own_tokenizer(cli, tmp_path):
+    r = cli("finetune", "--from-scratch", *TINY_SETS, "--data", "order", "--steps", "5", "--out", tmp_path / "ft",
+            "--json")
+    assert r.code == 0, r
+    tok = json.loads((tmp_path / "ft" / "tokenizer.json").read_text())
+    assert tok == {"type": "char", "chars": "abcdefghxy"}
 
 
 def test_a_fine_tune_of_a_run_starts_from_its_weights_and_freeze_keeps_them(cli, tmp_path):
