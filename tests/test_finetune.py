@@ -312,3 +312,15 @@ def test_a_member_whose_held_out_accuracy_still_rose_late_is_unconverged():
     assert still_learning(summary)
     summary["extra"]["probe_accuracy"] = 0.89
     assert not still_learning(summary)
+
+
+def test_a_damaged_fine_tune_is_a_runtime_error(cli, tmp_path):
+    assert cli("finetune", "--bag", "--data", "order", "--steps", "2", "--out", tmp_path / "ft").code == 0
+    cfg = tmp_path / "ft" / "finetune.yaml"
+    cfg.write_text(cfg.read_text().replace("steps: 2", "steps: many"))
+    r = cli("classify", tmp_path / "ft", "--text", "abxy")
+    assert r.code == 2 and "finetune.steps: expected an integer" in r.err
+    cfg.write_text(cfg.read_text().replace("steps: many", "steps: 2"))
+    (tmp_path / "ft" / "classifier.safetensors").write_bytes(b"not a checkpoint")
+    r = cli("classify", tmp_path / "ft", "--text", "abxy")
+    assert r.code == 1 and "is damaged" in r.err

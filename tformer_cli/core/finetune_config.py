@@ -91,5 +91,15 @@ def from_yaml_dict(data: Any, where: str) -> FinetuneSpec:
     unknown = sorted(set(data["finetune"]) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown finetune keys {unknown}")
+    import typing
+
+    from tformer_cli.core.config import _coerce
+
+    hints, values, p = typing.get_type_hints(FinetuneConfig), {}, []
+    for key, value in data["finetune"].items():
+        values[key], problem = _coerce(f"finetune.{key}", value, hints[key])
+        p += [problem] if problem else []
+    if p:
+        raise ConfigError([f"{where}: {x}" for x in p])
     model = from_dict({"model": data.get("model") or {}}).model
-    return build(dict(data["finetune"]), model)
+    return build(values, model)

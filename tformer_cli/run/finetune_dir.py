@@ -166,10 +166,29 @@ def load_checkpoint(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                        hint="fine-tune again") from None
     if header.get("format") != FORMAT:
         raise RunError(f"checkpoint {file} is not a tformer classifier (format {header.get('format')!r})")
+    _check_header(file, header, tensors)
     for k, t in tensors.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise RunError(f"checkpoint {file} is damaged: tensor {k} holds nan or inf values")
     return header, tensors
+
+
+def _check_header(file: Path, header: dict[str, Any], tensors: dict[str, Any]) -> None:
+    """The header fields a fine-tune is rebuilt from, before any model is allocated."""
+    labels, vocab, state = header.get("labels"), header.get("vocab_size"), header.get("state")
+    emb = tensors.get("model.body.tok_emb.weight")
+    problems = []
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        problems.append("field labels: expected a list of at least two names")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or emb is None or emb.dim() != 2 \
+            or emb.shape[0] != vocab:
+        problems.append("field vocab_size: does not match the embedding table")
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
+        problems.append("field state: expected the training state with its step")
+    if not isinstance(header.get("optim_groups"), list):
+        problems.append("field optim_groups: expected a list")
+    if problems:
+        raise RunError(f"checkpoint {file} is damaged: {'; '.join(problems)}", hint="fine-tune again")
 
 
 def load_weights(model, tensors: dict[str, Any], file: Path) -> None:

@@ -31,9 +31,7 @@ def load_classifier(run_dir: str | Path, device_name: str = "cpu"):
     fd = FinetuneDir(run_dir)
     spec = fd.read_spec()
     header, tensors = fdir.load_checkpoint(fd.path)
-    labels = header.get("labels")
-    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
-        raise RunError(f"checkpoint in {run_dir} has no valid label list", hint="fine-tune again")
+    labels = header["labels"]  # checked by load_checkpoint
     device = dev.select(device_name)
     f = spec.finetune
     model = build_classifier(spec.model, int(header["vocab_size"]), len(labels), f.pool, f.body)
