@@ -176,7 +176,7 @@ class _Finetuner:
     def run(self) -> FinetuneResult:
         f, step = self.f, int(self.state["step"])
         self.tokens, self.t_log = 0, time.perf_counter()
-        self.report(Event("start", step, f.steps, message=f"{self.device.type} float32 fine-tune"))
+        self.report(Event("start", step, f.steps, message=f"{self.device.type} float32"))
         interrupted = False
         with open(self.fd.file(self.fd.METRICS), "a") as log:
             while step < f.steps:
