@@ -75,3 +75,10 @@ def test_the_command_runs_and_refuses_unknown_tasks(cli, tmp_path):
     assert (tmp_path / "s" / "results.json").exists()
     r = cli("seq2seq", "--task", "translate")
     assert r.code == 2 and "--task: 'translate' is not one of reverse, sort, add" in r.err
+
+
+def test_the_table_fits_80_columns(monkeypatch):
+    from test_output import terminal
+
+    r = terminal(monkeypatch, "seq2seq", "--task", "sort", "--seeds", "1", "--steps", "2")
+    assert "held-out exact match" in r.out
