@@ -324,3 +324,12 @@ def test_a_damaged_fine_tune_is_a_runtime_error(cli, tmp_path):
     (tmp_path / "ft" / "classifier.safetensors").write_bytes(b"not a checkpoint")
     r = cli("classify", tmp_path / "ft", "--text", "abxy")
     assert r.code == 1 and "is damaged" in r.err
+
+
+def test_characters_the_runs_tokenizer_lacks_are_named(cli, tmp_path):
+    run = train_tiny_run(tmp_path, steps=5, eval_interval=5)
+    (tmp_path / "d.tsv").write_text("".join(f"snow \u2603 {i}\tx\nrain {i}\ty\n" for i in range(5)))
+    r = cli("finetune", run, "--data", tmp_path / "d.tsv", "--out", tmp_path / "ft")
+    assert r.code == 2, r
+    assert "characters the tokenizer does not know: '\u2603'" in r.err and "--from-scratch" in r.err
+    assert not (tmp_path / "ft").exists()
