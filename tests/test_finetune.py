@@ -218,6 +218,8 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_fine_tune(cli, tmp_path
     assert resumed["train_loss"] == pytest.approx(whole["train_loss"], abs=1e-9)
     r = cli("finetune", "--resume", tmp_path / "cut", "--pool", "last")
     assert r.code == 2 and "cannot also give --pool" in r.err
+    r = cli("finetune", "--resume", tmp_path / "cut", "--steps", "10")
+    assert r.code == 2 and "--steps 10 is below step 30" in r.err
 
 
 def test_an_existing_fine_tune_is_not_overwritten_by_accident(cli, tmp_path):

@@ -25,7 +25,7 @@ from tformer_cli.core.data import CharTokenizer, load_tokenizer, mix_seed
 from tformer_cli.core.finetune_config import FinetuneSpec
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.core.labelled import Labelled, check_labels, load_labelled
-from tformer_cli.errors import DataError, RunError, Stopped
+from tformer_cli.errors import ConfigError, DataError, RunError, Stopped
 from tformer_cli.run import finetune_dir as fdir
 from tformer_cli.run.finetune_dir import FinetuneDir
 from tformer_cli.train.loop import Event
@@ -106,6 +106,9 @@ class _Finetuner:
         header, tensors = fdir.load_checkpoint(run_dir) if resume else ({}, {})
         if resume:
             check_labels(self.data.name, self.data.labels, header["labels"])
+            if header["state"]["step"] > self.f.steps:
+                raise ConfigError(f"--steps {self.f.steps} is below step {header['state']['step']}, which the "
+                                  "fine-tune has already reached", hint="give more --steps to train longer")
         self.tok, self.vocab_size, init = self._tokenizer_and_vocab(resume, header)
         block = spec.model.block_size
         self.train_ids = encode_texts(self.tok, self.data.train_texts, block, "training")
