@@ -242,7 +242,8 @@ def _judge(claim: str, task: str, member: str, ref: str, rows: list[Row]) -> Jud
     elif p.ci_high < 0:
         j.outcome, j.reason = "disagrees", "the 95% interval is below zero"
     elif -MARGIN < p.ci_low and p.ci_high < MARGIN:
-        j.outcome, j.reason = "disagrees", f"no difference that matters: the interval lies within ±{MARGIN:g}"
+        j.outcome = "disagrees"
+        j.reason = f"no difference that matters: the interval lies within ±{100 * MARGIN:g} points"
     else:
         half = (p.ci_high - p.ci_low) / 2
         need = min(50, max(p.n + 1, math.ceil(p.n * (half / max(abs(p.delta), MARGIN)) ** 2) + 1))
@@ -255,7 +256,7 @@ def notes(rows: list[Row]) -> list[str]:
     out = [f"parameters: {', '.join(f'{k} {v:,}' for k, v in params.items())} (the encoder's vocabulary has "
            "one more token, [MASK])"] if params else []
     out.append(f"Δ: member accuracy minus the reference's with the same seed, mean over seeds with a 95% t "
-               f"interval; 'no difference' when the interval lies within ±{MARGIN:g}")
+               f"interval; 'no difference' when the interval lies within ±{100 * MARGIN:g} points")
     if any(r.unconverged for r in rows):
         out.append("unconverged members (still learning at the end): " + ", ".join(
             sorted({f"{r.task}/{r.member}" for r in rows if r.unconverged})))

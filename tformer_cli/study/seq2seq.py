@@ -98,7 +98,7 @@ def outcome(p: dict) -> str:
     if p["ci_high"] < 0:
         return "gpt better"
     if -MARGIN < p["ci_low"] and p["ci_high"] < MARGIN:
-        return f"no difference (within ±{MARGIN:g})"
+        return f"no difference (within ±{100 * MARGIN:g} pts)"
     return "undecided"
 
 
