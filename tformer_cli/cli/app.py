@@ -15,7 +15,7 @@ import sys
 import typer
 
 from tformer_cli import __version__
-from tformer_cli.cli import bench, experiments, hf, info, inside, sample, train
+from tformer_cli.cli import bench, experiments, finetune, hf, info, inside, sample, seq2seq, train
 
 app = typer.Typer(
     name="tformer",
@@ -45,7 +45,7 @@ def _root(
 
 # One module per command family, each with register(app); none imports torch at module level,
 # so `tformer --help` stays instant.
-for _module in (train, bench, info, inside, sample, experiments, hf):
+for _module in (train, finetune, seq2seq, bench, info, inside, sample, experiments, hf):
     _module.register(app)
 
 

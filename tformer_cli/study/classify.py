@@ -1,0 +1,282 @@
+"""`tformer finetune-study`: seed question 1, measured.  Can a decoder-only GPT classify, and
+how does it compare with a bidirectional encoder of the same size?
+
+Two bodies of one architecture (same d_model, layers, heads, block, vocabulary up to the MLM's
+[MASK] token) are pretrained on the built-in prose with the same budget: a GPT (causal, next
+token) and an encoder (bidirectional, masked tokens).  Each is fine-tuned on every task with
+all weights trained, the GPT reading its last token, the encoder the mean of its states.  The
+same two architectures are fine-tuned from random weights (same tokenizer, same budget), and a
+bag of tokens shows what order and attention add.  Every member runs with every seed; a seed
+fixes the head, a scratch body, the batches and dropout, so members are paired by seed and
+compared by the mean paired difference in held-out accuracy with a 95% t interval
+(tformer_cli.study.stats.paired).  The pretrained bodies are one per objective (the seeds vary
+the fine-tune, not the pretraining): the verdicts are about fine-tuning these two bodies.
+
+Re-running the same command with the same --out continues: finished members are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from tformer_cli.core.config import from_dict
+from tformer_cli.core.finetune_config import build
+from tformer_cli.errors import ConfigError, Stopped
+from tformer_cli.study import stats
+
+MODEL = {"d_model": 64, "n_layer": 2, "n_head": 4, "block_size": 64, "dropout": 0.0}
+PRETRAIN = {"batch_size": 32, "lr": 0.003, "warmup_steps": 30, "eval_iters": 10, "log_interval": 50,
+            "device": "cpu", "seed": 1337}
+FINETUNE = {"batch_size": 32, "lr": 2e-3, "warmup_steps": 20, "log_interval": 20, "device": "cpu"}
+TASKS = ("source", "order")
+MARGIN = 0.02  # accuracy: differences within ±2 points are "no difference that matters"
+SOURCE = ("Devlin et al. 2019 (BERT), Table 1: GLUE average 79.6 for BERT-base vs 75.1 for "
+          "OpenAI GPT of the same size; Radford et al. 2018 fine-tune GPT on its last token")
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    body: str  # transformer | bag
+    pretrain: str | None  # clm | mlm: whose tokenizer (and, when pretrained, weights) it starts from
+    pretrained: bool
+    pool: str
+    causal: bool = True
+
+
+MEMBERS = (
+    Member("gpt", "transformer", "clm", True, "last"),
+    Member("encoder", "transformer", "mlm", True, "mean", causal=False),
+    Member("gpt-scratch", "transformer", "clm", False, "last"),
+    Member("encoder-scratch", "transformer", "mlm", False, "mean", causal=False),
+    Member("bag", "bag", "clm", False, "mean"),
+)
+
+# (claim, member, reference or "chance", expected sign): each judged per task.
+CLAIMS = (
+    ("a decoder-only GPT classifies (last-token pooling, above chance)", "gpt", "chance"),
+    ("the encoder beats the GPT at equal size and budget", "encoder", "gpt"),
+    ("pretraining helps the GPT", "gpt", "gpt-scratch"),
+    ("pretraining helps the encoder", "encoder", "encoder-scratch"),
+    ("the GPT beats a bag of tokens", "gpt", "bag"),
+)
+
+
+@dataclass
+class Row:
+    task: str
+    member: str
+    seed: int
+    accuracy: float
+    macro_f1: float
+    chance: float
+    train_accuracy: float
+    params: int
+    unconverged: bool
+    elapsed_s: float
+
+
+@dataclass
+class Judged:
+    claim: str
+    task: str
+    member: str
+    reference: str
+    n: int
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
+    outcome: str  # agrees | disagrees | undecided
+    reason: str
+
+
+@dataclass
+class StudyResult:
+    out_dir: str
+    tasks: list[str]
+    seeds: list[int]
+    budget: dict
+    rows: list[Row]
+    judged: list[Judged]
+    versus_gpt: list[Judged]  # every other member minus the GPT, per task (the table's last column)
+    pretrain: dict  # objective -> final validation loss
+    elapsed_s: float
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def run_study(out_dir: Path, tasks: list[str], seeds: list[int], steps: int, pretrain_steps: int,
+              progress: Callable[[str], None] = lambda s: None,
+              should_stop: Callable[[], bool] = lambda: False) -> StudyResult:
+    """Pretrain both bodies, fine-tune every member x task x seed, compare by seed."""
+    t0 = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs, pre_loss = {}, {}
+    for objective in ("clm", "mlm"):
+        runs[objective], pre_loss[objective] = _pretrain(out_dir, objective, pretrain_steps, progress, should_stop)
+    rows = []
+    for task in tasks:
+        rows += _task_rows(out_dir, task, seeds, steps, runs, progress, should_stop)
+    budget = {"model": MODEL, "pretrain_steps": pretrain_steps, "pretrain": PRETRAIN, "finetune_steps": steps,
+              "finetune": FINETUNE, "corpus": "prose"}
+    versus = [_judge(f"{m.name} vs gpt", t, m.name, "gpt", [r for r in rows if r.task == t])
+              for t in tasks for m in MEMBERS if m.name != "gpt"]
+    result = StudyResult(str(out_dir), list(tasks), list(seeds), budget, rows, judge(rows, tasks), versus,
+                         pre_loss, time.perf_counter() - t0, notes(rows))
+    _write(out_dir, result)
+    return result
+
+
+def _pretrain(out_dir: Path, objective: str, steps: int, progress, should_stop) -> tuple[Path, float | None]:
+    """The pretrained body of ``objective`` (kept from an earlier call when it finished)."""
+    from tformer_cli.run.rundir import RunDir
+    from tformer_cli.train.loop import train
+
+    path = out_dir / "pretrain" / ("gpt" if objective == "clm" else "encoder")
+    done = RunDir(path).finished_summary()
+    if done is not None and done["steps"] == steps:
+        return path, done.get("val_loss")
+    if done is not None:
+        raise ConfigError(f"{path} was pretrained for {done['steps']} steps, not {steps}",
+                          hint="give another --out for another pretraining budget")
+    cfg = from_dict({"model": {**MODEL, "causal": objective == "clm"}, "data": {"corpus": "prose"},
+                     "train": {**PRETRAIN, "steps": steps, "objective": objective, "eval_interval": steps}})
+    progress(f"pretraining the {'GPT (causal, next token)' if objective == 'clm' else 'encoder (masked tokens)'}"
+             f" on prose: {steps} steps")
+    path.mkdir(parents=True, exist_ok=True)
+    result = train(cfg, path, resume=RunDir(path).has_checkpoint(), should_stop=should_stop)
+    if result.interrupted:
+        raise Stopped("the study while pretraining", hint="run the same command again to continue")
+    return path, result.val_loss
+
+
+def _task_rows(out_dir, task, seeds, steps, runs, progress, should_stop) -> list[Row]:
+    from tformer_cli.core.labelled import load_labelled
+
+    data = load_labelled(task)
+    rows = []
+    for seed in seeds:
+        for m in MEMBERS:
+            if should_stop():
+                raise Stopped("the study", hint="run the same command again to continue (finished members are kept)")
+            row = _member(out_dir / task / f"{m.name}-s{seed}", m, task, seed, steps, runs, data, should_stop)
+            progress(f"{task}: {m.name} seed {seed}: accuracy {100 * row.accuracy:.1f}% "
+                     f"({row.elapsed_s:.0f}s)")
+            rows.append(row)
+    return rows
+
+
+def _member(path: Path, m: Member, task: str, seed: int, steps: int, runs, data, should_stop) -> Row:
+    from tformer_cli.run.finetune_dir import FinetuneDir, claim
+    from tformer_cli.run.resume import run_config
+    from tformer_cli.train.finetune import finetune
+
+    fd = FinetuneDir(path)
+    summary = fd.read_json(fd.SUMMARY) if fd.file(fd.SUMMARY).exists() else None
+    if summary is None or summary.get("interrupted") or summary.get("steps") != steps:
+        src = runs[m.pretrain]
+        model = run_config(src, "study", False, "", "").model
+        spec = build({"data": task, "source_run": str(src), "from_scratch": not m.pretrained, "body": m.body,
+                      "pool": m.pool, "steps": steps, "seed": seed, "ckpt_interval": steps, **FINETUNE}, model)
+        resume = fd.has_checkpoint() and summary is not None and summary.get("interrupted")
+        with claim(path, bool(resume), overwrite=not resume):
+            r = finetune(spec, path, resume=bool(resume), should_stop=should_stop, data=data)
+        if r.interrupted:
+            raise Stopped("the study", hint="run the same command again to continue (finished members are kept)")
+        summary = r.to_dict()
+    return _row(task, m.name, seed, summary)
+
+
+def _row(task: str, member: str, seed: int, s: dict) -> Row:
+    t = s["test"]
+    return Row(task, member, seed, t["accuracy"], t["macro_f1"], t["chance"], s["train_accuracy"], s["params"],
+               still_learning(s), s["elapsed_s"])
+
+
+def still_learning(summary: dict) -> bool:
+    """Unconverged: the held-out accuracy rose by more than MARGIN over the last fifth of the
+    fine-tune (train.finetune takes it at PROBE_AT of the steps as well as at the end).  The
+    training loss is no guide here: it keeps falling while a small set is memorised."""
+    probe = summary.get("extra", {}).get("probe_accuracy")
+    return probe is not None and summary["test"]["accuracy"] - probe > MARGIN
+
+
+# ---------------------------------------------------------------- statistics and verdicts
+
+
+def judge(rows: list[Row], tasks: list[str]) -> list[Judged]:
+    out = []
+    for task in tasks:
+        for claim, member, ref in CLAIMS:
+            out.append(_judge(claim, task, member, ref, [r for r in rows if r.task == task]))
+    return out
+
+
+def _judge(claim: str, task: str, member: str, ref: str, rows: list[Row]) -> Judged:
+    mine = {r.seed: r for r in rows if r.member == member}
+    if ref == "chance":
+        diffs = [r.accuracy - r.chance for r in mine.values()]
+        others = list(mine.values())
+    else:
+        theirs = {r.seed: r for r in rows if r.member == ref}
+        diffs = [mine[s].accuracy - theirs[s].accuracy for s in sorted(set(mine) & set(theirs))]
+        others = list(mine.values()) + list(theirs.values())
+    p = stats.paired(diffs, MARGIN)
+    j = Judged(claim, task, member, ref, p.n, p.delta, p.ci_low, p.ci_high, p.p_value, "undecided", "")
+    if p.n < stats.MIN_SEEDS:
+        j.reason = f"fewer than {stats.MIN_SEEDS} seeds: no test"
+    elif any(r.unconverged for r in others):
+        j.reason = "a member was still learning at the end: give more --steps"
+    elif p.ci_low > 0:
+        j.outcome, j.reason = "agrees", "the 95% interval is above zero"
+    elif p.ci_high < 0:
+        j.outcome, j.reason = "disagrees", "the 95% interval is below zero"
+    elif -MARGIN < p.ci_low and p.ci_high < MARGIN:
+        j.outcome = "disagrees"
+        j.reason = f"no difference that matters: the interval lies within ±{100 * MARGIN:g} points"
+    else:
+        half = (p.ci_high - p.ci_low) / 2
+        need = min(50, max(p.n + 1, math.ceil(p.n * (half / max(abs(p.delta), MARGIN)) ** 2) + 1))
+        j.reason = f"the interval straddles zero; about --seeds {need} would decide"
+    return j
+
+
+def notes(rows: list[Row]) -> list[str]:
+    params = {r.member: r.params for r in rows}
+    out = [f"parameters: {', '.join(f'{k} {v:,}' for k, v in params.items())} (the encoder's vocabulary has "
+           "one more token, [MASK])"] if params else []
+    out.append(f"Δ: member accuracy minus the reference's with the same seed, mean over seeds with a 95% t "
+               f"interval; 'no difference' when the interval lies within ±{100 * MARGIN:g} points")
+    if any(r.unconverged for r in rows):
+        out.append("unconverged members (still learning at the end): " + ", ".join(
+            sorted({f"{r.task}/{r.member}" for r in rows if r.unconverged})))
+    return out
+
+
+def _write(out_dir: Path, result: StudyResult) -> None:
+    from tformer_cli.core.io import atomic_write_text
+
+    atomic_write_text(out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    names = list(Row.__dataclass_fields__)
+    with open(out_dir / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(names)
+        for r in result.rows:
+            w.writerow([getattr(r, n) for n in names])
+
+
+def summarize(rows: list[Row], task: str, member: str) -> tuple[float, float | None, float, int]:
+    """(mean accuracy, its sd over seeds, mean macro-F1, parameters) of one member on one task."""
+    mine = [r for r in rows if r.task == task and r.member == member]
+    acc, sd = stats.mean_std([r.accuracy for r in mine])
+    return acc, sd, statistics.fmean(r.macro_f1 for r in mine), mine[0].params
