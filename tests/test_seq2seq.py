@@ -82,3 +82,8 @@ def test_the_table_fits_80_columns(monkeypatch):
 
     r = terminal(monkeypatch, "seq2seq", "--task", "sort", "--seeds", "1", "--steps", "2")
     assert "held-out exact match" in r.out
+
+
+def test_train_points_encdec_to_seq2seq(cli):
+    r = cli("train", "--set", "model.arch=encdec")
+    assert r.code == 2 and "is trained by `tformer seq2seq`" in r.err

@@ -298,6 +298,9 @@ def _positive(path: str, value: float | int | None, bad: set[str]) -> list[str]:
 
 def _model_problems(cfg: Config, bad: set[str]) -> list[str]:
     m = cfg.model
+    if m.arch == "encdec":  # trained on sequence pairs, not on a corpus: its own command
+        return ["model.arch: encdec (the T5-style encoder-decoder) is trained by `tformer seq2seq`; "
+                "train, ablate and the sweeps take gpt or lstm"]
     p = (_choice("model.arch", m.arch, ARCHS) + _choice("model.activation", m.activation, ACTIVATIONS)
          + _choice("model.pos_encoding", m.pos_encoding, POS_ENCODINGS) + _choice("model.norm", m.norm, NORMS)
          + _choice("model.norm_position", m.norm_position, NORM_POSITIONS))
