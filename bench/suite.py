@@ -81,16 +81,16 @@ def table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
-def prepare_scratch(nanogpt_src: str, text_path: str) -> str:
+def prepare_scratch(nanogpt_src: str, text_path: str, scratch: str = SCRATCH) -> str:
     """nanoGPT's model.py in .bench_scratch/nanogpt, and the text encoded as its
     prepare.py does (sorted characters, first 90% train, uint16); the data folder."""
     import numpy as np
 
-    code = os.path.join(SCRATCH, "nanogpt")
+    code = os.path.join(scratch, "nanogpt")
     os.makedirs(code, exist_ok=True)
     for name in ("model.py", "LICENSE"):
         shutil.copy(os.path.join(nanogpt_src, name), code)
-    data = os.path.join(SCRATCH, "shakespeare_char")
+    data = os.path.join(scratch, "shakespeare_char")
     os.makedirs(data, exist_ok=True)
     with open(text_path, encoding="utf-8") as f:
         text = f.read()
@@ -161,8 +161,8 @@ def machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, Python {platform.python_version()}")
+    return (f"{cpu}, {os.cpu_count()} cores,  \ntorch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
 
 
 def load() -> str:
@@ -176,10 +176,20 @@ def measure(args, data: str) -> list[list[str]]:
     rows += sampling_rows(args.runs)
     if args.large:
         for dtype, flag in (("float32", []), ("bfloat16", ["--bf16"])):
-            rows += step_rows(f"step L6 d384 T256 B64 {dtype[:4]}, ms",
+            rows += step_rows(f"step L6 d384 T256 {'bf16' if flag else 'fp32'}, ms",
                               ["--steps", "2", "--warmup", "1", "--dtype", dtype, *LARGE],
-                              ["--steps", "2", "--warmup", "1", "--large", *flag], max(1, args.runs - 1))
+                              ["--steps", "2", "--warmup", "1", "--large", *flag], args.runs)
     return rows
+
+
+def report(rows: list[list[str]], loads: tuple[str, str], minutes: float, runs: int) -> str:
+    """The markdown the suite prints: date, machine, load before and after, the table."""
+    return "\n".join([
+        f"## tformer vs nanoGPT, {time.strftime('%Y-%m-%d %H:%M')}", "",
+        f"Machine: {machine()}.  ",
+        f"Load average (1, 5, 15 min): {loads[0]} before, {loads[1]} after.  ",
+        f"{minutes:.0f} min; {runs} interleaved runs; median (min-max).", "",
+        table(["measure", "tformer", "nanoGPT", "tformer speed-up"], rows)])
 
 
 def main() -> None:
@@ -195,11 +205,7 @@ def main() -> None:
     data = prepare_scratch(args.nanogpt, args.data)
     before, t0 = load(), time.time()
     rows = measure(args, data)
-    print(f"## tformer vs nanoGPT, {time.strftime('%Y-%m-%d %H:%M')}\n")
-    print(f"Machine: {machine()}.  ")
-    print(f"Load average (1, 5, 15 min): {before} before, {load()} after;")
-    print(f"{(time.time() - t0) / 60:.0f} min, {args.runs} interleaved runs, median (min-max).\n")
-    print(table(["measure", "tformer", "nanoGPT", "tformer vs nanoGPT"], rows))
+    print(report(rows, (before, load()), (time.time() - t0) / 60, args.runs))
 
 
 if __name__ == "__main__":
