@@ -3,6 +3,7 @@
     python bench/suite.py                    # ~6 min on 2 cores
     python bench/suite.py --steps 100        # a shorter end-to-end run
     python bench/suite.py --large            # also the 6-layer 384 shape (~10 min more)
+    python bench/suite.py --large-only       # only that shape
 
 nanoGPT is not part of this repository: its model.py (and LICENSE) are copied from
 --nanogpt into the git-ignored .bench_scratch/ folder, with the Shakespeare text
@@ -170,11 +171,13 @@ def load() -> str:
 
 
 def measure(args, data: str) -> list[list[str]]:
-    rows = end_to_end(args, data)
-    rows += step_rows("step L4 d128 T64 B12, ms", ["--steps", "40", *SMALL],
-                      ["--steps", "40"], args.runs)
-    rows += sampling_rows(args.runs)
-    if args.large:
+    rows = []
+    if not args.large_only:
+        rows += end_to_end(args, data)
+        rows += step_rows("step L4 d128 T64 B12, ms", ["--steps", "40", *SMALL],
+                          ["--steps", "40"], args.runs)
+        rows += sampling_rows(args.runs)
+    if args.large or args.large_only:
         for dtype, flag in (("float32", []), ("bfloat16", ["--bf16"])):
             rows += step_rows(f"step L6 d384 T256 {'bf16' if flag else 'fp32'}, ms",
                               ["--steps", "2", "--warmup", "1", "--dtype", dtype, *LARGE],
@@ -197,6 +200,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="repeats of each variant (default 3)")
     ap.add_argument("--steps", type=int, default=600, help="training steps end to end (default 600)")
     ap.add_argument("--large", action="store_true", help="also the 6-layer 384 shape, float32 and bfloat16")
+    ap.add_argument("--large-only", action="store_true", help="only the 6-layer 384 shape")
     ap.add_argument("--nanogpt", default=os.path.join(ROOT, "..", "shared", "anchors", "nanogpt"),
                     help="a nanoGPT checkout (model.py is copied from it)")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"),
