@@ -4,6 +4,7 @@
     python bench/suite.py --steps 100        # a shorter end-to-end run
     python bench/suite.py --large            # also the 6-layer 384 shape (~10 min more)
     python bench/suite.py --large-only       # only that shape
+    python bench/suite.py --threads 1        # one thread each (a machine shared with others)
 
 nanoGPT is not part of this repository: its model.py (and LICENSE) are copied from
 --nanogpt into the git-ignored .bench_scratch/ folder, with the Shakespeare text
@@ -163,7 +164,7 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return (f"{cpu}, {os.cpu_count()} cores,  \ntorch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {platform.python_version()}")
+            f"({torch.get_num_threads()} thread(s)), Python {platform.python_version()}")
 
 
 def load() -> str:
@@ -200,12 +201,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="repeats of each variant (default 3)")
     ap.add_argument("--steps", type=int, default=600, help="training steps end to end (default 600)")
     ap.add_argument("--large", action="store_true", help="also the 6-layer 384 shape, float32 and bfloat16")
+    ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for every variant (default: torch's)")
     ap.add_argument("--large-only", action="store_true", help="only the 6-layer 384 shape")
     ap.add_argument("--nanogpt", default=os.path.join(ROOT, "..", "shared", "anchors", "nanogpt"),
                     help="a nanoGPT checkout (model.py is copied from it)")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"),
                     help="tinyshakespeare.txt")
     args = ap.parse_args()
+    if args.threads:  # inherited by every variant's process, and by machine() below
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
     data = prepare_scratch(args.nanogpt, args.data)
     before, t0 = load(), time.time()
     rows = measure(args, data)
