@@ -1,6 +1,7 @@
 """torch.compile (inductor, CPU) against eager on the nanoGPT CPU shape, side by side.
 
     python bench/compile_ab.py [--runs 2] [--steps 40]
+    python bench/compile_ab.py --large --runs 1 --steps 2   # the 6-layer 384 shape
 
 Each variant in its own process, interleaved (eager, compiled, eager, compiled ...): the
 time of the first step (the compilation, cold or from inductor's on-disk cache) and the
@@ -18,7 +19,11 @@ import sys
 import time
 
 
-def one(mode: str, steps: int) -> dict:
+LARGE = {"model.n_layer": 6, "model.n_head": 6, "model.d_model": 384, "model.block_size": 256,
+         "train.batch_size": 64, "model.dropout": 0.2}
+
+
+def one(mode: str, steps: int, large: bool) -> dict:
     import torch
 
     from tformer_cli.core.config import resolve
@@ -27,12 +32,12 @@ def one(mode: str, steps: int) -> dict:
     from tformer_cli.train.optim import make_optimizer
 
     tune_cpu_allocator()
-    cfg = resolve(preset="shakespeare_char")
+    cfg = resolve(preset="shakespeare_char", overrides=LARGE if large else {})
     torch.manual_seed(0)
     raw = build_model(cfg.model, 65)
     opt = make_optimizer(raw, cfg, torch.device("cpu"))
     model = torch.compile(raw) if mode == "compiled" else raw
-    x, y = torch.randint(0, 65, (2, 12, 64))
+    x, y = torch.randint(0, 65, (2, cfg.train.batch_size, cfg.model.block_size))
 
     def step() -> float:
         t0 = time.perf_counter()
@@ -43,7 +48,7 @@ def one(mode: str, steps: int) -> dict:
         return time.perf_counter() - t0
 
     first = step()
-    for _ in range(4):
+    for _ in range(1 if large else 4):
         step()
     ms = 1000 * statistics.median(step() for _ in range(steps))
     return {"mode": mode, "first_step_s": round(first, 2), "step_ms": round(ms, 2),
@@ -54,14 +59,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--large", action="store_true", help="the 6-layer 384 shape, dropout 0.2")
     ap.add_argument("--one", choices=("eager", "compiled"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(one(args.one, args.steps)))
+        print(json.dumps(one(args.one, args.steps, args.large)))
         return
     for _ in range(args.runs):
         for mode in ("eager", "compiled"):
-            cmd = [sys.executable, __file__, "--one", mode, "--steps", str(args.steps)]
+            cmd = [sys.executable, __file__, "--one", mode, "--steps", str(args.steps)] + ["--large"] * args.large
             print(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip())
 
 
