@@ -1,0 +1,182 @@
+"""Drive nanoGPT's model.py the way its train.py and sample.py would, for bench/suite.py.
+
+    python bench/nanogpt_driver.py train  --nanogpt DIR --data DIR --steps 600
+    python bench/nanogpt_driver.py step   --nanogpt DIR [--large] [--bf16] --steps 40
+    python bench/nanogpt_driver.py sample --nanogpt DIR --block 256 --tokens 500
+
+nanoGPT itself is not part of this repository: the suite copies its model.py into a
+git-ignored scratch folder and points --nanogpt there.  This script is our own
+restatement of train.py's loop at the shakespeare_char CPU settings (L4 H4 d128 T64
+B12, dropout 0, lr 1e-3 to 1e-4 cosine, warm-up 100, beta2 0.99, weight decay 0.1,
+clip 1.0, eval every 250 iterations on 20 batches, no compile, float32), so that the
+suite can time both projects in one sitting.  It prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+SMALL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch=12)
+LARGE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch=64)
+
+
+def load_nanogpt(folder: str):
+    sys.path.insert(0, folder)
+    import model  # nanoGPT's model.py, copied by the suite
+
+    return model.GPT, model.GPTConfig
+
+
+def build(folder: str, shape: dict, vocab: int):
+    GPT, GPTConfig = load_nanogpt(folder)
+    conf = GPTConfig(n_layer=shape["n_layer"], n_head=shape["n_head"], n_embd=shape["n_embd"],
+                     block_size=shape["block_size"], bias=False, vocab_size=vocab, dropout=shape["dropout"])
+    with contextlib.redirect_stdout(sys.stderr):  # nanoGPT prints its parameter count
+        return GPT(conf)
+
+
+def lr_at(it: int, steps: int, lr: float = 1e-3, min_lr: float = 1e-4, warmup: int = 100) -> float:
+    """train.py's schedule: linear warm-up, cosine to min_lr at lr_decay_iters (= steps)."""
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    if it > steps:
+        return min_lr
+    ratio = (it - warmup) / (steps - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+class Batches:
+    """train.py's get_batch: a fresh memmap of the uint16 file per batch, random windows."""
+
+    def __init__(self, data_dir: str, block: int, batch: int):
+        self.dir, self.block, self.batch = data_dir, block, batch
+
+    def get(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        data = np.memmap(os.path.join(self.dir, f"{split}.bin"), dtype=np.uint16, mode="r")
+        ix = torch.randint(len(data) - self.block, (self.batch,))
+        x = torch.stack([torch.from_numpy(data[i:i + self.block].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + self.block].astype(np.int64)) for i in ix])
+        return x, y
+
+
+@torch.no_grad()
+def estimate_loss(model, batches: Batches, iters: int) -> dict[str, float]:
+    model.eval()
+    out = {}
+    for split in ("train", "val"):
+        out[split] = statistics.fmean(model(*batches.get(split))[1].item() for _ in range(iters))
+    model.train()
+    return out
+
+
+def save_checkpoint(model, optimizer, out_dir: str, it: int, best: float) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "iter_num": it,
+             "best_val_loss": best, "model_args": vars(model.config)}
+    torch.save(state, os.path.join(out_dir, "ckpt.pt"))
+
+
+def train(args) -> dict:
+    """train.py's loop: iterations 0..steps inclusive, evaluation (and a checkpoint when val
+    improves) every eval_interval, the next batch fetched while the step is in flight."""
+    t0 = time.perf_counter()
+    torch.manual_seed(1337)
+    s = SMALL
+    batches = Batches(args.data, s["block_size"], s["batch"])
+    model = build(args.nanogpt, s, vocab=65)
+    with contextlib.redirect_stdout(sys.stderr):
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    x, y = batches.get("train")
+    best = 1e9
+    for it in range(args.steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(it, args.steps)
+        if it % args.eval_interval == 0:
+            val = estimate_loss(model, batches, args.eval_iters)["val"]
+            if val < best:
+                best = val
+                if it > 0:
+                    save_checkpoint(model, opt, args.out, it, best)
+        _, loss = model(x, y)
+        x, y = batches.get("train")
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()  # train.py logs every iteration at the CPU settings (log_interval=1)
+    t1 = time.perf_counter()
+    # not in train.py: a last evaluation, so that both projects report the final model's val
+    # loss; its time is reported apart (extra_s) and the suite takes it off the wall time
+    val = estimate_loss(model, batches, args.eval_iters)["val"]
+    extra = time.perf_counter() - t1
+    return {"steps_done": args.steps + 1, "loop_s": t1 - t0, "val_loss": val, "extra_s": extra}
+
+
+def step(args) -> dict:
+    """The pure training step on random ids: forward, backward, clip, AdamW, as train.py does."""
+    torch.manual_seed(1337)
+    s = LARGE if args.large else SMALL
+    model = build(args.nanogpt, s, vocab=65)
+    with contextlib.redirect_stdout(sys.stderr):
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
+    x = torch.randint(0, 65, (s["batch"], s["block_size"]))
+    y = torch.randint(0, 65, (s["batch"], s["block_size"]))
+    # train.py runs no autocast on the CPU; --bf16 applies the same autocast as tformer's
+    ctx = torch.autocast("cpu", torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        with ctx:
+            _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return {"step_ms": 1000 * statistics.median(times), "tokens_per_step": s["batch"] * s["block_size"]}
+
+
+@torch.no_grad()
+def sample(args) -> dict:
+    """sample.py's generate (a full forward over the newest block_size tokens per token) from a
+    random-weight model of the small shape, at sample.py's temperature 0.8 and top_k 200."""
+    torch.manual_seed(0)
+    model = build(args.nanogpt, {**SMALL, "block_size": args.block}, vocab=65)
+    model.eval()
+    prompt = torch.tensor([[30, 27, 25, 17, 27, 10]])  # "ROMEO:" in the character vocabulary
+    t0 = time.perf_counter()
+    model.generate(prompt, args.tokens, temperature=0.8, top_k=200)
+    return {"tokens_per_s": args.tokens / (time.perf_counter() - t0)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=("train", "step", "sample"))
+    ap.add_argument("--nanogpt", required=True, help="folder holding nanoGPT's model.py")
+    ap.add_argument("--data", help="folder holding train.bin and val.bin (train)")
+    ap.add_argument("--out", default=".bench_scratch/nanogpt_out", help="checkpoint folder (train)")
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--eval-interval", type=int, default=250)
+    ap.add_argument("--eval-iters", type=int, default=20)
+    ap.add_argument("--large", action="store_true", help="the 6-layer 384 shape (step)")
+    ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (step)")
+    ap.add_argument("--block", type=int, default=64, help="block size (sample)")
+    ap.add_argument("--tokens", type=int, default=500, help="new tokens (sample)")
+    args = ap.parse_args()
+    print(json.dumps({"train": train, "step": step, "sample": sample}[args.mode](args)))
+
+
+if __name__ == "__main__":
+    main()
