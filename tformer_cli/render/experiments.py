@@ -83,7 +83,7 @@ EXTRA_HEADERS = {"kv_cache_bytes_per_token": "KV cache per token (float32)",
                  "steps_to_baseline_loss": "steps to the baseline's final val loss"}
 
 
-def _extra(v, key: str = "") -> str:
+def extra_cell(v, key: str = "") -> str:
     if key.endswith("_bytes_per_token") and v is not None:
         return fmt_bytes(int(v))
     if key.startswith("steps_") and isinstance(v, (int, float)):
@@ -130,7 +130,7 @@ def show_results(con: Console, r: ExperimentResult) -> None:
         rows.append(_member_cells(r, s) + [
             fmt_params(s.params), pm(s.train_loss, s.train_loss_std), pm(s.val_loss, s.val_loss_std),
             _causal(s), diff_cell(s, r), converged_cell(s), fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes),
-        ] + [_extra(s.extra.get(k), k) for k in extra_keys])
+        ] + [extra_cell(s.extra.get(k), k) for k in extra_keys])
     title = f"tformer {r.kind}: {r.out_dir}" + (f" ({len(r.seeds)} seeds, mean ± std)" if multi else "")
     show(con, cols, rows, title=escape(title))
 

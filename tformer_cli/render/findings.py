@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tformer_cli.core.io import atomic_write_text
-from tformer_cli.render.experiments import converged_cell, diff_cell, pm, verdict_line
+from tformer_cli.render.experiments import EXTRA_HEADERS, converged_cell, diff_cell, extra_cell, pm, verdict_line
 from tformer_cli.render.fmt import fmt_int, fmt_time
 from tformer_cli.render.table import Col, show
 from tformer_cli.study.results import ExperimentResult
@@ -36,12 +36,14 @@ def _study_section(r: ExperimentResult) -> list[str]:
         out += [f"**Verdict.** {verdict_line(v)[len('verdict: '):]}", ""]
     if not r.verdicts:
         out += ["No claim: this study reports its table without a verdict.", ""]
-    out += ["| member | what changed | compared loss | Δ vs baseline (95% CI) | converged | tokens/s |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    extra = sorted({k for s in r.summary for k in s.extra})  # task metrics, KV cache, steps to the baseline
+    heads = ["member", "what changed", "compared loss", "Δ vs baseline (95% CI)", "converged", "tokens/s",
+             *(EXTRA_HEADERS.get(k, k) for k in extra)]
+    out += ["| " + " | ".join(heads) + " |", "|" + " --- |" * len(heads)]
     for s in r.summary:
         out.append("| " + " | ".join(_cell(c) for c in (
             s.member, s.changed, pm(s.compared_loss, s.compared_loss_std), diff_cell(s, r), converged_cell(s),
-            fmt_int(s.tokens_per_s))) + " |")
+            fmt_int(s.tokens_per_s), *(extra_cell(s.extra.get(k), k) for k in extra))) + " |")
     seeds = len(r.seeds)
     out += ["", f"{len(r.summary)} members x {seeds} seed(s), members ran {r.execution}; wall time "
                 f"{fmt_time(r.elapsed_s)}. Compared loss: causal-consistent for next-token models, teacher-forced "
