@@ -30,18 +30,25 @@ def model_configs(draw, causal: bool = True, archs=("gpt",)) -> ModelConfig:
     d_model = draw(st.sampled_from([8, 12, 16]))
     pos = draw(st.sampled_from(POS_ENCODINGS))
     heads = [h for h in (1, 2, 3, 4, 6, 8) if d_model % h == 0 and (pos != "rope" or (d_model // h) % 2 == 0)]
+    n_head = draw(st.sampled_from(heads))
     return ModelConfig(
         arch=arch,
         d_model=d_model,
         n_layer=draw(st.integers(1, 2)),
-        n_head=draw(st.sampled_from(heads)),
+        n_head=n_head,
         block_size=BLOCK,
         bias=draw(st.booleans()),
-        activation=draw(st.sampled_from(["relu", "gelu", "gelu_tanh", "swiglu"])),
+        activation=draw(st.sampled_from(["relu", "relu2", "gelu", "gelu_tanh", "swiglu"])),
         pos_encoding=pos,
         causal=causal,
         ffn=draw(st.booleans()),
         tie_weights=draw(st.booleans()),
+        # the switches of today's GPTs (docs/modern.md)
+        norm=draw(st.sampled_from(["layernorm", "rmsnorm"])),
+        norm_position=draw(st.sampled_from(["pre", "post"])),
+        n_kv_head=draw(st.sampled_from([None] + [k for k in range(1, n_head + 1) if n_head % k == 0])),
+        qk_norm=draw(st.booleans()),
+        logit_softcap=draw(st.sampled_from([None, 5.0])),
     )
 
 
