@@ -98,3 +98,13 @@ def _oracle_logits(x, tok, rule, logit):
             if c is not None and c in tok.stoi:
                 logits[b, t, tok.stoi[c]] = logit
     return type("Out", (), {"logits": logits})()
+
+
+def assert_same_checkpoints(a: Path, b: Path) -> None:
+    """The checkpoints of two runs hold the same tensors, bitwise (weights and optimizer state)."""
+    from safetensors import safe_open
+
+    with safe_open(str(a / "checkpoint.safetensors"), "pt") as x, safe_open(str(b / "checkpoint.safetensors"), "pt") as y:
+        assert sorted(x.keys()) == sorted(y.keys())
+        for k in x.keys():
+            assert x.get_tensor(k).equal(y.get_tensor(k)), k

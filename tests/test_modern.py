@@ -13,6 +13,7 @@ from safetensors import safe_open
 from tformer_cli.core import anatomy
 from tformer_cli.core.config import ConfigError, ModelConfig, from_dict
 from tformer_cli.core.model import GPT, build_model
+from conftest import assert_same_checkpoints
 
 V = 37
 SWITCHES = {
@@ -204,11 +205,7 @@ def test_resume_is_bitwise(tiny_config, tmp_path, sets):
               should_stop=lambda: bool(seen))
     assert r.interrupted and r.steps_done == 10
     assert train(cfg, part, resume=True).steps_done == 20
-    with safe_open(str(full / "checkpoint.safetensors"), "pt") as a, \
-            safe_open(str(part / "checkpoint.safetensors"), "pt") as b:
-        assert sorted(a.keys()) == sorted(b.keys())
-        for k in a.keys():
-            assert a.get_tensor(k).equal(b.get_tensor(k)), k
+    assert_same_checkpoints(full, part)
 
 
 def test_resume_refuses_another_optimizer(cli, tiny_yaml, tmp_path):

@@ -8,6 +8,7 @@ import math
 import pytest
 import yaml
 from safetensors import safe_open
+from conftest import assert_same_checkpoints
 
 
 def _metrics(run):
@@ -77,11 +78,7 @@ def test_resume_mid_run_is_exact(tiny_config, tmp_path):
     r = train(cfg, part, resume=True)
     assert r.resumed_from == 10 and r.steps_done == 20
     assert _metrics(part) == _metrics(full)
-    with safe_open(str(full / "checkpoint.safetensors"), "pt") as a, \
-            safe_open(str(part / "checkpoint.safetensors"), "pt") as b:
-        assert sorted(a.keys()) == sorted(b.keys())
-        for k in a.keys():
-            assert a.get_tensor(k).equal(b.get_tensor(k)), k
+    assert_same_checkpoints(full, part)
 
 
 def test_refuses_to_clobber_an_existing_run(cli, tiny_yaml, tmp_path):
