@@ -108,3 +108,23 @@ def assert_same_checkpoints(a: Path, b: Path) -> None:
         assert sorted(x.keys()) == sorted(y.keys())
         for k in x.keys():
             assert x.get_tensor(k).equal(y.get_tensor(k)), k
+
+
+def interrupted_and_resumed(cfg, root: Path):
+    """Train ``cfg`` unbroken into root/full, and into root/part stopped right after its step-10
+    checkpoint, then resumed there; returns (full, part, the stopped result, the resumed result)."""
+    from tformer_cli.run.rundir import prepare_run_dir
+    from tformer_cli.train.loop import train
+
+    full, part = root / "full", root / "part"
+    for d in (full, part):
+        prepare_run_dir(d, False)
+    train(cfg, full)
+    seen = []
+
+    def progress(e):
+        if e.kind == "checkpoint" and e.step == 10:
+            seen.append(e.step)
+
+    stopped = train(cfg, part, progress=progress, should_stop=lambda: bool(seen))
+    return full, part, stopped, train(cfg, part, resume=True)

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from tformer_cli.core import anatomy
 from tformer_cli.core.config import ConfigError, ModelConfig, from_dict
 from tformer_cli.core.model import GPT, build_model
-from conftest import assert_same_checkpoints
+from conftest import assert_same_checkpoints, interrupted_and_resumed
 
 V = 37
 SWITCHES = {
@@ -190,21 +190,13 @@ def _run(cli, tiny_yaml, out, *extra):
 ], ids=["muon", "modern switches"])
 def test_resume_is_bitwise(tiny_config, tmp_path, sets):
     """Stopped after its step-10 checkpoint and resumed, a run ends bitwise where an unbroken one does."""
-    from tformer_cli.run.rundir import prepare_run_dir
-    from tformer_cli.train.loop import train
 
     for section, values in sets.items():
         tiny_config[section].update(values)
     cfg = from_dict(tiny_config)
-    full, part = tmp_path / "full", tmp_path / "part"
-    for d in (full, part):
-        prepare_run_dir(d, False)
-    train(cfg, full)
-    seen = []
-    r = train(cfg, part, progress=lambda e: seen.append(e.step) if e.kind == "checkpoint" else None,
-              should_stop=lambda: bool(seen))
+    full, part, r, resumed = interrupted_and_resumed(cfg, tmp_path)
     assert r.interrupted and r.steps_done == 10
-    assert train(cfg, part, resume=True).steps_done == 20
+    assert resumed.steps_done == 20
     assert_same_checkpoints(full, part)
 
 

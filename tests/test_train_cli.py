@@ -8,7 +8,7 @@ import math
 import pytest
 import yaml
 from safetensors import safe_open
-from conftest import assert_same_checkpoints
+from conftest import assert_same_checkpoints, interrupted_and_resumed
 
 
 def _metrics(run):
@@ -54,29 +54,13 @@ def test_cli_resume_extends_a_run_and_refuses_conflicts(cli, tiny_yaml, tmp_path
 def test_resume_mid_run_is_exact(tiny_config, tmp_path):
     """Stop a run after its step-10 checkpoint, resume: same metrics and bitwise weights."""
     from tformer_cli.core.config import from_dict
-    from tformer_cli.run.rundir import prepare_run_dir
-    from tformer_cli.train.loop import train
 
     tiny_config["model"]["dropout"] = 0.1
     tiny_config["train"]["grad_accum"] = 2
     cfg = from_dict(tiny_config)
-    full, part = tmp_path / "full", tmp_path / "part"
-    for d in (full, part):
-        prepare_run_dir(d, False)
-    train(cfg, full)
-    seen = []
-
-    def stop_after_10():
-        return len(seen) > 0
-
-    def progress(e):
-        if e.kind == "checkpoint" and e.step == 10:
-            seen.append(e.step)
-
-    r = train(cfg, part, progress=progress, should_stop=stop_after_10)
+    full, part, r, resumed = interrupted_and_resumed(cfg, tmp_path)
     assert r.interrupted and r.steps_done == 10
-    r = train(cfg, part, resume=True)
-    assert r.resumed_from == 10 and r.steps_done == 20
+    assert resumed.resumed_from == 10 and resumed.steps_done == 20
     assert _metrics(part) == _metrics(full)
     assert_same_checkpoints(full, part)
 

@@ -274,16 +274,17 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
         _, sliding = timed(_sliding_recompute(model, list(prompt_ids), new_tokens, sample))
     return CacheBench(new_tokens, len(prompt_ids), model.cfg.block_size, uses_cache(model),
                       results[True][1], results[False][1], results[True][0] == results[False][0], sliding,
-                      _cache_bytes_per_token(model, device))
+                      _cache_bytes_per_token(model))
 
 
-def _cache_bytes_per_token(model: torch.nn.Module, device) -> int | None:
-    """Bytes per cached position of the cache the model allocates (keys and values of every layer;
-    grouped-query attention keeps n_kv_head heads, not n_head)."""
+def _cache_bytes_per_token(model: torch.nn.Module) -> int | None:
+    """Bytes per cached position of the model's KV cache (keys and values of every layer; grouped-
+    query attention keeps n_kv_head heads, not n_head), in the dtype the cache is allocated in."""
+    from tformer_cli.core.anatomy import kv_cache_bytes_per_token
+
     if not (uses_cache(model) and model.cfg.arch == "gpt"):
         return None
-    cache = model.new_cache(1, device, next(model.parameters()).dtype)
-    return sum(t.numel() * t.element_size() for t in cache.k + cache.v) // cache.max_len
+    return kv_cache_bytes_per_token(model.cfg, next(model.parameters()).element_size())
 
 
 @torch.inference_mode()

@@ -156,10 +156,14 @@ def member_bytes(spec: Spec) -> int:
     from tformer_cli.core.data import prepare
     from tformer_cli.core.memory import estimate
 
+    vocabs: dict[str, int] = {}  # one corpus preparation per distinct data config, not per member
     worst = 0
     for m in spec.members:
         cfg = spec.member_config(m, spec.seeds[0])
-        vocab = prepare(cfg.data).vocab_size + (cfg.train.objective == "mlm")
+        key = repr(cfg.data)
+        if key not in vocabs:
+            vocabs[key] = prepare(cfg.data).vocab_size
+        vocab = vocabs[key] + (cfg.train.objective == "mlm")
         worst = max(worst, estimate(cfg.model, vocab, cfg.train.batch_size, training=True).total)
     return worst
 
