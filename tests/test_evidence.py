@@ -343,3 +343,78 @@ def test_study_runs_one_member_per_core_and_tuning_flags_are_checked(cli, monkey
     monkeypatch.undo()
     assert "needs --tune lr" in cli("ablate", "--no-ffn", "--lr-grid", "1,2", "--steps", "1").err
     assert "only 'lr'" in cli("ablate", "--no-ffn", "--tune", "wd", "--steps", "1").err
+
+
+# ---------------------------------------------------------------- tformer study --until-converged
+
+
+def _ladder_result(out_dir, outcome, suggestion="", learning=False, verdicts=True):
+    from tformer_cli.study.results import ExperimentResult, Verdict
+
+    rows = _rows([1.5, 1.6, 1.7], [1.8, 1.9, 2.0], still_learning=learning)
+    v = Verdict(statement="s", source="src", member="no-ffn", baseline="baseline", metric="compared_loss",
+                expect="higher", margin=0.02, outcome=outcome, reason="r", n=3, delta=0.3, ci_low=0.2,
+                ci_high=0.4, suggestion=suggestion)
+    return ExperimentResult("ablate", str(out_dir), rows, [], [], [], [1, 2, 3], False, "sequential", "", "", [],
+                            None, 1.0, [v] if verdicts else [])
+
+
+def test_the_ladder_doubles_only_while_a_verdict_asks_for_steps(tmp_path):
+    from tformer_cli.study import ladder
+
+    learning = _ladder_result(tmp_path, "undecided", "--steps 400")
+    assert ladder.next_steps(learning, 200, 800) == 400
+    assert ladder.next_steps(learning, 400, 800) == 800
+    assert ladder.next_steps(learning, 800, 800) is None  # the cap
+    assert ladder.next_steps(_ladder_result(tmp_path, "undecided", "--seeds 7"), 200, 800) is None  # seeds, not steps
+    assert ladder.next_steps(_ladder_result(tmp_path, "agrees"), 200, 800) is None
+    no_claim = _ladder_result(tmp_path, "", verdicts=False, learning=True)
+    assert ladder.next_steps(no_claim, 200, 800) == 400  # without a claim: any member still learning
+    assert ladder.next_steps(_ladder_result(tmp_path, "", verdicts=False), 200, 800) is None
+    assert ladder.max_steps_for(200, None) == 800
+    with pytest.raises(ConfigError):
+        ladder.max_steps_for(200, 100)
+    assert "--max-steps" in ladder.stop_reason([ladder.Rung(800, learning)], 800)
+
+
+def test_until_converged_runs_each_budget_in_its_own_directory(cli, monkeypatch, tmp_path):
+    from test_output import terminal
+
+    from tformer_cli.cli import experiments
+
+    calls = []
+
+    def fake_execute(o, spec, out=None, emit_json=True):
+        steps = spec.config().train.steps
+        calls.append((steps, out))
+        decided = steps >= 1200
+        return _ladder_result(out, "agrees" if decided else "undecided", "" if decided else f"--steps {2 * steps}",
+                              learning=not decided)
+
+    monkeypatch.setattr(experiments, "execute", fake_execute)
+    # as an 80-column terminal: nothing wider, nothing cut
+    r = terminal(monkeypatch, "study", "ablate_ffn", "--steps", "300", "--until-converged", "--out", tmp_path / "o",
+                 "--jobs", "1")
+    assert calls == [(300, tmp_path / "o" / "steps-300"), (600, tmp_path / "o" / "steps-600"),
+                     (1200, tmp_path / "o" / "steps-1200")]
+    assert "until converged" in r.out and "AGREES" in r.out and "stopped at 1200 steps" in r.out
+    calls.clear()
+    r = cli("study", "ablate_ffn", "--steps", "300", "--until-converged", "--max-steps", "600", "--out",
+            tmp_path / "p", "--jobs", "1")
+    assert r.code == 0 and [c[0] for c in calls] == [300, 600] and "--max-steps" in r.out
+    calls.clear()
+    r = cli("study", "ablate_ffn", "--steps", "300", "--until-converged", "--json", "--out", tmp_path / "q")
+    import json
+
+    data = json.loads(r.out)
+    assert [x["steps"] for x in data["rungs"]] == [300, 600, 1200] and "stopped" in data
+    bad = cli("study", "ablate_ffn", "--steps", "300", "--until-converged", "--max-steps", "100")
+    assert bad.code == 2 and "below the study's budget" in bad.err
+    assert cli("study", "ablate_ffn", "--max-steps", "100").code == 2
+
+
+def test_findings_name_a_rung_by_its_study(tmp_path):
+    from tformer_cli.render.findings import study_name
+
+    assert study_name(_ladder_result(tmp_path / "induction" / "steps-4000", "agrees")) == "induction (steps-4000)"
+    assert study_name(_ladder_result(tmp_path / "induction", "agrees")) == "induction"

@@ -37,6 +37,11 @@ JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Train N me
                                                show_default=False)]
 IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run each member in its own process (per-member "
                                           "peak memory on CPU; a few seconds of start-up each).")]
+UntilOpt = Annotated[bool, typer.Option("--until-converged", help="While a verdict is undecided because members "
+                                        "are still learning, run the study again at twice the steps (each "
+                                        "budget in OUT/steps-N), up to --max-steps.")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="With --until-converged: the largest "
+                                                    "budget (default: 4x the study's steps).", show_default=False)]
 
 # What --resume accepts besides itself: how to run and print, never what the experiment is.
 RESUME_OK = {"resume", "json_", "parallel", "isolate", "jobs", "all_"}
@@ -85,6 +90,8 @@ class ExperimentOptions:
     tune: Optional[str] = None
     lr_grid: Optional[str] = None
     json_: bool = False
+    until_converged: bool = False
+    max_steps: Optional[int] = None
 
     @classmethod
     def from_context(cls, ctx: typer.Context) -> "ExperimentOptions":
@@ -106,9 +113,9 @@ class ExperimentOptions:
 # ---------------------------------------------------------------- running and drawing
 
 
-def execute(o: ExperimentOptions, spec, out: Path | None = None):
+def execute(o: ExperimentOptions, spec, out: Path | None = None, emit_json: bool = True):
     """Run the spec (or resume a directory) with live progress, draw, render; exit 130 if interrupted.
-    Returns the ExperimentResult."""
+    Returns the ExperimentResult.  With --json and ``emit_json`` False the caller prints the JSON."""
     from tformer_cli.errors import Interrupted
     from tformer_cli.render.console import console, err_console, print_json
     from tformer_cli.render.experiments import render
@@ -127,7 +134,8 @@ def execute(o: ExperimentOptions, spec, out: Path | None = None):
                                 parallel=o.parallel, isolate=o.isolate, jobs=o.jobs)
     draw(result)
     if o.json_:
-        print_json(result.to_dict())
+        if emit_json:
+            print_json(result.to_dict())
     else:
         render(console(), result)
     if result.interrupted:
@@ -150,6 +158,53 @@ def _tuned(o: ExperimentOptions, spec):
     return tune.expand(spec, tune.parse_grid(o.lr_grid)) if spec is not None else spec
 
 
+def run_study(o: ExperimentOptions, path: Path, out: Path | None = None):
+    """One study file: as it is, or with --until-converged as a ladder of doubling budgets.
+    Returns the ExperimentResult of the last budget run."""
+    from tformer_cli.study import files
+
+    def build(steps: int | None):
+        src = o.source()
+        if steps is not None:
+            src = replace(src, overrides={**src.overrides, "train.steps": steps})
+        return files.study_from(replace(src, config=path))
+
+    if not o.until_converged:
+        if o.max_steps is not None:
+            from tformer_cli.errors import ConfigError
+
+            raise ConfigError("--max-steps needs --until-converged")
+        return execute(o, build(None), out)
+    return climb(o, build, out)
+
+
+def climb(o: ExperimentOptions, build, out: Path | None):
+    """--until-converged: the study at its budget, then at twice the steps while a verdict asks for
+    more (tformer_cli.study.ladder), each budget in OUT/steps-N; a table of the rungs at the end."""
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.findings import show_ladder
+    from tformer_cli.run.rundir import default_run_dir
+    from tformer_cli.study import ladder
+
+    spec = build(None)
+    steps = spec.config().train.steps
+    cap = ladder.max_steps_for(steps, o.max_steps)
+    root = Path(out or o.out or Path("runs") / f"study-{default_run_dir('runs').name}")
+    rungs: list[ladder.Rung] = []
+    while True:
+        rungs.append(ladder.Rung(steps, execute(o, spec, ladder.rung_dir(root, steps), emit_json=False)))
+        nxt = ladder.next_steps(rungs[-1].result, steps, cap)
+        if nxt is None:
+            break
+        steps, spec = nxt, build(nxt)
+    reason = ladder.stop_reason(rungs, cap)
+    if o.json_:
+        print_json({"rungs": [{"steps": r.steps, "result": r.result.to_dict()} for r in rungs], "stopped": reason})
+    else:
+        show_ladder(console(), rungs, reason)
+    return rungs[-1].result
+
+
 def run_all(o: ExperimentOptions) -> None:
     """`tformer study --all`: every built-in study into one directory, then a findings report."""
     from tformer_cli.render.console import console
@@ -161,8 +216,7 @@ def run_all(o: ExperimentOptions) -> None:
     results = []
     for path in files.builtin_studies():
         one = replace(o, resume=root / path.stem if o.resume and (root / path.stem).is_dir() else None)
-        spec = None if one.resume else files.study_from(files.Source(path, None, o.source().overrides, o.seeds))
-        results.append(execute(one, spec, root / path.stem))
+        results.append(execute(one, None, root / path.stem) if one.resume else run_study(one, path, root / path.stem))
     report = write_findings(root, results)
     show_verdicts(console(), results)
     console().print(f"findings: {report}", soft_wrap=True)
@@ -347,7 +401,7 @@ def study_(
     set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
     data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
     isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
-    json_: JsonOpt = False,
+    until_converged: UntilOpt = False, max_steps: MaxStepsOpt = None, json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
@@ -365,7 +419,7 @@ def study_(
     if all_:
         run_all(o)
         return
-    execute(o, files.study_from(o.source()))
+    run_study(o, files.find_study(config))
 
 
 RUNS_HELP = (

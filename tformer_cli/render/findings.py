@@ -7,6 +7,8 @@ member converged) and its comparison plot.  Numbers come from the typed results 
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +19,7 @@ from tformer_cli.core.io import atomic_write_text
 from tformer_cli.render.experiments import EXTRA_HEADERS, converged_cell, diff_cell, extra_cell, pm, verdict_line
 from tformer_cli.render.fmt import fmt_int, fmt_time
 from tformer_cli.render.table import Col, show
+from tformer_cli.study.ladder import Rung
 from tformer_cli.study.results import ExperimentResult
 from tformer_cli.study.verdict import signed
 
@@ -27,8 +30,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _study_section(r: ExperimentResult) -> list[str]:
-    name = Path(r.out_dir).name
+def study_name(r: ExperimentResult) -> str:
+    """The study's directory name; a rung of --until-converged (STUDY/steps-N) as 'STUDY (steps-N)'."""
+    d = Path(r.out_dir)
+    return f"{d.parent.name} ({d.name})" if re.fullmatch(r"steps-\d+", d.name) else d.name
+
+
+def _study_section(r: ExperimentResult, root: Path) -> list[str]:
+    name = study_name(r)
     out = [f"## {name}", ""]
     for v in r.verdicts:
         if v.question:
@@ -49,7 +58,7 @@ def _study_section(r: ExperimentResult) -> list[str]:
                 f"{fmt_time(r.elapsed_s)}. Compared loss: causal-consistent for next-token models, teacher-forced "
                 f"for masked LMs. Directory: `{r.out_dir}`."]
     if r.plot:
-        out += ["", f"![{name}]({Path(r.plot).relative_to(Path(r.out_dir).parent)})"]
+        out += ["", f"![{name}]({Path(os.path.relpath(r.plot, root)).as_posix()})"]
     return out + [""]
 
 
@@ -61,13 +70,13 @@ def write_findings(root: Path, results: Sequence[ExperimentResult]) -> Path:
             ci = "-" if v.ci_low is None else \
                 f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric)}, {signed(v.ci_high, v.metric)}]"
             lines.append("| " + " | ".join(_cell(c) for c in (
-                Path(r.out_dir).name, v.statement, v.outcome + (f" ({v.suggestion})" if v.suggestion else ""),
+                study_name(r), v.statement, v.outcome + (f" ({v.suggestion})" if v.suggestion else ""),
                 ci, str(v.n))) + " |")
         if not r.verdicts:
-            lines.append(f"| {_cell(Path(r.out_dir).name)} | (no claim) | - | - | {len(r.seeds)} |")
+            lines.append(f"| {_cell(study_name(r))} | (no claim) | - | - | {len(r.seeds)} |")
     lines.append("")
     for r in results:
-        lines += _study_section(r)
+        lines += _study_section(r, Path(root))
     path = Path(root) / REPORT
     atomic_write_text(path, "\n".join(lines))
     return path
@@ -80,7 +89,27 @@ def show_verdicts(con: Console, results: Sequence[ExperimentResult]) -> None:
         for v in r.verdicts:
             ci = "-" if v.ci_low is None else \
                 f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric, 3)}, {signed(v.ci_high, v.metric, 3)}]"
-            rows.append([escape(Path(r.out_dir).name), escape(v.statement), v.outcome.upper(), ci,
+            rows.append([escape(study_name(r)), escape(v.statement), v.outcome.upper(), ci,
                          escape(v.suggestion or "-")])
     show(con, [Col("study", key=True), Col("claim"), Col("verdict"), Col("Δ (95% CI)", numeric=True),
                Col("to decide")], rows, title="verdicts")
+
+
+def show_ladder(con: Console, rungs: Sequence[Rung], reason: str) -> None:
+    """--until-converged: one row per budget and claim (or per budget, without a claim)."""
+    rows = []
+    for rung in rungs:
+        r = rung.result
+        learning = sum(1 for row in r.rows if row.status == "ok" and (row.still_learning or row.degenerate))
+        runs = f"{learning} of {sum(1 for row in r.rows if row.status == 'ok')}"
+        for v in r.verdicts or [None]:
+            if v is None:
+                rows.append([fmt_int(rung.steps), "(no claim)", "-", "-", runs])
+                continue
+            ci = "-" if v.ci_low is None else \
+                f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric, 3)}, {signed(v.ci_high, v.metric, 3)}]"
+            rows.append([fmt_int(rung.steps), escape(v.member), v.outcome.upper(), ci, runs])
+    show(con, [Col("steps", numeric=True, key=True), Col("claim's member"), Col("verdict"),
+               Col("Δ (95% CI)", numeric=True), Col("runs still learning", numeric=True)], rows,
+         title="until converged: the study at each budget")
+    con.print(escape(reason), soft_wrap=True)
