@@ -116,6 +116,8 @@ def run(variants: list[dict], args) -> None:
          matmul_flops=dev.timed_matmul(device, torch.bfloat16), datasheet_flops=sheet[1] if sheet else None)
     steps = {}
     for v in variants:
+        if device.type == "cuda":  # the earlier variants' cached activations: free for this one's check_fits
+            torch.cuda.empty_cache()
         t0 = time.perf_counter()
         steps[v["name"]] = step = build(v, args.nanogpt, args.device, sets)
         for _ in range(args.warmup):

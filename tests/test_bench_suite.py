@@ -183,3 +183,17 @@ def test_gpu_check_script_is_valid_bash_and_names_every_step():
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
     for needed in ("nvidia-smi", "pytest", "tformer_cli train", "--bench", "op_profile.py", "suite.py --gpu", "$OUT"):
         assert needed in script, needed
+
+
+def test_op_profile_reads_gpu_events_only():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, kind, us):
+        return SimpleNamespace(name=name, device_type=kind, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    op = _bench_module("op_profile")
+    got = op.kernel_times([event("gemm", DeviceType.CUDA, 5.0), event("aten::mm", DeviceType.CPU, 9.0),
+                           event("gemm", DeviceType.CUDA, 7.0)])
+    assert got == {"gemm": [5.0, 7.0]}

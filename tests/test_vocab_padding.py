@@ -121,3 +121,12 @@ def test_the_validator_refuses_tensors_that_do_not_match_the_padding(tiny_config
     save_file(tensors, str(path), metadata={**meta, "config": json.dumps(config)})
     r = cli("sample", tmp_path / "run", "--max-new-tokens", "5")
     assert r.code != 0 and "tok_emb.weight" in r.err and "(128, 32)" in r.err, r
+
+
+def test_a_classifier_body_of_a_padded_model_gives_hidden_states():
+    from tformer_cli.core.classifier import build_classifier
+
+    cfg = ModelConfig(d_model=32, n_layer=1, n_head=2, block_size=8, vocab_multiple=64)
+    m = build_classifier(cfg, 20, 3, "mean", "transformer")
+    assert m.body(torch.randint(0, 20, (2, 8))).logits.shape == (2, 8, 32)
+    assert m(torch.randint(0, 20, (2, 8))).shape == (2, 3)

@@ -218,11 +218,12 @@ class Block(nn.Module):
         return x, weights
 
 
-def real_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def real_vocab(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
     """The logits of the real vocabulary, (..., V): model.vocab_multiple's padded columns dropped.
     Dropping a column is what setting it to -inf would do (probability zero) in the loss and in
-    every sample, without a pass over the logits; the padded rows of the head get zero gradient."""
-    return logits if logits.size(-1) == vocab_size else logits[..., :vocab_size]
+    every sample, without a pass over the logits; the padded rows of the head get zero gradient.
+    A body whose head was removed (core/classifier.py) sets padding_rows to 0: nothing to drop."""
+    return logits[..., : model.vocab_size] if model.padding_rows else logits
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -245,6 +246,7 @@ class GPT(nn.Module):
             raise ConfigError(problem)
         self.cfg, self.vocab_size = cfg, vocab_size
         rows = cfg.padded_vocab(vocab_size)  # V, or more with model.vocab_multiple (never-used rows)
+        self.padding_rows = rows - vocab_size
         self.tok_emb = nn.Embedding(rows, cfg.d_model)  # the V x d_model embedding matrix
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.pos_encoding == "learned" else None
         if cfg.pos_encoding == "sinusoidal":
@@ -324,7 +326,7 @@ class GPT(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:, :]
-        logits = real_vocab(self.lm_head(self.ln_f(x)), self.vocab_size)  # (B, T, V)
+        logits = real_vocab(self.lm_head(self.ln_f(x)), self)  # (B, T, V)
         if (cap := self.cfg.logit_softcap) is not None:  # smooth cap to (-cap, cap) (Gemma 2)
             logits = cap * torch.tanh(logits / cap)
         return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), attentions)
@@ -362,6 +364,7 @@ class LSTMLM(nn.Module):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
         rows = cfg.padded_vocab(vocab_size)
+        self.padding_rows = rows - vocab_size
         self.tok_emb = nn.Embedding(rows, cfg.d_model)
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
                             dropout=cfg.dropout if cfg.n_layer > 1 else 0.0, bias=cfg.bias)
@@ -386,7 +389,7 @@ class LSTMLM(nn.Module):
             cache.state, cache.length = state, cache.length + idx.size(1)
         if last_only:
             h = h[:, -1:, :]
-        logits = real_vocab(self.lm_head(self.ln_f(h)), self.vocab_size)
+        logits = real_vocab(self.lm_head(self.ln_f(h)), self)
         return ModelOutput(logits, None if targets is None else lm_loss(logits, targets))
 
     cache_name = "LSTM state"
