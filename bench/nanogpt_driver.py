@@ -2,6 +2,7 @@
 
     python bench/nanogpt_driver.py train  --nanogpt DIR --data DIR --steps 600
     python bench/nanogpt_driver.py step   --nanogpt DIR [--large] [--bf16] --steps 40
+    python bench/nanogpt_driver.py step   --nanogpt DIR --gpt2 --vocab 50304 --device cuda --bf16 --compile
     python bench/nanogpt_driver.py sample --nanogpt DIR --block 256 --tokens 500
 
 nanoGPT itself is not part of this repository: the suite copies its model.py into a
@@ -28,6 +29,7 @@ import torch
 
 SMALL = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, batch=12)
 LARGE = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, dropout=0.2, batch=64)
+GPT2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, batch=12)  # nanoGPT's bench.py
 
 
 def load_nanogpt(folder: str):
@@ -122,26 +124,41 @@ def train(args) -> dict:
     return {"steps_done": args.steps + 1, "loop_s": t1 - t0, "val_loss": val, "extra_s": extra}
 
 
-def step(args) -> dict:
-    """The pure training step on random ids: forward, backward, clip, AdamW, as train.py does."""
+def train_step(folder: str, shape: dict, vocab: int, device: str = "cpu", compiled: bool = False,
+               bf16: bool = False):
+    """train.py's step on one fixed random batch, as a callable: forward (under bf16 autocast when
+    asked; train.py runs none on the CPU), backward, clip 1.0, AdamW (fused on CUDA, as
+    configure_optimizers picks), zero_grad; torch.compile'd as train.py's compile=True does."""
     torch.manual_seed(1337)
-    s = LARGE if args.large else SMALL
-    model = build(args.nanogpt, s, vocab=65)
-    with contextlib.redirect_stdout(sys.stderr):
-        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), "cpu")
-    x = torch.randint(0, 65, (s["batch"], s["block_size"]))
-    y = torch.randint(0, 65, (s["batch"], s["block_size"]))
-    # train.py runs no autocast on the CPU; --bf16 applies the same autocast as tformer's
-    ctx = torch.autocast("cpu", torch.bfloat16) if args.bf16 else contextlib.nullcontext()
-    times = []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
-        with ctx:
-            _, loss = model(x, y)
+    model = build(folder, shape, vocab).to(device)
+    with contextlib.redirect_stdout(sys.stderr):  # it prints which AdamW it chose
+        opt = model.configure_optimizers(0.1, 1e-3, (0.9, 0.99), torch.device(device).type)
+    run = torch.compile(model) if compiled else model
+    x, y = (torch.randint(0, vocab, (shape["batch"], shape["block_size"]), device=device) for _ in range(2))
+    ctx = (lambda: torch.autocast(torch.device(device).type, torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def one() -> None:
+        with ctx():
+            _, loss = run(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+    return one
+
+
+def step(args) -> dict:
+    """The pure training step on random ids, timed one by one (synchronised on CUDA)."""
+    s = GPT2 if args.gpt2 else LARGE if args.large else SMALL
+    s = {**s, "batch": args.batch or s["batch"]}
+    one = train_step(args.nanogpt, s, args.vocab, args.device, args.compile, args.bf16)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    times = []
+    for i in range(args.warmup + args.steps):
+        sync()
+        t0 = time.perf_counter()
+        one()
+        sync()
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     return {"step_ms": 1000 * statistics.median(times), "tokens_per_step": s["batch"] * s["block_size"]}
@@ -172,6 +189,11 @@ def main() -> None:
     ap.add_argument("--eval-iters", type=int, default=20)
     ap.add_argument("--large", action="store_true", help="the 6-layer 384 shape (step)")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast (step)")
+    ap.add_argument("--gpt2", action="store_true", help="GPT-2 small's shape, B12 T1024, as bench.py (step)")
+    ap.add_argument("--batch", type=int, help="micro-batch (step; default the shape's)")
+    ap.add_argument("--vocab", type=int, default=65, help="vocabulary of the random ids (step)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (step)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model (step)")
     ap.add_argument("--block", type=int, default=64, help="block size (sample)")
     ap.add_argument("--tokens", type=int, default=500, help="new tokens (sample)")
     args = ap.parse_args()

@@ -5,6 +5,8 @@
     python bench/suite.py --large            # also the 6-layer 384 shape (~10 min more)
     python bench/suite.py --large-only       # only that shape
     python bench/suite.py --threads 1        # one thread each (a machine shared with others)
+    python bench/suite.py --prepare-only     # copy nanoGPT into .bench_scratch/ (before a GPU session)
+    python bench/suite.py --gpu              # on a CUDA machine: bench/gpu_suite.py's sections, < 6 min
 
 nanoGPT is not part of this repository: its model.py (and LICENSE) are copied from
 --nanogpt into the git-ignored .bench_scratch/ folder, with the Shakespeare text
@@ -207,7 +209,25 @@ def main() -> None:
                     help="a nanoGPT checkout (model.py is copied from it)")
     ap.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "tinyshakespeare.txt"),
                     help="tinyshakespeare.txt")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="copy nanoGPT's model.py and the encoded text into .bench_scratch/ and stop")
+    ap.add_argument("--gpu", action="store_true", help="the GPU sections (bench/gpu_suite.py) instead")
+    ap.add_argument("--sections", default="abcde", help="with --gpu: which of a b c d e (default all)")
+    ap.add_argument("--budget-s", type=float, default=330, help="with --gpu: seconds for the whole run")
+    ap.add_argument("--gpu-blocks", type=int, default=3, help="with --gpu: interleaved rounds per step table")
+    ap.add_argument("--gpu-steps", type=int, default=10, help="with --gpu: steps per round")
     args = ap.parse_args()
+    if bad := set(args.sections) - set("abcde"):
+        ap.error(f"--sections: unknown {''.join(sorted(bad))} (give letters of abcde)")
+    if args.prepare_only:
+        data = prepare_scratch(args.nanogpt, args.data)
+        print(f"prepared {os.path.join(SCRATCH, 'nanogpt')} and {data}; carry .bench_scratch to the GPU machine")
+        return
+    if args.gpu:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from gpu_suite import run_gpu
+
+        raise SystemExit(run_gpu(args))
     if args.threads:  # inherited by every variant's process, and by machine() below
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     data = prepare_scratch(args.nanogpt, args.data)

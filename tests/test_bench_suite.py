@@ -57,3 +57,143 @@ def test_nanogpt_driver_trains_steps_and_samples_on_a_few_steps(tmp_path):
     assert r["steps_done"] == 4 and r["val_loss"] > 0 and (tmp_path / "out" / "ckpt.pt").exists()
     assert driver("step", "--steps", "2", "--warmup", "1")["step_ms"] > 0
     assert driver("sample", "--tokens", "3")["tokens_per_s"] > 0
+
+
+# ---------------------------------------------------------------- the GPU suite, without a GPU
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(BENCH.parent), "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd=BENCH.parent)
+
+
+def test_suite_gpu_without_cuda_says_so_in_one_line_and_exits_2():
+    r = _script(str(BENCH / "suite.py"), "--gpu")
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "no CUDA device" in r.stderr
+    bad = _script(str(BENCH / "suite.py"), "--gpu", "--sections", "az")
+    assert bad.returncode == 2 and "--sections: unknown z" in bad.stderr
+
+
+def test_gpu_step_variants_parse_and_refuse_nonsense():
+    gs = _bench_module("gpu_step")
+    v = gs.parse_variant("tformer:compiled:B24:V50257:x64")
+    assert (v["project"], v["compiled"], v["batch"], v["vocab"], v["multiple"]) == ("tformer", True, 24, 50257, 64)
+    assert gs.parse_variant("nanogpt:eager:B12:V50304")["multiple"] == 1
+    for bad in ("tformer:fast:B12:V1", "gpt:eager:B12:V1", "nanogpt:eager:B12:V50257:x64", "tformer:eager:12:V1"):
+        with pytest.raises(ValueError):
+            gs.parse_variant(bad)
+    cfg = gs.config(v)
+    assert cfg.model.padded_vocab(50257) == 50304 and cfg.train.batch_size == 24 and cfg.model.n_layer == 12
+    for variant in gs.config(gs.parse_variant("tformer:eager:B12:V50304")), cfg:
+        assert variant.model.block_size == 1024 and not variant.model.bias and variant.train.grad_accum == 1
+
+
+@pytest.mark.slow
+def test_gpu_step_runs_tformer_variants_on_the_cpu():
+    r = _script(str(BENCH / "gpu_step.py"), "--device", "cpu", "--warmup", "1", "--steps", "1", "--blocks", "2",
+                "--set", "model.n_layer=1", "--set", "model.d_model=32", "--set", "model.n_head=2",
+                "--set", "model.block_size=16", "tformer:eager:B2:V100", "tformer:eager:B2:V100:x64")
+    assert r.returncode == 0, r.stderr[-2000:]
+    card, got = _bench_module("gpu_suite").parse_step_lines(r.stdout)
+    assert card["device"] == "cpu" and card["matmul_flops"] > 0
+    assert [len(v["step_s"]) for v in got.values()] == [2, 2]
+    assert got["tformer:eager:B2:V100:x64"]["flops_per_token"] > got["tformer:eager:B2:V100"]["flops_per_token"]
+
+
+def _fake_step_output(cut: bool = False) -> str:
+    lines = [{"kind": "card", "device": "NVIDIA H100 80GB HBM3", "torch": "2.11", "matmul_flops": 800e12,
+              "datasheet_flops": 989e12}]
+    for name in ("tformer:compiled:B12:V50304", "nanogpt:compiled:B12:V50304"):
+        lines.append({"kind": "variant", "name": name, "warmup_s": 30.0, "tokens_per_step": 12288,
+                      "flops_per_token": 1_000_000_000})
+    for block in range(3):
+        lines.append({"kind": "block", "name": "tformer:compiled:B12:V50304", "block": block, "step_s": 0.020 + block / 1000})
+        if not cut:
+            lines.append({"kind": "block", "name": "nanogpt:compiled:B12:V50304", "block": block, "step_s": 0.030})
+    return "\n".join(json.dumps(x) for x in lines) + "\nnot json\n"
+
+
+def test_gpu_tables_from_fake_figures():
+    gsu = _bench_module("gpu_suite")
+    card, got = gsu.parse_step_lines(_fake_step_output())
+    rows = gsu.step_rows(card, got)
+    # 12288 tokens / 21 ms = 585k tok/s; x 1e9 FLOPs = 585 TFLOP/s: 59.2% of 989, 73.1% of the matmul's 800
+    assert rows[0] == ["tformer:compiled:B12:V50304", "21.0 (20.0-22.0)", "585k", "59.2%", "73.1%"]
+    assert rows[1][1:] == ["30.0 (30.0-30.0)", "410k", "41.4%", "51.2%"]
+    pairs = [("compiled", "tformer:compiled:B12:V50304", "nanogpt:compiled:B12:V50304"), ("absent", "x", "y")]
+    assert gsu.speedups(got, pairs) == ["compiled: 1.43x"]  # 30 / 21, and no line for a pair not timed
+    assert "800 TFLOP/s timed bf16 8192^3 matmul" in gsu.card_line(card) and "989 TFLOP/s datasheet" in gsu.card_line(card)
+    card, got = gsu.parse_step_lines(_fake_step_output(cut=True))
+    assert gsu.step_rows(card, got)[1][1] == "not timed (cut short)"
+    assert gsu.speedups(got, pairs) == []
+    text = _suite().table(["variant", "ms/step", "tok/s", "MFU sheet", "MFU matmul"], rows)
+    assert max(len(line) for line in text.splitlines()) <= 80 and text.startswith("| variant |")
+
+
+def test_train_rows_read_the_summary_and_the_first_interval(tmp_path):
+    gsu = _bench_module("gpu_suite")
+    (tmp_path / "perf.jsonl").write_text(json.dumps({"step": 10, "tokens_per_s": 30000.0}) + "\n"
+                                         + json.dumps({"step": 20, "tokens_per_s": 600000.0}) + "\n")
+    assert gsu.first_rate(str(tmp_path)) == 30000.0 and gsu.first_rate(str(tmp_path / "none")) is None
+    result = {"tokens_per_s": 601e3, "mfu": 0.402, "peak_flops": 989e12, "compiled": False,
+              "compile_reason": "off: an eager run"}
+    row = gsu.train_row("policy (unset)", result, 30000.0, 42.4, 800e12)
+    assert row == ["policy (unset)", "off (off: an eager run)", "601k", "40.2%", "49.7%", "30k", "42"]
+
+
+def test_a_section_is_cut_at_the_deadline_and_keeps_what_it_printed():
+    gsu = _bench_module("gpu_suite")
+    ran = gsu.run_capture([sys.executable, "-c", "import time; print('first', flush=True); time.sleep(30)"], 2)
+    assert ran.code is None and ran.out.strip() == "first" and ran.wall < 10
+    budget = gsu.Budget(0)
+    assert budget.left() <= 0
+
+
+def test_op_profile_classifies_kernels_by_name():
+    op = _bench_module("op_profile")
+    assert op.kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64") == "matmul"
+    assert op.kind_of("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits>") == "attention"
+    assert op.kind_of("void at::native::(anonymous namespace)::cunn_SoftMaxForward<8, float>") == "cross-entropy"
+    assert op.kind_of("void at::native::nll_loss_forward_reduce_cuda_kernel_2d<float>") == "cross-entropy"
+    assert op.kind_of("void at::native::(anonymous namespace)::fused_adamw_kernel") == "optimizer"
+    assert op.kind_of("void at::native::multi_tensor_apply_kernel<LpNormFunctor>") == "optimizer"
+    assert op.kind_of("void at::native::vectorized_layer_norm_kernel<c10::BFloat16>") == "other"
+    shares = op.kernel_shares({"gemm_a": [30.0, 30.0], "flash_fwd": [20.0], "nll_loss_x": [10.0], "elementwise": [10.0]})
+    assert shares == pytest.approx({"attention": 0.2, "matmul": 0.6, "cross-entropy": 0.1, "optimizer": 0.0,
+                                    "other": 0.1})
+
+
+def test_gpu_check_script_is_valid_bash_and_names_every_step():
+    script = (BENCH / "gpu_check.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
+    for needed in ("nvidia-smi", "pytest", "tformer_cli train", "--bench", "op_profile.py", "suite.py --gpu", "$OUT"):
+        assert needed in script, needed
+
+
+def test_op_profile_reads_gpu_events_only():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, kind, us):
+        return SimpleNamespace(name=name, device_type=kind, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    op = _bench_module("op_profile")
+    got = op.kernel_times([event("gemm", DeviceType.CUDA, 5.0), event("aten::mm", DeviceType.CPU, 9.0),
+                           event("gemm", DeviceType.CUDA, 7.0)])
+    assert got == {"gemm": [5.0, 7.0]}

@@ -92,10 +92,11 @@ def test_import_gives_the_same_logits_and_greedy_tokens(tmp_path, cli, kw):
     assert torch.equal(_greedy_tformer(tmp_path / "run", ids[:, :5], 10), _greedy_hf(hf, ids[:, :5], 10))
 
 
-def test_export_loads_in_transformers_with_the_same_logits(tmp_path, cli, tiny_config):
+@pytest.mark.parametrize("multiple", [1, 64], ids=["unpadded", "vocab padded to 64"])
+def test_export_loads_in_transformers_with_the_same_logits(tmp_path, cli, tiny_config, multiple):
     import yaml
 
-    tiny_config["model"].update(activation="gelu_tanh", tie_weights=False)
+    tiny_config["model"].update(activation="gelu_tanh", tie_weights=False, vocab_multiple=multiple)
     tiny_config["data"]["tokenizer"] = "bpe"
     tiny_config["data"]["vocab_size"] = 300
     tiny_config["train"]["steps"] = 4
@@ -105,7 +106,9 @@ def test_export_loads_in_transformers_with_the_same_logits(tmp_path, cli, tiny_c
     assert r.code == 0, r
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors",
                                                                    "tokenizer.json"]
+    assert ("padding rows of the embedding" in " ".join(r.out.split())) == (multiple > 1)
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    assert hf.transformer.wte.weight.shape[0] == hf.lm_head.weight.shape[0] == hf.config.vocab_size
     ids = _ids(n=16, vocab=hf.config.vocab_size)
     with torch.no_grad():
         want = hf(ids).logits

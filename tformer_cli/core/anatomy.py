@@ -22,9 +22,10 @@ class Part:
 
 
 def parts(m: ModelConfig, vocab_size: int) -> list[Part]:
-    d, V, b = m.d_model, vocab_size, int(m.bias)
+    d, V, b = m.d_model, m.padded_vocab(vocab_size), int(m.bias)
     T = m.block_size
-    out = [Part("token embedding (V x d_model)", "embeddings", V * d, 0)]
+    pad = f", {V - vocab_size} of them padding (model.vocab_multiple)" if V > vocab_size else ""
+    out = [Part(f"token embedding (V x d_model{pad})", "embeddings", V * d, 0)]
     if m.arch == "lstm":
         for i in range(m.n_layer):
             p = 4 * (d * d + d * d) + 4 * 2 * d * b  # W_ih, W_hh for 4 gates, two bias vectors
@@ -57,7 +58,8 @@ def parts(m: ModelConfig, vocab_size: int) -> list[Part]:
         ln = d * (1 + b) if m.arch == "lstm" else norm_params(m)
         out.append(Part("final " + ("layernorm" if m.arch == "lstm" else m.norm), "other", ln, 6 * ln))
     head_params = 0 if m.tie_weights else V * d
-    out.append(Part("LM head (d_model x V)" + (", tied to the embedding" if m.tie_weights else ""),
+    # the padded rows are computed too (that is what makes the matmul faster): their FLOPs count
+    out.append(Part("LM head (d_model x V" + pad + ")" + (", tied to the embedding" if m.tie_weights else ""),
                     "embeddings", head_params, 6 * V * d))
     return out
 
@@ -65,6 +67,11 @@ def parts(m: ModelConfig, vocab_size: int) -> list[Part]:
 def norm_params(m: ModelConfig) -> int:
     """One norm's parameters: a gain, plus a bias for a LayerNorm with model.bias."""
     return m.d_model * (1 + int(m.bias and m.norm == "layernorm"))
+
+
+def padding_rows(m: ModelConfig, vocab_size: int) -> int:
+    """The embedding (and untied head) rows model.vocab_multiple adds beyond the vocabulary."""
+    return m.padded_vocab(vocab_size) - vocab_size
 
 
 def kv_cache_bytes_per_token(m: ModelConfig, dtype_bytes: int = 4) -> int:
@@ -129,7 +136,7 @@ def matched_lstm_d_model(m: ModelConfig, vocab_size: int, non_embedding: bool = 
 
     def count(cfg: ModelConfig) -> int:
         t = totals(cfg, vocab_size)
-        return t.non_embedding - vocab_size * cfg.d_model if non_embedding else t.params
+        return t.non_embedding - cfg.padded_vocab(vocab_size) * cfg.d_model if non_embedding else t.params
 
     target = count(m)
     lstm = lambda d: dataclasses.replace(m, arch="lstm", d_model=d)  # noqa: E731

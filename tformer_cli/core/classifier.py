@@ -53,6 +53,7 @@ def make_body(cfg: ModelConfig, vocab_size: int, body: str = "transformer") -> n
         return BagOfTokens(cfg, vocab_size)
     lm = build_model(cfg, vocab_size)
     lm.lm_head = nn.Identity()  # forward() now ends at ln_f: (B, T, C) hidden states
+    lm.padding_rows = 0  # no logits left to cut to the vocabulary (model.vocab_multiple)
     return lm
 
 

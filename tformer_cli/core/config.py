@@ -36,6 +36,7 @@ TOKENIZERS = ("char", "bpe", "hf")  # hf: a Hugging Face tokenizer.json, from an
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 INT_LIMIT = 2**62  # every integer key: beyond this, numpy and torch overflow
 SEED_MAX = 2**63 - 1
+VOCAB_MULTIPLE_MAX = 1024  # beyond it padding only wastes memory
 
 
 @dataclass
@@ -59,11 +60,18 @@ class ModelConfig:
     n_kv_head: Optional[int] = None  # None: n_head (multi-head); fewer: grouped-query; 1: multi-query
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before the dot product
     logit_softcap: Optional[float] = None  # None: off; c: logits = c * tanh(logits / c)
+    vocab_multiple: int = 1  # pad the embedding/LM-head rows to a multiple (64 or 128 on GPUs); 1: none
 
     @property
     def kv_heads(self) -> int:
         """The key/value heads actually built (and cached)."""
         return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    def padded_vocab(self, vocab_size: int) -> int:
+        """The rows of the embedding and the LM head: the vocabulary rounded up to vocab_multiple.
+        Tensor cores run a matmul whose output width is a multiple of 64 faster; the padded rows
+        never receive a probability (the model drops their logits), so nothing else changes."""
+        return _round_up(vocab_size, max(1, self.vocab_multiple))
 
     @property
     def d_k(self) -> int:
@@ -316,6 +324,9 @@ def _model_problems(cfg: Config, bad: set[str]) -> list[str]:
         p.append(f"model.pos_encoding: sinusoidal needs an even d_model, got {m.d_model}")
     if "model.dropout" not in bad and not 0.0 <= m.dropout < 1.0:
         p.append(f"model.dropout: must be in [0, 1), got {m.dropout}")
+    if "model.vocab_multiple" not in bad and not 1 <= m.vocab_multiple <= VOCAB_MULTIPLE_MAX:
+        p.append(f"model.vocab_multiple: must be in [1, {VOCAB_MULTIPLE_MAX}] (1: no padding; 64 or 128 "
+                 f"on GPUs), got {m.vocab_multiple}")
     return p + _positive("model.rope_base", m.rope_base, bad) + _positive("model.logit_softcap", m.logit_softcap, bad)
 
 

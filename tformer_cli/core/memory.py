@@ -34,6 +34,7 @@ def estimate(model_cfg, vocab_size: int, batch: int, training: bool) -> Estimate
     from tformer_cli.core import anatomy
 
     m = model_cfg
+    vocab_size = m.padded_vocab(vocab_size)  # the rows built (model.vocab_multiple)
     try:
         params = anatomy.totals(m, vocab_size).params
     except Exception:  # an architecture anatomy does not know: count the embeddings only

@@ -218,6 +218,20 @@ class Block(nn.Module):
         return x, weights
 
 
+def real_vocab(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The logits of the real vocabulary, (..., V): model.vocab_multiple's padded columns dropped.
+    Dropping a column is what setting it to -inf would do (probability zero) in the loss and in
+    every sample, without a pass over the logits; the padded rows of the head get zero gradient.
+    A body whose head was removed (core/classifier.py) sets padding_rows to 0: nothing to drop."""
+    return logits[..., : model.vocab_size] if model.padding_rows else logits
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the positions whose target is not -100, in float32.  The cast comes
+    first: it makes the padded model's sliced logits contiguous, so the reshape is a view."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
+
+
 @dataclass
 class ModelOutput:
     logits: torch.Tensor  # (B, T, V), or (B, 1, V) with last_only
@@ -231,7 +245,9 @@ class GPT(nn.Module):
         if problem := head_count_problem(cfg.d_model, cfg.n_head):
             raise ConfigError(problem)
         self.cfg, self.vocab_size = cfg, vocab_size
-        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)  # the V x d_model embedding matrix
+        rows = cfg.padded_vocab(vocab_size)  # V, or more with model.vocab_multiple (never-used rows)
+        self.padding_rows = rows - vocab_size
+        self.tok_emb = nn.Embedding(rows, cfg.d_model)  # the V x d_model embedding matrix
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.d_model) if cfg.pos_encoding == "learned" else None
         if cfg.pos_encoding == "sinusoidal":
             self.register_buffer("pos_table", sinusoidal_table(cfg.block_size, cfg.d_model), persistent=False)
@@ -243,7 +259,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         # Post-norm blocks end normalised: the 2017 decoder feeds its last block to the output layer.
         self.ln_f = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
-        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.d_model, rows, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight  # weight tying (Press & Wolf, 2017)
         self.apply(self._init_weights)
@@ -310,13 +326,10 @@ class GPT(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:, :]
-        logits = self.lm_head(self.ln_f(x))  # (B, T, V)
+        logits = real_vocab(self.lm_head(self.ln_f(x)), self)  # (B, T, V)
         if (cap := self.cfg.logit_softcap) is not None:  # smooth cap to (-cap, cap) (Gemma 2)
             logits = cap * torch.tanh(logits / cap)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
-        return ModelOutput(logits, loss, attentions)
+        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), attentions)
 
     cache_name = "KV cache"
 
@@ -350,11 +363,13 @@ class LSTMLM(nn.Module):
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         self.cfg, self.vocab_size = cfg, vocab_size
-        self.tok_emb = nn.Embedding(vocab_size, cfg.d_model)
+        rows = cfg.padded_vocab(vocab_size)
+        self.padding_rows = rows - vocab_size
+        self.tok_emb = nn.Embedding(rows, cfg.d_model)
         self.lstm = nn.LSTM(cfg.d_model, cfg.d_model, num_layers=cfg.n_layer, batch_first=True,
                             dropout=cfg.dropout if cfg.n_layer > 1 else 0.0, bias=cfg.bias)
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
-        self.lm_head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.lm_head = nn.Linear(cfg.d_model, rows, bias=False)
         if cfg.tie_weights:
             self.lm_head.weight = self.tok_emb.weight
         nn.init.normal_(self.tok_emb.weight, std=0.02)
@@ -374,11 +389,8 @@ class LSTMLM(nn.Module):
             cache.state, cache.length = state, cache.length + idx.size(1)
         if last_only:
             h = h[:, -1:, :]
-        logits = self.lm_head(self.ln_f(h))
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-100)
-        return ModelOutput(logits, loss)
+        logits = real_vocab(self.lm_head(self.ln_f(h)), self)
+        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets))
 
     cache_name = "LSTM state"
     supports_cache = True  # a recurrent state is exact to carry forward

@@ -53,6 +53,7 @@ class InspectReport:
     optimizer: str = "adamw"
     kv_cache_bytes_per_token: int = 0  # float32 keys and values of every layer (0: no KV cache)
     lstm_equal_params: Optional[LstmMatch] = None  # GPT models only
+    padding_rows: int = 0  # embedding rows beyond the vocabulary (model.vocab_multiple), counted in params
 
     def shape(self) -> str:
         m = self.model
@@ -144,4 +145,5 @@ def inspect_model(cfg, vocab_size: int, source: str = "") -> InspectReport:
         memory_bytes=anatomy.memory_bytes(tot.params, anatomy.muon_params(m) if muon else 0),
         optimizer=cfg.train.optimizer, lstm_equal_params=lstm,
         kv_cache_bytes_per_token=anatomy.kv_cache_bytes_per_token(m) if m.causal else 0,
+        padding_rows=anatomy.padding_rows(m, vocab_size),
     )

@@ -49,7 +49,8 @@ def _parts(con: Console, r) -> None:
     cols = [Col("component", key=True), Col("per layer", numeric=True), Col(f"total (x{m.n_layer})", numeric=True),
             Col("% params", numeric=True), Col("FLOPs", numeric=True), Col("% FLOPs", numeric=True)]
     show(con, cols, rows, title=f"parameters and training FLOPs per token ({m.arch}: {r.shape()}, vocab "
-         f"{r.vocab_size:,} from {r.vocab_source})")
+         f"{r.vocab_size:,} from {r.vocab_source}"
+         + (f", + {r.padding_rows} padding rows" if r.padding_rows else "") + ")")
 
 
 def _split(con: Console, r) -> None:

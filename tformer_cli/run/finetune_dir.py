@@ -181,7 +181,7 @@ def _check_header(file: Path, header: dict[str, Any], tensors: dict[str, Any]) -
     if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
         problems.append("field labels: expected a list of at least two names")
     if not isinstance(vocab, int) or isinstance(vocab, bool) or emb is None or emb.dim() != 2 \
-            or emb.shape[0] != vocab:
+            or emb.shape[0] != _embedding_rows(header, vocab):
         problems.append("field vocab_size: does not match the embedding table")
     if not isinstance(state, dict) or not isinstance(state.get("step"), int) or state["step"] < 0:
         problems.append("field state: expected the training state with its step")
@@ -189,6 +189,17 @@ def _check_header(file: Path, header: dict[str, Any], tensors: dict[str, Any]) -
         problems.append("field optim_groups: expected a list")
     if problems:
         raise RunError(f"checkpoint {file} is damaged: {'; '.join(problems)}", hint="fine-tune again")
+
+
+def _embedding_rows(header: dict[str, Any], vocab: int) -> int:
+    """The embedding rows of the fine-tune's body: the vocabulary, padded when its model config
+    says model.vocab_multiple (a multiple that is not a small positive int counts as 1)."""
+    spec = header.get("spec")
+    model = spec.get("model") if isinstance(spec, dict) else None
+    multiple = model.get("vocab_multiple", 1) if isinstance(model, dict) else 1
+    if not isinstance(multiple, int) or isinstance(multiple, bool) or not 1 <= multiple <= 1024:
+        multiple = 1
+    return -(-vocab // multiple) * multiple
 
 
 def load_weights(model, tensors: dict[str, Any], file: Path) -> None:

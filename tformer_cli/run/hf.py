@@ -251,6 +251,20 @@ def tformer_to_hf(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def unpadded(state: dict[str, Any], vocab_size: int, notes: list[str]) -> dict[str, Any]:
+    """The weights with model.vocab_multiple's padding rows cut off the embedding and the head, so
+    the export has GPT-2's vocabulary_size rows; exact, since those rows never get a probability."""
+    out = dict(state)
+    for name in ("tok_emb.weight", "lm_head.weight"):
+        if name in out and out[name].size(0) > vocab_size:
+            rows = out[name].size(0) - vocab_size
+            out[name] = out[name][:vocab_size]
+            if name == "tok_emb.weight":
+                notes.append(f"the {rows} padding rows of the embedding (model.vocab_multiple) were left out: "
+                             f"the export has the {vocab_size:,} rows of the vocabulary")
+    return out
+
+
 def _load_safetensors(path: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
@@ -381,7 +395,7 @@ def export_hf(run_dir: str | Path, out: str | Path, overwrite: bool = False) -> 
         eos = next((t["id"] for t in tok_json.get("added_tokens", []) if t.get("content") == "<|endoftext|>"), None)
     hf.update({"bos_token_id": eos, "eos_token_id": eos})
     out.mkdir(parents=True, exist_ok=True)
-    tensors = tformer_to_hf(ckpt.model_state())
+    tensors = tformer_to_hf(unpadded(ckpt.model_state(), ckpt.vocab_size, notes))
     save_file(tensors, str(out / HF_WEIGHTS), metadata={"format": "pt"})
     atomic_write_text(out / HF_CONFIG, json.dumps(hf, indent=2) + "\n")
     files = [HF_CONFIG, HF_WEIGHTS]

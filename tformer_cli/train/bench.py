@@ -64,7 +64,7 @@ def bench(
 ) -> BenchResult:
     """Time ``steps`` training steps and ``steps`` forward steps after ``warmup`` of each."""
     say = progress or (lambda s: None)
-    s = _Setup(cfg, vocab_size)
+    s = StepBench(cfg, vocab_size)
     say(f"warming up ({warmup} steps{', compiling' if s.compiled else ''})")
     train_times = _time(s.train_step, warmup, steps, s.device)
     say("forward-only steps")
@@ -90,8 +90,9 @@ def bench(
     )
 
 
-class _Setup:
-    """The model, optimizer and one fixed random batch of a benchmark, and the two timed steps."""
+class StepBench:
+    """The model, optimizer and one fixed random batch of a benchmark, and the two timed steps
+    (bench/gpu_step.py times train_step side by side with nanoGPT's, in one process)."""
 
     def __init__(self, cfg: Config, vocab_size: int):
         self.cfg = cfg

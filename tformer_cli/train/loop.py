@@ -295,7 +295,12 @@ class _Trainer:
         return self._finish(step, interrupted)
 
     def _step(self, step: int) -> float:
-        """One optimizer step (with gradient accumulation); returns its learning rate."""
+        """One optimizer step (with gradient accumulation); returns its learning rate.
+
+        Nothing here reads a tensor back to the host (no .item(), float(), bool() of a tensor), so on
+        CUDA the CPU queues step after step without waiting: the loss is summed on the device and
+        read once per log interval (tests/test_host_sync.py checks both, the CUDA one in sync debug
+        mode)."""
         cfg, dist = self.cfg, self.dist
         lr = set_lr(self.optimizer, step, cfg)
         torch.manual_seed(mix_seed(cfg.train.seed, step, dist.rank))  # dropout of this step
