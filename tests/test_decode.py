@@ -11,6 +11,7 @@ from tformer_cli.core.config import from_dict
 from tformer_cli.core.generate import _sampler, _tokens, bench_cache, generate
 from tformer_cli.core.model import build_model
 from tformer_cli.errors import ConfigError
+from test_generate import one_thread  # noqa: F401  (autouse: one intra-op thread, as there)
 
 BLOCK, VOCAB = 16, 20
 CONFIGS = {
@@ -28,14 +29,6 @@ CONFIGS = {
 }
 SAMPLING = {"temperature 1": dict(temperature=1.0), "top-k": dict(temperature=0.9, top_k=5),
             "top-p": dict(temperature=1.2, top_p=0.8)}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_model(arch="gpt", causal=True, device="cpu", **switches):

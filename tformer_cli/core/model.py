@@ -88,9 +88,10 @@ class KVCache:
         self.v[layer].index_copy_(2, self.pos, v)
         return self.k[layer], self.v[layer]
 
-    def step_mask(self) -> torch.Tensor:
-        """(1, max_len) True for the rows the token at ``self.pos`` may see: positions 0..pos."""
-        return self.key_pos <= self.pos
+    def step_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """(1, max_len) additive mask of the token at ``self.pos``: 0 on rows 0..pos, -inf past it.
+        Additive, made once per step: SDPA would convert a boolean mask again in every layer."""
+        return torch.where(self.key_pos <= self.pos, 0.0, float("-inf")).to(dtype)
 
 
 # ---------------------------------------------------------------- attention
@@ -380,7 +381,7 @@ class GPT(nn.Module):
         ``cache.pos`` (and keeps ``cache.length``); rows 0..pos-1 must hold the window's keys.
         """
         x, rope = self._embed(tok, cache.pos)
-        mask = cache.step_mask()
+        mask = cache.step_mask(self.tok_emb.weight.dtype)
         for i, block in enumerate(self.blocks):
             x, _ = block(x, rope, cache, i, step_mask=mask)
         return self._logits(x)[:, -1, :]
