@@ -109,7 +109,8 @@ def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threa
     from tformer_cli.core.generate import sampling_problems
     from tformer_cli.errors import ConfigError
 
-    problems = [f"--{p.replace('_', '-')}" for p in sampling_problems(temperature, top_k, top_p) + decode_problems(decode)]
+    problems = [f"--{p.replace('_', '-')}"
+                for p in sampling_problems(temperature, top_k, top_p) + decode_problems(decode)]
     if no_kv_cache and decode != "auto":
         problems.append(f"--no-kv-cache recomputes every token: it cannot be combined with --decode {decode}")
     if max_new_tokens is not None and max_new_tokens < 1:
