@@ -151,9 +151,10 @@ def test_sample_bench(monkeypatch, trained):
     run, _, _ = trained
     args = ("sample", run, "--bench", "--max-new-tokens", "10", "--seed", "1", "--prompt", "The ")
     r = terminal(monkeypatch, *args)
-    assert "recompute, sliding crop (nanoGPT-style)" in r.out and "speed-up" in r.out
+    assert "recompute, sliding crop (nanoGPT-style)" in r.out and "speed-up" in r.out and "ms/token" in r.out
     r = piped(monkeypatch, *args)
-    assert re.search(r"recompute, sliding crop \(nanoGPT-style\)\s+[\d,]+\s+[\d.]+ ms\n", r.out), r.out
+    assert re.search(r"recompute, sliding crop \(nanoGPT-style\)\s+[\d,]+\s+[\d.]+ ms\s+[\d.]+ ms\n", r.out), r.out
+    assert re.search(r"dynamic cache\s+[\d,]+\s+[\d.]+ ms\s+[\d.]+ ms\n", r.out), r.out
 
 
 def test_listings(monkeypatch, trained):

@@ -76,7 +76,7 @@ def test_streams_text_and_reports_speed(run):
     assert out.getvalue().startswith("The ") and len(out.getvalue()) == len("The ") + 30 + 1  # + final newline
     assert len([w for w in writes if w]) >= 30  # one write per token: streamed, not printed at the end
     assert "30 new tokens" in err.getvalue() and "tokens/s" in err.getvalue()
-    assert "time to first token" in err.getvalue() and "KV cache" in err.getvalue()
+    assert "time to first token" in err.getvalue() and "dynamic cache" in err.getvalue()  # auto on a CPU
 
 
 def test_same_seed_same_text(run):
@@ -114,9 +114,31 @@ def test_bench_reports_both_paths(run):
     assert d["identical"] and d["new_tokens"] == 20 and d["speedup"] > 0
     assert d["cached"]["tokens_per_s"] > 0 and d["recompute"]["tokens_per_s"] > 0
     assert d["sliding"]["tokens_per_s"] > 0 and d["speedup_vs_sliding"] > 0
+    assert (d["path"], d["path_label"], d["decode"]) == ("dynamic", "dynamic cache", "auto")
+    assert d["cached"]["ms_per_token"] == pytest.approx(1000 / d["cached"]["tokens_per_s"])
     r = run_cli("sample", run, "--bench", "--max-new-tokens", "20")
-    assert r.code == 0 and "KV cache" in r.out and "recompute" in r.out and "speed-up" in r.out
-    assert "sliding crop (nanoGPT-style)" in r.out
+    assert r.code == 0 and "dynamic cache" in r.out and "recompute" in r.out and "speed-up" in r.out
+    assert "sliding crop (nanoGPT-style)" in r.out and "ms/token" in r.out
+
+
+def test_decode_paths_give_the_same_tokens(run):
+    """--decode static (and graph, which falls back to the static step off CUDA) = dynamic."""
+    args = ("sample", run, "--prompt", "Hello", "--max-new-tokens", "40", "--seed", "4", "--top-k", "5", "--json")
+    runs = {d: json.loads(run_cli(*args, "--decode", d).out) for d in ("dynamic", "static", "graph")}
+    assert [r["decode_path"] for r in runs.values()] == ["dynamic", "static", "static"]
+    tokens = [r["samples"][0]["tokens"] for r in runs.values()]
+    assert tokens[0] == tokens[1] == tokens[2]
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--decode", "static")
+    assert r.code == 0 and "static cache" in r.out and "same tokens: yes" in r.out, r
+    r = run_cli("sample", run, "--max-new-tokens", "5", "--decode", "static")
+    assert r.code == 0 and "static cache" in r.err
+
+
+def test_bad_decode_options_are_usage_errors(run):
+    r = run_cli("sample", run, "--prompt", "x", "--decode", "fast")
+    assert r.code == 2 and "--decode must be one of auto, graph, static, dynamic, got 'fast'" in r.err, r
+    r = run_cli("sample", run, "--prompt", "x", "--decode", "static", "--no-kv-cache")
+    assert r.code == 2 and "--no-kv-cache recomputes every token" in r.err, r
 
 
 def test_prompt_from_stdin_and_file(run, tmp_path, monkeypatch):

@@ -22,6 +22,9 @@ HELP = (
     "identical either way.\n\n"
     "A model trained with model.causal=false generates by recomputation (a cache is not valid for "
     "bidirectional attention); a train.objective=mlm model cannot generate.\n\n"
+    "--decode picks how each cached token is computed: auto (a CUDA graph on CUDA, the dynamic cache "
+    "elsewhere), graph, static or dynamic; the tokens are the same. A path the model or device cannot "
+    "take falls back (graph off CUDA runs the static step; an LSTM always uses its state).\n\n"
     "Examples:\n\n"
     "  tformer sample runs/<RUN> --prompt 'ROMEO:' --max-new-tokens 300\n\n"
     "  tformer sample runs/<RUN> --temperature 0 --json\n\n"
@@ -60,6 +63,8 @@ def sample(
                                                    show_default=False)] = None,
     no_kv_cache: Annotated[bool, typer.Option("--no-kv-cache", help="Recompute the whole window at "
                                               "every step (for comparison).")] = False,
+    decode: Annotated[str, typer.Option("--decode", help="How cached tokens are computed: auto, graph "
+                                         "(CUDA), static or dynamic (docs/sample.md).")] = "auto",
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop prompt characters the "
                                                "tokenizer does not know instead of failing.")] = False,
     json_: JsonOpt = False,
@@ -70,7 +75,7 @@ def sample(
     from tformer_cli.render.sample import note
     from tformer_cli.run.checkpoint import find
 
-    _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed)
+    _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed, decode, no_kv_cache)
     find(run_dir)  # a missing run or checkpoint fails before waiting on stdin
     text = read_prompt(prompt, prompt_file)
     if threads is not None:
@@ -83,7 +88,7 @@ def sample(
         import random
 
         seed = random.SystemRandom().randrange(2**31)
-    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, decode=decode)
     if bench:
         _bench(session, ids, max_new_tokens or BENCH_NEW_TOKENS, seed, settings, json_)
     else:
@@ -98,11 +103,16 @@ def register(app: typer.Typer) -> None:
 # ---------------------------------------------------------------- input
 
 
-def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed=None) -> None:
-    from tformer_cli.errors import ConfigError
+def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed=None,
+                   decode="auto", no_kv_cache=False) -> None:
+    from tformer_cli.core.decode import decode_problems
     from tformer_cli.core.generate import sampling_problems
+    from tformer_cli.errors import ConfigError
 
-    problems = [f"--{p.replace('_', '-')}" for p in sampling_problems(temperature, top_k, top_p)]
+    problems = [f"--{p.replace('_', '-')}"
+                for p in sampling_problems(temperature, top_k, top_p) + decode_problems(decode)]
+    if no_kv_cache and decode != "auto":
+        problems.append(f"--no-kv-cache recomputes every token: it cannot be combined with --decode {decode}")
     if max_new_tokens is not None and max_new_tokens < 1:
         problems.append(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if num_samples < 1:
@@ -160,6 +170,7 @@ def _generator(session: _Session, seed: int):
 def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: int, settings: dict,
             use_cache: bool, json_: bool) -> None:
     from tformer_cli.core import generate as gen
+    from tformer_cli.core.decode import choose_path, path_label
     from tformer_cli.core.prompt import IncrementalDecoder
     from tformer_cli.render.sample import TextStream
 
@@ -176,18 +187,17 @@ def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: i
         samples.append({"text": session.tokenizer.decode(new), "tokens": new, **speed.to_dict()})
         speeds.append(speed)
     total = gen.combine(speeds)
-    cached = gen.uses_cache(session.model, use_cache)
+    path = choose_path(session.model, settings["decode"], use_cache)
     if json_:
         from tformer_cli.render.console import print_json
 
         print_json({"prompt": session.tokenizer.decode(ids), "prompt_tokens": len(ids), "seed": seed,
-                    "device": str(session.device), "kv_cache": cached, **settings,
-                    "samples": samples, "total": total.to_dict()})
+                    "device": str(session.device), "kv_cache": path != "recompute", **settings,
+                    "decode_path": path, "samples": samples, "total": total.to_dict()})
     else:
         from tformer_cli.render.sample import print_speed
 
-        path = ("LSTM state" if session.cfg.model.arch == "lstm" else "KV cache") if cached else "recompute"
-        print_speed(total, path, session.device, seed)
+        print_speed(total, path_label(session.model, path), session.device, seed)
 
 
 def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict, json_: bool) -> None:

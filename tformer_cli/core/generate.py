@@ -26,21 +26,13 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from tformer_cli.core.decode import choose_path, decode_problems, make_stepper, path_label, uses_cache
 from tformer_cli.errors import ConfigError
 
 
 def keep_after_cut(block_size: int) -> int:
     """How many of the newest tokens survive a window cut (see the module docstring)."""
     return max(1, block_size // 2)
-
-
-def uses_cache(model: torch.nn.Module, use_cache: bool = True) -> bool:
-    """Whether generation will reuse state between steps: a KV cache (causal GPT) or the LSTM state.
-
-    A bidirectional GPT (model.causal=false) cannot: its keys for old tokens change whenever a
-    new token arrives, so every step recomputes the window.
-    """
-    return use_cache and model.supports_cache
 
 
 def sampling_problems(temperature: float, top_k: int | None, top_p: float | None) -> list[str]:
@@ -65,6 +57,7 @@ def generate(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
+    decode: str = "auto",
 ) -> Iterator[int]:
     """Yield ``max_new_tokens`` new token ids continuing ``prompt_ids``, one at a time.
 
@@ -72,9 +65,10 @@ def generate(
     logits / temperature, then top-k, then top-p (nucleus) filtering, then a draw with
     ``generator`` (on the model's device).  ``use_cache=False`` recomputes the whole window at
     every step; both paths follow the window policy of this module, so greedy tokens agree.
+    ``decode`` asks for a cached path (core/decode.py: auto, graph, static, dynamic).
     Arguments are checked here, before the first token is asked for.
     """
-    problems = sampling_problems(temperature, top_k, top_p)
+    problems = sampling_problems(temperature, top_k, top_p) + decode_problems(decode)
     vocab = model.vocab_size
     if max_new_tokens < 0:
         problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -87,17 +81,17 @@ def generate(
     if problems:
         raise ConfigError(problems)
     sample = _sampler(temperature, top_k, top_p, generator)
-    return _tokens(model, list(prompt_ids), max_new_tokens, sample, uses_cache(model, use_cache))
+    return _tokens(model, list(prompt_ids), max_new_tokens, sample, choose_path(model, decode, use_cache))
 
 
 @torch.inference_mode()
-def _tokens(model, window: list[int], n: int, sample, cached: bool) -> Iterator[int]:
+def _tokens(model, window: list[int], n: int, sample, path: str) -> Iterator[int]:
     # torch.inference_mode on a generator function is re-entered at each resume, so the
     # caller's own grad mode is untouched between tokens.
     block = model.cfg.block_size
     keep = keep_after_cut(block)
     window = window[-block:]
-    step = _Stepper(model, cached)
+    step = make_stepper(model, path)
     logits = step.prefill(window)  # (1, V)
     for i in range(n):
         tok = sample(logits)  # (1, 1) on the model's device: fed back without a host copy
@@ -109,30 +103,10 @@ def _tokens(model, window: list[int], n: int, sample, cached: bool) -> Iterator[
         if len(window) > block:
             window = window[-keep:]
             logits = step.prefill(window)
-        elif cached:
+        elif path != "recompute":
             logits = step.extend(tok, len(window) - 1)
         else:
             logits = step.prefill(window)
-
-
-class _Stepper:
-    """The model calls of one generation: a prefill over a window, or one token after the cache."""
-
-    def __init__(self, model, cached: bool):
-        self.model, self.cached = model, cached
-        self.device = next(model.parameters()).device
-        self.cache = model.new_cache(1, self.device, next(model.parameters()).dtype) if cached else None
-
-    def prefill(self, window: list[int]) -> torch.Tensor:
-        """Logits (1, V) after ``window`` at positions 0..len-1, (re)building the cache."""
-        idx = torch.tensor([window], dtype=torch.long, device=self.device)  # (1, T)
-        if self.cache is not None:
-            self.cache.reset()
-        return self.model(idx, cache=self.cache, last_only=True).logits[:, -1, :]
-
-    def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
-        """Logits (1, V) after one more token ``tok`` (1, 1) at window position ``pos``."""
-        return self.model(tok, start_pos=pos, cache=self.cache, last_only=True).logits[:, -1, :]
 
 
 def _sampler(temperature: float, top_k: int | None, top_p: float | None,
@@ -190,8 +164,13 @@ class Speed:
     def decode_s(self) -> float:
         return self.total_s - (self.time_to_first_token_s or 0.0)
 
+    @property
+    def ms_per_token(self) -> float | None:
+        """The latency of one token after the first (1000 / tokens_per_s)."""
+        return 1000 / self.tokens_per_s if self.tokens_per_s else None
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "ms_per_token": self.ms_per_token}
 
 
 def timed(tokens: Iterable[int], on_token: Callable[[int], None] | None = None,
@@ -234,6 +213,8 @@ class CacheBench:
     identical: bool  # both paths produced the same tokens
     sliding: Speed | None = None  # nanoGPT-style baseline: the newest block_size tokens, every step
     cache_bytes_per_token: int | None = None  # the KV cache's memory per token (batch 1), as allocated
+    path: str = "dynamic"  # the cached run's path (core/decode.py): graph, static, dynamic or recompute
+    path_label: str = "dynamic cache"  # how output names it: CUDA graph, static cache, ...
 
     @property
     def speedup_vs_sliding(self) -> float | None:
@@ -249,6 +230,9 @@ class CacheBench:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        for name in ("cached", "recompute", "sliding"):
+            speed = getattr(self, name)
+            d[name] = None if speed is None else speed.to_dict()
         d["speedup"] = self.speedup
         d["speedup_vs_sliding"] = self.speedup_vs_sliding
         return d
@@ -256,17 +240,19 @@ class CacheBench:
 
 def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int = 500, *,
                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                seed: int = 0, warmup: int = 8) -> CacheBench:
-    """Time ``new_tokens`` new tokens with the cache and by recomputation (each after a short
-    untimed warm-up), each path drawing from a generator seeded with ``seed``."""
+                seed: int = 0, warmup: int = 8, decode: str = "auto") -> CacheBench:
+    """Time ``new_tokens`` new tokens with the cache (along the ``decode`` path, core/decode.py)
+    and by recomputation (each after a short untimed warm-up), each path drawing from a generator
+    seeded with ``seed``."""
     device = next(model.parameters()).device
     results = {}
     for use_cache in (True, False):
         for n in (warmup, new_tokens):
             g = torch.Generator(device=device).manual_seed(seed)
             ids, speed = timed(generate(model, prompt_ids, n, temperature=temperature, top_k=top_k,
-                                        top_p=top_p, generator=g, use_cache=use_cache))
+                                        top_p=top_p, generator=g, use_cache=use_cache, decode=decode))
         results[use_cache] = (ids, speed)
+    path = choose_path(model, decode)
     sliding = None
     if model.cfg.arch == "gpt":
         g = torch.Generator(device=device).manual_seed(seed)
@@ -274,7 +260,7 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
         _, sliding = timed(_sliding_recompute(model, list(prompt_ids), new_tokens, sample))
     return CacheBench(new_tokens, len(prompt_ids), model.cfg.block_size, uses_cache(model),
                       results[True][1], results[False][1], results[True][0] == results[False][0], sliding,
-                      _cache_bytes_per_token(model))
+                      _cache_bytes_per_token(model), path, path_label(model, path))
 
 
 def _cache_bytes_per_token(model: torch.nn.Module) -> int | None:

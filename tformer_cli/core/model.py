@@ -64,6 +64,9 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.length = 0
         self.max_len = max_len
+        # The static step's position, on the device: a CUDA graph replays it without a host value.
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.key_pos = torch.arange(max_len, device=device)[None, :]  # (1, max_len): each buffer row's position
 
     def reset(self) -> None:
         """Forget the cached positions (the buffers are reused: update() writes from ``length``)."""
@@ -76,6 +79,19 @@ class KVCache:
         self.k[layer].narrow(2, start, end - start).copy_(k)
         self.v[layer].narrow(2, start, end - start).copy_(v)
         return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
+
+    def write_at_pos(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The static step's write: one position's k, v (B, n_kv, 1, hs) into row ``self.pos``, and
+        the whole buffers back (rows past pos hold stale keys that the step's mask hides), so the
+        shapes never change from one token to the next."""
+        self.k[layer].index_copy_(2, self.pos, k)
+        self.v[layer].index_copy_(2, self.pos, v)
+        return self.k[layer], self.v[layer]
+
+    def step_mask(self, dtype: torch.dtype) -> torch.Tensor:
+        """(1, max_len) additive mask of the token at ``self.pos``: 0 on rows 0..pos, -inf past it.
+        Additive, made once per step: SDPA would convert a boolean mask again in every layer."""
+        return torch.where(self.key_pos <= self.pos, 0.0, float("-inf")).to(dtype)
 
 
 # ---------------------------------------------------------------- attention
@@ -105,7 +121,23 @@ class CausalSelfAttention(nn.Module):
         layer: int = 0,
         explicit: bool = False,
         head_mask: torch.Tensor | None = None,
+        step_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """step_mask (the static decode step, GPT.decode_step): attend over the whole cache with
+        the keys it hides masked, instead of over the cached positions only."""
+        B, T, C = x.shape
+        q, k, v = self._qkv(x, rope)
+        if step_mask is not None:
+            y, weights = self._attend_step(q, k, v, cache, layer, step_mask), None
+        else:
+            y, weights = self._attend(q, k, v, cache, layer, explicit)
+        if head_mask is not None:
+            y = y * head_mask.view(1, -1, 1, 1).to(y.dtype)  # zero the output of masked heads
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
+        return self.resid_dropout(self.proj(y)), weights
+
+    def _qkv(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, nh, T, hs), keys and values (B, n_kv, T, hs), normed and rotated."""
         B, T, C = x.shape
         hs, kv = self.hs, self.n_kv * self.hs
         q, k, v = self.qkv(x).split((C, kv, kv), dim=2)
@@ -116,34 +148,42 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        return q, k, v
+
+    def _attend(self, q, k, v, cache, layer, explicit) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """softmax(QK^T / sqrt(d_k) + M) V over the cached and the new positions: (B, nh, T, hs)."""
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, n_kv, Tk, hs), Tk = cached + T: shared heads only
         if self.n_kv != self.n_head:  # query head i reads key/value head i // (n_head / n_kv)
             k = k.repeat_interleave(self.n_head // self.n_kv, dim=1)
             v = v.repeat_interleave(self.n_head // self.n_kv, dim=1)
-        Tk = k.size(2)
-        weights = None
+        T, Tk = q.size(2), k.size(2)
         if explicit:
             # The readable path: softmax(QK^T / sqrt(d_k) + M) V, with M = -inf above the diagonal.
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(hs))  # (B, nh, T, Tk)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.hs))  # (B, nh, T, Tk)
             if self.causal:
-                att = att.masked_fill(_future_mask(T, Tk, x.device), float("-inf"))
+                att = att.masked_fill(_future_mask(T, Tk, q.device), float("-inf"))
             weights = F.softmax(att.float(), dim=-1).type_as(q)
-            y = self.attn_dropout(weights) @ v  # (B, nh, T, hs)
-        else:
-            # The fast path: fused kernels (flash / memory-efficient on GPU).
-            dropout = self.dropout if self.training else 0.0
-            if not self.causal or T == 1:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-            elif T == Tk:
-                y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-            else:  # a chunk of queries after cached keys: mask by absolute position
-                mask = ~_future_mask(T, Tk, x.device)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        if head_mask is not None:
-            y = y * head_mask.view(1, -1, 1, 1).to(y.dtype)  # zero the output of masked heads
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
-        return self.resid_dropout(self.proj(y)), weights
+            return self.attn_dropout(weights) @ v, weights  # (B, nh, T, hs)
+        # The fast path: fused kernels (flash / memory-efficient on GPU).
+        dropout = self.dropout if self.training else 0.0
+        if not self.causal or T == 1:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout), None
+        if T == Tk:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True), None
+        mask = ~_future_mask(T, Tk, q.device)  # a chunk of queries after cached keys: mask by absolute position
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
+
+    def _attend_step(self, q, k, v, cache: KVCache, layer: int, step_mask: torch.Tensor) -> torch.Tensor:
+        """One token (T = 1) over the whole cache, keys past its position masked: (B, nh, 1, hs).
+
+        Grouped-query attention without repeat_interleave (a copy of the whole cache per layer):
+        the g = n_head / n_kv query heads that share a key/value head become g queries of it,
+        all at the one position, so one mask serves them all."""
+        k, v = cache.write_at_pos(layer, k, v)  # (B, n_kv, max_len, hs)
+        B, g = q.size(0), self.n_head // self.n_kv
+        y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, g, self.hs), k, v, attn_mask=step_mask)
+        return y.reshape(B, self.n_head, 1, self.hs)
 
 
 def _future_mask(T: int, Tk: int, device) -> torch.Tensor:
@@ -151,6 +191,11 @@ def _future_mask(T: int, Tk: int, device) -> torch.Tensor:
     q_pos = torch.arange(Tk - T, Tk, device=device)[:, None]
     k_pos = torch.arange(Tk, device=device)[None, :]
     return k_pos > q_pos  # (T, Tk)
+
+
+def _rows(table: torch.Tensor, rows) -> torch.Tensor:
+    """Rows of a position table: a slice (a view), or a long tensor of positions on the device."""
+    return table[rows] if isinstance(rows, slice) else table.index_select(0, rows)
 
 
 # ---------------------------------------------------------------- feed-forward
@@ -206,12 +251,12 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg) if cfg.ffn else None
         self.ffn = FeedForward(cfg) if cfg.ffn else None
 
-    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None):
+    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None, step_mask=None):
         if self.post:
-            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask)
+            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, step_mask)
             x = self.ln1(x + a)
             return (x if self.ffn is None else self.ln2(x + self.ffn(x))), weights
-        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask)
+        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, step_mask)
         x = x + a
         if self.ffn is not None:
             x = x + self.ffn(self.ln2(x))
@@ -305,17 +350,7 @@ class GPT(nn.Module):
             raise ValueError(f"start_pos={start_pos} but the KV cache holds {cache.length} positions")
         if start_pos + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.cfg.block_size}")
-        x = self.tok_emb(idx)  # (B, T, C)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb.weight[start_pos : start_pos + T]  # rows of the table: no index tensor
-        elif self.cfg.pos_encoding == "sinusoidal":
-            # Vaswani et al. (2017), 3.4: embeddings times sqrt(d_model), so the fixed table
-            # (amplitude 1) does not drown embeddings initialised with std 0.02.
-            x = x * math.sqrt(self.cfg.d_model) + self.pos_table[start_pos : start_pos + T].to(x.dtype)
-        rope = None
-        if self.cfg.pos_encoding == "rope":
-            rope = (self.rope_cos[start_pos : start_pos + T], self.rope_sin[start_pos : start_pos + T])
-        x = self.drop(x)
+        x, rope = self._embed(idx, slice(start_pos, start_pos + T))
         explicit = explicit or need_weights
         attentions = [] if need_weights else None
         for i, block in enumerate(self.blocks):
@@ -326,10 +361,44 @@ class GPT(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:, :]
-        logits = real_vocab(self.lm_head(self.ln_f(x)), self)  # (B, T, V)
+        logits = self._logits(x)  # (B, T, V)
+        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), attentions)
+
+    def _embed(self, idx: torch.Tensor, rows) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Token embeddings plus positions, and RoPE's cos/sin rows: ``rows`` is a slice of window
+        positions, or a (T,) long tensor of them on the device (the static step, see decode_step)."""
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + _rows(self.pos_emb.weight, rows)
+        elif self.cfg.pos_encoding == "sinusoidal":
+            # Vaswani et al. (2017), 3.4: embeddings times sqrt(d_model), so the fixed table
+            # (amplitude 1) does not drown embeddings initialised with std 0.02.
+            x = x * math.sqrt(self.cfg.d_model) + _rows(self.pos_table, rows).to(x.dtype)
+        rope = None
+        if self.cfg.pos_encoding == "rope":
+            rope = (_rows(self.rope_cos, rows), _rows(self.rope_sin, rows))
+        return self.drop(x), rope
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, V) logits of the real vocabulary, capped when model.logit_softcap is set."""
+        logits = real_vocab(self.lm_head(self.ln_f(x)), self)
         if (cap := self.cfg.logit_softcap) is not None:  # smooth cap to (-cap, cap) (Gemma 2)
             logits = cap * torch.tanh(logits / cap)
-        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), attentions)
+        return logits
+
+    def decode_step(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, V) after one token ``tok`` (B, 1) at window position ``cache.pos``.
+
+        The static step (core/decode.py): its position is a device tensor and it attends over
+        the whole cache with later rows masked, so every shape is the same at every token and
+        nothing is read back to the host; a CUDA graph can capture it.  The caller sets
+        ``cache.pos`` (and keeps ``cache.length``); rows 0..pos-1 must hold the window's keys.
+        """
+        x, rope = self._embed(tok, cache.pos)
+        mask = cache.step_mask(self.tok_emb.weight.dtype)
+        for i, block in enumerate(self.blocks):
+            x, _ = block(x, rope, cache, i, step_mask=mask)
+        return self._logits(x)[:, -1, :]
 
     cache_name = "KV cache"
 
@@ -341,6 +410,11 @@ class GPT(nn.Module):
     def supports_cache(self) -> bool:
         # A bidirectional model's keys for old tokens change when new tokens arrive: no cache.
         return self.cfg.causal
+
+    @property
+    def supports_static_step(self) -> bool:
+        """Whether decode_step can replace the cached forward (it is the same computation)."""
+        return self.supports_cache
 
 
 class LSTMState:
@@ -394,6 +468,7 @@ class LSTMLM(nn.Module):
 
     cache_name = "LSTM state"
     supports_cache = True  # a recurrent state is exact to carry forward
+    supports_static_step = False  # its state is a tensor returned by nn.LSTM, not a buffer written in place
 
     def new_cache(self, batch: int, device, dtype) -> LSTMState:
         return LSTMState()

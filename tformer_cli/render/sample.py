@@ -52,21 +52,25 @@ def print_speed(s, path: str, device, seed: int) -> None:
          f"[bold]{rate}[/bold] tokens/s · {path} · {device} · seed {seed}")
 
 
+def _ms(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f} ms"
+
+
 def show_cache_bench(con: Console, r, model_cfg, where: str) -> None:
     """`tformer sample --bench` (r: core.generate.CacheBench)."""
     m = model_cfg
     line(con, f"[bold]tformer sample --bench[/bold]: {r.new_tokens} new tokens, {m.n_layer} layers, "
          f"d_model {m.d_model}, block {r.block_size}, {where}")
-    rows = [[name, f"{s.tokens_per_s or 0:,.0f}", f"{1000 * (s.time_to_first_token_s or 0):.1f} ms"]
-            for name, s in (("KV cache" if r.cache_used else "no cache (bidirectional): recompute", r.cached),
+    rows = [[name, f"{s.tokens_per_s or 0:,.0f}", _ms(s.ms_per_token, 3), _ms(1000 * (s.time_to_first_token_s or 0), 1)]
+            for name, s in ((r.path_label if r.cache_used else "no cache (bidirectional): recompute", r.cached),
                             ("recompute (same window as the cache)", r.recompute),
                             ("recompute, sliding crop (nanoGPT-style)", r.sliding))
             if s is not None]
-    show(con, [Col("path", key=True), Col("tokens/s", numeric=True), Col("time to first token", numeric=True)],
-         rows)
+    show(con, [Col("path", key=True), Col("tokens/s", numeric=True), Col("ms/token", numeric=True),
+               Col("time to first token", numeric=True)], rows)
     ratio = "-" if r.speedup is None else f"{r.speedup:.1f}x"
     vs_sliding = "" if r.speedup_vs_sliding is None else f" ({r.speedup_vs_sliding:.1f}x the sliding crop)"
-    line(con, f"speed-up of the cache: [bold]{ratio}[/bold]{vs_sliding} · same tokens: "
+    line(con, f"speed-up of the cache ({r.path_label}): [bold]{ratio}[/bold]{vs_sliding} · same tokens: "
          f"{'yes' if r.identical else 'no'}")
     if r.cache_bytes_per_token:
         kv = m.kv_heads

@@ -1,0 +1,159 @@
+"""The decode paths (core/decode.py): the static step and its CUDA graph give the tokens of the
+dynamic cache and of recomputation, for every model switch, across window cuts; which path runs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tformer_cli.core import decode
+from tformer_cli.core.config import from_dict
+from tformer_cli.core.generate import _sampler, _tokens, bench_cache, generate
+from tformer_cli.core.model import build_model
+from tformer_cli.errors import ConfigError
+from test_generate import one_thread  # noqa: F401  (autouse: one intra-op thread, as there)
+
+BLOCK, VOCAB = 16, 20
+CONFIGS = {
+    "mha learned": {},
+    "gqa": dict(n_kv_head=2),
+    "mqa": dict(n_kv_head=1),
+    "rope": dict(pos_encoding="rope"),
+    "sinusoidal": dict(pos_encoding="sinusoidal"),
+    "no positions": dict(pos_encoding="none"),
+    "qk_norm": dict(qk_norm=True),
+    "softcap": dict(logit_softcap=3.0),
+    "post-norm rmsnorm": dict(norm_position="post", norm="rmsnorm"),
+    "all, rope, gqa, no bias": dict(n_kv_head=2, pos_encoding="rope", qk_norm=True, logit_softcap=5.0,
+                                    norm="rmsnorm", activation="swiglu", bias=False),
+}
+SAMPLING = {"temperature 1": dict(temperature=1.0), "top-k": dict(temperature=0.9, top_k=5),
+            "top-p": dict(temperature=1.2, top_p=0.8)}
+
+
+def make_model(arch="gpt", causal=True, device="cpu", **switches):
+    """A random model with large weights: sharp attention, so positions and masks change the output."""
+    cfg = from_dict({"model": {"arch": arch, "d_model": 32, "n_layer": 2, "n_head": 4, "block_size": BLOCK,
+                               "causal": causal, "tie_weights": False, **switches}})
+    torch.manual_seed(0)
+    model = build_model(cfg.model, VOCAB)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model.eval().to(device)
+
+
+def traced(model, prompt, n, path, seed=3, **settings):
+    """(tokens, the logits (n, V) each token was drawn from) of one generation along ``path``."""
+    device = next(model.parameters()).device
+    g = torch.Generator(device=device).manual_seed(seed)
+    inner, seen = _sampler(settings.get("temperature", 0.0), settings.get("top_k"), settings.get("top_p"), g), []
+
+    def sample(logits):
+        seen.append(logits.float().clone())
+        return inner(logits)
+
+    tokens = list(_tokens(model, list(prompt), n, sample, path))
+    return tokens, torch.cat(seen)
+
+
+@pytest.mark.parametrize("switches", CONFIGS.values(), ids=CONFIGS)
+def test_static_greedy_equals_dynamic_and_recompute_across_cuts(switches):
+    model = make_model(**switches)
+    for prompt in ([1, 2, 3, 4, 5], [i % VOCAB for i in range(BLOCK + 7)]):  # short, and cut at once
+        n = 3 * BLOCK + 3  # crosses several window cuts
+        runs = {p: traced(model, prompt, n, p) for p in ("static", "dynamic", "recompute")}
+        assert runs["static"][0] == runs["dynamic"][0] == runs["recompute"][0]
+        torch.testing.assert_close(runs["static"][1], runs["recompute"][1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("settings", SAMPLING.values(), ids=SAMPLING)
+@pytest.mark.parametrize("name", ["mha learned", "mqa", "all, rope, gqa, no bias"])
+def test_static_sampling_equals_dynamic_with_the_same_seed(name, settings):
+    model = make_model(**CONFIGS[name])
+    prompt, n = [3, 1, 4, 1, 5], 3 * BLOCK + 3
+    static, logits_s = traced(model, prompt, n, "static", seed=11, **settings)
+    dynamic, logits_d = traced(model, prompt, n, "dynamic", seed=11, **settings)
+    assert static == dynamic and len(set(static)) > 3  # many different tokens: the draws were exercised
+    torch.testing.assert_close(logits_s, logits_d, atol=1e-4, rtol=1e-4)
+    g = torch.Generator().manual_seed(11)  # the public API, asked for the static path, agrees too
+    assert list(generate(model, prompt, n, generator=g, decode="static", **settings)) == static
+
+
+def test_the_static_path_runs_decode_step_and_prefills_by_forward():
+    model = make_model(pos_encoding="rope")
+    calls = {"forward": [], "step": 0}
+    model.register_forward_pre_hook(lambda m, args: calls["forward"].append(args[0].shape[1]))
+    step = model.decode_step
+
+    def counted(tok, cache):
+        calls["step"] += 1
+        assert tok.shape == (1, 1) and cache.pos.shape == (1,)
+        return step(tok, cache)
+
+    model.decode_step = counted
+    list(generate(model, [1, 2, 3, 4, 5], 40, temperature=0, decode="static"))
+    # 39 tokens fed back: 11 fill the window (5 -> 16), then a cut every 9th (16 -> 8, 8 more steps)
+    assert calls["forward"] == [5] + [BLOCK // 2] * 4  # the prompt, then one prefill per cut
+    assert calls["step"] == 39 - 4  # every other token is one static step
+
+
+def test_static_attention_sees_only_rows_up_to_its_position():
+    """Rows past the position hold stale keys after a cut: poisoning them changes nothing."""
+    model = make_model()
+    stepper = decode.make_stepper(model, "static")
+    clean = stepper.prefill([1, 2, 3])
+    for k in stepper.cache.k + stepper.cache.v:
+        k[:, :, 3:] = 1e4
+    with torch.inference_mode():
+        poisoned = stepper.extend(clean.argmax(-1, keepdim=True), 3)
+    fresh = decode.make_stepper(model, "dynamic")
+    fresh.prefill([1, 2, 3])
+    with torch.inference_mode():
+        torch.testing.assert_close(poisoned, fresh.extend(clean.argmax(-1, keepdim=True), 3), atol=1e-5, rtol=1e-5)
+
+
+def test_path_choice_is_made_in_one_place():
+    gpt, lstm, bidi = make_model(), make_model(arch="lstm"), make_model(causal=False)
+    assert [decode.choose_path(gpt, p) for p in decode.PATHS] == ["dynamic", "static", "static", "dynamic"]
+    assert decode.choose_path(gpt, "static", use_cache=False) == "recompute"
+    assert [decode.choose_path(lstm, p) for p in decode.PATHS] == ["dynamic"] * 4  # no static step
+    assert decode.choose_path(bidi, "graph") == "recompute"  # never cached
+    assert decode.path_label(lstm, "dynamic") == "LSTM state"
+    assert [decode.path_label(gpt, p) for p in ("graph", "static", "dynamic", "recompute")] == [
+        "CUDA graph", "static cache", "dynamic cache", "recompute"]
+    with pytest.raises(ConfigError, match="decode must be one of auto, graph, static, dynamic"):
+        generate(gpt, [1], 3, decode="fast")
+
+
+def test_a_forced_path_the_lstm_cannot_take_falls_back_to_its_state():
+    model = make_model(arch="lstm")
+    a = list(generate(model, [1, 2, 3], 2 * BLOCK + 5, temperature=0, decode="static"))
+    assert a == list(generate(model, [1, 2, 3], 2 * BLOCK + 5, temperature=0, use_cache=False))
+
+
+def test_bench_reports_the_path_and_its_latency():
+    model = make_model()
+    r = bench_cache(model, [1, 2, 3], 2 * BLOCK, decode="static", warmup=2)
+    assert (r.path, r.path_label, r.identical) == ("static", "static cache", True)
+    d = r.to_dict()
+    assert d["path"] == "static" and d["cached"]["ms_per_token"] == pytest.approx(1000 / r.cached.tokens_per_s)
+    assert bench_cache(model, [1, 2, 3], 4, warmup=1).path == "dynamic"  # auto on a CPU
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["mha learned", "sinusoidal", "all, rope, gqa, no bias"])
+def test_cuda_graph_tokens_equal_recompute(name, monkeypatch):
+    """The one path only a GPU can run: captured once, replayed per token, across window cuts."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # training elsewhere may turn it on
+    model = make_model(device="cuda", **CONFIGS[name])
+    assert decode.choose_path(model) == "graph"
+    prompt, n = [1, 2, 3, 4, 5], 3 * BLOCK + 3
+    graph, logits_g = traced(model, prompt, n, "graph", temperature=1.0)
+    recompute, logits_r = traced(model, prompt, n, "recompute", temperature=1.0)
+    assert graph == recompute == traced(model, prompt, n, "static", temperature=1.0)[0]
+    torch.testing.assert_close(logits_g, logits_r, atol=1e-3, rtol=1e-3)
+    g = torch.Generator(device="cuda").manual_seed(5)
+    greedy = list(generate(model, prompt, n, temperature=0, generator=g))
+    assert greedy == list(generate(model, prompt, n, temperature=0, use_cache=False))

@@ -1,0 +1,147 @@
+"""Decoding one token after another: the model calls of one generation, and the one place that
+picks how each cached token is computed (``choose_path``).
+
+The paths (all follow the window policy of core/generate.py, so their tokens agree):
+
+* ``dynamic``: ``model(tok, start_pos=pos, cache=cache)``; attention reads the cached rows
+  0..pos only, so its shapes grow by one every token.  Cheapest in arithmetic; on a GPU each token
+  pays the launch of every small kernel (a few ms for GPT-2 small), whatever the model's size.
+* ``static``: ``GPT.decode_step``: the token's position is a device tensor, its keys and values are
+  written into the preallocated cache at that position, and attention reads the whole cache with
+  the rows past the position masked.  No shape changes and nothing is read back to the host.
+* ``graph``: the static step captured once per generation in a CUDA graph and replayed for every
+  token: one launch per token instead of hundreds.
+* ``recompute``: no cache (``use_cache=False``, or a bidirectional model): every step forwards
+  the whole window.
+
+Prefill (the prompt, and the window after a cut) is always the ordinary forward over the window
+(SDPA, causal), which fills rows 0..L-1 of the same buffers the static step reads.
+
+Why a hand-written ``torch.cuda.CUDAGraph`` rather than ``torch.compile(mode="reduce-overhead")``:
+the step's shapes are static by construction, so a graph is all that is needed; compiling a
+12-layer model costs tens of seconds before the first token, recompiles on new shapes or
+settings, and brings its own failure modes, while a captured graph costs a few warm-up steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PATHS = ("auto", "graph", "static", "dynamic")
+GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.graphs prescribes
+
+
+def uses_cache(model: torch.nn.Module, use_cache: bool = True) -> bool:
+    """Whether generation will reuse state between steps: a KV cache (causal GPT) or the LSTM state.
+
+    A bidirectional GPT (model.causal=false) cannot: its keys for old tokens change whenever a
+    new token arrives, so every step recomputes the window.
+    """
+    return use_cache and model.supports_cache
+
+
+def decode_problems(requested: str) -> list[str]:
+    """Every problem with a requested decode path (empty when it is one of PATHS)."""
+    return [] if requested in PATHS else [f"decode must be one of {', '.join(PATHS)}, got {requested!r}"]
+
+
+def choose_path(model: torch.nn.Module, requested: str = "auto", use_cache: bool = True) -> str:
+    """The path a generation takes: graph, static, dynamic or recompute.
+
+    ``auto`` is the CUDA graph on a CUDA device and the dynamic path elsewhere (on a CPU the
+    static step attends over the whole block and is not faster: docs/sample.md).  A request the
+    model or device cannot honour falls back rather than fails: a model without a static step
+    (the LSTM) decodes dynamically, and a graph asked for off CUDA runs the static step eagerly.
+    """
+    if not uses_cache(model, use_cache):
+        return "recompute"
+    if not getattr(model, "supports_static_step", False):
+        return "dynamic"
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if requested == "auto":
+        return "graph" if on_cuda else "dynamic"
+    if requested == "graph" and not on_cuda:
+        return "static"
+    return requested
+
+
+def path_label(model: torch.nn.Module, path: str) -> str:
+    """How output names a path: CUDA graph, static cache, dynamic cache (LSTM state), recompute."""
+    if path == "dynamic" and model.cache_name != "KV cache":
+        return model.cache_name
+    return {"graph": "CUDA graph", "static": "static cache", "dynamic": "dynamic cache"}.get(path, path)
+
+
+def make_stepper(model: torch.nn.Module, path: str) -> "Stepper":
+    """The model calls of one generation along ``path`` (see choose_path)."""
+    return {"graph": GraphStepper, "static": StaticStepper}.get(path, Stepper)(model, path != "recompute")
+
+
+class Stepper:
+    """The dynamic path: a prefill over a window, or one token after the cache (none: recompute)."""
+
+    def __init__(self, model, cached: bool):
+        self.model = model
+        p = next(model.parameters())
+        self.device = p.device
+        self.cache = model.new_cache(1, self.device, p.dtype) if cached else None
+
+    def prefill(self, window: list[int]) -> torch.Tensor:
+        """Logits (1, V) after ``window`` at positions 0..len-1, (re)building the cache."""
+        idx = torch.tensor([window], dtype=torch.long, device=self.device)  # (1, T)
+        if self.cache is not None:
+            self.cache.reset()
+        return self.model(idx, cache=self.cache, last_only=True).logits[:, -1, :]
+
+    def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
+        """Logits (1, V) after one more token ``tok`` (1, 1) at window position ``pos``."""
+        return self.model(tok, start_pos=pos, cache=self.cache, last_only=True).logits[:, -1, :]
+
+
+class StaticStepper(Stepper):
+    """The static step, run eagerly (GPT.decode_step); prefill is the dynamic one."""
+
+    def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
+        self.cache.pos.fill_(pos)  # a scalar kernel argument: no host sync
+        self.cache.length = pos + 1
+        return self.model.decode_step(tok, self.cache)
+
+
+class GraphStepper(StaticStepper):
+    """The static step captured in a CUDA graph at the first cached token, replayed for every one.
+
+    The graph reads its inputs from fixed tensors (``self.tok``, ``cache.pos``) and writes the
+    logits into one fixed output tensor, which the next replay overwrites: the caller samples
+    from it before asking for the next token (core/generate.py does).
+    """
+
+    def __init__(self, model, cached: bool):
+        super().__init__(model, cached)
+        self.tok = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+
+    def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
+        self.tok.copy_(tok)
+        self.cache.pos.fill_(pos)
+        self.cache.length = pos + 1
+        if self.graph is None:
+            self._capture()
+        self.graph.replay()
+        return self.logits
+
+    def _capture(self) -> None:
+        """Warm up on a side stream, then capture one step (torch.cuda.graphs' recipe).
+
+        The warm-up steps run for real: they write this token's keys at row ``pos``, which the
+        replay then writes again with the same values, and nothing else."""
+        with torch.cuda.device(self.device):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(GRAPH_WARMUP):
+                    self.model.decode_step(self.tok, self.cache)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.logits = self.model.decode_step(self.tok, self.cache)
