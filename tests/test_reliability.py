@@ -265,11 +265,31 @@ def test_torch_pickle_checkpoint_pt_is_refused(cli, tiny_config, tmp_path):
             "(they can run code)") in r.err
     assert not marker.exists()
 
-    # The same zip-of-pickles under the checkpoint's own name: refused as not a safetensors file.
+    # The same zip-of-pickles under the checkpoint's own name: refused as a pickle, unread.
     (run / "checkpoint.pt").rename(run / CKPT)
     r = cli("sample", run, "--prompt", "a", "--max-new-tokens", "2")
-    assert r.code == 1 and f"error: checkpoint {run / CKPT} is corrupt or truncated" in r.err, r
+    assert r.code == 1 and f"error: checkpoint {run / CKPT} is a pickle, which tformer refuses" in r.err, r
     assert not marker.exists()
+
+
+def test_a_safetensors_header_whose_size_starts_with_0x80_is_not_taken_for_a_pickle(tmp_path):
+    """A header of 0x1280 bytes begins the file with 80 12 ...: a pickle's first byte.  One checkpoint
+    in 256 has such a size (a trained 1-layer member was refused this way)."""
+    import json
+    import struct
+
+    from tformer_cli.errors import RunError
+    from tformer_cli.run.validate import read_safetensors_header
+
+    n = 0x1280
+    header = json.dumps({"__metadata__": {"format": "pt"}}).encode().ljust(n, b" ")  # safetensors pads with spaces
+    path = tmp_path / CKPT
+    path.write_bytes(struct.pack("<Q", n) + header)
+    assert path.read_bytes()[:1] == b"\x80"
+    assert read_safetensors_header(path) == ({"__metadata__": {"format": "pt"}}, 0)
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(RunError, match="is a pickle"):
+        read_safetensors_header(path)
 
 
 def test_yaml_python_tags_are_refused(cli, tmp_path):

@@ -134,13 +134,13 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
         size = regular_file_size(path)
     except UnreadableFile as e:
         raise RunError(f"checkpoint {e}", hint=RETRAIN) from None
-    head = read_prefix(path, 8)
-    if head[:1] == b"\x80":
+    head = read_prefix(path, 9)
+    if looks_like_pickle(head):
         raise RunError(f"checkpoint {path} is a pickle, which tformer refuses to load (pickles can run code)",
                        hint="only checkpoint.safetensors written by tformer is loaded")
     if len(head) < 8:
         raise RunError(f"checkpoint {path} is corrupt or truncated ({size} bytes)", hint=RETRAIN)
-    (n,) = struct.unpack("<Q", head)
+    (n,) = struct.unpack("<Q", head[:8])
     if n > HEADER_LIMIT:
         if n > size - 8:
             raise RunError(f"checkpoint {path} is corrupt or truncated (its header claims "
@@ -159,6 +159,13 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     if not isinstance(header, dict):
         raise damaged(path, "", "its header is not a JSON object")
     return header, size - 8 - n
+
+
+def looks_like_pickle(head: bytes) -> bool:
+    """Whether a file's first 9 bytes are a pickle's (0x80, then its protocol) or torch.save's zip
+    ('PK').  A safetensors file starts with its header's size, 8 bytes little-endian, which can
+    begin with 0x80 too (a header of 0x1280 bytes does): its 9th byte, the header's '{', tells."""
+    return head[8:9] != b"{" and (head[:1] == b"\x80" or head[:2] == b"PK")
 
 
 def read_prefix(path: Path, n: int) -> bytes:
