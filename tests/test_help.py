@@ -50,6 +50,9 @@ def test_shell_completion_script_without_torch():
     probe = ("import sys\nfrom tformer_cli.cli.app import main\ntry:\n    main(['--show-completion', 'bash'])\n"
              "except SystemExit as e:\n    code = e.code\n"
              "sys.stderr.write(f'CODE {code} HEAVY {[m for m in (\"torch\", \"numpy\") if m in sys.modules]}')\n")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    # typer finds the shell among the parent processes: run under bash (not exec-ed away by "; exit"), so
+    # the test does not depend on whether pytest was started from a shell (a detached job may not be)
+    out = subprocess.run(["bash", "-c", '"$0" -c "$1"; exit $?', sys.executable, probe], capture_output=True, text=True,
+                         timeout=60)
     assert "CODE 0 HEAVY []" in out.stderr, out.stderr
     assert "complete" in out.stdout and "tformer" in out.stdout
