@@ -9,7 +9,7 @@ Sections, in this order (--sections picks some):
      on; steady tokens/s, MFU and the first 10 steps' rate
   d  `tformer sweep-heads --heads 1,2,4,8 --steps 300`: wall time, policy vs compile off, --jobs 1
      vs packed
-  e  batch-1 decoding: bench/decode_gpu.py when it exists
+  e  batch-1 decoding: bench/decode_gpu.py (CUDA graph, static, dynamic, recompute, HF)
 The whole run stops starting sections once --budget-s is spent, and a running one is cut at the
 deadline (what it printed so far is kept); every ratio comes from figures of this invocation.
 nanoGPT's model.py must already be in .bench_scratch/nanogpt (`python bench/suite.py

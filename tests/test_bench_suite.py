@@ -197,3 +197,14 @@ def test_op_profile_reads_gpu_events_only():
     got = op.kernel_times([event("gemm", DeviceType.CUDA, 5.0), event("aten::mm", DeviceType.CPU, 9.0),
                            event("gemm", DeviceType.CUDA, 7.0)])
     assert got == {"gemm": [5.0, 7.0]}
+
+
+def test_decode_gpu_runs_every_path_on_the_cpu_and_their_tokens_agree():
+    """bench/decode_gpu.py at a tiny shape on the CPU (the graph path falls back to the static step
+    there): the script the GPU session runs works end to end, and exits 0 only when tokens agree."""
+    r = _script(str(BENCH / "decode_gpu.py"), "--device", "cpu", "--small", "--new-tokens", "16")
+    assert r.returncode == 0, r.stderr
+    for label in ("static", "dynamic", "recompute"):
+        assert label in r.stdout, r.stdout
+    bare = _script(str(BENCH / "decode_gpu.py"))  # the default device is cuda: none here
+    assert bare.returncode != 0 and bare.stderr.strip().count("\n") == 0, bare.stderr
