@@ -39,6 +39,10 @@ step train 60 "$PY" -m tformer_cli train --preset gpt2_small --steps 30 --device
 step sample_bench 45 "$PY" -m tformer_cli sample "$RUN_DIR" --bench --prompt "def " --max-new-tokens 256 --seed 0
 # where the B12 T1024 step goes, eager (kernel names read plainly; compiled kernels are fused)
 step op_profile 50 "$PY" bench/op_profile.py train --device cuda --gpt2 --steps 3 --top 15
+# a shipped study on the card (its gpu: budget, members packed onto the GPU): the GPU wall time that
+# experiments/studies/induction.yaml leaves open, and the verdict at that budget
+rm -rf "$RUN_DIR-study"
+step study_induction 90 "$PY" -m tformer_cli study induction --device cuda --out "$RUN_DIR-study"
 # the suite gets what is left of 345 s (the script ends before 6 minutes)
 LEFT=$(( 345 - ($(date +%s) - T0) ))
 if [ "$LEFT" -gt 40 ]; then

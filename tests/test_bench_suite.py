@@ -181,7 +181,8 @@ def test_op_profile_classifies_kernels_by_name():
 def test_gpu_check_script_is_valid_bash_and_names_every_step():
     script = (BENCH / "gpu_check.sh").read_text()
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
-    for needed in ("nvidia-smi", "pytest", "tformer_cli train", "--bench", "op_profile.py", "suite.py --gpu", "$OUT"):
+    for needed in ("nvidia-smi", "pytest", "tformer_cli train", "--bench", "op_profile.py", "tformer_cli study induction",
+                   "suite.py --gpu", "$OUT"):
         assert needed in script, needed
 
 
