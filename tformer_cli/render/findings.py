@@ -110,6 +110,6 @@ def show_ladder(con: Console, rungs: Sequence[Rung], reason: str) -> None:
                 f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric, 3)}, {signed(v.ci_high, v.metric, 3)}]"
             rows.append([fmt_int(rung.steps), escape(v.member), v.outcome.upper(), ci, runs])
     show(con, [Col("steps", numeric=True, key=True), Col("claim's member"), Col("verdict"),
-               Col("Δ (95% CI)", numeric=True), Col("runs still learning", numeric=True)], rows,
+               Col("Δ (95% CI)", numeric=True), Col("runs not converged", numeric=True)], rows,
          title="until converged: the study at each budget")
     con.print(escape(reason), soft_wrap=True)
