@@ -335,3 +335,17 @@ def test_characters_the_runs_tokenizer_lacks_are_named(cli, tmp_path):
     assert r.code == 2, r
     assert "characters the tokenizer does not know: '\u2603'" in r.err and "--from-scratch" in r.err
     assert not (tmp_path / "ft").exists()
+
+
+def test_runs_lists_a_fine_tune_and_lm_commands_point_it_to_classify(cli, tmp_path):
+    ft = tmp_path / "ft"
+    assert cli("finetune", "--from-scratch", *TINY_SETS, "--data", "order", "--steps", "5", "--out", ft).code == 0
+    r = cli("runs", tmp_path, "--json")
+    assert r.code == 0, r
+    (entry,) = json.loads(r.out)
+    assert entry["type"] == "fine-tune" and entry["steps"] == "5/5"
+    assert entry["status"].startswith("finished, accuracy ") and "macro-F1" in entry["status"]
+    for args in (("sample", ft, "--prompt", "a"), ("attention", ft, "--prompt", "ab")):
+        r = cli(*args)
+        assert r.code == 1 and "is a fine-tune (a classifier), not a language-model run" in r.err, r
+        assert f"tformer classify {ft} --text TEXT" in r.err

@@ -229,7 +229,7 @@ def show_runs(con: Console, entries: Sequence[RunEntry | ExperimentEntry], root:
     rows = []
     for e in entries:
         if isinstance(e, RunEntry):
-            rows.append([e.path, "run", e.status, e.steps or "-", fmt_loss(e.val_loss), fmt_params(e.params),
+            rows.append([e.path, e.type, e.status, e.steps or "-", fmt_loss(e.val_loss), fmt_params(e.params),
                          fmt_int(e.tokens_per_s), fmt_time(e.elapsed_s)])
         else:
             what = f"{e.members if e.members is not None else '?'} x {e.seeds if e.seeds is not None else '?'} seeds"

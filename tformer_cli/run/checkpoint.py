@@ -138,6 +138,11 @@ def find(run_dir: str | Path) -> Path:
             f"{run_dir / pickles[0]} is a pickle file; tformer refuses to load pickles (they can run code)",
             hint="only checkpoint.safetensors written by tformer is loaded",
         )
+    from tformer_cli.run.finetune_dir import FinetuneDir
+
+    if FinetuneDir(run_dir).is_finetune():  # a classifier: its own files, its own commands
+        raise RunError(f"{run_dir} is a fine-tune (a classifier), not a language-model run",
+                       hint=f"predict with it: tformer classify {run_dir} --text TEXT")
     raise RunError(f"no checkpoint in {run_dir} (expected {CKPT_NAME})", hint="train first, or pick another run")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tformer_cli.run.finetune_dir import FinetuneDir
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.run.validate import is_num
 from tformer_cli.study.results import RESULTS_JSON, ExperimentEntry, RunEntry, read_results
@@ -16,7 +17,8 @@ def list_runs(root: str | Path) -> list[RunEntry | ExperimentEntry]:
     root = Path(root)
     candidates = [root] + sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     for p in list(candidates):
-        if p != root and p.is_dir() and not is_experiment_dir(p) and not RunDir(p).is_run():
+        if p != root and p.is_dir() and not is_experiment_dir(p) and not RunDir(p).is_run() \
+                and not FinetuneDir(p).is_finetune():
             candidates += sorted(c for c in p.iterdir() if c.is_dir())
     found: list[RunEntry | ExperimentEntry] = []
     for p in candidates:
@@ -25,6 +27,8 @@ def list_runs(root: str | Path) -> list[RunEntry | ExperimentEntry]:
                 found.append(_experiment_entry(p))
             elif RunDir(p).is_run():
                 found.append(_run_entry(p))
+            elif FinetuneDir(p).is_finetune():
+                found.append(_finetune_entry(p))
         except (TformerError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
             found.append(RunEntry(str(p), f"damaged: {_why(e)}"))
     return found
@@ -44,6 +48,22 @@ def _run_entry(p: Path) -> RunEntry:
     return RunEntry(str(p), "interrupted" if s.get("interrupted") else "finished",
                     steps=f"{s.get('steps_done')}/{s.get('steps')}", val_loss=s.get("val_loss"),
                     params=s.get("params"), tokens_per_s=s.get("tokens_per_s"), elapsed_s=s.get("elapsed_s"))
+
+
+def _finetune_entry(p: Path) -> RunEntry:
+    """A fine-tune (`tformer finetune`): its held-out accuracy and macro-F1 in the status."""
+    d = FinetuneDir(p)
+    if not d.file(d.SUMMARY).exists():
+        return RunEntry(str(p), "no summary (running or crashed)", type="fine-tune")
+    s = d.read_json(d.SUMMARY)
+    test = s.get("test") or {}
+    acc, f1 = test.get("accuracy"), test.get("macro_f1")
+    status = "interrupted" if s.get("interrupted") else "finished"
+    if is_num(acc) and is_num(f1):
+        status += f", accuracy {100 * acc:.1f}%, macro-F1 {f1:.3f}"
+    return RunEntry(str(p), status, steps=f"{s.get('steps_done')}/{s.get('steps')}",
+                    params=s.get("params") if is_num(s.get("params")) else None,
+                    elapsed_s=s.get("elapsed_s") if is_num(s.get("elapsed_s")) else None, type="fine-tune")
 
 
 def _imported(p: Path) -> bool:
