@@ -18,6 +18,7 @@ import torch
 from tformer_cli.core.config import Config, from_dict
 from tformer_cli.errors import RunError
 from tformer_cli.core.io import atomic_write_bytes, atomic_write_text
+from tformer_cli.run.finetune_dir import FinetuneDir
 from tformer_cli.run.rundir import RunDir
 
 CKPT_NAME = RunDir.CHECKPOINT
@@ -138,8 +139,6 @@ def find(run_dir: str | Path) -> Path:
             f"{run_dir / pickles[0]} is a pickle file; tformer refuses to load pickles (they can run code)",
             hint="only checkpoint.safetensors written by tformer is loaded",
         )
-    from tformer_cli.run.finetune_dir import FinetuneDir
-
     if FinetuneDir(run_dir).is_finetune():  # a classifier: its own files, its own commands
         raise RunError(f"{run_dir} is a fine-tune (a classifier), not a language-model run",
                        hint=f"predict with it: tformer classify {run_dir} --text TEXT")
