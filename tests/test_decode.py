@@ -157,3 +157,14 @@ def test_cuda_graph_tokens_equal_recompute(name, monkeypatch):
     g = torch.Generator(device="cuda").manual_seed(5)
     greedy = list(generate(model, prompt, n, temperature=0, generator=g))
     assert greedy == list(generate(model, prompt, n, temperature=0, use_cache=False))
+
+
+def test_auto_takes_the_cuda_graph_on_a_cuda_device():
+    """The choice itself, on a CPU machine: a stand-in model whose parameters sit on 'cuda'."""
+    from types import SimpleNamespace
+
+    param = SimpleNamespace(device=SimpleNamespace(type="cuda"))
+    on_cuda = SimpleNamespace(supports_cache=True, supports_static_step=True, parameters=lambda: iter([param]))
+    assert decode.choose_path(on_cuda, "auto") == "graph"
+    assert decode.choose_path(on_cuda, "dynamic") == "dynamic"  # a request is honoured
+    assert decode.choose_path(on_cuda, "auto", use_cache=False) == "recompute"
