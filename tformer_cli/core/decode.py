@@ -102,9 +102,13 @@ class StaticStepper(Stepper):
     """The static step, run eagerly (GPT.decode_step); prefill is the dynamic one."""
 
     def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
+        self._place(pos)
+        return self.model.decode_step(tok, self.cache)
+
+    def _place(self, pos: int) -> None:
+        """The next token goes to window position ``pos``: the step reads it from the device."""
         self.cache.pos.fill_(pos)  # a scalar kernel argument: no host sync
         self.cache.length = pos + 1
-        return self.model.decode_step(tok, self.cache)
 
 
 class GraphStepper(StaticStepper):
@@ -123,8 +127,7 @@ class GraphStepper(StaticStepper):
 
     def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
         self.tok.copy_(tok)
-        self.cache.pos.fill_(pos)
-        self.cache.length = pos + 1
+        self._place(pos)
         if self.graph is None:
             self._capture()
         self.graph.replay()

@@ -30,6 +30,13 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _ci(v, digits: int = 4) -> str:
+    """A verdict's Δ with its 95% interval ("-" when there is none), the interval to ``digits``."""
+    if v.ci_low is None:
+        return "-"
+    return f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric, digits)}, {signed(v.ci_high, v.metric, digits)}]"
+
+
 def study_name(r: ExperimentResult) -> str:
     """The study's directory name; a rung of --until-converged (STUDY/steps-N) as 'STUDY (steps-N)'."""
     d = Path(r.out_dir)
@@ -67,8 +74,7 @@ def write_findings(root: Path, results: Sequence[ExperimentResult]) -> Path:
     lines = ["# Findings", "", "| study | claim | verdict | Δ (95% CI) | seeds |", "| --- | --- | --- | --- | --- |"]
     for r in results:
         for v in r.verdicts or []:
-            ci = "-" if v.ci_low is None else \
-                f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric)}, {signed(v.ci_high, v.metric)}]"
+            ci = _ci(v)
             lines.append("| " + " | ".join(_cell(c) for c in (
                 study_name(r), v.statement, v.outcome + (f" ({v.suggestion})" if v.suggestion else ""),
                 ci, str(v.n))) + " |")
@@ -87,8 +93,7 @@ def show_verdicts(con: Console, results: Sequence[ExperimentResult]) -> None:
     rows = []
     for r in results:
         for v in r.verdicts:
-            ci = "-" if v.ci_low is None else \
-                f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric, 3)}, {signed(v.ci_high, v.metric, 3)}]"
+            ci = _ci(v, 3)
             rows.append([escape(study_name(r)), escape(v.statement), v.outcome.upper(), ci,
                          escape(v.suggestion or "-")])
     show(con, [Col("study", key=True), Col("claim"), Col("verdict"), Col("Δ (95% CI)", numeric=True),
@@ -106,8 +111,7 @@ def show_ladder(con: Console, rungs: Sequence[Rung], reason: str) -> None:
             if v is None:
                 rows.append([fmt_int(rung.steps), "(no claim)", "-", "-", runs])
                 continue
-            ci = "-" if v.ci_low is None else \
-                f"{signed(v.delta, v.metric)} [{signed(v.ci_low, v.metric, 3)}, {signed(v.ci_high, v.metric, 3)}]"
+            ci = _ci(v, 3)
             rows.append([fmt_int(rung.steps), escape(v.member), v.outcome.upper(), ci, runs])
     show(con, [Col("steps", numeric=True, key=True), Col("claim's member"), Col("verdict"),
                Col("Δ (95% CI)", numeric=True), Col("runs not converged", numeric=True)], rows,
