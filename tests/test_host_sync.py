@@ -78,10 +78,14 @@ def test_no_tensor_is_read_back_inside_a_training_step(tiny_config, tmp_path, mo
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "cuda_graph"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_cuda_training_steps_do_not_synchronise(tiny_config, tmp_path, monkeypatch, dtype):
-    """Steps after the first two (lazy initialisation, cuBLAS handles) under sync debug mode "error"."""
+def test_cuda_training_steps_do_not_synchronise(tiny_config, tmp_path, monkeypatch, dtype, graph):
+    """Eager steps after the first two (lazy initialisation, cuBLAS handles), graphed steps after the
+    capture (torch.cuda.graph synchronises as it begins), under sync debug mode "error"."""
+    from tformer_cli.train.graph_step import WARMUP_STEPS
+
     _guard_steps(monkeypatch, lambda: torch.cuda.set_sync_debug_mode("error"),
-                 lambda: torch.cuda.set_sync_debug_mode("default"), first=2)
-    r = _train(tiny_config, tmp_path, device="cuda", dtype=dtype, compile=False)
-    assert r.steps_done == 12 and r.device.startswith("cuda")
+                 lambda: torch.cuda.set_sync_debug_mode("default"), first=WARMUP_STEPS + 1 if graph else 2)
+    r = _train(tiny_config, tmp_path, device="cuda", dtype=dtype, compile=False, cuda_graph=graph)
+    assert r.steps_done == 12 and r.device.startswith("cuda") and r.cuda_graph is graph, r.cuda_graph_reason

@@ -115,7 +115,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | float32 | bfloat16 | float16
-    compile: Optional[bool] = None  # None: on for CUDA, off on CPU (measured slower there)
+    compile: Optional[bool] = None  # None: decided per run (train/compile_policy.py)
+    cuda_graph: Optional[bool] = None  # None: on for an eager, launch-bound CUDA run (train/graph_step.py)
     objective: str = "clm"  # clm (next token) | mlm (BERT-style masked tokens, bidirectional)
     optimizer: str = "adamw"  # adamw | muon (Muon on the blocks' matrices, AdamW at train.lr on the rest)
     muon_lr: float = 0.02  # Muon's peak learning rate (same warm-up and decay as train.lr)

@@ -67,11 +67,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def autocast(device: torch.device, dtype: torch.dtype):
-    """Mixed precision: weights and optimizer stay float32; matmuls run in ``dtype``."""
+def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):
+    """Mixed precision: weights and optimizer stay float32; matmuls run in ``dtype``.  ``cache``
+    off: weights are cast again at every use, as a step captured in a CUDA graph needs."""
     if dtype == torch.float32:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def setup_backends(device: torch.device) -> None:

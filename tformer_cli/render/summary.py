@@ -37,6 +37,8 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("parameters", f"{r['params']:,} ({r['non_embedding_params']:,} non-embedding)"),
         ("device", f"{r['device']}, {r['dtype']}" + (", compiled" if r["compiled"] else "")),
         ("compile", r.get("compile_reason") or ("on" if r["compiled"] else "off")),
+        *([("cuda graph", r["cuda_graph_reason"])] if str(r.get("device", "")).startswith("cuda")
+          and r.get("cuda_graph_reason") else []),
         ("tokens seen", fmt_int(r["tokens_seen"])),
         ("wall time", fmt_time(r["elapsed_s"])),
     ]

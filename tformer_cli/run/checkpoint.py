@@ -51,7 +51,9 @@ def save(
         for idx, state in osd["state"].items():
             for name, value in state.items():
                 tensors[f"optim.{idx}.{name}"] = value.detach().contiguous().cpu()
-        groups = osd["param_groups"]
+        # a CUDA-graph run keeps each learning rate in a device tensor: saved as the number
+        groups = [{k: (float(v) if isinstance(v, torch.Tensor) else v) for k, v in g.items()}
+                  for g in osd["param_groups"]]
     header = {
         "format": FORMAT,
         "config": cfg.to_dict(),

@@ -34,7 +34,8 @@ from tformer_cli.train.batches import Batcher
 from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.evaluate import evaluate
 from tformer_cli.train.compile_policy import compile_decision
-from tformer_cli.train.optim import group_shapes, make_optimizer, set_lr
+from tformer_cli.train.graph_step import GraphedStep, graph_decision, lr_to_device
+from tformer_cli.train.optim import group_shapes, load_optimizer_state, make_optimizer, set_lr
 
 
 
@@ -82,6 +83,8 @@ class TrainResult:
     elapsed_s: float
     init_loss_ref: float  # ln(vocab): the loss of a uniform guess
     resumed_from: int | None = None
+    cuda_graph: bool = False  # the step captured in a CUDA graph (train/graph_step.py)
+    cuda_graph_reason: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,6 +172,10 @@ class _Trainer:
             atomic_write_text(rd.config, cfg.to_yaml())
             atomic_write_text(rd.tokenizer, json.dumps(self.ds.tokenizer.to_json()))
         self.log = _RunLog(run_dir, self.start_step, dist.main)
+        self.graph_step = None
+        if self.graphed:  # after the optimizer's state is restored: its learning rate goes to the device
+            lr_to_device(self.optimizer, self.device)
+            self.graph_step = GraphedStep(self._step_body, self.optimizer, self.device)
         # The training loss is summed on the device and read back once per log interval.
         self.loss_sum = torch.tensor(self.state["loss_sum"], device=self.device, dtype=torch.float32)
         self.loss_count = int(self.state["loss_count"])
@@ -201,9 +208,10 @@ class _Trainer:
             self.start_step = self.resumed_from = int(ckpt.train_state["step"])
             _check_global_batch(ckpt, cfg, self.dist)
         check_fits(cfg.model, self.vocab_size, cfg.train.batch_size, self.device, training=True)
+        self._decide_compile_and_graph()
         torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed alone
         self.raw_model = build_model(cfg.model, self.vocab_size).to(self.device)
-        self.optimizer = make_optimizer(self.raw_model, cfg, self.device)
+        self.optimizer = make_optimizer(self.raw_model, cfg, self.device, capturable=self.graphed)
         self.state: dict[str, Any] = {"step": 0, "best_val_loss": None, "loss_sum": 0.0, "loss_count": 0,
                                       "last_val_loss": None, "last_train_loss": None}
         if ckpt is None and self.init is not None:
@@ -215,7 +223,7 @@ class _Trainer:
         if ckpt is not None:
             checkpoint.load_model_weights(self.raw_model, ckpt)
             try:
-                self.optimizer.load_state_dict(ckpt.optimizer_state())
+                load_optimizer_state(self.optimizer, ckpt.optimizer_state())
             except (ValueError, KeyError, RuntimeError) as e:
                 raise RunError(f"cannot restore the optimizer from {ckpt.path}: {e}") from None
             self.state.update(ckpt.train_state)
@@ -225,12 +233,18 @@ class _Trainer:
             self.scaler.load_state_dict(self.state["grad_scaler"])
         self._wrap()
 
+    def _decide_compile_and_graph(self) -> None:
+        """Whether the model is compiled (compile_policy) and its step captured in a CUDA graph
+        (graph_step), each with the reason the summary shows."""
+        cfg, dtype = self.cfg, dev.dtype_name(self.dtype)
+        self.compiled, self.compile_reason = compile_decision(
+            cfg, self.device.type, dtype, self.vocab_size, cfg.train.steps - self.start_step)
+        self.graphed, self.graph_reason = graph_decision(
+            cfg, self.device.type, dtype, self.vocab_size, compiled=self.compiled, world=self.dist.world)
+
     def _wrap(self) -> None:
         """The model the steps call: the raw model, under DDP with several processes, compiled when
         compile_decision says so."""
-        cfg = self.cfg
-        self.compiled, self.compile_reason = compile_decision(
-            cfg, self.device.type, dev.dtype_name(self.dtype), self.vocab_size, cfg.train.steps - self.start_step)
         self.model = self.raw_model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -300,19 +314,34 @@ class _Trainer:
         Nothing here reads a tensor back to the host (no .item(), float(), bool() of a tensor), so on
         CUDA the CPU queues step after step without waiting: the loss is summed on the device and
         read once per log interval (tests/test_host_sync.py checks both, the CUDA one in sync debug
-        mode)."""
+        mode).  With a CUDA graph the step's body is replayed rather than run (graph_step.py)."""
         cfg, dist = self.cfg, self.dist
         lr = set_lr(self.optimizer, step, cfg)
         torch.manual_seed(mix_seed(cfg.train.seed, step, dist.rank))  # dropout of this step
-        for micro in range(cfg.train.grad_accum):
-            x, y = self.batcher.train_batch(step, micro)
-            last = micro == cfg.train.grad_accum - 1
+        batches = [self.batcher.train_batch(step, micro) for micro in range(cfg.train.grad_accum)]
+        xs, ys = [x for x, _ in batches], [y for _, y in batches]
+        if self.graph_step is not None:
+            self.graph_step.run(xs, ys)
+        else:
+            self._step_body(xs, ys)
+            self.optimizer.zero_grad(set_to_none=True)
+        self.loss_count += 1
+        self.interval_steps += 1
+        return lr
+
+    def _step_body(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
+        """Forward and backward over the micro-batches, clipping and the optimizer's update: the
+        part of a step a CUDA graph captures (no host values in, none out)."""
+        cfg, dist, n = self.cfg, self.dist, len(xs)
+        for micro, (x, y) in enumerate(zip(xs, ys)):
+            last = micro == n - 1
             # DDP all-reduces gradients once per optimizer step: not on the other micro-steps.
             sync_ctx = self.model.no_sync() if (dist.world > 1 and not last and hasattr(self.model, "no_sync")) \
                 else contextlib.nullcontext()
             with sync_ctx:
-                with dev.autocast(self.device, self.dtype):
-                    loss = self.model(x, y).loss / cfg.train.grad_accum
+                # a captured step casts the weights afresh each replay (torch.cuda.graphs' autocast rule)
+                with dev.autocast(self.device, self.dtype, cache=self.graph_step is None):
+                    loss = self.model(x, y).loss / n
                 (loss if self.scaler is None else self.scaler.scale(loss)).backward()
             self.loss_sum += loss.detach().float()  # stays on the device: no sync in the hot loop
         if self.scaler is not None:
@@ -324,10 +353,6 @@ class _Trainer:
         else:  # skips the step when the scaled gradients overflowed, then adapts the scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.loss_count += 1
-        self.interval_steps += 1
-        return lr
 
     def _off_the_clock(self, fn: Callable[[int], None], step: int) -> None:
         """Run ``fn(step)`` without counting its time in tokens/s (evaluation, checkpoints)."""
@@ -421,6 +446,13 @@ class _Trainer:
 
     # ------------------------------------------------------------ the result
 
+    def _graph_outcome(self) -> dict[str, Any]:
+        """The summary's cuda_graph fields: the decision, or why a capture that failed left it eager."""
+        failure = self.graph_step.failure if self.graph_step is not None else None
+        if failure:
+            return {"cuda_graph": False, "cuda_graph_reason": f"off: the capture failed, the run went on eagerly ({failure})"}
+        return {"cuda_graph": self.graph_step is not None, "cuda_graph_reason": self.graph_reason}
+
     def _finish(self, step: int, interrupted: bool) -> TrainResult:
         dist, state = self.dist, self.state
         elapsed = time.perf_counter() - self.t_start
@@ -459,6 +491,7 @@ class _Trainer:
             elapsed_s=elapsed,
             init_loss_ref=math.log(self.vocab_size),
             resumed_from=self.resumed_from,
+            **self._graph_outcome(),
         )
         if dist.world > 1:
             result.extra["processes"] = dist.world

@@ -38,7 +38,11 @@ def set_lr(optimizer: Any, step: int, cfg: Config) -> float:
     returns train.lr's value at ``step``."""
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        value = lr * group.get("lr_scale", 1.0)
+        if isinstance(group["lr"], torch.Tensor):  # a CUDA graph reads it from the device (graph_step.py)
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
     return lr
 
 
@@ -71,17 +75,33 @@ def group_shapes(model: torch.nn.Module, cfg: Config) -> list[tuple[tuple[str, .
     return [(g.state, [tuple(p.shape) for p in g.params]) for g in groups(model, cfg)]
 
 
-def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> Any:
-    """train.optimizer over ``model``: AdamW (fused where torch has it), or Muon + AdamW."""
+def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device, capturable: bool = False) -> Any:
+    """train.optimizer over ``model``: AdamW (fused where torch has it), or Muon + AdamW.
+    ``capturable``: AdamW's step may be captured in a CUDA graph (graph_step.py)."""
     gs = groups(model, cfg)
     if cfg.train.optimizer == "muon":
         return MuonAdamW(gs[0], gs[1:], cfg)
-    return _adamw(gs, cfg)
+    return _adamw(gs, cfg, capturable)
 
 
-def _adamw(gs: list[Group], cfg: Config) -> torch.optim.AdamW:
+EXECUTION_FLAGS = ("fused", "foreach", "capturable", "differentiable")  # how a step runs, not what it computes
+
+
+def load_optimizer_state(optimizer: Any, state: dict[str, Any]) -> None:
+    """Restore a checkpoint's optimizer state, keeping this run's way of stepping: the saved
+    groups' execution flags (a checkpoint from a CUDA-graph run is capturable) give way to the
+    optimizer's own, which torch's load_state_dict would otherwise take from the file."""
+    own = [{k: g[k] for k in EXECUTION_FLAGS if k in g} for g in optimizer.param_groups]
+    groups_ = [{**{k: v for k, v in g.items() if k not in EXECUTION_FLAGS}, **flags}
+               for g, flags in zip(state["param_groups"], own)] + state["param_groups"][len(own):]
+    optimizer.load_state_dict({**state, "param_groups": groups_})
+
+
+def _adamw(gs: list[Group], cfg: Config, capturable: bool = False) -> torch.optim.AdamW:
     param_groups = [{"params": g.params, "weight_decay": g.weight_decay} for g in gs]
     kwargs: dict[str, Any] = {"lr": cfg.train.lr, "betas": (cfg.train.beta1, cfg.train.beta2)}
+    if capturable:
+        kwargs["capturable"] = True
     try:  # one fused kernel per step (CUDA, and CPU since torch 2.4): measured faster than foreach
         return torch.optim.AdamW(param_groups, fused=True, **kwargs)
     except (RuntimeError, ValueError, TypeError):
