@@ -209,3 +209,15 @@ def test_decode_gpu_runs_every_path_on_the_cpu_and_their_tokens_agree():
         assert label in r.stdout, r.stdout
     bare = _script(str(BENCH / "decode_gpu.py"))  # the default device is cuda: none here
     assert bare.returncode != 0 and bare.stderr.strip().count("\n") == 0, bare.stderr
+
+
+def test_sweep_rows_read_the_members_step_times_and_graph_state(tmp_path):
+    gsu = _bench_module("gpu_suite")
+    for i, (ms, graphed) in enumerate([(1.5, True), (2.5, True), (9.0, True)]):
+        member = tmp_path / "members" / f"m{i}"
+        member.mkdir(parents=True)
+        (member / "summary.json").write_text(json.dumps({"ms_per_step": ms, "cuda_graph": graphed}))
+    (tmp_path / "members" / "broken").mkdir()
+    (tmp_path / "members" / "broken" / "summary.json").write_text("{not json")
+    assert gsu.member_steps(str(tmp_path)) == ["2.50", "yes"]
+    assert gsu.member_steps(str(tmp_path / "absent")) == ["-", "-"]

@@ -170,3 +170,16 @@ def test_cuda_a_graphed_run_resumes(tiny_config, tmp_path):
     cfg = from_dict({**tiny_config, "train": {**tiny_config["train"], "steps": 24}})
     more = loop.train(cfg, run, resume=True)
     assert more.steps_done == 24 and more.cuda_graph and more.resumed_from == 16
+
+
+def test_the_summary_says_whether_the_step_was_graphed_on_a_gpu_only(tiny_config, tmp_path):
+    from tformer_cli.render.summary import summary_rows
+
+    tiny_config["train"].update(steps=2)
+    run = tmp_path / "run"
+    prepare_run_dir(run, False)
+    r = loop.train(from_dict(tiny_config), run).to_dict()
+    assert r["cuda_graph"] is False and "need a CUDA device" in r["cuda_graph_reason"]
+    assert "cuda graph" not in dict(summary_rows(r))  # a CPU run: nothing to say
+    gpu = {**r, "device": "cuda:0", "cuda_graph": True, "cuda_graph_reason": "on: the step's arithmetic ..."}
+    assert dict(summary_rows(gpu))["cuda graph"] == "on: the step's arithmetic ..."
