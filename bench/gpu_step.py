@@ -3,9 +3,9 @@
     python bench/gpu_step.py --nanogpt .bench_scratch/nanogpt \\
         tformer:compiled:B12:V50304 nanogpt:compiled:B12:V50304 tformer:eager:B12:V50304
 
-A variant is PROJECT:MODE:B<micro-batch>:V<vocabulary>[:x<model.vocab_multiple>] at GPT-2 small's
-shape (12 layers, d768, T1024, dropout 0, no biases, bf16 autocast, clip 1.0, fused AdamW).  tformer's
-step is the one `tformer bench` times (tformer_cli.train.bench.StepBench), nanoGPT's the one of
+A variant is PROJECT:MODE:B<micro-batch>:V<vocabulary>[:x<model.vocab_multiple>][:medium|large] at
+GPT-2 small's shape (12 layers, d768, T1024, dropout 0, no biases, bf16 autocast, clip 1.0, fused
+AdamW) or, named, GPT-2 medium's (24 layers, d1024) or large's (36, d1280).  tformer's step is the one `tformer bench` times (tformer_cli.train.bench.StepBench), nanoGPT's the one of
 bench/nanogpt_driver.py.  Every variant is built and warmed up (compiled) first; then --blocks rounds,
 each timing --steps steps of every variant in turn (A B C A B C ...), synchronised only at the ends
 of a block, so that drift hits every variant alike and no per-step sync is added.  One process
@@ -29,17 +29,28 @@ SHAPE = {"model.n_layer": 12, "model.n_head": 12, "model.d_model": 768, "model.b
          "model.dropout": 0.0, "model.bias": False}
 
 
+SHAPES = {  # GPT-2's sizes (T1024); a variant names one after its vocabulary, small when it names none
+    "small": {},
+    "medium": {"model.n_layer": 24, "model.n_head": 16, "model.d_model": 1024},
+    "large": {"model.n_layer": 36, "model.n_head": 20, "model.d_model": 1280},
+}
+
+
 def parse_variant(text: str) -> dict:
-    """'tformer:compiled:B12:V50304:x64' -> {project, compiled, batch, vocab, multiple, name}."""
+    """'tformer:compiled:B12:V50304[:x64][:medium]' -> {project, compiled, batch, vocab, multiple, shape, name}."""
     parts = text.split(":")
-    if len(parts) not in (4, 5) or parts[0] not in ("tformer", "nanogpt") or parts[1] not in ("compiled", "eager") \
-            or parts[2][:1] != "B" or parts[3][:1] != "V" or (len(parts) == 5 and parts[4][:1] != "x"):
-        raise ValueError(f"variant {text!r}: expected tformer|nanogpt:compiled|eager:B<n>:V<n>[:x<n>]")
-    multiple = int(parts[4][1:]) if len(parts) == 5 else 1
-    if parts[0] == "nanogpt" and multiple != 1:
-        raise ValueError(f"variant {text!r}: nanoGPT has no vocab_multiple (give V50304, its padded size)")
+    extra = parts[4:]
+    shape = next((p for p in extra if p in SHAPES), "small")
+    pads = [p for p in extra if p not in SHAPES]
+    if len(parts) < 4 or parts[0] not in ("tformer", "nanogpt") or parts[1] not in ("compiled", "eager") \
+            or parts[2][:1] != "B" or parts[3][:1] != "V" or len(pads) > 1 or any(p[:1] != "x" for p in pads) \
+            or len(extra) - len(pads) > 1:
+        raise ValueError(f"variant {text!r}: expected tformer|nanogpt:compiled|eager:B<n>:V<n>[:x<n>][:{'|'.join(SHAPES)}]")
+    multiple = int(pads[0][1:]) if pads else 1
+    if parts[0] == "nanogpt" and (multiple != 1 or shape != "small"):
+        raise ValueError(f"variant {text!r}: nanoGPT runs GPT-2 small with its padded vocabulary only (V50304)")
     return {"project": parts[0], "compiled": parts[1] == "compiled", "batch": int(parts[2][1:]),
-            "vocab": int(parts[3][1:]), "multiple": multiple, "name": text}
+            "vocab": int(parts[3][1:]), "multiple": multiple, "shape": shape, "name": text}
 
 
 def config(v: dict, device: str = "cuda", sets: dict | None = None):
@@ -48,7 +59,7 @@ def config(v: dict, device: str = "cuda", sets: dict | None = None):
     from tformer_cli.core.config import resolve
 
     return resolve(preset="gpt2_small", overrides={
-        **SHAPE, "model.vocab_multiple": v["multiple"], "train.batch_size": v["batch"], "train.grad_accum": 1,
+        **SHAPE, **SHAPES[v.get("shape", "small")], "model.vocab_multiple": v["multiple"], "train.batch_size": v["batch"], "train.grad_accum": 1,
         "train.device": device, "train.dtype": "bfloat16", "train.compile": v["compiled"], "train.grad_clip": 1.0,
         **(sets or {})})
 

@@ -4,7 +4,7 @@ Sections, in this order (--sections picks some):
   a  training step at B12 T1024 vocab 50304 bf16: tformer vs nanoGPT, compiled and eager, in one
      process (bench/gpu_step.py), interleaved; MFU against the card's datasheet peak and against a
      bf16 8192^3 matmul timed in the same process
-  b  tformer at other shapes (a larger micro-batch, the GPT-2 vocabulary padded or not)
+  b  tformer at other shapes (a larger micro-batch, GPT-2 medium, the GPT-2 vocabulary padded or not)
   c  `tformer train --preset gpt2_small --steps 40`: the compile policy's choice and compile forced
      on; steady tokens/s, MFU and the first 10 steps' rate
   d  `tformer sweep-heads --heads 1,2,4,8 --steps 300`: wall time, the policy (the step in a CUDA
@@ -35,8 +35,8 @@ GPU_OUT = os.path.join(SCRATCH, "gpu")
 H100_DATASHEET = 989e12  # dense bf16, when the card's name is not in core/device.py's table
 STEP_A = ["tformer:compiled:B12:V50304", "nanogpt:compiled:B12:V50304",
           "tformer:eager:B12:V50304", "nanogpt:eager:B12:V50304"]
-STEP_B = ["tformer:compiled:B12:V50257", "tformer:compiled:B12:V50257:x64", "tformer:compiled:B24:V50257:x64",
-          "tformer:compiled:B32:V50257:x64"]
+STEP_B = ["tformer:compiled:B24:V50304", "tformer:compiled:B8:V50304:medium", "tformer:compiled:B12:V50257",
+          "tformer:compiled:B12:V50257:x64"]
 MIN_SECTION_S = 25  # a section is not started with less time left than this
 
 
@@ -200,9 +200,11 @@ def section_a(budget: Budget, args, shared: dict) -> list[str]:
 
 
 def section_b(budget: Budget, args, shared: dict) -> list[str]:
-    pairs = [("padding 50257 to 50304 (x64), B12", STEP_B[1], STEP_B[0])]
-    return section_steps("b. tformer, compiled, other shapes (x64: model.vocab_multiple=64)",
-                         STEP_B, budget, pairs, args, shared)
+    variants = args.gpu_b.split(",") if getattr(args, "gpu_b", None) else STEP_B
+    pairs = [("padding 50257 to 50304 (x64), B12", STEP_B[3], STEP_B[2])]
+    return section_steps("b. tformer, compiled, other shapes (medium: GPT-2 medium, 24 layers d1024; "
+                         "x64: model.vocab_multiple=64)",
+                         variants, budget, pairs, args, shared)
 
 
 def section_c(budget: Budget, args, shared: dict) -> list[str]:

@@ -216,6 +216,8 @@ def main() -> None:
     ap.add_argument("--budget-s", type=float, default=330, help="with --gpu: seconds for the whole run")
     ap.add_argument("--gpu-blocks", type=int, default=3, help="with --gpu: interleaved rounds per step table")
     ap.add_argument("--gpu-steps", type=int, default=10, help="with --gpu: steps per round")
+    ap.add_argument("--gpu-b", default=None, help="with --gpu: section b's variants, comma-separated "
+                    "(bench/gpu_step.py's syntax; default all four)")
     args = ap.parse_args()
     if bad := set(args.sections) - set("abcde"):
         ap.error(f"--sections: unknown {''.join(sorted(bad))} (give letters of abcde)")

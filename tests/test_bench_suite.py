@@ -94,7 +94,11 @@ def test_gpu_step_variants_parse_and_refuse_nonsense():
     v = gs.parse_variant("tformer:compiled:B24:V50257:x64")
     assert (v["project"], v["compiled"], v["batch"], v["vocab"], v["multiple"]) == ("tformer", True, 24, 50257, 64)
     assert gs.parse_variant("nanogpt:eager:B12:V50304")["multiple"] == 1
-    for bad in ("tformer:fast:B12:V1", "gpt:eager:B12:V1", "nanogpt:eager:B12:V50257:x64", "tformer:eager:12:V1"):
+    medium = gs.parse_variant("tformer:compiled:B8:V50304:medium")
+    assert medium["shape"] == "medium" and gs.config(medium).model.n_layer == 24 and gs.config(medium).model.d_model == 1024
+    assert gs.parse_variant("tformer:compiled:B8:V50257:x64:large")["multiple"] == 64
+    for bad in ("tformer:fast:B12:V1", "gpt:eager:B12:V1", "nanogpt:eager:B12:V50257:x64", "tformer:eager:12:V1",
+                "nanogpt:eager:B12:V50304:medium", "tformer:eager:B1:V1:huge", "tformer:eager:B1:V1:medium:large"):
         with pytest.raises(ValueError):
             gs.parse_variant(bad)
     cfg = gs.config(v)
