@@ -2,6 +2,7 @@
 # The one script a GPU session runs (issue 18), from the repository root, in under 8 minutes (TOTAL_S, default 470):
 #
 #     bash bench/gpu_check.sh            # everything under $OUT when set, else .bench_scratch/gpu_check
+#     STEPS="tests decode suite" SECTIONS=db TOTAL_S=360 bash bench/gpu_check.sh   # some, in that order
 #
 # Before the session, on a machine with ../shared: `python bench/suite.py --prepare-only`, and carry
 # .bench_scratch/nanogpt and .bench_scratch/shakespeare_char along (nanoGPT's model.py is not part of the repository).
@@ -32,21 +33,33 @@ step() {  # step NAME LIMIT_S CMD...: run CMD under a time limit, output to $OUT
 }
 
 : > "$OUT/summary.md"
-step versions 30 bash -c "nvidia-smi; $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"NO CUDA\")'"
-# the tests that need CUDA (marker cuda; skipped elsewhere) and the GPU engine's decisions (names with
-# cuda or gpu, which run anywhere): -rs lists what was skipped and why
-step tests 90 "$PY" -m pytest -q -p no:cacheprovider tests -k "cuda or gpu" -m "not slow" -rs
-# the figures the issue asks for first: a (the nanoGPT comparison, MFU), e (decoding), d (sweep wall
-# time), b (other shapes for MFU), c (`tformer train`); the suite stops starting sections at its budget
-step suite "${SUITE_S:-250}" "$PY" bench/suite.py --gpu --sections "${SECTIONS:-aedbc}" --budget-s "$(( ${SUITE_S:-250} - 10 ))"
-# a real training run on the card (the compile policy decides; vocabulary padded to 64), then decoding
-step train 50 "$PY" -m tformer_cli train --preset gpt2_small --steps 15 --device cuda --set train.batch_size=8 \
-    --set train.grad_accum=1 --set train.eval_iters=2 --set model.vocab_multiple=64 --out "$RUN_DIR" --overwrite
-step sample_bench 40 "$PY" -m tformer_cli sample "$RUN_DIR" --bench --prompt "def " --max-new-tokens 256 --seed 0
-# a shipped study on the card (its gpu: budget, members packed onto the GPU): the GPU wall time that
-# experiments/studies/induction.yaml leaves open, and the verdict at that budget
-rm -rf "$RUN_DIR-study"
-step study_induction 120 "$PY" -m tformer_cli study induction --device cuda --out "$RUN_DIR-study"
-# where the B12 T1024 step goes, eager (kernel names read plainly; compiled kernels are fused)
-step op_profile 50 "$PY" bench/op_profile.py train --device cuda --gpt2 --steps 3 --top 15
+step versions 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"NO CUDA\")'"
+# STEPS picks and orders what runs (default: all, in this order); the suite's SECTIONS likewise
+for s in ${STEPS:-tests decode suite quick train sample study profile}; do
+    case $s in
+    # the tests that need CUDA (marker cuda; skipped elsewhere) and the GPU engine's decisions (names
+    # with cuda, gpu or graph, which run anywhere): -rs lists what was skipped and why
+    tests) step tests 90 "$PY" -m pytest -q -p no:cacheprovider tests -k "cuda or gpu or graph" -m "not slow" -rs ;;
+    # batch-1 decoding: every path, then the graph's variants (weights' dtype, the step's attention,
+    # compiled) and where a static step's device time goes
+    decode) step decode 110 "$PY" bench/decode_gpu.py --variants --profile --variants-budget-s 70 ;;
+    # a (the nanoGPT comparison, MFU), d (sweep wall time), b (other shapes), c (`tformer train`), e
+    # (decoding); the suite stops starting sections at its budget
+    suite) step suite "${SUITE_S:-250}" "$PY" bench/suite.py --gpu --sections "${SECTIONS:-adbce}" \
+        --budget-s "$(( ${SUITE_S:-250} - 10 ))" ${GPU_B:+--gpu-b "$GPU_B"} ;;
+    # the quick preset as a user runs it: the summary says whether the step was captured
+    quick) step quick 40 "$PY" -m tformer_cli train --preset quick --device cuda --out "$RUN_DIR-quick" --overwrite ;;
+    # a real training run on the card (the compile policy decides; vocabulary padded to 64), then decoding
+    train) step train 50 "$PY" -m tformer_cli train --preset gpt2_small --steps 15 --device cuda \
+        --set train.batch_size=8 --set train.grad_accum=1 --set train.eval_iters=2 --set model.vocab_multiple=64 \
+        --out "$RUN_DIR" --overwrite ;;
+    sample) step sample_bench 40 "$PY" -m tformer_cli sample "$RUN_DIR" --bench --prompt "def " --max-new-tokens 256 --seed 0 ;;
+    # a shipped study on the card (its gpu: budget, members packed onto the GPU): its GPU wall time
+    study) rm -rf "$RUN_DIR-study"
+        step study_induction 120 "$PY" -m tformer_cli study induction --device cuda --out "$RUN_DIR-study" ;;
+    # where the B12 T1024 step goes, eager (kernel names read plainly; compiled kernels are fused)
+    profile) step op_profile 50 "$PY" bench/op_profile.py train --device cuda --gpt2 --steps 3 --top 15 ;;
+    *) echo "unknown step $s" | tee -a "$OUT/summary.md" ;;
+    esac
+done
 echo "total $(( $(date +%s) - T0 ))s; files in $OUT" | tee -a "$OUT/summary.md"
