@@ -175,6 +175,40 @@ def test_cuda_graph_tokens_equal_recompute(name, attention, monkeypatch):
     assert greedy == list(generate(model, prompt, n, temperature=0, use_cache=False))
 
 
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_of_a_compiled_step_gives_recomputes_tokens(monkeypatch):
+    """compile_step on its real path: inductor's kernels, compiled in the warm-up, then captured."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(decode, "COMPILE_STEP", True)
+    model = make_model(device="cuda", **CONFIGS["all, rope, gqa, no bias"])
+    prompt, n = [1, 2, 3, 4, 5], 3 * BLOCK + 3
+    graph, logits_g = traced(model, prompt, n, "graph", temperature=1.0)
+    recompute, logits_r = traced(model, prompt, n, "recompute", temperature=1.0)
+    assert graph == recompute
+    torch.testing.assert_close(logits_g, logits_r, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow  # inductor compiles the step (C++ on the CPU): about 15 s
+def test_a_compiled_static_step_gives_recomputes_greedy_tokens(monkeypatch):
+    """compile_step (core/decode.py), on the CPU: torch.compile'd GPT.decode_step gives the tokens
+    of recomputation across window cuts; compiled once, and the next generation reuses it."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = make_model(**CONFIGS["all, rope, gqa, no bias"])
+    prompt, n = [1, 2, 3, 4, 5], 2 * BLOCK + 3
+    ref = list(generate(model, prompt, n, temperature=0, use_cache=False))
+    assert decode.StaticStepper(model, True).step == model.decode_step  # off by default
+    monkeypatch.setattr(decode, "COMPILE_STEP", True)
+    assert list(generate(model, prompt, n, temperature=0, decode="static")) == ref
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled >= 1
+    assert list(generate(model, prompt, n, temperature=0, decode="static")) == ref
+    assert counters["stats"]["unique_graphs"] == compiled  # no recompilation
+
+
 def test_auto_takes_the_cuda_graph_on_a_cuda_device():
     """The choice itself, on a CPU machine: a stand-in model whose parameters sit on 'cuda'."""
     from types import SimpleNamespace
