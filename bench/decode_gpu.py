@@ -4,6 +4,7 @@ dynamic cache and recomputation, with Hugging Face's GPT2LMHeadModel.generate as
     python bench/decode_gpu.py                         # a CUDA GPU: 12 layers, d768, 12 heads, block 1024
     python bench/decode_gpu.py --dtype bfloat16        # weights in bf16
     python bench/decode_gpu.py --device cpu --small    # a tiny shape on the CPU: checks the script itself
+    python bench/decode_gpu.py --variants --profile    # also: the graph path's variants, and a kernel profile
 
 Random weights (GPT-2's initialisation; speed does not depend on the weights), vocabulary 50304.
 Every path generates --new-tokens greedy tokens from the same random prompt after an untimed
@@ -12,18 +13,37 @@ warm-up generation; tokens/s counts the tokens after the first over the time aft
 generation from a prompt that fills the window checks that every path gives recomputation's
 tokens across a window cut.  Hugging Face runs eager (no torch.compile), greedy, same shape, when
 `transformers` is importable, with the same weights.  Prints a markdown table; exits 1 if any path's tokens differ.
+
+--variants: after the table, the graph path (the static step off CUDA, as choose_path falls back)
+for weights in float32 and bfloat16 times GPT.step_attention sdpa and matmul, then with a
+torch.compile'd step (core/decode.py COMPILE_STEP) in float32 and bfloat16, each against
+recomputation in its own dtype.  Each variant runs alone: a failure or a variant past
+--variant-timeout-s prints its row and the next one runs; once the variants together have taken
+--variants-budget-s, the rest are skipped (so the section takes at most about budget + timeout).
+Their tokens are reported, not required to agree (the exit status is the table's).
+
+--profile: torch.profiler over 20 eager static steps at the middle of the window, in float32 and
+bfloat16: the device kernels per step and their time, and the top kernels (on a CPU: operators).
+The CUDA graph replays the same kernels without the host's launches, so the device time per step
+is about what the graph path can reach with them.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import signal
 import sys
 import time
+import traceback
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
+from op_profile import kernel_times
 from suite import table
+from tformer_cli.core import decode
 from tformer_cli.core.config import from_dict
 from tformer_cli.core.decode import choose_path, path_label
 from tformer_cli.core.generate import generate, timed
@@ -32,6 +52,11 @@ from tformer_cli.core.model import build_model
 GPT2_SMALL = dict(n_layer=12, d_model=768, n_head=12, block_size=1024, vocab=50304)
 SMALL = dict(n_layer=2, d_model=64, n_head=4, block_size=64, vocab=512)
 PATHS = ("graph", "static", "dynamic", "recompute")
+# --variants, in order: (weights' dtype, GPT.step_attention, compiled step); the compiled ones last,
+# since compiling takes the longest and is the likeliest to fail
+VARIANTS = [(dtype, attention, False) for dtype in ("float32", "bfloat16") for attention in ("sdpa", "matmul")]
+VARIANTS += [("float32", "sdpa", True), ("bfloat16", "sdpa", True)]
+PROFILE_STEPS = 20
 
 
 def build(shape: dict, device: torch.device, dtype: torch.dtype):
@@ -90,13 +115,18 @@ def cut_check(model, block: int) -> dict[str, bool]:
     return {p: list(generate(model, prompt, 24, temperature=0.0, decode=p)) == ref for p in PATHS[:3]}
 
 
+def prompt_of(args, shape: dict) -> list[int]:
+    """The random prompt every path (and every variant) continues."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, shape["vocab"], (args.prompt_tokens,), generator=g).tolist()
+
+
 def measure(args) -> tuple[list[list[str]], bool]:
     """The table's rows, and whether every path agreed with recomputation."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     shape = SMALL if args.small else GPT2_SMALL
     model = build(shape, device, dtype)
-    g = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, shape["vocab"], (args.prompt_tokens,), generator=g).tolist()
+    prompt = prompt_of(args, shape)
     results = {p: run_path(model, prompt, args.new_tokens, p) for p in PATHS
                if p == "recompute" or choose_path(model, p) == p}
     cut = cut_check(model, shape["block_size"])
@@ -126,6 +156,165 @@ def header(args) -> str:
             f"{args.new_tokens} new tokens after a {args.prompt_tokens}-token prompt")
 
 
+# ---------------------------------------------------------------- --variants
+
+
+class Models:
+    """The benchmark's model in each weight dtype, built on first use (same seed: the same weights,
+    rounded) and shared by --variants and --profile."""
+
+    def __init__(self, shape: dict, device: torch.device):
+        self.shape, self.device, self.built = shape, device, {}
+
+    def get(self, dtype: str):
+        if dtype not in self.built:
+            self.built[dtype] = build(self.shape, self.device, getattr(torch, dtype))
+        return self.built[dtype]
+
+
+class VariantTimeout(BaseException):
+    """A variant past --variant-timeout-s.  A BaseException, as KeyboardInterrupt is, so that no
+    ``except Exception`` on its way out (torch.compile has several) takes it for a failure to handle."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise VariantTimeout in the main thread once ``seconds`` have passed (SIGALRM: Unix; 0: no
+    limit).  Python runs the handler between bytecodes: a call stuck in one kernel or sync is not cut."""
+    def expire(signum, frame):
+        raise VariantTimeout(f"timed out after {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.0))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_variant(model, prompt: list[int], n: int, attention: str, compiled: bool):
+    """(tokens, Speed) of the graph path (the static step off CUDA) with GPT.step_attention
+    ``attention`` and the step compiled or not; the model and core/decode.py are left as they were.
+    A compiled step compiles in run_path's untimed warm-up generation."""
+    before = model.step_attention, decode.COMPILE_STEP
+    model.step_attention, decode.COMPILE_STEP = attention, compiled
+    try:
+        return run_path(model, prompt, n, choose_path(model, "graph"))
+    finally:
+        model.step_attention, decode.COMPILE_STEP = before
+
+
+def variant_cells(models: Models, refs: dict, prompt: list[int], n: int, variant: tuple) -> list[str]:
+    """tokens/s, ms/token and agreement of one variant; ``refs`` keeps each dtype's recomputed tokens."""
+    dtype, attention, compiled = variant
+    model = models.get(dtype)
+    if dtype not in refs:
+        refs[dtype] = list(generate(model, prompt, n, temperature=0.0, use_cache=False))
+    ids, speed = run_variant(model, prompt, n, attention, compiled)
+    return [f"{speed.tokens_per_s:,.0f}", f"{speed.ms_per_token:.3f}", "yes" if ids == refs[dtype] else "**no**"]
+
+
+def one_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300].replace("|", "/")
+
+
+def print_variants(args, models: Models, prompt: list[int]) -> None:
+    """--variants' table, printed a row at a time, so a log keeps every row measured before a crash.
+    A failed variant's traceback goes to stderr."""
+    label = path_label(models.get("float32"), choose_path(models.get("float32"), "graph"))
+    print(f"\nvariants of the graph path (here: {label}), {args.new_tokens} greedy tokens after the same "
+          f"prompt, each against recomputation in its dtype; time per variant <= {args.variant_timeout_s:g} s, "
+          f"later variants skipped after {args.variants_budget_s:g} s\n")
+    print(table(["variant", "tokens/s", "ms/token", "same tokens as its dtype's recompute"], []), flush=True)
+    refs: dict[str, list[int]] = {}
+    start = time.perf_counter()
+    for variant in VARIANTS:
+        dtype, attention, compiled = variant
+        name = f"{dtype}, {attention}" + (", compiled step" if compiled else "")
+        spent = time.perf_counter() - start
+        if spent > args.variants_budget_s:
+            cells = ["-", "-", f"skipped: the variants have taken {spent:.0f} s of {args.variants_budget_s:g}"]
+        else:
+            try:
+                with time_limit(args.variant_timeout_s):
+                    cells = variant_cells(models, refs, prompt, args.new_tokens, variant)
+            except (Exception, VariantTimeout) as e:
+                cells = ["-", "-", f"failed: {one_line(e)}"]
+                print(f"decode_gpu.py: variant {name} failed:\n{traceback.format_exc(limit=-8)}", file=sys.stderr)
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    print(f"(variants: {time.perf_counter() - start:.0f} s in all)", flush=True)
+
+
+# ---------------------------------------------------------------- --profile
+
+
+def profile_steps(model, pos: int, steps: int):
+    """(profiler, wall seconds per step) over ``steps`` eager static steps at window position ``pos``
+    (after a prefill of ``pos`` tokens and 3 unprofiled steps).  Each step writes the same token's
+    keys at row ``pos`` again, as the graph's warm-up does, so every step is the same work."""
+    device = next(model.parameters()).device
+    stepper = decode.StaticStepper(model, True, compile_step=False)
+    window = torch.randint(0, model.vocab_size, (pos,), generator=torch.Generator().manual_seed(2)).tolist()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch.inference_mode():
+        tok = stepper.prefill(window).argmax(-1, keepdim=True)
+        for _ in range(3):
+            stepper.extend(tok, pos)
+        sync(device)
+        with profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                stepper.extend(tok, pos)
+            sync(device)
+            wall = time.perf_counter() - t0
+    return prof, wall / steps
+
+
+def kernel_lines(prof, steps: int, top: int = 15) -> list[str]:
+    """The device's side of a profile: kernels per step, device time per step, the top kernels
+    (whole names, last on the line: a log is read, not a terminal)."""
+    times = kernel_times(prof.events())
+    launches, total = sum(len(us) for us in times.values()), sum(sum(us) for us in times.values())
+    lines = [f"{launches / steps:.1f} device kernels per step (copies and fills included), "
+             f"{total / steps / 1000:.3f} ms of device time per step",
+             f"{'us/step':>9s} {'share':>6s} {'calls/step':>10s} {'us/call':>8s}  kernel"]
+    for name, us in sorted(times.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        lines.append(f"{sum(us) / steps:9.1f} {100 * sum(us) / (total or 1):5.1f}% {len(us) / steps:10.1f} "
+                     f"{sum(us) / len(us):8.2f}  {name}")
+    return lines
+
+
+def cpu_op_lines(prof, steps: int, top: int = 15) -> list[str]:
+    """The CPU's side (no device): operators by self CPU time, per step, whole names last."""
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    lines = [f"{sum(e.count for e in events) / steps:.1f} operator calls per step (nested ones included), "
+             f"{total / steps / 1000:.3f} ms of CPU self time per step",
+             f"{'us/step':>9s} {'share':>6s} {'calls/step':>10s} {'us/call':>8s}  operator"]
+    for e in events[:top]:
+        lines.append(f"{e.self_cpu_time_total / steps:9.1f} {100 * e.self_cpu_time_total / (total or 1):5.1f}% "
+                     f"{e.count / steps:10.1f} {e.self_cpu_time_total / e.count:8.2f}  {e.key}")
+    return lines
+
+
+def print_profile(args, models: Models) -> None:
+    """--profile: each weight dtype's eager static step at the middle of the window, by kernel."""
+    pos = models.shape["block_size"] // 2
+    for dtype in ("float32", "bfloat16"):
+        print(f"\nprofile: {PROFILE_STEPS} eager static steps (step_attention sdpa) at window position {pos}, "
+              f"{dtype}, {args.device}", flush=True)
+        try:
+            prof, wall = profile_steps(models.get(dtype), pos, PROFILE_STEPS)
+            print(f"{1000 * wall:.3f} ms per step of wall time under the profiler")
+            lines = (kernel_lines if args.device.startswith("cuda") else cpu_op_lines)(prof, PROFILE_STEPS)
+            print("\n".join(lines), flush=True)
+        except Exception as e:
+            print(f"failed: {one_line(e)}", flush=True)
+            print(f"decode_gpu.py: profile {dtype} failed:\n{traceback.format_exc(limit=-8)}", file=sys.stderr)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
@@ -133,6 +322,13 @@ def main() -> None:
     ap.add_argument("--small", action="store_true", help="a tiny shape (2 layers, d64, block 64), for the CPU")
     ap.add_argument("--new-tokens", type=int, default=None, help="default 512 (48 with --small)")
     ap.add_argument("--prompt-tokens", type=int, default=None, help="default 64 (8 with --small)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also the graph path in float32/bfloat16 x sdpa/matmul attention, then compiled steps")
+    ap.add_argument("--variant-timeout-s", type=float, default=60.0, help="a variant's time limit (default 60)")
+    ap.add_argument("--variants-budget-s", type=float, default=150.0,
+                    help="skip the remaining variants once the variants have taken this long (default 150)")
+    ap.add_argument("--profile", action="store_true",
+                    help=f"also profile {PROFILE_STEPS} eager static steps in float32 and bfloat16, by kernel")
     args = ap.parse_args()
     args.new_tokens = args.new_tokens or (48 if args.small else 512)
     args.prompt_tokens = args.prompt_tokens or (8 if args.small else 64)
@@ -144,6 +340,14 @@ def main() -> None:
     rows, ok = measure(args)
     print(header(args) + "\n")
     print(table(["path", "tokens/s", "ms/token", "time to first token (ms)", "same tokens as recompute"], rows))
+    sys.stdout.flush()
+    if args.variants or args.profile:
+        shape = SMALL if args.small else GPT2_SMALL
+        models = Models(shape, torch.device(args.device))
+        if args.variants:
+            print_variants(args, models, prompt_of(args, shape))
+        if args.profile:
+            print_profile(args, models)
     if not ok:
         sys.exit("decode_gpu.py: a path's tokens differ from recomputation (see the table)")
 

@@ -225,3 +225,65 @@ def test_sweep_rows_read_the_members_step_times_and_graph_state(tmp_path):
     (tmp_path / "members" / "broken" / "summary.json").write_text("{not json")
     assert gsu.member_steps(str(tmp_path)) == ["2.50", "yes"]
     assert gsu.member_steps(str(tmp_path / "absent")) == ["-", "-"]
+
+
+def test_decode_gpu_variants_and_profile_run_on_the_cpu():
+    """--variants and --profile through the command line: with no time for variants every one is
+    skipped (each on its own row), and the profile covers both weight dtypes."""
+    r = _script(str(BENCH / "decode_gpu.py"), "--device", "cpu", "--small", "--new-tokens", "8",
+                "--variants", "--variants-budget-s", "0", "--profile")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("| skipped: the variants have taken") == 6, r.stdout
+    assert "| bfloat16, sdpa, compiled step | - | - | skipped" in r.stdout
+    for dtype in ("float32", "bfloat16"):
+        assert f"at window position 32, {dtype}, cpu" in r.stdout
+    assert r.stdout.count("operator calls per step") == 2 and "aten::addmm" in r.stdout
+
+
+def test_decode_gpu_variants_report_each_failure_and_timeout_on_its_row_and_go_on(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    import torch
+
+    dg = _bench_module("decode_gpu")
+    real = dg.variant_cells
+
+    def cells(models, refs, prompt, n, variant):
+        if variant[1] == "boom":
+            raise RuntimeError("boom\nsecond line")
+        if variant[1] == "slow":
+            while True:
+                pass
+        return real(models, refs, prompt, n, variant)
+
+    monkeypatch.setattr(dg, "variant_cells", cells)
+    monkeypatch.setattr(dg, "VARIANTS", [("float32", "boom", False), ("float32", "slow", False),
+                                         ("float32", "matmul", False), ("bfloat16", "sdpa", False)])
+    args = SimpleNamespace(new_tokens=8, prompt_tokens=8, variant_timeout_s=0.3, variants_budget_s=100.0)
+    models = dg.Models(dg.SMALL, torch.device("cpu"))
+    dg.print_variants(args, models, dg.prompt_of(args, dg.SMALL))
+    out = capsys.readouterr()
+    assert "| float32, boom | - | - | failed: RuntimeError: boom |" in out.out
+    assert "| float32, slow | - | - | failed: VariantTimeout: timed out after 0.3 s |" in out.out
+    assert "| float32, matmul | " in out.out and "| float32, matmul | - |" not in out.out  # measured
+    assert out.out.rstrip().splitlines()[-2].endswith("| yes |")  # bfloat16, sdpa: its own recompute
+    assert "second line" in out.err  # the traceback, for the log
+    assert models.get("float32").step_attention == "sdpa" and not dg.decode.COMPILE_STEP  # restored
+
+
+def test_decode_gpu_kernel_lines_count_kernels_per_step_and_keep_whole_names():
+    """--profile's CUDA table, from stand-in profiler events (the CPU has no device kernels)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, kind, us):
+        return SimpleNamespace(name=name, device_type=kind, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    long_name = "void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_64x64_16x6_tn_align4>(" + "x" * 200 + ")"
+    events = [event(long_name, DeviceType.CUDA, 10.0)] * 4 + [event("gemv", DeviceType.CUDA, 5.0)] * 2
+    events += [event("aten::mm", DeviceType.CPU, 99.0)]
+    lines = _bench_module("decode_gpu").kernel_lines(SimpleNamespace(events=lambda: events), steps=2)
+    assert lines[0].startswith("3.0 device kernels per step") and "0.025 ms of device time per step" in lines[0]
+    assert lines[2].endswith("  " + long_name) and lines[2].split()[:4] == ["20.0", "80.0%", "2.0", "10.00"]
+    assert lines[3].split() == ["5.0", "20.0%", "1.0", "5.00", "gemv"] and len(lines) == 4

@@ -9,7 +9,7 @@ import torch
 from tformer_cli.core import decode
 from tformer_cli.core.config import from_dict
 from tformer_cli.core.generate import _sampler, _tokens, bench_cache, generate
-from tformer_cli.core.model import build_model
+from tformer_cli.core.model import STEP_ATTENTION, build_model
 from tformer_cli.errors import ConfigError
 from test_generate import one_thread  # noqa: F401  (autouse: one intra-op thread, as there)
 
@@ -31,8 +31,9 @@ SAMPLING = {"temperature 1": dict(temperature=1.0), "top-k": dict(temperature=0.
             "top-p": dict(temperature=1.2, top_p=0.8)}
 
 
-def make_model(arch="gpt", causal=True, device="cpu", **switches):
-    """A random model with large weights: sharp attention, so positions and masks change the output."""
+def make_model(arch="gpt", causal=True, device="cpu", step_attention="sdpa", **switches):
+    """A random model with large weights: sharp attention, so positions and masks change the output.
+    ``step_attention``: how its static step attends (GPT.step_attention)."""
     cfg = from_dict({"model": {"arch": arch, "d_model": 32, "n_layer": 2, "n_head": 4, "block_size": BLOCK,
                                "causal": causal, "tie_weights": False, **switches}})
     torch.manual_seed(0)
@@ -40,6 +41,8 @@ def make_model(arch="gpt", causal=True, device="cpu", **switches):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.3)
+    if arch == "gpt":
+        model.step_attention = step_attention
     return model.eval().to(device)
 
 
@@ -57,9 +60,10 @@ def traced(model, prompt, n, path, seed=3, **settings):
     return tokens, torch.cat(seen)
 
 
+@pytest.mark.parametrize("attention", STEP_ATTENTION)
 @pytest.mark.parametrize("switches", CONFIGS.values(), ids=CONFIGS)
-def test_static_greedy_equals_dynamic_and_recompute_across_cuts(switches):
-    model = make_model(**switches)
+def test_static_greedy_equals_dynamic_and_recompute_across_cuts(switches, attention):
+    model = make_model(step_attention=attention, **switches)
     for prompt in ([1, 2, 3, 4, 5], [i % VOCAB for i in range(BLOCK + 7)]):  # short, and cut at once
         n = 3 * BLOCK + 3  # crosses several window cuts
         runs = {p: traced(model, prompt, n, p) for p in ("static", "dynamic", "recompute")}
@@ -67,15 +71,18 @@ def test_static_greedy_equals_dynamic_and_recompute_across_cuts(switches):
         torch.testing.assert_close(runs["static"][1], runs["recompute"][1], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("attention", STEP_ATTENTION)
 @pytest.mark.parametrize("settings", SAMPLING.values(), ids=SAMPLING)
 @pytest.mark.parametrize("name", ["mha learned", "mqa", "all, rope, gqa, no bias"])
-def test_static_sampling_equals_dynamic_with_the_same_seed(name, settings):
-    model = make_model(**CONFIGS[name])
+def test_static_sampling_equals_dynamic_and_recompute_with_the_same_seed(name, settings, attention):
+    model = make_model(step_attention=attention, **CONFIGS[name])
     prompt, n = [3, 1, 4, 1, 5], 3 * BLOCK + 3
     static, logits_s = traced(model, prompt, n, "static", seed=11, **settings)
     dynamic, logits_d = traced(model, prompt, n, "dynamic", seed=11, **settings)
-    assert static == dynamic and len(set(static)) > 3  # many different tokens: the draws were exercised
+    recompute, logits_r = traced(model, prompt, n, "recompute", seed=11, **settings)
+    assert static == dynamic == recompute and len(set(static)) > 3  # many different tokens: draws exercised
     torch.testing.assert_close(logits_s, logits_d, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits_s, logits_r, atol=1e-4, rtol=1e-4)
     g = torch.Generator().manual_seed(11)  # the public API, asked for the static path, agrees too
     assert list(generate(model, prompt, n, generator=g, decode="static", **settings)) == static
 
@@ -98,9 +105,10 @@ def test_the_static_path_runs_decode_step_and_prefills_by_forward():
     assert calls["step"] == 39 - 4  # every other token is one static step
 
 
-def test_static_attention_sees_only_rows_up_to_its_position():
+@pytest.mark.parametrize("attention", STEP_ATTENTION)
+def test_static_attention_sees_only_rows_up_to_its_position(attention):
     """Rows past the position hold stale keys after a cut: poisoning them changes nothing."""
-    model = make_model()
+    model = make_model(step_attention=attention)
     stepper = decode.make_stepper(model, "static")
     clean = stepper.prefill([1, 2, 3])
     for k in stepper.cache.k + stepper.cache.v:
@@ -111,6 +119,13 @@ def test_static_attention_sees_only_rows_up_to_its_position():
     fresh.prefill([1, 2, 3])
     with torch.inference_mode():
         torch.testing.assert_close(poisoned, fresh.extend(clean.argmax(-1, keepdim=True), 3), atol=1e-5, rtol=1e-5)
+
+
+def test_an_unknown_step_attention_is_refused():
+    model = make_model()
+    model.step_attention = "flash"
+    with pytest.raises(ValueError, match="step_attention must be one of sdpa, matmul, got 'flash'"):
+        list(generate(model, [1, 2, 3], 3, temperature=0, decode="static"))
 
 
 def test_path_choice_is_made_in_one_place():
@@ -143,11 +158,12 @@ def test_bench_reports_the_path_and_its_latency():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("attention", STEP_ATTENTION)
 @pytest.mark.parametrize("name", ["mha learned", "sinusoidal", "all, rope, gqa, no bias"])
-def test_cuda_graph_tokens_equal_recompute(name, monkeypatch):
+def test_cuda_graph_tokens_equal_recompute(name, attention, monkeypatch):
     """The one path only a GPU can run: captured once, replayed per token, across window cuts."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # training elsewhere may turn it on
-    model = make_model(device="cuda", **CONFIGS[name])
+    model = make_model(device="cuda", step_attention=attention, **CONFIGS[name])
     assert decode.choose_path(model) == "graph"
     prompt, n = [1, 2, 3, 4, 5], 3 * BLOCK + 3
     graph, logits_g = traced(model, prompt, n, "graph", temperature=1.0)
@@ -157,6 +173,40 @@ def test_cuda_graph_tokens_equal_recompute(name, monkeypatch):
     g = torch.Generator(device="cuda").manual_seed(5)
     greedy = list(generate(model, prompt, n, temperature=0, generator=g))
     assert greedy == list(generate(model, prompt, n, temperature=0, use_cache=False))
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_of_a_compiled_step_gives_recomputes_tokens(monkeypatch):
+    """compile_step on its real path: inductor's kernels, compiled in the warm-up, then captured."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(decode, "COMPILE_STEP", True)
+    model = make_model(device="cuda", **CONFIGS["all, rope, gqa, no bias"])
+    prompt, n = [1, 2, 3, 4, 5], 3 * BLOCK + 3
+    graph, logits_g = traced(model, prompt, n, "graph", temperature=1.0)
+    recompute, logits_r = traced(model, prompt, n, "recompute", temperature=1.0)
+    assert graph == recompute
+    torch.testing.assert_close(logits_g, logits_r, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.slow  # inductor compiles the step (C++ on the CPU): about 15 s
+def test_a_compiled_static_step_gives_recomputes_greedy_tokens(monkeypatch):
+    """compile_step (core/decode.py), on the CPU: torch.compile'd GPT.decode_step gives the tokens
+    of recomputation across window cuts; compiled once, and the next generation reuses it."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    model = make_model(**CONFIGS["all, rope, gqa, no bias"])
+    prompt, n = [1, 2, 3, 4, 5], 2 * BLOCK + 3
+    ref = list(generate(model, prompt, n, temperature=0, use_cache=False))
+    assert decode.StaticStepper(model, True).step == model.decode_step  # off by default
+    monkeypatch.setattr(decode, "COMPILE_STEP", True)
+    assert list(generate(model, prompt, n, temperature=0, decode="static")) == ref
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled >= 1
+    assert list(generate(model, prompt, n, temperature=0, decode="static")) == ref
+    assert counters["stats"]["unique_graphs"] == compiled  # no recompilation
 
 
 def test_auto_takes_the_cuda_graph_on_a_cuda_device():

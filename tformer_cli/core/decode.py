@@ -21,6 +21,8 @@ Why a hand-written ``torch.cuda.CUDAGraph`` rather than ``torch.compile(mode="re
 the step's shapes are static by construction, so a graph is all that is needed; compiling a
 12-layer model costs tens of seconds before the first token, recompiles on new shapes or
 settings, and brings its own failure modes, while a captured graph costs a few warm-up steps.
+A compiled step *inside* our graph is an option to measure (``compile_step``, bench/decode_gpu.py
+--variants): inductor's fused kernels, still replayed by one launch per token.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ import torch
 
 PATHS = ("auto", "graph", "static", "dynamic")
 GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.graphs prescribes
+# The static and graph paths' default for StaticStepper's compile_step: off.  A module setting so that
+# a caller of generate() (bench/decode_gpu.py --variants) can turn it on without a new argument there.
+COMPILE_STEP = False
 
 
 def uses_cache(model: torch.nn.Module, use_cache: bool = True) -> bool:
@@ -99,11 +104,23 @@ class Stepper:
 
 
 class StaticStepper(Stepper):
-    """The static step, run eagerly (GPT.decode_step); prefill is the dynamic one."""
+    """The static step, run eagerly (GPT.decode_step); prefill is the dynamic one.
+
+    compile_step (default COMPILE_STEP): run ``torch.compile(model.decode_step, dynamic=False)``
+    instead, in the default mode: inductor fuses the step's small kernels, and no cudagraphs of its
+    own (``reduce-overhead``), since GraphStepper captures the compiled step in its graph.  It
+    compiles at the first step (the graph's first warm-up run); every step has the same shapes,
+    so it never recompiles within a generation, and later generations reuse the compiled code.
+    """
+
+    def __init__(self, model, cached: bool, compile_step: bool | None = None):
+        super().__init__(model, cached)
+        compile_step = COMPILE_STEP if compile_step is None else compile_step
+        self.step = torch.compile(model.decode_step, dynamic=False) if compile_step else model.decode_step
 
     def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
         self._place(pos)
-        return self.model.decode_step(tok, self.cache)
+        return self.step(tok, self.cache)
 
     def _place(self, pos: int) -> None:
         """The next token goes to window position ``pos``: the step reads it from the device."""
@@ -119,8 +136,8 @@ class GraphStepper(StaticStepper):
     from it before asking for the next token (core/generate.py does).
     """
 
-    def __init__(self, model, cached: bool):
-        super().__init__(model, cached)
+    def __init__(self, model, cached: bool, compile_step: bool | None = None):
+        super().__init__(model, cached, compile_step)
         self.tok = torch.zeros((1, 1), dtype=torch.long, device=self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
@@ -137,14 +154,15 @@ class GraphStepper(StaticStepper):
         """Warm up on a side stream, then capture one step (torch.cuda.graphs' recipe).
 
         The warm-up steps run for real: they write this token's keys at row ``pos``, which the
-        replay then writes again with the same values, and nothing else."""
+        replay then writes again with the same values, and nothing else.  A compiled step
+        compiles in the first of them, so the capture records inductor's kernels."""
         with torch.cuda.device(self.device):
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(GRAPH_WARMUP):
-                    self.model.decode_step(self.tok, self.cache)
+                    self.step(self.tok, self.cache)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
-                self.logits = self.model.decode_step(self.tok, self.cache)
+                self.logits = self.step(self.tok, self.cache)

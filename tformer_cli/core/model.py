@@ -18,6 +18,7 @@ from tformer_cli.core.config import ModelConfig, head_count_problem
 from tformer_cli.errors import ConfigError
 
 NORM_EPS = 1e-5  # LayerNorm's default, used by every norm of the model
+STEP_ATTENTION = ("sdpa", "matmul")  # how the static decode step attends (GPT.step_attention)
 
 
 # ---------------------------------------------------------------- positions
@@ -122,13 +123,15 @@ class CausalSelfAttention(nn.Module):
         explicit: bool = False,
         head_mask: torch.Tensor | None = None,
         step_mask: torch.Tensor | None = None,
+        step_attention: str = "sdpa",
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """step_mask (the static decode step, GPT.decode_step): attend over the whole cache with
-        the keys it hides masked, instead of over the cached positions only."""
+        the keys it hides masked, instead of over the cached positions only, the way
+        ``step_attention`` says (GPT.step_attention)."""
         B, T, C = x.shape
         q, k, v = self._qkv(x, rope)
         if step_mask is not None:
-            y, weights = self._attend_step(q, k, v, cache, layer, step_mask), None
+            y, weights = self._attend_step(q, k, v, cache, layer, step_mask, step_attention), None
         else:
             y, weights = self._attend(q, k, v, cache, layer, explicit)
         if head_mask is not None:
@@ -174,15 +177,26 @@ class CausalSelfAttention(nn.Module):
         mask = ~_future_mask(T, Tk, q.device)  # a chunk of queries after cached keys: mask by absolute position
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
 
-    def _attend_step(self, q, k, v, cache: KVCache, layer: int, step_mask: torch.Tensor) -> torch.Tensor:
+    def _attend_step(self, q, k, v, cache: KVCache, layer: int, step_mask: torch.Tensor,
+                     how: str = "sdpa") -> torch.Tensor:
         """One token (T = 1) over the whole cache, keys past its position masked: (B, nh, 1, hs).
 
         Grouped-query attention without repeat_interleave (a copy of the whole cache per layer):
         the g = n_head / n_kv query heads that share a key/value head become g queries of it,
-        all at the one position, so one mask serves them all."""
+        all at the one position, so one mask serves them all.  ``how`` (GPT.step_attention):
+        ``sdpa``, one fused kernel whose choice is PyTorch's; ``matmul``, the formula written
+        out (two batched matmuls and a float32 softmax): more launches, but cuBLAS's kernels for a
+        single query instead of whatever SDPA picks for it against a masked whole-block cache."""
         k, v = cache.write_at_pos(layer, k, v)  # (B, n_kv, max_len, hs)
         B, g = q.size(0), self.n_head // self.n_kv
-        y = F.scaled_dot_product_attention(q.reshape(B, self.n_kv, g, self.hs), k, v, attn_mask=step_mask)
+        q = q.reshape(B, self.n_kv, g, self.hs)  # (B, n_kv, g, hs): g queries per key/value head
+        if how == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=step_mask)
+        elif how == "matmul":
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.hs)) + step_mask  # (B, n_kv, g, max_len)
+            y = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype) @ v  # (B, n_kv, g, hs)
+        else:
+            raise ValueError(f"step_attention must be one of {', '.join(STEP_ATTENTION)}, got {how!r}")
         return y.reshape(B, self.n_head, 1, self.hs)
 
 
@@ -251,12 +265,13 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg) if cfg.ffn else None
         self.ffn = FeedForward(cfg) if cfg.ffn else None
 
-    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None, step_mask=None):
+    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None, step_mask=None,
+                step_attention="sdpa"):
         if self.post:
-            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, step_mask)
+            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, step_mask, step_attention)
             x = self.ln1(x + a)
             return (x if self.ffn is None else self.ln2(x + self.ffn(x))), weights
-        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, step_mask)
+        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, step_mask, step_attention)
         x = x + a
         if self.ffn is not None:
             x = x + self.ffn(self.ln2(x))
@@ -285,6 +300,11 @@ class ModelOutput:
 
 
 class GPT(nn.Module):
+    # How the static decode step attends (STEP_ATTENTION, CausalSelfAttention._attend_step): a plain
+    # attribute, not a config key, because it changes the kernels of decoding, never the model;
+    # bench/decode_gpu.py --variants sets it to compare them.
+    step_attention = "sdpa"
+
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
         if problem := head_count_problem(cfg.d_model, cfg.n_head):
@@ -397,7 +417,7 @@ class GPT(nn.Module):
         x, rope = self._embed(tok, cache.pos)
         mask = cache.step_mask(self.tok_emb.weight.dtype)
         for i, block in enumerate(self.blocks):
-            x, _ = block(x, rope, cache, i, step_mask=mask)
+            x, _ = block(x, rope, cache, i, step_mask=mask, step_attention=self.step_attention)
         return self._logits(x)[:, -1, :]
 
     cache_name = "KV cache"
