@@ -39,10 +39,10 @@ for s in ${STEPS:-tests decode suite quick train sample study profile}; do
     case $s in
     # the tests that need CUDA (marker cuda; skipped elsewhere) and the GPU engine's decisions (names
     # with cuda, gpu or graph, which run anywhere): -rs lists what was skipped and why
-    tests) step tests 90 "$PY" -m pytest -q -p no:cacheprovider tests -k "cuda or gpu or graph" -m "not slow" -rs ;;
+    tests) step tests 90 "$PY" -m pytest -q -p no:cacheprovider ${TESTS:-tests -k "cuda or gpu or graph"} -m "not slow" -rs ;;
     # batch-1 decoding: every path, then the graph's variants (weights' dtype, the step's attention,
     # compiled) and where a static step's device time goes
-    decode) step decode 110 "$PY" bench/decode_gpu.py --variants --profile --variants-budget-s 70 ;;
+    decode) step decode 110 "$PY" bench/decode_gpu.py --variants --profile --variants-budget-s 60 --variant-timeout-s 40 ;;
     # a (the nanoGPT comparison, MFU), d (sweep wall time), b (other shapes), c (`tformer train`), e
     # (decoding); the suite stops starting sections at its budget
     suite) step suite "${SUITE_S:-250}" "$PY" bench/suite.py --gpu --sections "${SECTIONS:-adbce}" \

@@ -226,8 +226,9 @@ def section_c(budget: Budget, args, shared: dict) -> list[str]:
 
 def section_d(budget: Budget, args, shared: dict) -> list[str]:
     rows = []
-    for label, extra in (("policy, --jobs 4", ["--jobs", "4"]), ("policy, --jobs 1", ["--jobs", "1"]),
+    for label, extra in (("policy, --jobs 4", ["--jobs", "4"]),
                          ("cuda_graph=false, --jobs 4", ["--jobs", "4", "--set", "train.cuda_graph=false"]),
+                         ("policy, --jobs 1", ["--jobs", "1"]),
                          ("cuda_graph=false, --jobs 1", ["--jobs", "1", "--set", "train.cuda_graph=false"])):
         if budget.left() < MIN_SECTION_S:
             budget.skipped.append(f"d: {label}")
