@@ -158,8 +158,8 @@ def test_cuda_a_graphed_run_trains_as_the_eager_one_does(tiny_config, tmp_path, 
     assert graphed.cuda_graph and not eager.cuda_graph, graphed.cuda_graph_reason
     rows = [[json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (e_dir, g_dir)]
     losses = [[r.get("train_loss", r.get("val_loss")) for r in rs] for rs in rows]
-    assert losses[0] == pytest.approx(losses[1], rel=1e-4 if dtype == "float32" else 2e-2)
-    assert graphed.val_loss == pytest.approx(eager.val_loss, rel=1e-4 if dtype == "float32" else 2e-2)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3 if dtype == "float32" else 2e-2)
+    assert graphed.val_loss == pytest.approx(eager.val_loss, rel=1e-3 if dtype == "float32" else 2e-2)
 
 
 @pytest.mark.cuda
