@@ -42,7 +42,7 @@ for s in ${STEPS:-tests decode suite quick train sample study profile}; do
     tests) step tests 90 "$PY" -m pytest -q -p no:cacheprovider ${TESTS:-tests -k "cuda or gpu or graph"} -m "not slow" -rs ;;
     # batch-1 decoding: every path, then the graph's variants (weights' dtype, the step's attention,
     # compiled) and where a static step's device time goes
-    decode) step decode 110 "$PY" bench/decode_gpu.py --variants --profile --variants-budget-s 60 --variant-timeout-s 40 ;;
+    decode) step decode "${DECODE_S:-110}" "$PY" bench/decode_gpu.py --variants --profile ${DECODE_ARGS:-} ;;
     # a (the nanoGPT comparison, MFU), d (sweep wall time), b (other shapes), c (`tformer train`), e
     # (decoding); the suite stops starting sections at its budget
     suite) step suite "${SUITE_S:-250}" "$PY" bench/suite.py --gpu --sections "${SECTIONS:-adbce}" \
