@@ -220,11 +220,11 @@ def test_sweep_rows_read_the_members_step_times_and_graph_state(tmp_path):
     for i, (ms, graphed) in enumerate([(1.5, True), (2.5, True), (9.0, True)]):
         member = tmp_path / "members" / f"m{i}"
         member.mkdir(parents=True)
-        (member / "summary.json").write_text(json.dumps({"ms_per_step": ms, "cuda_graph": graphed}))
+        (member / "summary.json").write_text(json.dumps({"ms_per_step": ms, "cuda_graph": graphed, "elapsed_s": ms}))
     (tmp_path / "members" / "broken").mkdir()
     (tmp_path / "members" / "broken" / "summary.json").write_text("{not json")
-    assert gsu.member_steps(str(tmp_path)) == ["2.50", "yes"]
-    assert gsu.member_steps(str(tmp_path / "absent")) == ["-", "-"]
+    assert gsu.member_steps(str(tmp_path)) == ["2.50", "2.5", "yes"]
+    assert gsu.member_steps(str(tmp_path / "absent")) == ["-", "-", "-"]
 
 
 def test_decode_gpu_variants_and_profile_run_on_the_cpu():
