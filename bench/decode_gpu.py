@@ -303,7 +303,8 @@ def print_profile(args, models: Models) -> None:
     """--profile: each weight dtype's eager static step at the middle of the window, by kernel."""
     pos = models.shape["block_size"] // 2
     for dtype in ("float32", "bfloat16"):
-        print(f"\nprofile: {PROFILE_STEPS} eager static steps (step_attention sdpa) at window position {pos}, "
+        attention = models.get(dtype).resolved_step_attention()
+        print(f"\nprofile: {PROFILE_STEPS} eager static steps (step_attention {attention}) at window position {pos}, "
               f"{dtype}, {args.device}", flush=True)
         try:
             prof, wall = profile_steps(models.get(dtype), pos, PROFILE_STEPS)

@@ -124,8 +124,18 @@ def test_static_attention_sees_only_rows_up_to_its_position(attention):
 def test_an_unknown_step_attention_is_refused():
     model = make_model()
     model.step_attention = "flash"
-    with pytest.raises(ValueError, match="step_attention must be one of sdpa, matmul, got 'flash'"):
+    with pytest.raises(ValueError, match="step_attention must be one of auto, sdpa, matmul, got 'flash'"):
         list(generate(model, [1, 2, 3], 3, temperature=0, decode="static"))
+
+
+def test_auto_attention_is_the_matmuls_for_float32_weights_and_sdpa_otherwise():
+    """The measured choice (GPT.resolved_step_attention), and its tokens are recomputation's."""
+    model = make_model(step_attention="auto")
+    assert model.step_attention == "auto" and model.resolved_step_attention() == "matmul"
+    assert make_model().to(torch.bfloat16).resolved_step_attention() == "sdpa"
+    prompt = [1, 2, 3, 4]
+    ref = list(generate(model, prompt, 12, temperature=0, use_cache=False))
+    assert list(generate(model, prompt, 12, temperature=0, decode="static")) == ref
 
 
 def test_path_choice_is_made_in_one_place():

@@ -18,7 +18,7 @@ from tformer_cli.core.config import ModelConfig, head_count_problem
 from tformer_cli.errors import ConfigError
 
 NORM_EPS = 1e-5  # LayerNorm's default, used by every norm of the model
-STEP_ATTENTION = ("sdpa", "matmul")  # how the static decode step attends (GPT.step_attention)
+STEP_ATTENTION = ("auto", "sdpa", "matmul")  # how the static decode step attends (GPT.step_attention)
 
 
 # ---------------------------------------------------------------- positions
@@ -302,8 +302,8 @@ class ModelOutput:
 class GPT(nn.Module):
     # How the static decode step attends (STEP_ATTENTION, CausalSelfAttention._attend_step): a plain
     # attribute, not a config key, because it changes the kernels of decoding, never the model;
-    # bench/decode_gpu.py --variants sets it to compare them.
-    step_attention = "sdpa"
+    # bench/decode_gpu.py --variants sets it to compare them.  auto: resolved_step_attention().
+    step_attention = "auto"
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
@@ -416,9 +416,21 @@ class GPT(nn.Module):
         """
         x, rope = self._embed(tok, cache.pos)
         mask = cache.step_mask(self.tok_emb.weight.dtype)
+        how = self.resolved_step_attention()
         for i, block in enumerate(self.blocks):
-            x, _ = block(x, rope, cache, i, step_mask=mask, step_attention=self.step_attention)
+            x, _ = block(x, rope, cache, i, step_mask=mask, step_attention=how)
         return self._logits(x)[:, -1, :]
+
+    def resolved_step_attention(self) -> str:
+        """step_attention, with auto resolved by the weights' dtype: the written-out matmuls for
+        float32, SDPA otherwise.  Measured on an H100 (BENCHMARKS.md, GPT-2 small, CUDA graph):
+        in float32, SDPA over the masked whole-block cache takes its memory-efficient kernel at
+        122 us a layer and the step 2.27 ms, the matmuls 1.09 ms; in bfloat16 SDPA takes cuDNN's
+        flash kernel (5 us) and is the faster, 0.91 ms against 1.15.  On a CPU the same order held
+        (bench/decode_gpu.py --device cpu --small --variants)."""
+        if self.step_attention != "auto":
+            return self.step_attention
+        return "matmul" if self.tok_emb.weight.dtype == torch.float32 else "sdpa"
 
     cache_name = "KV cache"
 
