@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import math
 from pathlib import Path
 
@@ -310,6 +311,8 @@ def test_sweep_command_end_to_end_with_pivot_and_runs_listing(cli, tiny_yaml, tm
     assert [(row["model.n_head"], row["model.d_model"], row["d_k"]) for row in rows] == [
         ("1", "16", "16"), ("2", "16", "8")]
     assert all(row["status"] == "ok" and row["sample"].startswith("The ") for row in rows)
+    assert all(float(row["elapsed_s"]) > 0 and float(row["measure_s"]) > 0 for row in rows)
+    assert re.search(r"wall time \d+s \(members' training \d+s and measuring \d+s, summed\)", r.out), r.out[-400:]
     assert (out / "comparison.png").stat().st_size > 0
     assert (out / "members" / "n_head-2_d_model-16-s1337" / "summary.json").exists()
     listing = cli("runs", tmp_path / "runs", "--json")

@@ -207,7 +207,18 @@ def render(con: Console, r: ExperimentResult) -> None:
     if failed:
         con.print(f"{len(failed)} member run(s) failed; the others completed", style="red")
     con.print(escape(f"results: {r.out_dir}/results.json, results.csv" + (f"; plot: {r.plot}" if r.plot else "")
-                     + f"; wall time {fmt_time(r.elapsed_s)}"), soft_wrap=wrap)
+                     + f"; wall time {fmt_time(r.elapsed_s)}{time_split(r)}"), soft_wrap=wrap)
+
+
+def time_split(r: ExperimentResult) -> str:
+    """Where the wall time went, as far as the members' rows know: their training and their
+    measurement, summed over members (in parallel they overlap, so the sums can exceed the wall)."""
+    train = [row.elapsed_s for row in r.rows if row.elapsed_s is not None]
+    measure = [row.measure_s for row in r.rows if row.measure_s is not None]
+    if not train:
+        return ""
+    parts = [f"training {fmt_time(sum(train))}"] + ([f"measuring {fmt_time(sum(measure))}"] if measure else [])
+    return f" (members' {' and '.join(parts)}, summed)"
 
 
 def verdict_line(v: Verdict) -> str:

@@ -110,6 +110,7 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
     if o.post is not None:
         row.val_loss_causal, row.sample, row.eval_error = o.post.val_loss_causal, o.post.sample, o.post.error
         row.degenerate = o.post.degenerate
+        row.measure_s = o.post.seconds
         if o.post.val_loss is not None:  # teacher-forced on the causal-consistent loss's own windows
             row.val_loss = o.post.val_loss
     if o.status == "ok":

@@ -4,6 +4,7 @@ by group), the causal-consistent validation loss and a greedy continuation of a 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -96,8 +97,10 @@ def measure(run_dir: Path, cfg: Config, prompt: str | None, evaluator: Evaluator
             return Measurement.from_dict(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError, AttributeError):
             pass
+    t0 = time.perf_counter()
     try:
         post = evaluator(run_dir, cfg, prompt)
+        post.seconds = time.perf_counter() - t0
     except Stopped:
         raise
     except TformerError as e:

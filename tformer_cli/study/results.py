@@ -27,7 +27,8 @@ CSV_COLUMNS = [
     "params", "params_embeddings", "params_attention", "params_ffn",
     "flops_per_token", "flops_embeddings", "flops_attention", "flops_ffn",
     "train_loss", "val_loss", "val_loss_causal", "diff_vs_baseline",
-    "tokens_per_s", "peak_memory_bytes", "memory_source", "steps_done", "elapsed_s", "sample", "run_dir",
+    "tokens_per_s", "peak_memory_bytes", "memory_source", "steps_done", "elapsed_s", "measure_s", "sample",
+    "run_dir",
     "objective", "hint", "eval_error", "val_drop_last_fifth", "still_learning", "degenerate",
 ]
 ANATOMY_KEYS = ("params", "params_embeddings", "params_attention", "params_ffn", "flops_per_token",
@@ -54,6 +55,7 @@ class Measurement:
     error: str = ""  # why the evaluation failed, if it did
     val_loss: float | None = None  # teacher-forced, on the causal-consistent loss's windows
     degenerate: bool | None = None  # the greedy continuation loops (tformer_cli.study.convergence)
+    seconds: float | None = None  # how long the measurement took
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -61,7 +63,7 @@ class Measurement:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Measurement":
         return cls(d.get("val_loss_causal"), d.get("sample"), d.get("error", ""), d.get("val_loss"),
-                   d.get("degenerate"))
+                   d.get("degenerate"), d.get("seconds"))
 
 
 @dataclass
@@ -127,7 +129,8 @@ class MemberRow(_Metrics):
     hint: str = ""
     memory_source: str | None = None
     steps_done: int | None = None
-    elapsed_s: float | None = None
+    elapsed_s: float | None = None  # the member's training (train()'s wall time)
+    measure_s: float | None = None  # its measurement after training (study/measure.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, as results.json and results.csv have it: the columns, then axes, d_k and extras."""
