@@ -268,7 +268,7 @@ def test_decode_gpu_variants_report_each_failure_and_timeout_on_its_row_and_go_o
     assert "| float32, matmul | " in out.out and "| float32, matmul | - |" not in out.out  # measured
     assert out.out.rstrip().splitlines()[-2].endswith("| yes |")  # bfloat16, sdpa: its own recompute
     assert "second line" in out.err  # the traceback, for the log
-    assert models.get("float32").step_attention == "sdpa" and not dg.decode.COMPILE_STEP  # restored
+    assert models.get("float32").step_attention == "auto" and not dg.decode.COMPILE_STEP  # restored
 
 
 def test_decode_gpu_kernel_lines_count_kernels_per_step_and_keep_whole_names():
