@@ -87,6 +87,23 @@ def test_static_sampling_equals_dynamic_and_recompute_with_the_same_seed(name, s
     assert list(generate(model, prompt, n, generator=g, decode="static", **settings)) == static
 
 
+@pytest.mark.parametrize("settings", [dict(temperature=0.0), SAMPLING["top-k"]], ids=["greedy", "top-k"])
+@pytest.mark.parametrize("path", ["static", "dynamic"])
+def test_queuing_the_next_step_before_the_read_changes_no_token(monkeypatch, path, settings):
+    """The overlap of generate._tokens (on by default on CUDA, forced here on the CPU): the next
+    step is queued before a token is read back; the tokens and every step's logits stay the same,
+    across window cuts, and the generation stops after exactly n tokens."""
+    from tformer_cli.core import generate as gen
+
+    model = make_model(**CONFIGS["all, rope, gqa, no bias"])
+    prompt, n = [3, 1, 4, 1, 5], 3 * BLOCK + 3
+    plain, logits_plain = traced(model, prompt, n, path, seed=5, **settings)
+    monkeypatch.setattr(gen, "OVERLAP_DEVICES", ("cpu",))
+    overlapped, logits_overlapped = traced(model, prompt, n, path, seed=5, **settings)
+    assert overlapped == plain and len(plain) == n
+    torch.testing.assert_close(logits_overlapped, logits_plain, atol=0, rtol=0)
+
+
 def test_the_static_path_runs_decode_step_and_prefills_by_forward():
     model = make_model(pos_encoding="rope")
     calls = {"forward": [], "step": 0}

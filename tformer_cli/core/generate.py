@@ -84,8 +84,19 @@ def generate(
     return _tokens(model, list(prompt_ids), max_new_tokens, sample, choose_path(model, decode, use_cache))
 
 
+# Devices on which the next token's step is queued before this token is read back (see _tokens).
+OVERLAP_DEVICES = ("cuda",)
+
+
 @torch.inference_mode()
 def _tokens(model, window: list[int], n: int, sample, path: str) -> Iterator[int]:
+    """The tokens of one generation (the window policy of this module).
+
+    On a GPU each token is read back to the host (the caller wants a Python int), and the read
+    waits for the device.  Where the next step needs nothing but that token (a cached step, not a
+    window cut, not the last token), the step is queued first and the token read after it: the
+    host's per-token work (the read, the caller's use of the token) then overlaps the device's next
+    step.  The device runs the same operations in the same order, so the tokens are the same."""
     # torch.inference_mode on a generator function is re-entered at each resume, so the
     # caller's own grad mode is untouched between tokens.
     block = model.cfg.block_size
@@ -93,13 +104,22 @@ def _tokens(model, window: list[int], n: int, sample, path: str) -> Iterator[int
     window = window[-block:]
     step = make_stepper(model, path)
     logits = step.prefill(window)  # (1, V)
+    reader = _TokenReader(logits.device)
     for i in range(n):
         tok = sample(logits)  # (1, 1) on the model's device: fed back without a host copy
-        t = int(tok.item())  # the one host sync per token: the caller wants a Python int
+        ahead = reader.overlaps and path != "recompute" and i < n - 1 and len(window) < block
+        if ahead:  # queue the next step, then read this token
+            reader.start(tok)
+            logits = step.extend(tok, len(window))
+            t = reader.wait()
+        else:
+            t = int(tok.item())  # the one host sync per token
         yield t
         if i == n - 1:
             return  # no forward for a token nobody will ask for
         window.append(t)
+        if ahead:
+            continue
         if len(window) > block:
             window = window[-keep:]
             logits = step.prefill(window)
@@ -107,6 +127,32 @@ def _tokens(model, window: list[int], n: int, sample, path: str) -> Iterator[int
             logits = step.extend(tok, len(window) - 1)
         else:
             logits = step.prefill(window)
+
+
+class _TokenReader:
+    """Reads a sampled token back to the host without waiting for work queued after it: a
+    copy into pinned memory and an event on CUDA; elsewhere (OVERLAP_DEVICES set by a test) the
+    token itself, read when asked for."""
+
+    def __init__(self, device: torch.device):
+        self.overlaps = device.type in OVERLAP_DEVICES
+        self.cuda = self.overlaps and device.type == "cuda"
+        self.tok: torch.Tensor | None = None
+        if self.cuda:
+            self.host = torch.empty((1, 1), dtype=torch.long, pin_memory=True)
+            self.event = torch.cuda.Event()
+
+    def start(self, tok: torch.Tensor) -> None:
+        self.tok = tok
+        if self.cuda:
+            self.host.copy_(tok, non_blocking=True)
+            self.event.record()
+
+    def wait(self) -> int:
+        if self.cuda:
+            self.event.synchronize()
+            return int(self.host[0, 0])
+        return int(self.tok.item())
 
 
 def _sampler(temperature: float, top_k: int | None, top_p: float | None,
