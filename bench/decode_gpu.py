@@ -331,7 +331,14 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true",
                     help=f"also profile {PROFILE_STEPS} eager static steps in float32 and bfloat16, by kernel")
     ap.add_argument("--no-paths", action="store_true", help="without the table of paths (with --variants or --profile)")
+    ap.add_argument("--no-overlap", action="store_true",
+                    help="read each token back before queuing the next step (generate.OVERLAP_DEVICES empty): "
+                         "the A/B of that overlap")
     args = ap.parse_args()
+    if args.no_overlap:
+        import tformer_cli.core.generate as generate_module
+
+        generate_module.OVERLAP_DEVICES = ()
     args.new_tokens = args.new_tokens or (48 if args.small else 512)
     args.prompt_tokens = args.prompt_tokens or (8 if args.small else 64)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
