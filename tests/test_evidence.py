@@ -199,6 +199,46 @@ def test_a_leaking_model_declared_causal_is_caught(tiny_config):
         window_losses(model, batcher, 4, torch.device("cpu"), torch.float32, sees_future=False)
 
 
+def test_the_passes_over_many_lengths_keep_to_attention_kernels_without_a_build_per_shape(tiny_config, monkeypatch):
+    """window_losses runs inside device.varying_shape_attention (on CUDA: no cuDNN attention, which
+    builds a graph per new shape); off CUDA that is a no-op."""
+    import contextlib
+
+    from tformer_cli.core import device as dev
+    from tformer_cli.train.evaluate import window_losses
+
+    assert isinstance(dev.varying_shape_attention(torch.device("cpu")), contextlib.nullcontext)
+    entered = []
+
+    @contextlib.contextmanager
+    def spy(device):
+        entered.append(device.type)
+        yield
+
+    monkeypatch.setattr(dev, "varying_shape_attention", spy)
+    model, batcher, cfg = _model_and_batcher(tiny_config, causal=True)
+    window_losses(model, batcher, 4, torch.device("cpu"), torch.float32, sees_future=False)
+    assert entered == ["cpu"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bfloat16_window_losses_without_cudnn_attention_agree_with_the_check(tiny_config):
+    from tformer_cli.core.data import prepare
+    from tformer_cli.core.model import build_model
+    from tformer_cli.train.batches import Batcher
+    from tformer_cli.train.distributed import DistInfo
+    from tformer_cli.train.evaluate import window_losses
+
+    cfg = from_dict(tiny_config).replace({"train.device": "cuda"})
+    ds = prepare(cfg.data)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ds.vocab_size).cuda().eval()
+    batcher = Batcher(ds, cfg, torch.device("cuda"), DistInfo(), ds.vocab_size)
+    tf, cc = window_losses(model, batcher, 8, torch.device("cuda"), torch.bfloat16, sees_future=False)
+    assert tf == cc and tf > 0
+
+
 # ---------------------------------------------------------------- members side by side on the CPU
 
 

@@ -75,6 +75,19 @@ def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):
     return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
+def varying_shape_attention(device: torch.device):
+    """Attention for passes over many different lengths (the causal-consistent loss's prefix
+    passes): PyTorch's flash, memory-efficient or math kernels, not cuDNN's.  cuDNN's attention
+    (PyTorch's first choice for bfloat16 on an H100) builds a graph for each new shape, reported at
+    hundreds of milliseconds a build, and a prefix pass per length pays it once per length in every
+    process; the others are ready-made kernels.  A no-op off CUDA."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def setup_backends(device: torch.device) -> None:
     if device.type == "cpu":
         tune_cpu_allocator()

@@ -62,26 +62,27 @@ def window_losses(model, batcher: Batcher, n_windows: int, device, dtype, *, see
     was_training = model.training
     model.eval()
     tf, cc = [], []
-    try:
-        for x, y in _windows(batcher, n_windows):
-            if should_stop():
-                raise Stopped(STOPPED_MEASURING)
-            with dev.autocast(device, dtype):
-                logits = model(x).logits.float()  # (B, T, V)
-            per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
-            tf.append(per_token)
-            if sees_future:
-                cc.append(_prefix_losses(model, x, y, device, dtype, should_stop))
-            elif not cc:  # the check, once
-                k = min(CHECK_WINDOWS, x.size(0))
-                ref = _prefix_losses(model, x[:k], y[:k], device, dtype, should_stop)
-                gap = (ref - per_token[:k]).abs().max().item()
-                if gap > CHECK_TOLERANCE:
-                    raise RuntimeError(f"a model that should not see the future does: one-pass and per-prefix "
-                                       f"losses differ by {gap:.2g} nats")
-                cc.append(per_token)
-            else:
-                cc.append(per_token)
+    try:  # one kernel family for both passes, and no graph build per prefix length
+        with dev.varying_shape_attention(torch.device(device)):
+            for x, y in _windows(batcher, n_windows):
+                if should_stop():
+                    raise Stopped(STOPPED_MEASURING)
+                with dev.autocast(device, dtype):
+                    logits = model(x).logits.float()  # (B, T, V)
+                per_token = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (B, T)
+                tf.append(per_token)
+                if sees_future:
+                    cc.append(_prefix_losses(model, x, y, device, dtype, should_stop))
+                elif not cc:  # the check, once
+                    k = min(CHECK_WINDOWS, x.size(0))
+                    ref = _prefix_losses(model, x[:k], y[:k], device, dtype, should_stop)
+                    gap = (ref - per_token[:k]).abs().max().item()
+                    if gap > CHECK_TOLERANCE:
+                        raise RuntimeError(f"a model that should not see the future does: one-pass and per-prefix "
+                                           f"losses differ by {gap:.2g} nats")
+                    cc.append(per_token)
+                else:
+                    cc.append(per_token)
     finally:
         model.train(was_training)
     return torch.cat(tf).mean().item(), torch.cat(cc).mean().item()
