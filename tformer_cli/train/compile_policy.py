@@ -22,13 +22,21 @@ CUDA_FLOPS = {"bfloat16": 300e12, "float16": 300e12, "float32": 50e12}  # assume
 LAYER_FLOOR_S = 1e-3  # eager kernel launches per layer per step (forward, backward, optimizer)
 
 
-def eager_seconds(cfg: Config, vocab_size: int, dtype: str) -> float:
-    """A rough estimate of the run's eager training time on a CUDA device (evaluation excluded)."""
+def step_arithmetic_s(cfg: Config, vocab_size: int, dtype: str) -> float:
+    """A step's FLOPs at the assumed eager throughput of a CUDA device, in seconds."""
     t = cfg.train
     tokens = t.batch_size * cfg.model.block_size * t.grad_accum
-    flops = totals(cfg.model, vocab_size).flops_per_token * tokens
-    per_step = max(flops / CUDA_FLOPS.get(dtype, CUDA_FLOPS["float32"]), LAYER_FLOOR_S * cfg.model.n_layer)
-    return t.steps * per_step
+    return totals(cfg.model, vocab_size).flops_per_token * tokens / CUDA_FLOPS.get(dtype, CUDA_FLOPS["float32"])
+
+
+def launch_floor_s(cfg: Config) -> float:
+    """A step's kernel launches (forward, backward, optimizer), in seconds: LAYER_FLOOR_S a layer."""
+    return LAYER_FLOOR_S * cfg.model.n_layer
+
+
+def eager_seconds(cfg: Config, vocab_size: int, dtype: str) -> float:
+    """A rough estimate of the run's eager training time on a CUDA device (evaluation excluded)."""
+    return cfg.train.steps * max(step_arithmetic_s(cfg, vocab_size, dtype), launch_floor_s(cfg))
 
 
 def compile_decision(cfg: Config, device_type: str, dtype: str, vocab_size: int,

@@ -25,15 +25,11 @@ from typing import Callable
 
 import torch
 
-from tformer_cli.core.anatomy import totals
 from tformer_cli.core.config import Config
 from tformer_cli.errors import ConfigError
+from tformer_cli.train.compile_policy import launch_floor_s, step_arithmetic_s
 
 WARMUP_STEPS = 3  # eager steps before the capture (torch.cuda.graphs asks for a few)
-# The step is launch-bound, and a graph pays, while its arithmetic at an eager throughput
-# (compile_policy's assumption) takes less than its launches: about 1 ms per layer per step.
-LAUNCH_S_PER_LAYER = 1e-3
-ASSUMED_FLOPS = {"bfloat16": 300e12, "float16": 300e12, "float32": 50e12}
 
 
 def graph_decision(cfg: Config, device_type: str, dtype: str, vocab_size: int, *, compiled: bool,
@@ -52,10 +48,9 @@ def graph_decision(cfg: Config, device_type: str, dtype: str, vocab_size: int, *
         return False, f"off: {blocker}"
     if asked:
         return True, "train.cuda_graph=true"
-    t = cfg.train
-    tokens = t.batch_size * cfg.model.block_size * t.grad_accum
-    arithmetic = totals(cfg.model, vocab_size).flops_per_token * tokens / ASSUMED_FLOPS.get(dtype, 50e12)
-    launches = LAUNCH_S_PER_LAYER * cfg.model.n_layer
+    # launch-bound, so a graph pays, while the step's arithmetic at an eager throughput takes less
+    # than its launches (compile_policy's two estimates)
+    arithmetic, launches = step_arithmetic_s(cfg, vocab_size, dtype), launch_floor_s(cfg)
     if arithmetic < launches:
         return True, (f"on: the step's arithmetic (about {arithmetic * 1e3:.2g} ms) is shorter than its "
                       f"kernel launches (about {launches * 1e3:.0f} ms); train.cuda_graph=false turns it off")
