@@ -45,6 +45,7 @@ from op_profile import kernel_times
 from suite import table
 from tformer_cli.core import decode
 from tformer_cli.core.config import from_dict
+from tformer_cli.core.device import sync
 from tformer_cli.core.decode import choose_path, path_label
 from tformer_cli.core.generate import generate, timed
 from tformer_cli.core.model import build_model
@@ -100,11 +101,6 @@ def run_hf(model, shape: dict, prompt: list[int], n: int) -> tuple[float, float,
     seconds(8)  # warm-up
     (first, _), (total, tokens) = seconds(1), seconds(n)
     return (n - 1) / (total - first), first, tokens
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def cut_check(model, block: int) -> dict[str, bool]:
