@@ -274,3 +274,45 @@ def test_sample_a_run_from_tformer_train(cli, tiny_yaml, tmp_path):
     r = cli("sample", run, "--prompt", "The ", "--max-new-tokens", "40", "--seed", "1")
     assert r.code == 0 and r.out.startswith("The ") and len(r.out) == len("The ") + 40 + 1, r
     assert "40 new tokens" in r.err and "tokens/s" in r.err
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_dtype_sets_the_weights_and_cache_and_keeps_tokens_exact(run, dtype):
+    """--dtype casts the weights (the KV cache follows them); within one dtype the cache's greedy
+    tokens are recomputation's, and the chosen dtype is reported."""
+    args = ("sample", run, "--prompt", "Hello", "--max-new-tokens", "40", "--temperature", "0", "--json",
+            "--dtype", dtype)
+    cached, recompute = run_cli(*args), run_cli(*args, "--no-kv-cache")
+    assert cached.code == recompute.code == 0, cached
+    c, r = json.loads(cached.out), json.loads(recompute.out)
+    assert c["dtype"] == r["dtype"] == dtype
+    assert c["samples"][0]["tokens"] == r["samples"][0]["tokens"]
+    b = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--dtype", dtype, "--decode", "static")
+    assert b.code == 0 and f"cpu, {dtype}" in b.out and "same tokens: yes" in b.out, b
+    s = run_cli("sample", run, "--prompt", "x", "--max-new-tokens", "3", "--dtype", dtype)
+    assert s.code == 0 and f"cpu, {dtype}" in s.err, s
+
+
+def test_dtype_auto_is_float32_off_cuda(run):
+    r = run_cli("sample", run, "--prompt", "x", "--max-new-tokens", "3", "--json")
+    assert r.code == 0 and json.loads(r.out)["dtype"] == "float32", r
+
+
+def test_sample_dtype_auto_is_bfloat16_for_a_gpt_on_cuda(monkeypatch):
+    from tformer_cli.cli.sample import sample_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert sample_dtype("auto", cuda, "gpt") == torch.bfloat16
+    assert sample_dtype("auto", cuda, "lstm") == torch.float32  # bfloat16 recurrent kernels: not measured
+    assert sample_dtype("auto", cpu, "gpt") == torch.float32
+    assert sample_dtype("float16", cpu, "lstm") == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert sample_dtype("auto", cuda, "gpt") == torch.float32
+    with pytest.raises(Exception, match="not supported on this GPU"):
+        sample_dtype("bfloat16", cuda, "gpt")
+
+
+def test_bad_dtype_is_a_usage_error(run):
+    one_line_error(run_cli("sample", run, "--prompt", "x", "--dtype", "float64"), 2,
+                   "--dtype must be one of auto, float32, bfloat16, float16")

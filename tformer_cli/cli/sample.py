@@ -22,6 +22,9 @@ HELP = (
     "identical either way.\n\n"
     "A model trained with model.causal=false generates by recomputation (a cache is not valid for "
     "bidirectional attention); a train.objective=mlm model cannot generate.\n\n"
+    "--dtype sets the weights' precision for generation: auto is bfloat16 on a CUDA GPU that supports "
+    "it (the graph path's faster kernels, docs/sample.md) and float32 elsewhere; the KV cache takes the "
+    "same dtype. The run's weights stay float32 on disk.\n\n"
     "--decode picks how each cached token is computed: auto (a CUDA graph on CUDA, the dynamic cache "
     "elsewhere), graph, static or dynamic; the tokens are the same. A path the model or device cannot "
     "take falls back (graph off CUDA runs the static step; an LSTM always uses its state).\n\n"
@@ -57,6 +60,8 @@ def sample(
                                                 "the same text) [default: a fresh one, reported].",
                                                 show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights and KV cache: auto (bfloat16 on a CUDA "
+                                       "GPT, float32 elsewhere), float32, bfloat16, float16.")] = "auto",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch "
                                                    "[default: torch's choice]. One thread is often "
                                                    "fastest for small models on a busy machine.",
@@ -75,14 +80,15 @@ def sample(
     from tformer_cli.render.sample import note
     from tformer_cli.run.checkpoint import find
 
-    _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed, decode, no_kv_cache)
+    _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed, decode, no_kv_cache,
+                   dtype)
     find(run_dir)  # a missing run or checkpoint fails before waiting on stdin
     text = read_prompt(prompt, prompt_file)
     if threads is not None:
         import torch
 
         torch.set_num_threads(threads)
-    session = _load(run_dir, device)
+    session = _load(run_dir, device, dtype)
     ids = prompt_ids(session.tokenizer, text, skip_unknown, note=note)
     if seed is None:
         import random
@@ -103,14 +109,19 @@ def register(app: typer.Typer) -> None:
 # ---------------------------------------------------------------- input
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
 def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed=None,
-                   decode="auto", no_kv_cache=False) -> None:
+                   decode="auto", no_kv_cache=False, dtype="auto") -> None:
     from tformer_cli.core.decode import decode_problems
     from tformer_cli.core.generate import sampling_problems
     from tformer_cli.errors import ConfigError
 
     problems = [f"--{p.replace('_', '-')}"
                 for p in sampling_problems(temperature, top_k, top_p) + decode_problems(decode)]
+    if dtype not in DTYPES:
+        problems.append(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype[:40]!r}")
     if no_kv_cache and decode != "auto":
         problems.append(f"--no-kv-cache recomputes every token: it cannot be combined with --decode {decode}")
     if max_new_tokens is not None and max_new_tokens < 1:
@@ -136,9 +147,31 @@ class _Session:
     def __init__(self, model, tokenizer, cfg, device):
         self.model, self.tokenizer, self.cfg, self.device = model, tokenizer, cfg, device
 
+    @property
+    def dtype(self) -> str:
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
-def _load(run_dir: Path, device: str) -> _Session:
-    """Load the run and refuse what cannot generate; warn once for a bidirectional model."""
+
+def sample_dtype(name: str, device, arch: str):
+    """The weights' dtype for generation: ``auto`` is bfloat16 for a GPT on a CUDA GPU with
+    bfloat16 (measured faster there, BENCHMARKS.md) and float32 elsewhere (an LSTM included)."""
+    import torch
+
+    from tformer_cli.core.device import resolve_dtype
+
+    if name == "auto" and arch != "gpt":
+        return torch.float32
+    dtype = resolve_dtype(name, device)
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        from tformer_cli.errors import ConfigError
+
+        raise ConfigError("--dtype bfloat16 is not supported on this GPU", hint="use --dtype float16 or float32")
+    return dtype
+
+
+def _load(run_dir: Path, device: str, dtype: str = "auto") -> _Session:
+    """Load the run in ``dtype`` (see sample_dtype) and refuse what cannot generate; warn once for a
+    bidirectional model."""
     from tformer_cli.errors import ConfigError, RunError
     from tformer_cli.run.load import load_for_inference
 
@@ -151,6 +184,7 @@ def _load(run_dir: Path, device: str) -> _Session:
     if tokenizer.vocab_size != ckpt.vocab_size and not padded:
         raise RunError(f"tokenizer.json in {run_dir} has {tokenizer.vocab_size} tokens, the checkpoint's "
                        f"model {ckpt.vocab_size}", hint="the run directory mixes files of different runs")
+    model.to(sample_dtype(dtype, dev, cfg.model.arch))
     if not cfg.model.causal:
         from tformer_cli.render.sample import warn_bidirectional
 
@@ -192,12 +226,12 @@ def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: i
         from tformer_cli.render.console import print_json
 
         print_json({"prompt": session.tokenizer.decode(ids), "prompt_tokens": len(ids), "seed": seed,
-                    "device": str(session.device), "kv_cache": path != "recompute", **settings,
+                    "device": str(session.device), "dtype": session.dtype, "kv_cache": path != "recompute", **settings,
                     "decode_path": path, "samples": samples, "total": total.to_dict()})
     else:
         from tformer_cli.render.sample import print_speed
 
-        print_speed(total, path_label(session.model, path), session.device, seed)
+        print_speed(total, path_label(session.model, path), f"{session.device}, {session.dtype}", seed)
 
 
 def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict, json_: bool) -> None:
@@ -210,7 +244,7 @@ def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict,
     r = bench_cache(session.model, ids, n, seed=seed, **settings)
     threads = torch.get_num_threads()
     if json_:
-        print_json({"device": str(session.device), "threads": threads, "seed": seed, **settings, **r.to_dict()})
+        print_json({"device": str(session.device), "dtype": session.dtype, "threads": threads, "seed": seed, **settings, **r.to_dict()})
         return
-    where = f"{session.device}" + (f", {threads} threads" if session.device.type == "cpu" else "")
+    where = f"{session.device}, {session.dtype}" + (f", {threads} threads" if session.device.type == "cpu" else "")
     show_cache_bench(console(), r, session.cfg.model, where)
