@@ -15,9 +15,11 @@ tokens across a window cut.  Hugging Face runs eager (no torch.compile), greedy,
 `transformers` is importable, with the same weights.  Prints a markdown table; exits 1 if any path's tokens differ.
 
 --variants: after the table, the graph path (the static step off CUDA, as choose_path falls back)
-for weights in float32 and bfloat16 times GPT.step_attention sdpa and matmul, then with a
-torch.compile'd step (core/decode.py COMPILE_STEP) in float32 and bfloat16, each against
-recomputation in its own dtype.  Each variant runs alone: a failure or a variant past
+in variants of weights' dtype (float32, bfloat16), GPT.step_attention (sdpa, matmul), compiled
+step (core/decode.py COMPILE_STEP: off, block, whole) and overlap (the next step queued before a
+token is read back, core/generate.py OVERLAP_DEVICES), each against recomputation in its own
+dtype, in the order of VARIANTS (what `tformer sample` does on CUDA first, then its A/Bs).  Each
+variant runs alone: a failure or a variant past
 --variant-timeout-s prints its row and the next one runs; once the variants together have taken
 --variants-budget-s, the rest are skipped (so the section takes at most about budget + timeout).
 Their tokens are reported, not required to agree (the exit status is the table's).
@@ -43,6 +45,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from op_profile import kernel_times
 from suite import table
+import tformer_cli.core.generate as generate_module
 from tformer_cli.core import decode
 from tformer_cli.core.config import from_dict
 from tformer_cli.core.device import sync
@@ -53,10 +56,19 @@ from tformer_cli.core.model import build_model
 GPT2_SMALL = dict(n_layer=12, d_model=768, n_head=12, block_size=1024, vocab=50304)
 SMALL = dict(n_layer=2, d_model=64, n_head=4, block_size=64, vocab=512)
 PATHS = ("graph", "static", "dynamic", "recompute")
-# --variants, in order: (weights' dtype, GPT.step_attention, compiled step); the compiled ones last,
-# since compiling takes the longest and is the likeliest to fail
-VARIANTS = [(dtype, attention, False) for dtype in ("float32", "bfloat16") for attention in ("sdpa", "matmul")]
-VARIANTS += [("float32", "sdpa", True), ("bfloat16", "sdpa", True)]
+# --variants, in order: (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap).  First what
+# `tformer sample` does on a CUDA GPU (bfloat16, auto attention = sdpa, no compile, overlap), then
+# the A/B of each choice, the questions still open first (the overlap, a compiled step).
+VARIANTS = [
+    ("bfloat16", "sdpa", "off", True),
+    ("bfloat16", "sdpa", "off", False),
+    ("bfloat16", "sdpa", "block", True),
+    ("float32", "matmul", "off", True),
+    ("bfloat16", "matmul", "off", True),
+    ("bfloat16", "sdpa", "whole", True),
+    ("float32", "sdpa", "off", True),
+    ("float32", "matmul", "block", True),
+]
 PROFILE_STEPS = 20
 
 
@@ -189,25 +201,33 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_variant(model, prompt: list[int], n: int, attention: str, compiled: bool):
+def run_variant(model, prompt: list[int], n: int, attention: str, compiled: str, overlap: bool = True):
     """(tokens, Speed) of the graph path (the static step off CUDA) with GPT.step_attention
-    ``attention`` and the step compiled or not; the model and core/decode.py are left as they were.
+    ``attention``, the step compiled ``compiled`` (COMPILE_STEP), and the next step queued before a
+    token is read back or not; the model, core/decode.py and core/generate.py are left as they were.
     A compiled step compiles in run_path's untimed warm-up generation."""
-    before = model.step_attention, decode.COMPILE_STEP
+    before = model.step_attention, decode.COMPILE_STEP, generate_module.OVERLAP_DEVICES
     model.step_attention, decode.COMPILE_STEP = attention, compiled
+    generate_module.OVERLAP_DEVICES = ("cuda",) if overlap else ()
     try:
         return run_path(model, prompt, n, choose_path(model, "graph"))
     finally:
-        model.step_attention, decode.COMPILE_STEP = before
+        model.step_attention, decode.COMPILE_STEP, generate_module.OVERLAP_DEVICES = before
+
+
+def variant_name(variant: tuple) -> str:
+    dtype, attention, compiled, overlap = variant
+    return (f"{dtype}, {attention}" + {"off": "", "block": ", compiled by block", "whole": ", compiled whole"}[compiled]
+            + ("" if overlap else ", no overlap"))
 
 
 def variant_cells(models: Models, refs: dict, prompt: list[int], n: int, variant: tuple) -> list[str]:
     """tokens/s, ms/token and agreement of one variant; ``refs`` keeps each dtype's recomputed tokens."""
-    dtype, attention, compiled = variant
+    dtype, attention, compiled, overlap = variant
     model = models.get(dtype)
     if dtype not in refs:
         refs[dtype] = list(generate(model, prompt, n, temperature=0.0, use_cache=False))
-    ids, speed = run_variant(model, prompt, n, attention, compiled)
+    ids, speed = run_variant(model, prompt, n, attention, compiled, overlap)
     return [f"{speed.tokens_per_s:,.0f}", f"{speed.ms_per_token:.3f}", "yes" if ids == refs[dtype] else "**no**"]
 
 
@@ -227,8 +247,7 @@ def print_variants(args, models: Models, prompt: list[int]) -> None:
     refs: dict[str, list[int]] = {}
     start = time.perf_counter()
     for variant in VARIANTS:
-        dtype, attention, compiled = variant
-        name = f"{dtype}, {attention}" + (", compiled step" if compiled else "")
+        name = variant_name(variant)
         spent = time.perf_counter() - start
         if spent > args.variants_budget_s:
             cells = ["-", "-", f"skipped: the variants have taken {spent:.0f} s of {args.variants_budget_s:g}"]
@@ -251,7 +270,7 @@ def profile_steps(model, pos: int, steps: int):
     (after a prefill of ``pos`` tokens and 3 unprofiled steps).  Each step writes the same token's
     keys at row ``pos`` again, as the graph's warm-up does, so every step is the same work."""
     device = next(model.parameters()).device
-    stepper = decode.StaticStepper(model, True, compile_step=False)
+    stepper = decode.StaticStepper(model, True, compile_step="off")
     window = torch.randint(0, model.vocab_size, (pos,), generator=torch.Generator().manual_seed(2)).tolist()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with torch.inference_mode():
@@ -320,7 +339,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=None, help="default 512 (48 with --small)")
     ap.add_argument("--prompt-tokens", type=int, default=None, help="default 64 (8 with --small)")
     ap.add_argument("--variants", action="store_true",
-                    help="also the graph path in float32/bfloat16 x sdpa/matmul attention, then compiled steps")
+                    help="also the graph path's variants: dtype, step attention, compiled step, overlap")
     ap.add_argument("--variant-timeout-s", type=float, default=60.0, help="a variant's time limit (default 60)")
     ap.add_argument("--variants-budget-s", type=float, default=150.0,
                     help="skip the remaining variants once the variants have taken this long (default 150)")
@@ -328,12 +347,10 @@ def main() -> None:
                     help=f"also profile {PROFILE_STEPS} eager static steps in float32 and bfloat16, by kernel")
     ap.add_argument("--no-paths", action="store_true", help="without the table of paths (with --variants or --profile)")
     ap.add_argument("--no-overlap", action="store_true",
-                    help="read each token back before queuing the next step (generate.OVERLAP_DEVICES empty): "
-                         "the A/B of that overlap")
+                    help="in the table of paths, read each token back before queuing the next step "
+                         "(generate.OVERLAP_DEVICES empty); each of --variants says its own")
     args = ap.parse_args()
-    if args.no_overlap:
-        import tformer_cli.core.generate as generate_module
-
+    if args.no_overlap:  # the paths' table (each variant says its own)
         generate_module.OVERLAP_DEVICES = ()
     args.new_tokens = args.new_tokens or (48 if args.small else 512)
     args.prompt_tokens = args.prompt_tokens or (8 if args.small else 64)

@@ -208,7 +208,7 @@ def test_cuda_graph_tokens_equal_recompute(name, attention, monkeypatch):
 def test_cuda_graph_of_a_compiled_step_gives_recomputes_tokens(monkeypatch):
     """compile_step on its real path: inductor's kernels, compiled in the warm-up, then captured."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(decode, "COMPILE_STEP", True)
+    monkeypatch.setattr(decode, "COMPILE_STEP", "block")
     model = make_model(device="cuda", **CONFIGS["all, rope, gqa, no bias"])
     prompt, n = [1, 2, 3, 4, 5], 3 * BLOCK + 3
     graph, logits_g = traced(model, prompt, n, "graph", temperature=1.0)
@@ -217,23 +217,31 @@ def test_cuda_graph_of_a_compiled_step_gives_recomputes_tokens(monkeypatch):
     torch.testing.assert_close(logits_g, logits_r, atol=1e-3, rtol=1e-3)
 
 
-@pytest.mark.slow  # inductor compiles the step (C++ on the CPU): about 15 s
-def test_a_compiled_static_step_gives_recomputes_greedy_tokens(monkeypatch):
-    """compile_step (core/decode.py), on the CPU: torch.compile'd GPT.decode_step gives the tokens
-    of recomputation across window cuts; compiled once, and the next generation reuses it."""
+@pytest.mark.slow  # inductor compiles the step (C++ on the CPU): about 15 s a mode
+@pytest.mark.parametrize("how", ["block", "whole"])
+def test_a_compiled_static_step_gives_recomputes_greedy_tokens(monkeypatch, how):
+    """compile_step (core/decode.py), on the CPU: the static step compiled by block (one compile
+    for every layer) or whole gives the tokens of recomputation across window cuts; compiled once,
+    and the next generation reuses it."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
+    counters.clear()
     model = make_model(**CONFIGS["all, rope, gqa, no bias"])
     prompt, n = [1, 2, 3, 4, 5], 2 * BLOCK + 3
     ref = list(generate(model, prompt, n, temperature=0, use_cache=False))
     assert decode.StaticStepper(model, True).step == model.decode_step  # off by default
-    monkeypatch.setattr(decode, "COMPILE_STEP", True)
+    monkeypatch.setattr(decode, "COMPILE_STEP", how)
     assert list(generate(model, prompt, n, temperature=0, decode="static")) == ref
     compiled = counters["stats"]["unique_graphs"]
-    assert compiled >= 1
+    assert compiled == 1  # by block: one graph for all the layers
     assert list(generate(model, prompt, n, temperature=0, decode="static")) == ref
     assert counters["stats"]["unique_graphs"] == compiled  # no recompilation
+
+
+def test_an_unknown_compile_mode_is_refused():
+    with pytest.raises(ValueError, match="compile_step must be one of off, block, whole, got 'yes'"):
+        decode.StaticStepper(make_model(), True, compile_step="yes")
 
 
 def test_auto_takes_the_cuda_graph_on_a_cuda_device():

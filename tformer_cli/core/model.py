@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -81,18 +82,27 @@ class KVCache:
         self.v[layer].narrow(2, start, end - start).copy_(v)
         return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
-    def write_at_pos(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The static step's write: one position's k, v (B, n_kv, 1, hs) into row ``self.pos``, and
-        the whole buffers back (rows past pos hold stale keys that the step's mask hides), so the
-        shapes never change from one token to the next."""
-        self.k[layer].index_copy_(2, self.pos, k)
-        self.v[layer].index_copy_(2, self.pos, v)
-        return self.k[layer], self.v[layer]
+    def step_inputs(self, layer: int, mask: torch.Tensor, how: str) -> "StepInputs":
+        """What layer ``layer`` of the static decode step reads from the cache (see StepInputs)."""
+        return StepInputs(self.k[layer], self.v[layer], self.pos, mask, how)
 
     def step_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """(1, max_len) additive mask of the token at ``self.pos``: 0 on rows 0..pos, -inf past it.
         Additive, made once per step: SDPA would convert a boolean mask again in every layer."""
         return torch.where(self.key_pos <= self.pos, 0.0, float("-inf")).to(dtype)
+
+
+class StepInputs(NamedTuple):
+    """One block's share of the static decode step (GPT.decode_step), tensors and a string only,
+    so that one compiled block step serves every layer (core/decode.py compile_step): its layer's
+    key and value buffers (B, n_kv, max_len, hs), the position (1,) on the device, the additive
+    mask (1, max_len) of that position, and how to attend (GPT.step_attention, resolved)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    pos: torch.Tensor
+    mask: torch.Tensor
+    how: str
 
 
 # ---------------------------------------------------------------- attention
@@ -122,16 +132,14 @@ class CausalSelfAttention(nn.Module):
         layer: int = 0,
         explicit: bool = False,
         head_mask: torch.Tensor | None = None,
-        step_mask: torch.Tensor | None = None,
-        step_attention: str = "sdpa",
+        step: StepInputs | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """step_mask (the static decode step, GPT.decode_step): attend over the whole cache with
-        the keys it hides masked, instead of over the cached positions only, the way
-        ``step_attention`` says (GPT.step_attention)."""
+        """step (the static decode step, GPT.decode_step): attend over the whole cache with the
+        keys its mask hides, instead of over the cached positions only."""
         B, T, C = x.shape
         q, k, v = self._qkv(x, rope)
-        if step_mask is not None:
-            y, weights = self._attend_step(q, k, v, cache, layer, step_mask, step_attention), None
+        if step is not None:
+            y, weights = self._attend_step(q, k, v, step), None
         else:
             y, weights = self._attend(q, k, v, cache, layer, explicit)
         if head_mask is not None:
@@ -177,9 +185,12 @@ class CausalSelfAttention(nn.Module):
         mask = ~_future_mask(T, Tk, q.device)  # a chunk of queries after cached keys: mask by absolute position
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
 
-    def _attend_step(self, q, k, v, cache: KVCache, layer: int, step_mask: torch.Tensor,
-                     how: str = "sdpa") -> torch.Tensor:
+    def _attend_step(self, q, k, v, step: StepInputs) -> torch.Tensor:
         """One token (T = 1) over the whole cache, keys past its position masked: (B, nh, 1, hs).
+
+        Its k, v (B, n_kv, 1, hs) go to row ``step.pos`` of the layer's buffers, and attention
+        reads the whole buffers (rows past pos hold stale keys that the mask hides), so the
+        shapes never change from one token to the next.
 
         Grouped-query attention without repeat_interleave (a copy of the whole cache per layer):
         the g = n_head / n_kv query heads that share a key/value head become g queries of it,
@@ -187,7 +198,9 @@ class CausalSelfAttention(nn.Module):
         ``sdpa``, one fused kernel whose choice is PyTorch's; ``matmul``, the formula written
         out (two batched matmuls and a float32 softmax): more launches, but cuBLAS's kernels for a
         single query instead of whatever SDPA picks for it against a masked whole-block cache."""
-        k, v = cache.write_at_pos(layer, k, v)  # (B, n_kv, max_len, hs)
+        step.k.index_copy_(2, step.pos, k)
+        step.v.index_copy_(2, step.pos, v)
+        k, v, step_mask, how = step.k, step.v, step.mask, step.how  # (B, n_kv, max_len, hs)
         B, g = q.size(0), self.n_head // self.n_kv
         q = q.reshape(B, self.n_kv, g, self.hs)  # (B, n_kv, g, hs): g queries per key/value head
         if how == "sdpa":
@@ -265,17 +278,23 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg) if cfg.ffn else None
         self.ffn = FeedForward(cfg) if cfg.ffn else None
 
-    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None, step_mask=None,
-                step_attention="sdpa"):
+    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None,
+                step: StepInputs | None = None):
         if self.post:
-            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, step_mask, step_attention)
+            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, step)
             x = self.ln1(x + a)
             return (x if self.ffn is None else self.ln2(x + self.ffn(x))), weights
-        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, step_mask, step_attention)
+        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, step)
         x = x + a
         if self.ffn is not None:
             x = x + self.ffn(self.ln2(x))
         return x, weights
+
+
+def block_step(block: Block, x: torch.Tensor, rope, step: StepInputs) -> torch.Tensor:
+    """One block of the static decode step: a function of tensors (and a string), the block
+    passed in, so that torch.compile compiles it once for every layer (core/decode.py)."""
+    return block(x, rope, step=step)[0]
 
 
 def real_vocab(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -406,19 +425,21 @@ class GPT(nn.Module):
             logits = cap * torch.tanh(logits / cap)
         return logits
 
-    def decode_step(self, tok: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    def decode_step(self, tok: torch.Tensor, cache: KVCache, run_block: Callable | None = None) -> torch.Tensor:
         """Logits (B, V) after one token ``tok`` (B, 1) at window position ``cache.pos``.
 
         The static step (core/decode.py): its position is a device tensor and it attends over
         the whole cache with later rows masked, so every shape is the same at every token and
         nothing is read back to the host; a CUDA graph can capture it.  The caller sets
         ``cache.pos`` (and keeps ``cache.length``); rows 0..pos-1 must hold the window's keys.
+        ``run_block`` (default block_step) runs one block: core/decode.py passes a compiled one.
         """
         x, rope = self._embed(tok, cache.pos)
         mask = cache.step_mask(self.tok_emb.weight.dtype)
         how = self.resolved_step_attention()
+        run = run_block or block_step
         for i, block in enumerate(self.blocks):
-            x, _ = block(x, rope, cache, i, step_mask=mask, step_attention=how)
+            x = run(block, x, rope, cache.step_inputs(i, mask, how))
         return self._logits(x)[:, -1, :]
 
     def resolved_step_attention(self) -> str:
