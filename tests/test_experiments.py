@@ -312,7 +312,12 @@ def test_sweep_command_end_to_end_with_pivot_and_runs_listing(cli, tiny_yaml, tm
         ("1", "16", "16"), ("2", "16", "8")]
     assert all(row["status"] == "ok" and row["sample"].startswith("The ") for row in rows)
     assert all(float(row["elapsed_s"]) > 0 and float(row["measure_s"]) > 0 for row in rows)
-    assert re.search(r"wall time \d+s \(members' training \d+s and measuring \d+s, summed\)", r.out), r.out[-400:]
+    for row in rows:  # train()'s wall time, split: set-up, steps, evaluation, checkpoints
+        parts = [float(row[k]) for k in ("setup_s", "steps_s", "eval_s", "checkpoint_s")]
+        assert min(parts) >= 0 and parts[1] > 0 and sum(parts) == pytest.approx(float(row["elapsed_s"]), abs=1e-6)
+    flat = " ".join(r.out.split())  # the line may wrap
+    assert re.search(r"wall time \d+s \(members' set-up [\d.]+s, steps [\d.]+s, evaluation [\d.]+s, "
+                     r"checkpoints [\d.]+s, measuring [\d.]+s, summed; outside them [\d.]+s\)", flat), r.out[-400:]
     assert (out / "comparison.png").stat().st_size > 0
     assert (out / "members" / "n_head-2_d_model-16-s1337" / "summary.json").exists()
     listing = cli("runs", tmp_path / "runs", "--json")

@@ -84,6 +84,9 @@ def test_train_summary_and_live_display(monkeypatch, trained, tmp_path):
     r = piped(monkeypatch, "train", cfg, "--steps", "2", "--out", "b")
     line = next(line for line in r.out.splitlines() if line.strip().startswith("parameters"))
     assert f"{summary['params']:,} ({summary['non_embedding_params']:,} non-embedding)" in line
+    flat = " ".join(r.out.split())  # the wall time's split, wrapped or not
+    assert re.search(r"wall time \d+s \(set-up [\d.]+s, steps [\d.]+s, evaluation [\d.]+s, checkpoints [\d.]+s\)",
+                     flat), r.out
 
 
 @pytest.mark.parametrize("width", [60, 80, 120])

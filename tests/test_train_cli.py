@@ -34,6 +34,9 @@ def test_train_writes_a_self_describing_run(cli, tiny_yaml, tmp_path):
     assert not any("_orig_mod" in k for k in keys)
     rows = _metrics(run)
     assert [r["step"] for r in rows if "val_loss" in r] == [10, 20]
+    parts = [summary[k] for k in ("setup_s", "steps_s", "eval_s", "checkpoint_s")]  # elapsed_s, split
+    assert min(parts) >= 0 and parts[1] > 0 and parts[2] > 0 and parts[3] > 0
+    assert sum(parts) == pytest.approx(summary["elapsed_s"], abs=1e-6)
 
 
 def test_cli_resume_extends_a_run_and_refuses_conflicts(cli, tiny_yaml, tmp_path):

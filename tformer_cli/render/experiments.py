@@ -12,7 +12,7 @@ from typing import Sequence
 from rich.console import Console
 from rich.markup import escape
 
-from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_params, fmt_time
+from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_params, fmt_span, fmt_time, time_split
 from tformer_cli.render.table import Col, show
 from tformer_cli.study.convergence import STILL_LEARNING, STILL_LEARNING_FRACTION
 from tformer_cli.study.results import ExperimentEntry, ExperimentResult, MemberSummary, RunEntry, Verdict
@@ -207,18 +207,33 @@ def render(con: Console, r: ExperimentResult) -> None:
     if failed:
         con.print(f"{len(failed)} member run(s) failed; the others completed", style="red")
     con.print(escape(f"results: {r.out_dir}/results.json, results.csv" + (f"; plot: {r.plot}" if r.plot else "")
-                     + f"; wall time {fmt_time(r.elapsed_s)}{time_split(r)}"), soft_wrap=wrap)
+                     + f"; wall time {fmt_time(r.elapsed_s)}{wall_split(r)}"), soft_wrap=wrap)
 
 
-def time_split(r: ExperimentResult) -> str:
-    """Where the wall time went, as far as the members' rows know: their training and their
-    measurement, summed over members (in parallel they overlap, so the sums can exceed the wall)."""
-    train = [row.elapsed_s for row in r.rows if row.elapsed_s is not None]
-    measure = [row.measure_s for row in r.rows if row.measure_s is not None]
-    if not train:
+def wall_split(r: ExperimentResult) -> str:
+    """Where the wall time went, as far as the members' rows know: their set-up, training steps,
+    evaluations and checkpoints (train()'s split) and their measurement, summed over members; with
+    members in sequence, also what lay outside them (each member's process or directory, its
+    row, the plots and results files).  In parallel they overlap, so the sums can exceed the wall."""
+    rows = [row for row in r.rows if row.elapsed_s is not None]
+    if not rows:
         return ""
-    parts = [f"training {fmt_time(sum(train))}"] + ([f"measuring {fmt_time(sum(measure))}"] if measure else [])
-    return f" (members' {' and '.join(parts)}, summed)"
+
+    def total(name: str) -> float | None:
+        values = [getattr(row, name) for row in rows if getattr(row, name) is not None]
+        return sum(values) if values else None
+
+    measure = total("measure_s")
+    if total("steps_s") is None:  # results of a version before the split
+        parts = f"training {fmt_time(total('elapsed_s'))}"
+    else:
+        parts = time_split(total("setup_s"), total("steps_s"), total("eval_s"), total("checkpoint_s"))
+    parts += f", measuring {fmt_span(measure)}" if measure is not None else ""
+    outside = ""
+    if r.execution.startswith("in sequence"):
+        rest = r.elapsed_s - (total("elapsed_s") or 0.0) - (measure or 0.0)
+        outside = f"; outside them {fmt_span(max(rest, 0.0))}"
+    return f" (members' {parts}, summed{outside})"
 
 
 def verdict_line(v: Verdict) -> str:

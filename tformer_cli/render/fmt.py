@@ -35,6 +35,21 @@ def fmt_params(n: int | None) -> str:
     return str(n)
 
 
+def fmt_span(s: float | None) -> str:
+    """A part of a wall time: tenths of a second under 10 s (a split of short runs), else fmt_time."""
+    if s is not None and 0 <= s < 9.95:
+        return f"{s:.1f}s"
+    return fmt_time(s)
+
+
+def time_split(setup: float | None, steps: float | None, evaluation: float | None,
+               checkpoints: float | None) -> str:
+    """'set-up 1.2s, steps 50s, evaluation 4.1s, checkpoints 0.3s' (the parts known), or ''."""
+    parts = [(name, v) for name, v in (("set-up", setup), ("steps", steps), ("evaluation", evaluation),
+                                       ("checkpoints", checkpoints)) if v is not None]
+    return ", ".join(f"{name} {fmt_span(v)}" for name, v in parts)
+
+
 def fmt_time(s: float | None) -> str:
     if s is None or s < 0 or math.isinf(s):
         return "-"

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_time
+from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_time, time_split
 from tformer_cli.render.table import show_pairs
 
 
@@ -40,8 +40,12 @@ def summary_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
         *([("cuda graph", r["cuda_graph_reason"])] if str(r.get("device", "")).startswith("cuda")
           and r.get("cuda_graph_reason") else []),
         ("tokens seen", fmt_int(r["tokens_seen"])),
-        ("wall time", fmt_time(r["elapsed_s"])),
+        ("wall time", fmt_time(r["elapsed_s"]) + (f" ({split})" if (split := _split(r)) else "")),
     ]
+
+
+def _split(r: dict[str, Any]) -> str:
+    return time_split(r.get("setup_s"), r.get("steps_s"), r.get("eval_s"), r.get("checkpoint_s"))
 
 
 def show_summary(con: Console, r: dict[str, Any], title: str = "run summary") -> None:

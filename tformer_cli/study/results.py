@@ -27,7 +27,8 @@ CSV_COLUMNS = [
     "params", "params_embeddings", "params_attention", "params_ffn",
     "flops_per_token", "flops_embeddings", "flops_attention", "flops_ffn",
     "train_loss", "val_loss", "val_loss_causal", "diff_vs_baseline",
-    "tokens_per_s", "peak_memory_bytes", "memory_source", "steps_done", "elapsed_s", "measure_s", "sample",
+    "tokens_per_s", "peak_memory_bytes", "memory_source", "steps_done", "elapsed_s", "measure_s",
+    "setup_s", "steps_s", "eval_s", "checkpoint_s", "sample",
     "run_dir",
     "objective", "hint", "eval_error", "val_drop_last_fifth", "still_learning", "degenerate",
 ]
@@ -131,6 +132,10 @@ class MemberRow(_Metrics):
     steps_done: int | None = None
     elapsed_s: float | None = None  # the member's training (train()'s wall time)
     measure_s: float | None = None  # its measurement after training (study/measure.py)
+    setup_s: float | None = None  # elapsed_s split (TrainResult): set-up, steps, evaluation, checkpoints
+    steps_s: float | None = None
+    eval_s: float | None = None
+    checkpoint_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, as results.json and results.csv have it: the columns, then axes, d_k and extras."""

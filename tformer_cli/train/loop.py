@@ -82,6 +82,12 @@ class TrainResult:
     tokens_seen: int
     elapsed_s: float
     init_loss_ref: float  # ln(vocab): the loss of a uniform guess
+    # Where elapsed_s went: set-up before the first step (data, model, device), the steps,
+    # evaluations and checkpoints (the steps' share is the rest of elapsed_s).
+    setup_s: float | None = None
+    steps_s: float | None = None
+    eval_s: float | None = None
+    checkpoint_s: float | None = None
     resumed_from: int | None = None
     cuda_graph: bool = False  # the step captured in a CUDA graph (train/graph_step.py)
     cuda_graph_reason: str = ""
@@ -182,6 +188,7 @@ class _Trainer:
         self.rates: list[float] = []  # tokens/s of each log interval
         self.interval_t0, self.interval_steps, self.eval_time = time.perf_counter(), 0, 0.0
         self.stop_seen = False
+        self.phase_s = {"setup": time.perf_counter() - self.t_start, "eval": 0.0, "checkpoint": 0.0}
 
     # ------------------------------------------------------------ set-up
 
@@ -280,7 +287,7 @@ class _Trainer:
         self.model.train()
         step, interrupted = self.start_step, False
         if self.state.pop("pending_eval", False) and step > 0:  # the evaluation a stop cut short
-            self._off_the_clock(self._evaluate, step)
+            self._off_the_clock(self._evaluate, step, "eval")
             if self.state.get("pending_eval"):
                 return self._finish(step, True)
         try:
@@ -293,12 +300,12 @@ class _Trainer:
                 if step % cfg.train.log_interval == 0 or step == steps:
                     self._log_step(step, lr)
                 if step % cfg.train.eval_interval == 0 or step == steps:
-                    self._off_the_clock(self._evaluate, step)
+                    self._off_the_clock(self._evaluate, step, "eval")
                     if self.state.get("pending_eval"):  # stopped inside the evaluation: save, redo on resume
                         interrupted = True
                         break
                 if step % ckpt_interval == 0 or step == steps:
-                    self._off_the_clock(self._checkpoint, step)
+                    self._off_the_clock(self._checkpoint, step, "checkpoint")
         finally:  # a raw KeyboardInterrupt may land mid-step: nothing is saved then (the CLI asks politely)
             self.log.close()
         if interrupted and step > self.start_step:
@@ -354,11 +361,16 @@ class _Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
 
-    def _off_the_clock(self, fn: Callable[[int], None], step: int) -> None:
-        """Run ``fn(step)`` without counting its time in tokens/s (evaluation, checkpoints)."""
+    def _off_the_clock(self, fn: Callable[[int], None], step: int, phase: str) -> None:
+        """Run ``fn(step)`` without counting its time in tokens/s; add it to ``phase`` (eval,
+        checkpoint) of the summary's time split."""
         t0 = time.perf_counter()
-        fn(step)
-        self.eval_time += time.perf_counter() - t0
+        try:
+            fn(step)
+        finally:
+            spent = time.perf_counter() - t0
+            self.eval_time += spent
+            self.phase_s[phase] += spent
 
     def _log_step(self, step: int, lr: float) -> None:
         mean = (self.loss_sum / self.loss_count).item()  # the one read-back per log interval
@@ -490,6 +502,10 @@ class _Trainer:
             tokens_seen=step * self.tokens_per_step,
             elapsed_s=elapsed,
             init_loss_ref=math.log(self.vocab_size),
+            setup_s=self.phase_s["setup"],
+            steps_s=max(elapsed - sum(self.phase_s.values()), 0.0),
+            eval_s=self.phase_s["eval"],
+            checkpoint_s=self.phase_s["checkpoint"],
             resumed_from=self.resumed_from,
             **self._graph_outcome(),
         )
