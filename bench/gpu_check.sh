@@ -35,7 +35,7 @@ step() {  # step NAME LIMIT_S CMD...: run CMD under a time limit, output to $OUT
 : > "$OUT/summary.md"
 step versions 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; $PY -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else \"NO CUDA\")'"
 # STEPS picks and orders what runs (default: all, in this order); the suite's SECTIONS likewise
-for s in ${STEPS:-tests decode suite quick train sample study profile}; do
+for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
     case $s in
     # the tests that need CUDA (marker cuda; skipped elsewhere) and the GPU engine's decisions (names
     # with cuda, gpu or graph, which run anywhere): -rs lists what was skipped and why
@@ -57,6 +57,8 @@ for s in ${STEPS:-tests decode suite quick train sample study profile}; do
     # a shipped study on the card (its gpu: budget, members packed onto the GPU): its GPU wall time
     study) rm -rf "$RUN_DIR-study"
         step study_induction 120 "$PY" -m tformer_cli study induction --device cuda --out "$RUN_DIR-study" ;;
+    # the eager B12 T1024 step of tformer against nanoGPT's, kernel by kernel (eager tformer was 10% slower)
+    eager_ab) step eager_ab 60 "$PY" bench/eager_ab.py ;;
     # where the B12 T1024 step goes, eager (kernel names read plainly; compiled kernels are fused)
     profile) step op_profile 50 "$PY" bench/op_profile.py train --device cuda --gpt2 --steps 3 --top 15 ;;
     *) echo "unknown step $s" | tee -a "$OUT/summary.md" ;;

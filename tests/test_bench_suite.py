@@ -227,6 +227,22 @@ def test_sweep_rows_read_the_members_step_times_and_graph_state(tmp_path):
     assert gsu.member_steps(str(tmp_path / "absent")) == ["-", "-", "-"]
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not (NANOGPT / "model.py").exists(), reason="no nanoGPT checkout beside the repository")
+def test_eager_ab_compares_both_steps_by_operator_on_the_cpu(tmp_path):
+    """bench/eager_ab.py on a tiny shape: both steps timed, then a row per operator and per kind."""
+    (tmp_path / "nanogpt").mkdir()
+    (tmp_path / "nanogpt" / "model.py").write_text((NANOGPT / "model.py").read_text())
+    r = _script(str(BENCH / "eager_ab.py"), "--device", "cpu", "--small", "--timed", "2", "--steps", "1",
+                "--top", "5", "--nanogpt", str(tmp_path / "nanogpt"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "tformer / nanoGPT: " in r.stdout and r.stdout.count(" ms/step (median of 2") == 2
+    table = r.stdout.split("largest differences first:\n")[1].split("\n\n")[0].splitlines()
+    assert len(table) == 6 and table[0].endswith("name (per step)") and "aten::" in table[1]
+    assert "  matmul" in r.stdout or "  other" in r.stdout
+    assert r.stdout.rstrip().endswith("all")
+
+
 def test_decode_gpu_variants_and_profile_run_on_the_cpu():
     """--variants and --profile through the command line: with no time for variants every one is
     skipped (each on its own row), and the profile covers both weight dtypes."""
