@@ -57,6 +57,12 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
     # a shipped study on the card (its gpu: budget, members packed onto the GPU): its GPU wall time
     study) rm -rf "$RUN_DIR-study"
         step study_induction 120 "$PY" -m tformer_cli study induction --device cuda --out "$RUN_DIR-study" ;;
+    # where the default sweep's wall time goes on the host (members in sequence, in one process):
+    # tformer's functions by cumulative time, then everything by own time (a GPU wait shows as a sync)
+    sweep_profile) rm -rf "$RUN_DIR-sweep"
+        step sweep_profile 90 bash -c "$PY -m cProfile -o '$OUT/sweep.prof' -m tformer_cli sweep-heads --heads 1,2,4,8 \
+            --steps ${SWEEP_STEPS:-300} --device ${SWEEP_DEVICE:-cuda} --out '$RUN_DIR-sweep' > '$OUT/sweep_profile_run.txt' 2>&1; tail -n 3 '$OUT/sweep_profile_run.txt'; \
+            $PY -c \"import pstats; s = pstats.Stats('$OUT/sweep.prof'); s.sort_stats('cumulative').print_stats('tformer_cli', 45); s.sort_stats('tottime').print_stats(25)\"" ;;
     # the eager B12 T1024 step of tformer against nanoGPT's, kernel by kernel (eager tformer was 10% slower)
     eager_ab) step eager_ab 60 "$PY" bench/eager_ab.py ;;
     # where the B12 T1024 step goes, eager (kernel names read plainly; compiled kernels are fused)
