@@ -316,3 +316,19 @@ def test_sample_dtype_auto_is_bfloat16_for_a_gpt_on_cuda(monkeypatch):
 def test_bad_dtype_is_a_usage_error(run):
     one_line_error(run_cli("sample", run, "--prompt", "x", "--dtype", "float64"), 2,
                    "--dtype must be one of auto, float32, bfloat16, float16")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_sample_generates_in_bfloat16_by_default_with_recomputations_tokens(run):
+    """On a CUDA GPU with bfloat16, `sample` casts the weights (auto) and the graph path's greedy
+    tokens are recomputation's in that dtype."""
+    if not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bfloat16")
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "40", "--device", "cuda", "--json", "--seed", "1")
+    assert r.code == 0, r
+    d = json.loads(r.out)
+    assert d["dtype"] == "bfloat16" and d["path"] == "graph" and d["identical"], d
+    f = run_cli("sample", run, "--prompt", "Hi", "--max-new-tokens", "5", "--device", "cuda", "--dtype", "float32",
+                "--json")
+    assert f.code == 0 and json.loads(f.out)["dtype"] == "float32", f
