@@ -18,7 +18,7 @@ tokens across a window cut.  Hugging Face runs eager (no torch.compile), greedy,
 in variants of weights' dtype (float32, bfloat16), GPT.step_attention (sdpa, matmul), compiled
 step (core/decode.py COMPILE_STEP: off, block, whole) and overlap (the next step queued before a
 token is read back, core/generate.py OVERLAP_DEVICES), each against recomputation in its own
-dtype, in the order of VARIANTS (what `tformer sample` does on CUDA first, then its A/Bs).  Each
+dtype, in the order of VARIANTS (what `tformer sample` does on CUDA first, then the A/Bs).  Each
 variant runs alone: a failure or a variant past
 --variant-timeout-s prints its row and the next one runs; once the variants together have taken
 --variants-budget-s, the rest are skipped (so the section takes at most about budget + timeout).
@@ -57,17 +57,17 @@ GPT2_SMALL = dict(n_layer=12, d_model=768, n_head=12, block_size=1024, vocab=503
 SMALL = dict(n_layer=2, d_model=64, n_head=4, block_size=64, vocab=512)
 PATHS = ("graph", "static", "dynamic", "recompute")
 # --variants, in order: (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap).  First what
-# `tformer sample` does on a CUDA GPU (bfloat16, auto attention = sdpa, no compile, overlap), then
-# the A/B of each choice, the questions still open first (the overlap, a compiled step).
+# `tformer sample` does on a CUDA GPU (float32, auto attention = matmul, no compile, overlap), then
+# the open questions: the overlap's A/B, a compiled step, and the same in bfloat16 (--dtype bfloat16).
 VARIANTS = [
-    ("bfloat16", "sdpa", "off", True),
-    ("bfloat16", "sdpa", "off", False),
-    ("bfloat16", "sdpa", "block", True),
     ("float32", "matmul", "off", True),
-    ("bfloat16", "matmul", "off", True),
-    ("bfloat16", "sdpa", "whole", True),
-    ("float32", "sdpa", "off", True),
+    ("float32", "matmul", "off", False),
     ("float32", "matmul", "block", True),
+    ("bfloat16", "sdpa", "off", True),
+    ("bfloat16", "sdpa", "block", True),
+    ("bfloat16", "sdpa", "whole", True),
+    ("float32", "matmul", "whole", True),
+    ("bfloat16", "matmul", "off", True),
 ]
 PROFILE_STEPS = 20
 

@@ -256,7 +256,7 @@ def test_decode_gpu_variants_and_profile_run_on_the_cpu():
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("| skipped: the variants have taken") == len(_bench_module("decode_gpu").VARIANTS) == 8, r.stdout
     assert "| bfloat16, sdpa, compiled by block | - | - | skipped" in r.stdout
-    assert "| bfloat16, sdpa, no overlap | - | - | skipped" in r.stdout
+    assert "| float32, matmul, no overlap | - | - | skipped" in r.stdout
     for dtype in ("float32", "bfloat16"):
         assert f"at window position 32, {dtype}, cpu" in r.stdout
     assert r.stdout.count("operator calls per step") == 2 and "aten::addmm" in r.stdout

@@ -277,9 +277,10 @@ def test_sample_a_run_from_tformer_train(cli, tiny_yaml, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_dtype_sets_the_weights_and_cache_and_keeps_tokens_exact(run, dtype):
-    """--dtype casts the weights (the KV cache follows them); within one dtype the cache's greedy
-    tokens are recomputation's, and the chosen dtype is reported."""
+def test_dtype_sets_the_weights_and_the_cache_and_is_reported(run, dtype):
+    """--dtype casts the weights (the KV cache follows them) and says so.  This model's weights are
+    large (its candidates far apart), so its cached greedy tokens still match recomputation's: a
+    check that both paths run in the dtype, not a promise for every model (docs/sample.md)."""
     args = ("sample", run, "--prompt", "Hello", "--max-new-tokens", "40", "--temperature", "0", "--json",
             "--dtype", dtype)
     cached, recompute = run_cli(*args), run_cli(*args, "--no-kv-cache")
@@ -293,42 +294,36 @@ def test_dtype_sets_the_weights_and_cache_and_keeps_tokens_exact(run, dtype):
     assert s.code == 0 and f"cpu, {dtype}" in s.err, s
 
 
-def test_dtype_auto_is_float32_off_cuda(run):
+def test_dtype_is_float32_by_default(run):
     r = run_cli("sample", run, "--prompt", "x", "--max-new-tokens", "3", "--json")
     assert r.code == 0 and json.loads(r.out)["dtype"] == "float32", r
 
 
-def test_sample_dtype_auto_is_bfloat16_for_a_gpt_on_cuda(monkeypatch):
+def test_bfloat16_on_a_gpu_without_it_is_refused(monkeypatch):
     from tformer_cli.cli.sample import sample_dtype
 
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert sample_dtype("auto", cuda, "gpt") == torch.bfloat16
-    assert sample_dtype("auto", cuda, "lstm") == torch.float32  # bfloat16 recurrent kernels: not measured
-    assert sample_dtype("auto", cpu, "gpt") == torch.float32
-    assert sample_dtype("float16", cpu, "lstm") == torch.float16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert sample_dtype("auto", cuda, "gpt") == torch.float32
     with pytest.raises(Exception, match="not supported on this GPU"):
-        sample_dtype("bfloat16", cuda, "gpt")
+        sample_dtype("bfloat16", torch.device("cuda"))
+    assert sample_dtype("float16", torch.device("cuda")) == torch.float16
+    assert sample_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
 
 
 def test_bad_dtype_is_a_usage_error(run):
     one_line_error(run_cli("sample", run, "--prompt", "x", "--dtype", "float64"), 2,
-                   "--dtype must be one of auto, float32, bfloat16, float16")
+                   "--dtype must be one of float32, bfloat16, float16")
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_sample_generates_in_bfloat16_by_default_with_recomputations_tokens(run):
-    """On a CUDA GPU with bfloat16, `sample` casts the weights (auto) and the graph path's greedy
-    tokens are recomputation's in that dtype."""
+def test_cuda_sample_in_bfloat16_takes_the_graph_in_that_dtype(run):
+    """On a CUDA GPU, --dtype bfloat16 runs the graph path in bfloat16 (float32 by default)."""
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
-    r = run_cli("sample", run, "--bench", "--max-new-tokens", "40", "--device", "cuda", "--json", "--seed", "1")
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "40", "--device", "cuda", "--json", "--seed", "1",
+                "--dtype", "bfloat16")
     assert r.code == 0, r
     d = json.loads(r.out)
     assert d["dtype"] == "bfloat16" and d["path"] == "graph" and d["identical"], d
-    f = run_cli("sample", run, "--prompt", "Hi", "--max-new-tokens", "5", "--device", "cuda", "--dtype", "float32",
-                "--json")
+    f = run_cli("sample", run, "--prompt", "Hi", "--max-new-tokens", "5", "--device", "cuda", "--json")
     assert f.code == 0 and json.loads(f.out)["dtype"] == "float32", f

@@ -22,9 +22,10 @@ HELP = (
     "identical either way.\n\n"
     "A model trained with model.causal=false generates by recomputation (a cache is not valid for "
     "bidirectional attention); a train.objective=mlm model cannot generate.\n\n"
-    "--dtype sets the weights' precision for generation: auto is bfloat16 on a CUDA GPU that supports "
-    "it (the graph path's faster kernels, docs/sample.md) and float32 elsewhere; the KV cache takes the "
-    "same dtype. The run's weights stay float32 on disk.\n\n"
+    "--dtype sets the precision of the weights and the KV cache for generation: float32 (the default) "
+    "keeps the cache's greedy tokens those of recomputation; bfloat16 and float16 are faster on a GPU, "
+    "but round the two paths' logits differently, so greedy tokens can part where two candidates are "
+    "nearly tied (docs/sample.md). The run's weights stay float32 on disk.\n\n"
     "--decode picks how each cached token is computed: auto (a CUDA graph on CUDA, the dynamic cache "
     "elsewhere), graph, static or dynamic; the tokens are the same. A path the model or device cannot "
     "take falls back (graph off CUDA runs the static step; an LSTM always uses its state).\n\n"
@@ -60,8 +61,8 @@ def sample(
                                                 "the same text) [default: a fresh one, reported].",
                                                 show_default=False)] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N, mps.")] = "auto",
-    dtype: Annotated[str, typer.Option("--dtype", help="Weights and KV cache: auto (bfloat16 on a CUDA "
-                                       "GPT, float32 elsewhere), float32, bfloat16, float16.")] = "auto",
+    dtype: Annotated[str, typer.Option("--dtype", help="Weights and KV cache: float32, bfloat16 or "
+                                       "float16 (faster on a GPU; docs/sample.md).")] = "float32",
     threads: Annotated[Optional[int], typer.Option("--threads", help="CPU threads for torch "
                                                    "[default: torch's choice]. One thread is often "
                                                    "fastest for small models on a busy machine.",
@@ -109,11 +110,11 @@ def register(app: typer.Typer) -> None:
 # ---------------------------------------------------------------- input
 
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed=None,
-                   decode="auto", no_kv_cache=False, dtype="auto") -> None:
+                   decode="auto", no_kv_cache=False, dtype="float32") -> None:
     from tformer_cli.core.decode import decode_problems
     from tformer_cli.core.generate import sampling_problems
     from tformer_cli.errors import ConfigError
@@ -152,16 +153,11 @@ class _Session:
         return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
 
-def sample_dtype(name: str, device, arch: str):
-    """The weights' dtype for generation: ``auto`` is bfloat16 for a GPT on a CUDA GPU with
-    bfloat16 (measured faster there, BENCHMARKS.md) and float32 elsewhere (an LSTM included)."""
+def sample_dtype(name: str, device):
+    """The torch dtype of --dtype ``name`` on ``device``; bfloat16 on a GPU without it is refused."""
     import torch
 
-    from tformer_cli.core.device import resolve_dtype
-
-    if name == "auto" and arch != "gpt":
-        return torch.float32
-    dtype = resolve_dtype(name, device)
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
     if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         from tformer_cli.errors import ConfigError
 
@@ -169,7 +165,7 @@ def sample_dtype(name: str, device, arch: str):
     return dtype
 
 
-def _load(run_dir: Path, device: str, dtype: str = "auto") -> _Session:
+def _load(run_dir: Path, device: str, dtype: str = "float32") -> _Session:
     """Load the run in ``dtype`` (see sample_dtype) and refuse what cannot generate; warn once for a
     bidirectional model."""
     from tformer_cli.errors import ConfigError, RunError
@@ -184,7 +180,7 @@ def _load(run_dir: Path, device: str, dtype: str = "auto") -> _Session:
     if tokenizer.vocab_size != ckpt.vocab_size and not padded:
         raise RunError(f"tokenizer.json in {run_dir} has {tokenizer.vocab_size} tokens, the checkpoint's "
                        f"model {ckpt.vocab_size}", hint="the run directory mixes files of different runs")
-    model.to(sample_dtype(dtype, dev, cfg.model.arch))
+    model.to(sample_dtype(dtype, dev))
     if not cfg.model.causal:
         from tformer_cli.render.sample import warn_bidirectional
 
