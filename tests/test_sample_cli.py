@@ -327,3 +327,19 @@ def test_cuda_sample_in_bfloat16_takes_the_graph_in_that_dtype(run):
     assert d["dtype"] == "bfloat16" and d["path"] == "graph" and d["identical"], d
     f = run_cli("sample", run, "--prompt", "Hi", "--max-new-tokens", "5", "--device", "cuda", "--json")
     assert f.code == 0 and json.loads(f.out)["dtype"] == "float32", f
+
+
+def test_bench_explains_a_disagreement_in_half_precision_and_not_in_float32():
+    from rich.console import Console
+
+    from tformer_cli.core.generate import CacheBench, Speed
+    from tformer_cli.render.sample import show_cache_bench
+
+    cfg = from_dict({k: dict(v) for k, v in TINY.items()}).model
+    s = Speed(20, 0.001, 1000.0, 0.02)
+    for identical, dtype, expected in [(False, "bfloat16", "same tokens: no (bfloat16 rounds the two paths'"),
+                                       (False, "float32", "same tokens: no\n"), (True, "float16", "same tokens: yes\n")]:
+        out = io.StringIO()
+        r = CacheBench(20, 4, cfg.block_size, True, s, s, identical, path="static", path_label="static cache")
+        show_cache_bench(Console(file=out, width=200), r, cfg, "cpu", dtype)
+        assert expected in out.getvalue(), out.getvalue()

@@ -243,4 +243,4 @@ def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict,
         print_json({"device": str(session.device), "dtype": session.dtype, "threads": threads, "seed": seed, **settings, **r.to_dict()})
         return
     where = f"{session.device}, {session.dtype}" + (f", {threads} threads" if session.device.type == "cpu" else "")
-    show_cache_bench(console(), r, session.cfg.model, where)
+    show_cache_bench(console(), r, session.cfg.model, where, session.dtype)

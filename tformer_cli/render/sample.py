@@ -56,8 +56,8 @@ def _ms(value: float | None, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f} ms"
 
 
-def show_cache_bench(con: Console, r, model_cfg, where: str) -> None:
-    """`tformer sample --bench` (r: core.generate.CacheBench)."""
+def show_cache_bench(con: Console, r, model_cfg, where: str, dtype: str = "float32") -> None:
+    """`tformer sample --bench` (r: core.generate.CacheBench; ``dtype``: the weights')."""
     m = model_cfg
     line(con, f"[bold]tformer sample --bench[/bold]: {r.new_tokens} new tokens, {m.n_layer} layers, "
          f"d_model {m.d_model}, block {r.block_size}, {where}")
@@ -70,8 +70,10 @@ def show_cache_bench(con: Console, r, model_cfg, where: str) -> None:
                Col("time to first token", numeric=True)], rows)
     ratio = "-" if r.speedup is None else f"{r.speedup:.1f}x"
     vs_sliding = "" if r.speedup_vs_sliding is None else f" ({r.speedup_vs_sliding:.1f}x the sliding crop)"
-    line(con, f"speed-up of the cache ({r.path_label}): [bold]{ratio}[/bold]{vs_sliding} · same tokens: "
-         f"{'yes' if r.identical else 'no'}")
+    same = "yes" if r.identical else "no"
+    if not r.identical and dtype != "float32":
+        same += f" ({dtype} rounds the two paths' logits differently; float32 agrees: docs/sample.md, Precision)"
+    line(con, f"speed-up of the cache ({r.path_label}): [bold]{ratio}[/bold]{vs_sliding} · same tokens: {same}")
     if r.cache_bytes_per_token:
         kv = m.kv_heads
         line(con, f"KV cache: {fmt_bytes(r.cache_bytes_per_token)} per token, "
