@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tformer_cli.core.config import POS_ENCODINGS, ModelConfig
@@ -86,16 +86,28 @@ def test_the_future_never_changes_the_past(cfg, probe, explicit, seed):
     assert torch.equal(a[:, : t + 1], b[:, : t + 1])
 
 
+SATURATED = ModelConfig(d_model=16, n_layer=1, n_head=1, block_size=BLOCK, bias=False, activation="relu",
+                        pos_encoding="sinusoidal", causal=False, ffn=False, tie_weights=False,
+                        norm_position="post")  # its softmax at t = 0 gives the later token ~no weight
+
+
 @settings(max_examples=15, deadline=None, database=None)
 @given(cfg=model_configs(causal=False), probe=probes(), explicit=st.booleans(), seed=st.integers(0, 99))
+@example(cfg=SATURATED, probe=(torch.tensor([[0, 1]]), 0, torch.tensor([[0, 2]])), explicit=False, seed=0)
 def test_without_the_mask_the_future_leaks(cfg, probe, explicit, seed):
     x, t, x2 = probe
     model = _model(cfg, seed, std=0.5)  # the default 0.02 init can make the leak smaller than float noise
     with torch.no_grad():
         a = model(x, explicit=explicit).logits
         b = model(x2, explicit=explicit).logits
-    # Every position, t included, attends to the changed tokens.
-    assert not torch.allclose(a[:, t], b[:, t], rtol=0, atol=1e-6)
+        weights = model(x, need_weights=True).attentions  # per layer (1, nh, T, T)
+    # Every position, t included, attends to the later tokens: in every layer and head they get weight.
+    future = torch.stack([w[0, :, t, t + 1:].sum() for w in weights])
+    assert (future > 0).all(), future
+    # So the changed tokens change the logits at t, unless the softmax saturated (random weights can
+    # give one key nearly all the weight: the leak is then real but below float32's resolution).
+    if (future > 1e-3).all():
+        assert not torch.allclose(a[:, t], b[:, t], rtol=0, atol=1e-6)
 
 
 @FAST
