@@ -300,13 +300,18 @@ def test_dtype_is_float32_by_default(run):
 
 
 def test_bfloat16_on_a_gpu_without_it_is_refused(monkeypatch):
-    from tformer_cli.cli.sample import sample_dtype
+    """--dtype and train.dtype alike (core/device.py resolve_dtype): a usage error naming what asked."""
+    from tformer_cli.core.device import resolve_dtype
+    from tformer_cli.errors import ConfigError
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    with pytest.raises(Exception, match="not supported on this GPU"):
-        sample_dtype("bfloat16", torch.device("cuda"))
-    assert sample_dtype("float16", torch.device("cuda")) == torch.float16
-    assert sample_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ConfigError, match="--dtype: bfloat16 is not supported on this GPU"):
+        resolve_dtype("bfloat16", torch.device("cuda"), what="--dtype")
+    with pytest.raises(ConfigError, match="train.dtype: bfloat16 is not supported on this GPU"):
+        resolve_dtype("bfloat16", torch.device("cuda"))
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float32
+    assert resolve_dtype("float16", torch.device("cuda")) == torch.float16
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == torch.bfloat16
 
 
 def test_bad_dtype_is_a_usage_error(run):

@@ -153,21 +153,10 @@ class _Session:
         return str(next(self.model.parameters()).dtype).removeprefix("torch.")
 
 
-def sample_dtype(name: str, device):
-    """The torch dtype of --dtype ``name`` on ``device``; bfloat16 on a GPU without it is refused."""
-    import torch
-
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        from tformer_cli.errors import ConfigError
-
-        raise ConfigError("--dtype bfloat16 is not supported on this GPU", hint="use --dtype float16 or float32")
-    return dtype
-
-
 def _load(run_dir: Path, device: str, dtype: str = "float32") -> _Session:
-    """Load the run in ``dtype`` (see sample_dtype) and refuse what cannot generate; warn once for a
+    """Load the run in ``dtype`` (--dtype) and refuse what cannot generate; warn once for a
     bidirectional model."""
+    from tformer_cli.core.device import resolve_dtype
     from tformer_cli.errors import ConfigError, RunError
     from tformer_cli.run.load import load_for_inference
 
@@ -180,7 +169,7 @@ def _load(run_dir: Path, device: str, dtype: str = "float32") -> _Session:
     if tokenizer.vocab_size != ckpt.vocab_size and not padded:
         raise RunError(f"tokenizer.json in {run_dir} has {tokenizer.vocab_size} tokens, the checkpoint's "
                        f"model {ckpt.vocab_size}", hint="the run directory mixes files of different runs")
-    model.to(sample_dtype(dtype, dev))
+    model.to(resolve_dtype(dtype, dev, what="--dtype"))
     if not cfg.model.causal:
         from tformer_cli.render.sample import warn_bidirectional
 

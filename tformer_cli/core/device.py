@@ -59,12 +59,19 @@ def select(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(name: str, device: torch.device, what: str = "train.dtype") -> torch.dtype:
+    """The torch dtype of ``name`` (auto: bfloat16 on a CUDA GPU that has it, else float32);
+    bfloat16 asked for on a GPU without it is refused, naming ``what`` asked."""
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        from tformer_cli.errors import ConfigError
+
+        raise ConfigError(f"{what}: bfloat16 is not supported on this GPU", hint="use float16 or float32")
+    return dtype
 
 
 def autocast(device: torch.device, dtype: torch.dtype, cache: bool = True):

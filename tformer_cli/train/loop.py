@@ -198,10 +198,7 @@ class _Trainer:
             device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(device)
         dev.setup_backends(device)
-        dtype = dev.resolve_dtype(self.cfg.train.dtype, device)
-        if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError("train.dtype: bfloat16 is not supported on this GPU", hint="use float16 or float32")
-        return device, dtype
+        return device, dev.resolve_dtype(self.cfg.train.dtype, device)
 
     def _model_and_state(self, resume: bool) -> None:
         cfg = self.cfg
