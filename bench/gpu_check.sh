@@ -63,6 +63,8 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
         step sweep_profile 90 bash -c "$PY -m cProfile -o '$OUT/sweep.prof' -m tformer_cli sweep-heads --heads 1,2,4,8 \
             --steps ${SWEEP_STEPS:-300} --device ${SWEEP_DEVICE:-cuda} --out '$RUN_DIR-sweep' > '$OUT/sweep_profile_run.txt' 2>&1; tail -n 3 '$OUT/sweep_profile_run.txt'; \
             $PY -c \"import pstats; s = pstats.Stats('$OUT/sweep.prof'); s.sort_stats('cumulative').print_stats('tformer_cli', 45); s.sort_stats('tottime').print_stats(25)\"" ;;
+    # whether each cached path (the graph included) gives recomputation's tokens, per weight dtype
+    precision) step precision 40 "$PY" bench/precision.py --device cuda --new-tokens 256 ;;
     # the eager B12 T1024 step of tformer against nanoGPT's, kernel by kernel (eager tformer was 10% slower)
     eager_ab) step eager_ab 60 "$PY" bench/eager_ab.py ;;
     # where the B12 T1024 step goes, eager (kernel names read plainly; compiled kernels are fused)

@@ -248,6 +248,16 @@ def test_eager_ab_compares_both_steps_by_operator_on_the_cpu(tmp_path):
     assert r.stdout.rstrip().endswith("all")
 
 
+def test_precision_compares_each_cached_path_with_recompute_per_dtype():
+    r = _script(str(BENCH / "precision.py"), "--small", "--new-tokens", "6")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| float32") or line.startswith("| bfloat16")]
+    assert [line.split(" | ")[:2] for line in rows] == [["| float32", "dynamic"], ["| float32", "static"],
+                                                         ["| bfloat16", "dynamic"], ["| bfloat16", "static"]]
+    assert all(line.count("|") == 7 for line in rows)  # six cells: no pipe inside one
+    assert rows[0].split(" | ")[2] == "yes"  # float32 agrees on the tiny model
+
+
 def test_decode_gpu_variants_and_profile_run_on_the_cpu():
     """--variants and --profile through the command line: with no time for variants every one is
     skipped (each on its own row), and the profile covers both weight dtypes."""
