@@ -129,12 +129,11 @@ class StaticStepper(Stepper):
     compile_step (default COMPILE_STEP; see compiled_step): ``block`` or ``whole`` runs the step
     through torch.compile in the default mode: inductor fuses its small kernels, and no
     cudagraphs of its own (``reduce-overhead``), since GraphStepper captures the compiled step in
-    its graph.  ``block`` compiles one block and every layer reuses it, so its cost does not grow
-    with depth; the embedding, mask and head stay eager.  On the CPU (2 cores, 12 layers of d128,
-    cold caches) the step compiled in about 20 s by block against 35-38 s whole; inside a CUDA
-    graph both replay inductor's kernels without the host, which is what the option is for (the
-    host's cost per compiled call, measured on the CPU, does not reach the graph).  Every step has
-    the same shapes, so neither recompiles within a generation, and later generations reuse the code.
+    its graph.  ``block`` compiles one block and every layer reuses it (one graph for the whole
+    model, tested), so its compile does not grow with depth; the embedding, mask and head stay
+    eager.  Inside a CUDA graph both modes replay inductor's kernels without the host's cost per
+    compiled call, which is what the option is for.  Every step has the same shapes, so neither
+    recompiles within a generation, and later generations reuse the code.
     """
 
     def __init__(self, model, cached: bool, compile_step: str | None = None):
