@@ -400,3 +400,25 @@ def test_a_builtin_study_runs_by_name(cli, tmp_path):
     assert [row["member"] for row in rows] == ["baseline", "no-causal-mask"]
     listing = cli("presets")
     assert "ablate_causal_mask" in listing.out and "sweep_heads" in listing.out
+
+
+def test_the_plots_time_joins_the_experiments_wall_time(monkeypatch, tmp_path):
+    """cli/experiments.py draw(): the loss curves and the comparison plot come after the runner's
+    clock stops; their time is added to the wall time that results.json and the last line report."""
+    import time
+    from types import SimpleNamespace
+
+    import tformer_cli.render.plots as plots
+    import tformer_cli.study.results as results
+    from tformer_cli.cli.experiments import draw
+
+    def slow_plot(result):
+        time.sleep(0.2)
+        return tmp_path / "comparison.png"
+
+    monkeypatch.setattr(plots, "comparison_plot", slow_plot)
+    written = []
+    monkeypatch.setattr(results, "write_results", lambda r: written.append(r.elapsed_s))
+    r = SimpleNamespace(rows=[], plot=None, notes=[], elapsed_s=5.0)
+    draw(r)
+    assert r.plot == str(tmp_path / "comparison.png") and 5.2 <= r.elapsed_s < 6 and written == [r.elapsed_s]

@@ -223,10 +223,14 @@ def run_all(o: ExperimentOptions) -> None:
 
 
 def draw(result) -> None:
-    """loss.png of every member run and the experiment's comparison.png (recorded in results.json)."""
+    """loss.png of every member run and the experiment's comparison.png (recorded in results.json);
+    their time joins the experiment's wall time."""
+    import time
+
     from tformer_cli.render.plots import comparison_plot, draw_loss_curve
     from tformer_cli.study.results import write_results
 
+    t0 = time.perf_counter()
     for row in result.rows:
         if row.status != "not run" and Path(row.run_dir).is_dir():
             draw_loss_curve(row.run_dir)
@@ -234,6 +238,7 @@ def draw(result) -> None:
         result.plot = str(comparison_plot(result))
     except Exception as e:  # a plot is a convenience; never lose the results over it
         result.notes.append(f"comparison plot not written: {type(e).__name__}: {e}")
+    result.elapsed_s += time.perf_counter() - t0
     write_results(result)
 
 
