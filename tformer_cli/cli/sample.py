@@ -150,7 +150,9 @@ class _Session:
 
     @property
     def dtype(self) -> str:
-        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+        from tformer_cli.core.device import dtype_name
+
+        return dtype_name(next(self.model.parameters()).dtype)
 
 
 def _load(run_dir: Path, device: str, dtype: str = "float32") -> _Session:

@@ -39,7 +39,12 @@ GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.gr
 COMPILE_STEP = "off"
 COMPILE_MODES = ("off", "block", "whole")
 
-_COMPILED: dict = {}  # the compiled block step, made once per process
+@functools.cache
+def _compiled_block_step():
+    """model.block_step under torch.compile (static shapes), made once per process."""
+    from tformer_cli.core.model import block_step
+
+    return torch.compile(block_step, dynamic=False)
 
 
 def compiled_step(model: torch.nn.Module, how: str):
@@ -49,11 +54,7 @@ def compiled_step(model: torch.nn.Module, how: str):
     a compile as deep as the model)."""
     if how == "whole":
         return torch.compile(model.decode_step, dynamic=False)
-    if "block" not in _COMPILED:
-        from tformer_cli.core.model import block_step
-
-        _COMPILED["block"] = torch.compile(block_step, dynamic=False)
-    return functools.partial(model.decode_step, run_block=_COMPILED["block"])
+    return functools.partial(model.decode_step, run_block=_compiled_block_step())
 
 
 def uses_cache(model: torch.nn.Module, use_cache: bool = True) -> bool:
