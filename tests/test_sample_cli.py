@@ -71,7 +71,7 @@ def test_streams_text_and_reports_speed(run):
     from tformer_cli.cli.app import main
 
     with redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as e:
-        main(["sample", str(run), "--prompt", "The ", "--max-new-tokens", "30", "--seed", "1"])
+        main(["sample", str(run), "--prompt", "The ", "--max-new-tokens", "30", "--seed", "1", "--device", "cpu"])
     assert e.value.code == 0, err.getvalue()
     assert out.getvalue().startswith("The ") and len(out.getvalue()) == len("The ") + 30 + 1  # + final newline
     assert len([w for w in writes if w]) >= 30  # one write per token: streamed, not printed at the end
@@ -108,7 +108,7 @@ def test_greedy_with_and_without_cache_agree_past_block_size(run):
 
 
 def test_bench_reports_both_paths(run):
-    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--json", "--seed", "1")
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--json", "--seed", "1", "--device", "cpu")
     assert r.code == 0, r
     d = json.loads(r.out)
     assert d["identical"] and d["new_tokens"] == 20 and d["speedup"] > 0
@@ -116,21 +116,22 @@ def test_bench_reports_both_paths(run):
     assert d["sliding"]["tokens_per_s"] > 0 and d["speedup_vs_sliding"] > 0
     assert (d["path"], d["path_label"], d["decode"]) == ("dynamic", "dynamic cache", "auto")
     assert d["cached"]["ms_per_token"] == pytest.approx(1000 / d["cached"]["tokens_per_s"])
-    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20")
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--device", "cpu")
     assert r.code == 0 and "dynamic cache" in r.out and "recompute" in r.out and "speed-up" in r.out
     assert "sliding crop (nanoGPT-style)" in r.out and "ms/token" in r.out
 
 
 def test_decode_paths_give_the_same_tokens(run):
     """--decode static (and graph, which falls back to the static step off CUDA) = dynamic."""
-    args = ("sample", run, "--prompt", "Hello", "--max-new-tokens", "40", "--seed", "4", "--top-k", "5", "--json")
+    args = ("sample", run, "--prompt", "Hello", "--max-new-tokens", "40", "--seed", "4", "--top-k", "5", "--json",
+            "--device", "cpu")
     runs = {d: json.loads(run_cli(*args, "--decode", d).out) for d in ("dynamic", "static", "graph")}
     assert [r["decode_path"] for r in runs.values()] == ["dynamic", "static", "static"]
     tokens = [r["samples"][0]["tokens"] for r in runs.values()]
     assert tokens[0] == tokens[1] == tokens[2]
-    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--decode", "static")
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--decode", "static", "--device", "cpu")
     assert r.code == 0 and "static cache" in r.out and "same tokens: yes" in r.out, r
-    r = run_cli("sample", run, "--max-new-tokens", "5", "--decode", "static")
+    r = run_cli("sample", run, "--max-new-tokens", "5", "--decode", "static", "--device", "cpu")
     assert r.code == 0 and "static cache" in r.err
 
 
@@ -288,9 +289,10 @@ def test_dtype_sets_the_weights_and_the_cache_and_is_reported(run, dtype):
     c, r = json.loads(cached.out), json.loads(recompute.out)
     assert c["dtype"] == r["dtype"] == dtype
     assert c["samples"][0]["tokens"] == r["samples"][0]["tokens"]
-    b = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--dtype", dtype, "--decode", "static")
+    on_cpu = ("--dtype", dtype, "--device", "cpu")
+    b = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--decode", "static", *on_cpu)
     assert b.code == 0 and f"cpu, {dtype}" in b.out and "same tokens: yes" in b.out, b
-    s = run_cli("sample", run, "--prompt", "x", "--max-new-tokens", "3", "--dtype", dtype)
+    s = run_cli("sample", run, "--prompt", "x", "--max-new-tokens", "3", *on_cpu)
     assert s.code == 0 and f"cpu, {dtype}" in s.err, s
 
 
