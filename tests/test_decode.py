@@ -253,3 +253,31 @@ def test_auto_takes_the_cuda_graph_on_a_cuda_device():
     assert decode.choose_path(on_cuda, "auto") == "graph"
     assert decode.choose_path(on_cuda, "dynamic") == "dynamic"  # a request is honoured
     assert decode.choose_path(on_cuda, "auto", use_cache=False) == "recompute"
+
+
+@pytest.mark.parametrize("path", ["dynamic", "static", "recompute"])
+def test_the_passes_of_a_new_length_avoid_attention_built_per_shape(monkeypatch, path):
+    """Every forward whose length differs from the last (prefill, a dynamic step, recomputation)
+    runs inside device.varying_shape_attention (on CUDA in half precision cuDNN's attention builds
+    a graph per new shape: hundreds of ms a token); the static step, one shape, keeps the default."""
+    import contextlib
+
+    inside, seen = [], []
+
+    @contextlib.contextmanager
+    def spy(device):
+        inside.append(True)
+        try:
+            yield
+        finally:
+            inside.pop()
+
+    monkeypatch.setattr(decode, "varying_shape_attention", spy)
+    model = make_model()
+    model.register_forward_pre_hook(lambda m, args: seen.append(("forward", bool(inside))))
+    step = model.decode_step
+    model.decode_step = lambda tok, cache: (seen.append(("step", bool(inside))), step(tok, cache))[1]
+    cached = path != "recompute"
+    list(generate(model, [1, 2, 3], 30, temperature=0, decode=path if cached else "auto", use_cache=cached))
+    assert {kind for kind, _ in seen} == ({"forward", "step"} if path == "static" else {"forward"})
+    assert all(within == (kind == "forward") for kind, within in seen), seen

@@ -31,6 +31,8 @@ import functools
 
 import torch
 
+from tformer_cli.core.device import varying_shape_attention
+
 PATHS = ("auto", "graph", "static", "dynamic")
 GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.graphs prescribes
 # How the static and graph paths compile their step (StaticStepper): "off", "block" or "whole".  A
@@ -113,15 +115,20 @@ class Stepper:
         self.cache = model.new_cache(1, self.device, p.dtype) if cached else None
 
     def prefill(self, window: list[int]) -> torch.Tensor:
-        """Logits (1, V) after ``window`` at positions 0..len-1, (re)building the cache."""
+        """Logits (1, V) after ``window`` at positions 0..len-1, (re)building the cache.  Its
+        length differs from one generation (or window cut) to the next: attention through the
+        kernels that need no build per shape (core/device.varying_shape_attention)."""
         idx = torch.tensor([window], dtype=torch.long, device=self.device)  # (1, T)
         if self.cache is not None:
             self.cache.reset()
-        return self.model(idx, cache=self.cache, last_only=True).logits[:, -1, :]
+        with varying_shape_attention(self.device):
+            return self.model(idx, cache=self.cache, last_only=True).logits[:, -1, :]
 
     def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
-        """Logits (1, V) after one more token ``tok`` (1, 1) at window position ``pos``."""
-        return self.model(tok, start_pos=pos, cache=self.cache, last_only=True).logits[:, -1, :]
+        """Logits (1, V) after one more token ``tok`` (1, 1) at window position ``pos``: the cache
+        grows by a row each token, a new shape each time (as prefill)."""
+        with varying_shape_attention(self.device):
+            return self.model(tok, start_pos=pos, cache=self.cache, last_only=True).logits[:, -1, :]
 
 
 class StaticStepper(Stepper):

@@ -23,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tformer_cli.core.config import ModelConfig
+from tformer_cli.core.device import varying_shape_attention
 from tformer_cli.core.model import Block, CausalSelfAttention, FeedForward, KVCache, ModelOutput
 
 
@@ -129,9 +130,10 @@ def greedy_encdec(model: EncoderDecoder, src: torch.Tensor, n: int, bos: int, us
     kv = model.encode(src)
     out = torch.full((src.size(0), 1), bos, dtype=torch.long, device=src.device)
     cache = model.new_cache(src.size(0), src.device) if use_cache else None
-    for i in range(n):
-        logits = model.decode(out[:, -1:], kv, cache, i) if use_cache else model.decode(out, kv)
-        out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    with varying_shape_attention(src.device):  # a new length every token
+        for i in range(n):
+            logits = model.decode(out[:, -1:], kv, cache, i) if use_cache else model.decode(out, kv)
+            out = torch.cat([out, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return out[:, 1:]
 
 
@@ -140,12 +142,13 @@ def greedy_prefix(model, src: torch.Tensor, n: int, sep: int, use_cache: bool = 
     """The n greedy tokens after ``src SEP`` from a decoder-only GPT (core/model.py)."""
     seq = torch.cat([src, torch.full((src.size(0), 1), sep, dtype=torch.long, device=src.device)], dim=1)
     cache = model.new_cache(src.size(0), src.device, torch.float32) if use_cache else None
-    logits = model(seq, cache=cache, last_only=True).logits  # the prompt in one pass
-    for _ in range(n - 1):
-        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
-        if use_cache:
-            logits = model(seq[:, -1:], start_pos=seq.size(1) - 1, cache=cache).logits
-        else:
-            logits = model(seq, last_only=True).logits
+    with varying_shape_attention(src.device):  # a new length every token
+        logits = model(seq, cache=cache, last_only=True).logits  # the prompt in one pass
+        for _ in range(n - 1):
+            seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+            if use_cache:
+                logits = model(seq[:, -1:], start_pos=seq.size(1) - 1, cache=cache).logits
+            else:
+                logits = model(seq, last_only=True).logits
     seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return seq[:, src.size(1) + 1:]

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 from tformer_cli.core.decode import choose_path, decode_problems, make_stepper, path_label, uses_cache
+from tformer_cli.core.device import varying_shape_attention
 from tformer_cli.errors import ConfigError
 
 
@@ -328,6 +329,7 @@ def _sliding_recompute(model, ids: list[int], n: int, sample) -> Iterator[int]:
     block = model.cfg.block_size
     for _ in range(n):
         idx = torch.tensor([ids[-block:]], dtype=torch.long, device=device)
-        tok = sample(model(idx, last_only=True).logits[:, -1, :])
+        with varying_shape_attention(device):  # the crop grows to block_size: a new length each token
+            tok = sample(model(idx, last_only=True).logits[:, -1, :])
         ids.append(int(tok.item()))
         yield ids[-1]
