@@ -281,3 +281,27 @@ def test_the_passes_of_a_new_length_avoid_attention_built_per_shape(monkeypatch,
     list(generate(model, [1, 2, 3], 30, temperature=0, decode=path if cached else "auto", use_cache=cached))
     assert {kind for kind, _ in seen} == ({"forward", "step"} if path == "static" else {"forward"})
     assert all(within == (kind == "forward") for kind, within in seen), seen
+
+
+@pytest.mark.parametrize("name,writes_per_layer", [("mha learned", 1), ("gqa", 1), ("rope", 2), ("qk_norm", 2)])
+def test_the_static_step_writes_keys_and_values_with_one_kernel_where_it_can(name, writes_per_layer):
+    """A layer's keys and values are the halves of one buffer: where they come straight from the
+    projection, one index_copy_ writes both (one launch fewer per layer in the decode step);
+    rotated or normed keys are written each on their own.  The cache holds the same rows either way
+    (test_static_greedy_equals_dynamic_and_recompute_across_cuts)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        writes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.writes += func is torch.ops.aten.index_copy_.default
+            return func(*args, **(kwargs or {}))
+
+    model = make_model(**CONFIGS[name])
+    stepper = decode.make_stepper(model, "static")
+    with torch.inference_mode():
+        stepper.prefill([1, 2, 3])
+        with Count():
+            stepper.extend(torch.tensor([[4]]), 3)
+    assert Count.writes == writes_per_layer * model.cfg.n_layer

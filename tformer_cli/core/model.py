@@ -58,12 +58,15 @@ class KVCache:
 
     The cached tokens occupy positions 0..length-1 of the current window; the model's
     positional encodings use those same positions, so cached and recomputed keys agree.
+    A layer's keys and values are the two halves of one buffer ``kv[layer]`` (2, B, n_kv_head,
+    block_size, hs), so that the static step writes both with one kernel (StepInputs).
     """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, hs: int, device, dtype):
-        shape = (batch, n_head, max_len, hs)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        shape = (2, batch, n_head, max_len, hs)
+        self.kv = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.k = [kv[0] for kv in self.kv]
+        self.v = [kv[1] for kv in self.kv]
         self.length = 0
         self.max_len = max_len
         # The static step's position, on the device: a CUDA graph replays it without a host value.
@@ -84,7 +87,7 @@ class KVCache:
 
     def step_inputs(self, layer: int, mask: torch.Tensor, how: str) -> "StepInputs":
         """What layer ``layer`` of the static decode step reads from the cache (see StepInputs)."""
-        return StepInputs(self.k[layer], self.v[layer], self.pos, mask, how)
+        return StepInputs(self.kv[layer], self.pos, mask, how)
 
     def step_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """(1, max_len) additive mask of the token at ``self.pos``: 0 on rows 0..pos, -inf past it.
@@ -95,11 +98,10 @@ class KVCache:
 class StepInputs(NamedTuple):
     """One block's share of the static decode step (GPT.decode_step), tensors and a string only,
     so that one compiled block step serves every layer (core/decode.py compile_step): its layer's
-    key and value buffers (B, n_kv, max_len, hs), the position (1,) on the device, the additive
+    keys and values (2, B, n_kv, max_len, hs), the position (1,) on the device, the additive
     mask (1, max_len) of that position, and how to attend (GPT.step_attention, resolved)."""
 
-    k: torch.Tensor
-    v: torch.Tensor
+    kv: torch.Tensor
     pos: torch.Tensor
     mask: torch.Tensor
     how: str
@@ -137,9 +139,9 @@ class CausalSelfAttention(nn.Module):
         """step (the static decode step, GPT.decode_step): attend over the whole cache with the
         keys its mask hides, instead of over the cached positions only."""
         B, T, C = x.shape
-        q, k, v = self._qkv(x, rope)
+        q, k, v, kv = self._qkv(x, rope)
         if step is not None:
-            y, weights = self._attend_step(q, k, v, step), None
+            y, weights = self._attend_step(q, k, v, kv, step), None
         else:
             y, weights = self._attend(q, k, v, cache, layer, explicit)
         if head_mask is not None:
@@ -147,19 +149,20 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         return self.resid_dropout(self.proj(y)), weights
 
-    def _qkv(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Queries (B, nh, T, hs), keys and values (B, n_kv, T, hs), normed and rotated."""
+    def _qkv(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Queries (B, nh, T, hs), keys and values (B, n_kv, T, hs), normed and rotated; and the
+        keys and values as one (2, B, n_kv, T, hs) view of the projection's output where neither
+        a norm nor a rotation changed the keys (None where one did)."""
         B, T, C = x.shape
-        hs, kv = self.hs, self.n_kv * self.hs
-        q, k, v = self.qkv(x).split((C, kv, kv), dim=2)
-        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_kv, hs).transpose(1, 2)  # (B, n_kv, T, hs)
-        v = v.view(B, T, self.n_kv, hs).transpose(1, 2)
+        out = self.qkv(x)
+        q = out[..., :C].view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
+        kv = out[..., C:].view(B, T, 2, self.n_kv, self.hs).permute(2, 0, 3, 1, 4)  # (2, B, n_kv, T, hs)
+        k, v = kv[0], kv[1]
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return q, k, v
+        return q, k, v, kv if self.q_norm is None and rope is None else None
 
     def _attend(self, q, k, v, cache, layer, explicit) -> tuple[torch.Tensor, torch.Tensor | None]:
         """softmax(QK^T / sqrt(d_k) + M) V over the cached and the new positions: (B, nh, T, hs)."""
@@ -185,12 +188,13 @@ class CausalSelfAttention(nn.Module):
         mask = ~_future_mask(T, Tk, q.device)  # a chunk of queries after cached keys: mask by absolute position
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
 
-    def _attend_step(self, q, k, v, step: StepInputs) -> torch.Tensor:
+    def _attend_step(self, q, k, v, kv, step: StepInputs) -> torch.Tensor:
         """One token (T = 1) over the whole cache, keys past its position masked: (B, nh, 1, hs).
 
-        Its k, v (B, n_kv, 1, hs) go to row ``step.pos`` of the layer's buffers, and attention
-        reads the whole buffers (rows past pos hold stale keys that the mask hides), so the
-        shapes never change from one token to the next.
+        Its k, v (B, n_kv, 1, hs) go to row ``step.pos`` of the layer's buffers (one write of
+        both where ``kv`` holds them, see _qkv; a write each otherwise), and attention reads the
+        whole buffers (rows past pos hold stale keys that the mask hides), so the shapes never
+        change from one token to the next.
 
         Grouped-query attention without repeat_interleave (a copy of the whole cache per layer):
         the g = n_head / n_kv query heads that share a key/value head become g queries of it,
@@ -198,9 +202,12 @@ class CausalSelfAttention(nn.Module):
         ``sdpa``, one fused kernel whose choice is PyTorch's; ``matmul``, the formula written
         out (two batched matmuls and a float32 softmax): more launches, but cuBLAS's kernels for a
         single query instead of whatever SDPA picks for it against a masked whole-block cache."""
-        step.k.index_copy_(2, step.pos, k)
-        step.v.index_copy_(2, step.pos, v)
-        k, v, step_mask, how = step.k, step.v, step.mask, step.how  # (B, n_kv, max_len, hs)
+        if kv is not None:
+            step.kv.index_copy_(3, step.pos, kv)
+        else:
+            step.kv[0].index_copy_(2, step.pos, k)
+            step.kv[1].index_copy_(2, step.pos, v)
+        k, v, step_mask, how = step.kv[0], step.kv[1], step.mask, step.how  # (B, n_kv, max_len, hs)
         B, g = q.size(0), self.n_head // self.n_kv
         q = q.reshape(B, self.n_kv, g, self.hs)  # (B, n_kv, g, hs): g queries per key/value head
         if how == "sdpa":
