@@ -237,7 +237,8 @@ def section_d(budget: Budget, args, shared: dict) -> list[str]:
         ran = run_capture(tformer("sweep-heads", "--heads", "1,2,4,8", "--steps", "300", "--device", "cuda",
                                   "--out", out, "--json", *extra), budget.left())
         state = "ok" if ran.code == 0 else ("cut at the deadline" if ran.code is None else f"failed ({ran.code})")
-        rows.append([label, f"{ran.wall:.1f}", *member_steps(out), *time_split(out, ran.wall, "--jobs" in extra and extra[extra.index("--jobs") + 1] != "1"), state])
+        overlapped = extra[extra.index("--jobs") + 1] != "1"
+        rows.append([label, f"{ran.wall:.1f}", *member_steps(out), *time_split(out, ran.wall, overlapped), state])
     return ["### d. tformer sweep-heads --heads 1,2,4,8 --steps 300 (quick preset): wall time", "",
             table(["setting", "wall s", "member ms/step", "member train s", "CUDA graph", "set-up s", "steps s",
                    "eval s", "measure s", "rest s", "state"], rows), "",

@@ -229,6 +229,7 @@ def test_sweep_rows_read_the_members_step_times_and_graph_state(tmp_path):
             {"setup_s": 1.5, "steps_s": 2.0, "eval_s": 0.5, "checkpoint_s": 0.25, "measure_s": None}]
     (tmp_path / "results.json").write_text(json.dumps({"rows": rows}))
     assert gsu.time_split(str(tmp_path), 20.0) == ["2.5", "4.0", "1.5", "3.0", "9.0"]
+    assert gsu.time_split(str(tmp_path), 20.0, overlapped=True) == ["2.5", "4.0", "1.5", "3.0", "-"]
     assert gsu.time_split(str(tmp_path / "absent"), 20.0) == ["-"] * 5
 
 
