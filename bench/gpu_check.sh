@@ -54,6 +54,9 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
         --set train.batch_size=8 --set train.grad_accum=1 --set train.eval_iters=2 --set model.vocab_multiple=64 \
         --out "$RUN_DIR" --overwrite ;;
     sample) step sample_bench 40 "$PY" -m tformer_cli sample "$RUN_DIR" --bench --prompt "def " --max-new-tokens 256 --seed 0 ;;
+    # the same in bfloat16 weights (the fastest graph variant; tokens checked against recomputation's)
+    sample_bf16) step sample_bench_bf16 40 "$PY" -m tformer_cli sample "$RUN_DIR" --bench --prompt "def " \
+        --max-new-tokens 256 --seed 0 --dtype bfloat16 ;;
     # a shipped study on the card (its gpu: budget, members packed onto the GPU): its GPU wall time
     study) rm -rf "$RUN_DIR-study"
         step study_induction 120 "$PY" -m tformer_cli study induction --device cuda --out "$RUN_DIR-study" ;;
