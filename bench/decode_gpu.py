@@ -59,15 +59,19 @@ PATHS = ("graph", "static", "dynamic", "recompute")
 # --variants, in order: (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap).  First what
 # `tformer sample` does on a CUDA GPU (float32, auto attention = matmul, no compile, overlap), then
 # the open questions: the overlap's A/B, a compiled step, and the same in bfloat16 (--dtype bfloat16).
+# (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap, GPT.paired_kv_write)
 VARIANTS = [
-    ("float32", "matmul", "off", True),
-    ("float32", "matmul", "off", False),
-    ("float32", "matmul", "block", True),
-    ("bfloat16", "sdpa", "off", True),
-    ("bfloat16", "sdpa", "block", True),
-    ("bfloat16", "sdpa", "whole", True),
-    ("float32", "matmul", "whole", True),
-    ("bfloat16", "matmul", "off", True),
+    ("float32", "matmul", "off", True, True),
+    ("float32", "matmul", "off", True, False),
+    ("float32", "matmul", "off", False, True),
+    ("float32", "matmul", "block", True, True),
+    ("bfloat16", "sdpa", "off", True, True),
+    ("bfloat16", "sdpa", "off", True, False),
+    ("bfloat16", "sdpa", "block", True, True),
+    ("bfloat16", "sdpa", "whole", True, True),
+    ("bfloat16", "sdpa", "whole", True, False),
+    ("float32", "matmul", "whole", True, True),
+    ("bfloat16", "matmul", "off", True, True),
 ]
 PROFILE_STEPS = 20
 
@@ -201,33 +205,35 @@ def time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def run_variant(model, prompt: list[int], n: int, attention: str, compiled: str, overlap: bool = True):
+def run_variant(model, prompt: list[int], n: int, attention: str, compiled: str, overlap: bool = True,
+                paired: bool = True):
     """(tokens, Speed) of the graph path (the static step off CUDA) with GPT.step_attention
-    ``attention``, the step compiled ``compiled`` (COMPILE_STEP), and the next step queued before a
-    token is read back or not; the model, core/decode.py and core/generate.py are left as they were.
+    ``attention``, the step compiled ``compiled`` (COMPILE_STEP), the next step queued before a
+    token is read back or not, and keys and values written by one kernel or two
+    (GPT.paired_kv_write); the model, core/decode.py and core/generate.py are left as they were.
     A compiled step compiles in run_path's untimed warm-up generation."""
-    before = model.step_attention, decode.COMPILE_STEP, generate_module.OVERLAP_DEVICES
-    model.step_attention, decode.COMPILE_STEP = attention, compiled
+    before = model.step_attention, model.paired_kv_write, decode.COMPILE_STEP, generate_module.OVERLAP_DEVICES
+    model.step_attention, model.paired_kv_write, decode.COMPILE_STEP = attention, paired, compiled
     generate_module.OVERLAP_DEVICES = ("cuda",) if overlap else ()
     try:
         return run_path(model, prompt, n, choose_path(model, "graph"))
     finally:
-        model.step_attention, decode.COMPILE_STEP, generate_module.OVERLAP_DEVICES = before
+        model.step_attention, model.paired_kv_write, decode.COMPILE_STEP, generate_module.OVERLAP_DEVICES = before
 
 
 def variant_name(variant: tuple) -> str:
-    dtype, attention, compiled, overlap = variant
+    dtype, attention, compiled, overlap, paired = variant
     return (f"{dtype}, {attention}" + {"off": "", "block": ", compiled by block", "whole": ", compiled whole"}[compiled]
-            + ("" if overlap else ", no overlap"))
+            + ("" if overlap else ", no overlap") + ("" if paired else ", keys and values written apart"))
 
 
 def variant_cells(models: Models, refs: dict, prompt: list[int], n: int, variant: tuple) -> list[str]:
     """tokens/s, ms/token and agreement of one variant; ``refs`` keeps each dtype's recomputed tokens."""
-    dtype, attention, compiled, overlap = variant
+    dtype, attention, compiled, overlap, paired = variant
     model = models.get(dtype)
     if dtype not in refs:
         refs[dtype] = list(generate(model, prompt, n, temperature=0.0, use_cache=False))
-    ids, speed = run_variant(model, prompt, n, attention, compiled, overlap)
+    ids, speed = run_variant(model, prompt, n, attention, compiled, overlap, paired)
     return [f"{speed.tokens_per_s:,.0f}", f"{speed.ms_per_token:.3f}", "yes" if ids == refs[dtype] else "**no**"]
 
 
@@ -246,7 +252,8 @@ def print_variants(args, models: Models, prompt: list[int]) -> None:
     print(table(["variant", "tokens/s", "ms/token", "same tokens as its dtype's recompute"], []), flush=True)
     refs: dict[str, list[int]] = {}
     start = time.perf_counter()
-    for variant in VARIANTS:
+    picked = [VARIANTS[i] for i in args.pick] if args.pick else VARIANTS
+    for variant in picked:
         name = variant_name(variant)
         spent = time.perf_counter() - start
         if spent > args.variants_budget_s:
@@ -340,6 +347,8 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=None, help="default 64 (8 with --small)")
     ap.add_argument("--variants", action="store_true",
                     help="also the graph path's variants: dtype, step attention, compiled step, overlap")
+    ap.add_argument("--pick", type=lambda s: [int(i) for i in s.split(",")], default=None,
+                    help="the variants to run, by index into VARIANTS (e.g. 0,4,7; default all)")
     ap.add_argument("--variant-timeout-s", type=float, default=60.0, help="a variant's time limit (default 60)")
     ap.add_argument("--variants-budget-s", type=float, default=150.0,
                     help="skip the remaining variants once the variants have taken this long (default 150)")

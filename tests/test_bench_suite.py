@@ -265,7 +265,7 @@ def test_decode_gpu_variants_and_profile_run_on_the_cpu():
     r = _script(str(BENCH / "decode_gpu.py"), "--device", "cpu", "--small", "--new-tokens", "8",
                 "--variants", "--variants-budget-s", "0", "--profile")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("| skipped: the variants have taken") == len(_bench_module("decode_gpu").VARIANTS) == 8, r.stdout
+    assert r.stdout.count("| skipped: the variants have taken") == len(_bench_module("decode_gpu").VARIANTS) == 11, r.stdout
     assert "| bfloat16, sdpa, compiled by block | - | - | skipped" in r.stdout
     assert "| float32, matmul, no overlap | - | - | skipped" in r.stdout
     for dtype in ("float32", "bfloat16"):
@@ -290,9 +290,9 @@ def test_decode_gpu_variants_report_each_failure_and_timeout_on_its_row_and_go_o
         return real(models, refs, prompt, n, variant)
 
     monkeypatch.setattr(dg, "variant_cells", cells)
-    monkeypatch.setattr(dg, "VARIANTS", [("float32", "boom", "off", True), ("float32", "slow", "off", True),
-                                         ("float32", "matmul", "off", True), ("bfloat16", "sdpa", "off", False)])
-    args = SimpleNamespace(new_tokens=8, prompt_tokens=8, variant_timeout_s=0.3, variants_budget_s=100.0)
+    monkeypatch.setattr(dg, "VARIANTS", [("float32", "boom", "off", True, True), ("float32", "slow", "off", True, True),
+                                         ("float32", "matmul", "off", True, True), ("bfloat16", "sdpa", "off", False, False)])
+    args = SimpleNamespace(new_tokens=8, prompt_tokens=8, variant_timeout_s=0.3, variants_budget_s=100.0, pick=None)
     models = dg.Models(dg.SMALL, torch.device("cpu"))
     dg.print_variants(args, models, dg.prompt_of(args, dg.SMALL))
     out = capsys.readouterr()
@@ -300,7 +300,8 @@ def test_decode_gpu_variants_report_each_failure_and_timeout_on_its_row_and_go_o
     assert "| float32, slow | - | - | failed: VariantTimeout: timed out after 0.3 s |" in out.out
     assert "| float32, matmul | " in out.out and "| float32, matmul | - |" not in out.out  # measured
     last = out.out.rstrip().splitlines()[-2]
-    assert last.startswith("| bfloat16, sdpa, no overlap | ") and last.endswith("| yes |")  # its own recompute
+    assert last.startswith("| bfloat16, sdpa, no overlap, keys and values written apart | ") and last.endswith("| yes |")
+    assert models.get("bfloat16").paired_kv_write is True  # restored
     assert "second line" in out.err  # the traceback, for the log
     assert models.get("float32").step_attention == "auto" and dg.decode.COMPILE_STEP == "off"  # restored
     assert dg.generate_module.OVERLAP_DEVICES == ("cuda",)

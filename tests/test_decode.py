@@ -299,9 +299,30 @@ def test_the_static_step_writes_keys_and_values_with_one_kernel_where_it_can(nam
             return func(*args, **(kwargs or {}))
 
     model = make_model(**CONFIGS[name])
-    stepper = decode.make_stepper(model, "static")
-    with torch.inference_mode():
-        stepper.prefill([1, 2, 3])
-        with Count():
-            stepper.extend(torch.tensor([[4]]), 3)
-    assert Count.writes == writes_per_layer * model.cfg.n_layer
+    for paired, expected in ((True, writes_per_layer), (False, 2)):  # GPT.paired_kv_write: the A/B's switch
+        model.paired_kv_write = paired
+        stepper, Count.writes = decode.make_stepper(model, "static"), 0
+        with torch.inference_mode():
+            stepper.prefill([1, 2, 3])
+            with Count():
+                stepper.extend(torch.tensor([[4]]), 3)
+        assert Count.writes == expected * model.cfg.n_layer
+
+
+def test_training_takes_no_view_of_the_projection_but_split():
+    """The paired view is the static step's only: a training forward's backward would pay a
+    zero-filled gradient and an add for each extra view of the qkv output."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        seen: set = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Ops.seen.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = make_model().train()
+    x = torch.randint(0, VOCAB, (2, BLOCK))
+    with Ops():
+        model(x, targets=x).loss.backward()
+    assert "permute.default" not in Ops.seen and "zeros.default" not in Ops.seen, sorted(Ops.seen)

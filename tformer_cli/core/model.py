@@ -85,9 +85,9 @@ class KVCache:
         self.v[layer].narrow(2, start, end - start).copy_(v)
         return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
-    def step_inputs(self, layer: int, mask: torch.Tensor, how: str) -> "StepInputs":
+    def step_inputs(self, layer: int, mask: torch.Tensor, how: str, paired: bool = True) -> "StepInputs":
         """What layer ``layer`` of the static decode step reads from the cache (see StepInputs)."""
-        return StepInputs(self.kv[layer], self.pos, mask, how)
+        return StepInputs(self.kv[layer], self.pos, mask, how, paired)
 
     def step_mask(self, dtype: torch.dtype) -> torch.Tensor:
         """(1, max_len) additive mask of the token at ``self.pos``: 0 on rows 0..pos, -inf past it.
@@ -99,12 +99,14 @@ class StepInputs(NamedTuple):
     """One block's share of the static decode step (GPT.decode_step), tensors and a string only,
     so that one compiled block step serves every layer (core/decode.py compile_step): its layer's
     keys and values (2, B, n_kv, max_len, hs), the position (1,) on the device, the additive
-    mask (1, max_len) of that position, and how to attend (GPT.step_attention, resolved)."""
+    mask (1, max_len) of that position, how to attend (GPT.step_attention, resolved), and whether
+    to write keys and values with one kernel where it can (GPT.paired_kv_write)."""
 
     kv: torch.Tensor
     pos: torch.Tensor
     mask: torch.Tensor
     how: str
+    paired: bool = True
 
 
 # ---------------------------------------------------------------- attention
@@ -139,7 +141,7 @@ class CausalSelfAttention(nn.Module):
         """step (the static decode step, GPT.decode_step): attend over the whole cache with the
         keys its mask hides, instead of over the cached positions only."""
         B, T, C = x.shape
-        q, k, v, kv = self._qkv(x, rope)
+        q, k, v, kv = self._qkv(x, rope, paired=step is not None and step.paired)
         if step is not None:
             y, weights = self._attend_step(q, k, v, kv, step), None
         else:
@@ -149,20 +151,27 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         return self.resid_dropout(self.proj(y)), weights
 
-    def _qkv(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Queries (B, nh, T, hs), keys and values (B, n_kv, T, hs), normed and rotated; and the
-        keys and values as one (2, B, n_kv, T, hs) view of the projection's output where neither
-        a norm nor a rotation changed the keys (None where one did)."""
+    def _qkv(self, x: torch.Tensor, rope, paired: bool = False):
+        """Queries (B, nh, T, hs), keys and values (B, n_kv, T, hs), normed and rotated; and, when
+        ``paired`` (the static step) and neither a norm nor a rotation changed the keys, the keys
+        and values as one (2, B, n_kv, T, hs) view of the projection's output (else None).  Only
+        the step asks: in training, views of the output other than split's cost its backward a
+        zero-filled gradient and an add per view (4 ms of a 44 ms eager GPT-2-small step on an H100)."""
         B, T, C = x.shape
+        hs, kv = self.hs, self.n_kv * self.hs
         out = self.qkv(x)
-        q = out[..., :C].view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
-        kv = out[..., C:].view(B, T, 2, self.n_kv, self.hs).permute(2, 0, 3, 1, 4)  # (2, B, n_kv, T, hs)
-        k, v = kv[0], kv[1]
+        q, k, v = out.split((C, kv, kv), dim=2)
+        q = q.view(B, T, self.n_head, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv, hs).transpose(1, 2)  # (B, n_kv, T, hs)
+        v = v.view(B, T, self.n_kv, hs).transpose(1, 2)
+        pair = None
+        if paired and self.q_norm is None and rope is None:
+            pair = out[..., C:].view(B, T, 2, self.n_kv, hs).permute(2, 0, 3, 1, 4)  # (2, B, n_kv, T, hs)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        return q, k, v, kv if self.q_norm is None and rope is None else None
+        return q, k, v, pair
 
     def _attend(self, q, k, v, cache, layer, explicit) -> tuple[torch.Tensor, torch.Tensor | None]:
         """softmax(QK^T / sqrt(d_k) + M) V over the cached and the new positions: (B, nh, T, hs)."""
@@ -334,6 +343,10 @@ class GPT(nn.Module):
     # attribute, not a config key, because it changes the kernels of decoding, never the model;
     # bench/decode_gpu.py --variants sets it to compare them.  auto: resolved_step_attention().
     step_attention = "auto"
+    # Whether the static step writes a layer's keys and values with one kernel where they come
+    # straight from the projection (CausalSelfAttention._qkv): likewise an attribute for
+    # bench/decode_gpu.py --variants' A/B; the cache holds the same rows either way.
+    paired_kv_write = True
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
@@ -450,7 +463,7 @@ class GPT(nn.Module):
         how = self.resolved_step_attention()
         run = run_block or block_step
         for i, block in enumerate(self.blocks):
-            x = run(block, x, rope, cache.step_inputs(i, mask, how))
+            x = run(block, x, rope, cache.step_inputs(i, mask, how, self.paired_kv_write))
         return self._logits(x)[:, -1, :]
 
     def resolved_step_attention(self) -> str:
