@@ -17,9 +17,11 @@ tokens across a window cut.  Hugging Face runs eager (no torch.compile), greedy,
 --variants: after the table, the graph path (the static step off CUDA, as choose_path falls back)
 in variants of weights' dtype (float32, bfloat16), GPT.step_attention (sdpa, matmul), compiled
 step (core/decode.py COMPILE_STEP: off, block, whole) and overlap (the next step queued before a
-token is read back, core/generate.py OVERLAP_DEVICES), each against recomputation in its own
-dtype, in the order of VARIANTS (what `tformer sample` does on CUDA first, then the A/Bs).  Each
-variant runs alone: a failure or a variant past
+token is read back, core/generate.py OVERLAP_DEVICES) and the keys' and values' write (one kernel
+or two, GPT.paired_kv_write), each against recomputation in its own dtype, in the order of
+VARIANTS (what `tformer sample` does on CUDA first, then the A/Bs; --pick 0,4 runs some), with the
+warm-up generation's seconds (where a graph is captured and a step compiled).  Each variant runs
+alone: a failure or a variant past
 --variant-timeout-s prints its row and the next one runs; once the variants together have taken
 --variants-budget-s, the rest are skipped (so the section takes at most about budget + timeout).
 Their tokens are reported, not required to agree (the exit status is the table's).
@@ -56,10 +58,10 @@ from tformer_cli.core.model import build_model
 GPT2_SMALL = dict(n_layer=12, d_model=768, n_head=12, block_size=1024, vocab=50304)
 SMALL = dict(n_layer=2, d_model=64, n_head=4, block_size=64, vocab=512)
 PATHS = ("graph", "static", "dynamic", "recompute")
-# --variants, in order: (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap).  First what
-# `tformer sample` does on a CUDA GPU (float32, auto attention = matmul, no compile, overlap), then
-# the open questions: the overlap's A/B, a compiled step, and the same in bfloat16 (--dtype bfloat16).
-# (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap, GPT.paired_kv_write)
+# --variants, in order: (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap, GPT.paired_kv_write).
+# First what `tformer sample` does on a CUDA GPU (float32, auto attention = matmul, no compile,
+# overlap, paired write), then the A/Bs: the paired write, the overlap, a compiled step, and the
+# same in bfloat16 (--dtype bfloat16).  --pick runs some, by index.
 VARIANTS = [
     ("float32", "matmul", "off", True, True),
     ("float32", "matmul", "off", True, False),
@@ -84,10 +86,15 @@ def build(shape: dict, device: torch.device, dtype: torch.dtype):
 
 
 def run_path(model, prompt: list[int], n: int, path: str):
-    """(tokens, Speed) of one greedy generation along ``path``, after an untimed warm-up."""
+    """(tokens, Speed, the warm-up's seconds) of one greedy generation along ``path``, after a
+    warm-up generation of 8 tokens (a graph's capture and a step's compile happen there), timed
+    apart."""
     kw = dict(temperature=0.0, use_cache=path != "recompute", decode="auto" if path == "recompute" else path)
+    t0 = time.perf_counter()
     list(generate(model, prompt, 8, **kw))
-    return timed(generate(model, prompt, n, **kw))
+    warmup = time.perf_counter() - t0
+    ids, speed = timed(generate(model, prompt, n, **kw))
+    return ids, speed, warmup
 
 
 def run_hf(model, shape: dict, prompt: list[int], n: int) -> tuple[float, float, list[int]] | None:
@@ -146,7 +153,7 @@ def measure(args) -> tuple[list[list[str]], bool]:
     rows, ok = [], True
     if "graph" not in results:
         rows.append([path_label(model, "graph"), "-", "-", "-", "not run (needs CUDA)"])
-    for p, (ids, speed) in results.items():
+    for p, (ids, speed, _) in results.items():
         same = ids == ref and cut.get(p, True)
         ok &= same
         label = path_label(model, p)
@@ -207,7 +214,7 @@ def time_limit(seconds: float):
 
 def run_variant(model, prompt: list[int], n: int, attention: str, compiled: str, overlap: bool = True,
                 paired: bool = True):
-    """(tokens, Speed) of the graph path (the static step off CUDA) with GPT.step_attention
+    """(tokens, Speed, warm-up s) of the graph path (the static step off CUDA) with GPT.step_attention
     ``attention``, the step compiled ``compiled`` (COMPILE_STEP), the next step queued before a
     token is read back or not, and keys and values written by one kernel or two
     (GPT.paired_kv_write); the model, core/decode.py and core/generate.py are left as they were.
@@ -228,13 +235,15 @@ def variant_name(variant: tuple) -> str:
 
 
 def variant_cells(models: Models, refs: dict, prompt: list[int], n: int, variant: tuple) -> list[str]:
-    """tokens/s, ms/token and agreement of one variant; ``refs`` keeps each dtype's recomputed tokens."""
+    """tokens/s, ms/token, the warm-up's seconds and agreement of one variant; ``refs`` keeps each
+    dtype's recomputed tokens."""
     dtype, attention, compiled, overlap, paired = variant
     model = models.get(dtype)
     if dtype not in refs:
         refs[dtype] = list(generate(model, prompt, n, temperature=0.0, use_cache=False))
-    ids, speed = run_variant(model, prompt, n, attention, compiled, overlap, paired)
-    return [f"{speed.tokens_per_s:,.0f}", f"{speed.ms_per_token:.3f}", "yes" if ids == refs[dtype] else "**no**"]
+    ids, speed, warmup = run_variant(model, prompt, n, attention, compiled, overlap, paired)
+    return [f"{speed.tokens_per_s:,.0f}", f"{speed.ms_per_token:.3f}", f"{warmup:.1f}",
+            "yes" if ids == refs[dtype] else "**no**"]
 
 
 def one_line(e: BaseException) -> str:
@@ -249,7 +258,8 @@ def print_variants(args, models: Models, prompt: list[int]) -> None:
     print(f"\nvariants of the graph path (here: {label}), {args.new_tokens} greedy tokens after the same "
           f"prompt, each against recomputation in its dtype; time per variant <= {args.variant_timeout_s:g} s, "
           f"later variants skipped after {args.variants_budget_s:g} s\n")
-    print(table(["variant", "tokens/s", "ms/token", "same tokens as its dtype's recompute"], []), flush=True)
+    print(table(["variant", "tokens/s", "ms/token", "warm-up s (8 tokens: capture, compile)",
+                 "same tokens as its dtype's recompute"], []), flush=True)
     refs: dict[str, list[int]] = {}
     start = time.perf_counter()
     picked = [VARIANTS[i] for i in args.pick] if args.pick else VARIANTS
@@ -257,13 +267,13 @@ def print_variants(args, models: Models, prompt: list[int]) -> None:
         name = variant_name(variant)
         spent = time.perf_counter() - start
         if spent > args.variants_budget_s:
-            cells = ["-", "-", f"skipped: the variants have taken {spent:.0f} s of {args.variants_budget_s:g}"]
+            cells = ["-", "-", "-", f"skipped: the variants have taken {spent:.0f} s of {args.variants_budget_s:g}"]
         else:
             try:
                 with time_limit(args.variant_timeout_s):
                     cells = variant_cells(models, refs, prompt, args.new_tokens, variant)
             except (Exception, VariantTimeout) as e:
-                cells = ["-", "-", f"failed: {one_line(e)}"]
+                cells = ["-", "-", "-", f"failed: {one_line(e)}"]
                 print(f"decode_gpu.py: variant {name} failed:\n{traceback.format_exc(limit=-8)}", file=sys.stderr)
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     print(f"(variants: {time.perf_counter() - start:.0f} s in all)", flush=True)

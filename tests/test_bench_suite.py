@@ -266,8 +266,8 @@ def test_decode_gpu_variants_and_profile_run_on_the_cpu():
                 "--variants", "--variants-budget-s", "0", "--profile")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("| skipped: the variants have taken") == len(_bench_module("decode_gpu").VARIANTS) == 11, r.stdout
-    assert "| bfloat16, sdpa, compiled by block | - | - | skipped" in r.stdout
-    assert "| float32, matmul, no overlap | - | - | skipped" in r.stdout
+    assert "| bfloat16, sdpa, compiled by block | - | - | - | skipped" in r.stdout
+    assert "| float32, matmul, no overlap | - | - | - | skipped" in r.stdout
     for dtype in ("float32", "bfloat16"):
         assert f"at window position 32, {dtype}, cpu" in r.stdout
     assert r.stdout.count("operator calls per step") == 2 and "aten::addmm" in r.stdout
@@ -296,8 +296,8 @@ def test_decode_gpu_variants_report_each_failure_and_timeout_on_its_row_and_go_o
     models = dg.Models(dg.SMALL, torch.device("cpu"))
     dg.print_variants(args, models, dg.prompt_of(args, dg.SMALL))
     out = capsys.readouterr()
-    assert "| float32, boom | - | - | failed: RuntimeError: boom |" in out.out
-    assert "| float32, slow | - | - | failed: VariantTimeout: timed out after 0.3 s |" in out.out
+    assert "| float32, boom | - | - | - | failed: RuntimeError: boom |" in out.out
+    assert "| float32, slow | - | - | - | failed: VariantTimeout: timed out after 0.3 s |" in out.out
     assert "| float32, matmul | " in out.out and "| float32, matmul | - |" not in out.out  # measured
     last = out.out.rstrip().splitlines()[-2]
     assert last.startswith("| bfloat16, sdpa, no overlap, keys and values written apart | ") and last.endswith("| yes |")
