@@ -85,7 +85,7 @@ class KVCache:
         self.v[layer].narrow(2, start, end - start).copy_(v)
         return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
-    def step_inputs(self, layer: int, mask: torch.Tensor, how: str, paired: bool = True) -> "StepInputs":
+    def step_inputs(self, layer: int, mask: torch.Tensor, how: str, paired: bool) -> "StepInputs":
         """What layer ``layer`` of the static decode step reads from the cache (see StepInputs)."""
         return StepInputs(self.kv[layer], self.pos, mask, how, paired)
 
@@ -106,7 +106,7 @@ class StepInputs(NamedTuple):
     pos: torch.Tensor
     mask: torch.Tensor
     how: str
-    paired: bool = True
+    paired: bool
 
 
 # ---------------------------------------------------------------- attention
