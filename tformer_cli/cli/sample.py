@@ -110,19 +110,17 @@ def register(app: typer.Typer) -> None:
 # ---------------------------------------------------------------- input
 
 
-DTYPES = ("float32", "bfloat16", "float16")
-
-
 def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed=None,
                    decode="auto", no_kv_cache=False, dtype="float32") -> None:
+    from tformer_cli.core.config import PRECISIONS
     from tformer_cli.core.decode import decode_problems
     from tformer_cli.core.generate import sampling_problems
     from tformer_cli.errors import ConfigError
 
     problems = [f"--{p.replace('_', '-')}"
                 for p in sampling_problems(temperature, top_k, top_p) + decode_problems(decode)]
-    if dtype not in DTYPES:
-        problems.append(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype[:40]!r}")
+    if dtype not in PRECISIONS:
+        problems.append(f"--dtype must be one of {', '.join(PRECISIONS)}, got {dtype[:40]!r}")
     if no_kv_cache and decode != "auto":
         problems.append(f"--no-kv-cache recomputes every token: it cannot be combined with --decode {decode}")
     if max_new_tokens is not None and max_new_tokens < 1:
@@ -213,8 +211,8 @@ def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: i
         from tformer_cli.render.console import print_json
 
         print_json({"prompt": session.tokenizer.decode(ids), "prompt_tokens": len(ids), "seed": seed,
-                    "device": str(session.device), "dtype": session.dtype, "kv_cache": path != "recompute", **settings,
-                    "decode_path": path, "samples": samples, "total": total.to_dict()})
+                    "device": str(session.device), "dtype": session.dtype, "kv_cache": path != "recompute",
+                    **settings, "decode_path": path, "samples": samples, "total": total.to_dict()})
     else:
         from tformer_cli.render.sample import print_speed
 
@@ -231,7 +229,8 @@ def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict,
     r = bench_cache(session.model, ids, n, seed=seed, **settings)
     threads = torch.get_num_threads()
     if json_:
-        print_json({"device": str(session.device), "dtype": session.dtype, "threads": threads, "seed": seed, **settings, **r.to_dict()})
+        print_json({"device": str(session.device), "dtype": session.dtype, "threads": threads, "seed": seed,
+                    **settings, **r.to_dict()})
         return
     where = f"{session.device}, {session.dtype}" + (f", {threads} threads" if session.device.type == "cpu" else "")
     show_cache_bench(console(), r, session.cfg.model, where, session.dtype)
