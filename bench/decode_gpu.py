@@ -74,6 +74,10 @@ VARIANTS = [
     ("bfloat16", "sdpa", "whole", True, False),
     ("float32", "matmul", "whole", True, True),
     ("bfloat16", "matmul", "off", True, True),
+    ("bfloat16", "sdpa", "whole-tuned", True, True),
+    ("bfloat16", "sdpa", "whole-gemv", True, True),
+    ("bfloat16", "matmul", "whole-gemv", True, True),
+    ("float32", "matmul", "whole-gemv", True, True),
 ]
 PROFILE_STEPS = 20
 
@@ -230,7 +234,9 @@ def run_variant(model, prompt: list[int], n: int, attention: str, compiled: str,
 
 def variant_name(variant: tuple) -> str:
     dtype, attention, compiled, overlap, paired = variant
-    return (f"{dtype}, {attention}" + {"off": "", "block": ", compiled by block", "whole": ", compiled whole"}[compiled]
+    return (f"{dtype}, {attention}" + {"off": "", "block": ", compiled by block", "whole": ", compiled whole",
+                                         "whole-tuned": ", compiled whole, tuned",
+                                         "whole-gemv": ", compiled whole, tuned, one-row layers as reductions"}[compiled]
             + ("" if overlap else ", no overlap") + ("" if paired else ", keys and values written apart"))
 
 

@@ -57,6 +57,11 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
     # the same in bfloat16 weights (the fastest graph variant; tokens checked against recomputation's)
     sample_bf16) step sample_bench_bf16 40 "$PY" -m tformer_cli sample "$RUN_DIR" --bench --prompt "def " \
         --max-new-tokens 256 --seed 0 --dtype bfloat16 ;;
+    # the same with the step compiled (SAMPLE_COMPILE, default whole-gemv), twice: the second process
+    # finds inductor's on-disk cache, so its warm-up line says what a compile costs a user the next time
+    sample_compiled) for i in 1 2; do step sample_bench_compiled_$i "${SAMPLE_COMPILE_S:-90}" "$PY" -m tformer_cli sample \
+        "$RUN_DIR" --bench --prompt "def " --max-new-tokens 256 --seed 0 --dtype bfloat16 \
+        --compile-step "${SAMPLE_COMPILE:-whole-gemv}"; done ;;
     # a shipped study on the card (its gpu: budget, members packed onto the GPU): its GPU wall time
     study) rm -rf "$RUN_DIR-study"
         step study_induction 120 "$PY" -m tformer_cli study induction --device cuda --out "$RUN_DIR-study" ;;

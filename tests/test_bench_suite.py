@@ -265,7 +265,7 @@ def test_decode_gpu_variants_and_profile_run_on_the_cpu():
     r = _script(str(BENCH / "decode_gpu.py"), "--device", "cpu", "--small", "--new-tokens", "8",
                 "--variants", "--variants-budget-s", "0", "--profile")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("| skipped: the variants have taken") == len(_bench_module("decode_gpu").VARIANTS) == 11, r.stdout
+    assert r.stdout.count("| skipped: the variants have taken") == len(_bench_module("decode_gpu").VARIANTS) == 15, r.stdout
     assert "| bfloat16, sdpa, compiled by block | - | - | - | skipped" in r.stdout
     assert "| float32, matmul, no overlap | - | - | - | skipped" in r.stdout
     for dtype in ("float32", "bfloat16"):

@@ -239,8 +239,43 @@ def test_a_compiled_static_step_gives_recomputes_greedy_tokens(monkeypatch, how)
     assert counters["stats"]["unique_graphs"] == compiled  # no recompilation
 
 
+@pytest.mark.slow  # inductor compiles the step (C++ on the CPU): about 12 s
+def test_the_gemv_compile_computes_the_one_row_layers_as_reductions_and_keeps_the_tokens(monkeypatch):
+    """compile_step whole-gemv: every linear layer with a bias (one row at batch 1) goes through
+    _one_row_addmm's reduction, not inductor's addmm, and the greedy tokens are recomputation's."""
+    torch._dynamo.reset()
+    model = make_model(**CONFIGS["mha learned"])  # biases on: addmm
+    prompt, n = [1, 2, 3, 4, 5], BLOCK + 3
+    ref = list(generate(model, prompt, n, temperature=0, use_cache=False))
+    taken = []
+    real = decode._one_row_addmm
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        taken.append(out is not NotImplemented)
+        return out
+
+    monkeypatch.setattr(decode, "_one_row_addmm", spy)
+    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # trace, not a cached graph
+    assert list(generate(model, prompt, n, temperature=0, decode="static", compile_step="whole-gemv")) == ref
+    assert len(taken) == 4 * len(model.blocks) and all(taken)  # qkv, proj, w1, w2 of every block
+
+
+def test_one_row_addmm_is_addmm_and_declines_the_rest():
+    bias, w = torch.randn(6), torch.randn(5, 6)
+    x = torch.randn(1, 5)
+    torch.testing.assert_close(decode._one_row_addmm(bias, x, w), torch.addmm(bias, x, w))
+    assert decode._one_row_addmm(bias, torch.randn(2, 5), w) is NotImplemented  # two rows
+    assert decode._one_row_addmm(bias, x, w, beta=2) is NotImplemented
+
+
+def test_generate_refuses_an_unknown_compile_mode():
+    with pytest.raises(ConfigError, match="compile_step must be one of"):
+        generate(make_model(), [1], 3, compile_step="fast")
+
+
 def test_an_unknown_compile_mode_is_refused():
-    with pytest.raises(ValueError, match="compile_step must be one of off, block, whole, got 'yes'"):
+    with pytest.raises(ValueError, match="compile_step must be one of off, block, whole, whole-tuned, whole-gemv, got .yes."):
         decode.StaticStepper(make_model(), True, compile_step="yes")
 
 

@@ -142,6 +142,41 @@ def test_bad_decode_options_are_usage_errors(run):
     assert r.code == 2 and "--no-kv-cache recomputes every token" in r.err, r
 
 
+def test_bad_compile_options_are_usage_errors(run):
+    """--compile-step: an unknown mode, a generation without a cache, and a path without a static
+    step (auto on a CPU is the dynamic cache) are refused before any token, in one line."""
+    r = run_cli("sample", run, "--prompt", "x", "--compile-step", "fast", "--device", "cpu")
+    one_line_error(r, 2, "--compile-step must be one of off, block, whole, whole-tuned, whole-gemv, got 'fast'")
+    r = run_cli("sample", run, "--prompt", "x", "--compile-step", "whole", "--no-kv-cache", "--device", "cpu")
+    one_line_error(r, 2, "there is no cached step for --compile-step to compile")
+    r = run_cli("sample", run, "--prompt", "x", "--compile-step", "whole", "--device", "cpu")
+    one_line_error(r, 2, "--compile-step compiles the static decode step", "takes the dynamic path")
+    assert "add --decode static" in r.err
+
+
+@pytest.mark.slow  # inductor compiles the block on the CPU (C++): several seconds
+def test_a_compiled_step_gives_the_same_tokens_and_says_so(run):
+    """--compile-step block on the static path: the tokens of the eager step, the compile named
+    in the speed line, the JSON and --bench, and the warm-up (where it compiles) reported."""
+    args = ("sample", run, "--prompt", "Hello", "--max-new-tokens", "30", "--seed", "4", "--top-k", "5",
+            "--device", "cpu", "--decode", "static")
+    eager = json.loads(run_cli(*args, "--json").out)
+    compiled = run_cli(*args, "--json", "--compile-step", "block")
+    assert compiled.code == 0, compiled
+    compiled = json.loads(compiled.out)
+    assert compiled["compile_step"] == "block" and eager["compile_step"] == "off"
+    assert compiled["samples"][0]["tokens"] == eager["samples"][0]["tokens"]
+    r = run_cli(*args, "--compile-step", "block")
+    assert r.code == 0 and "static cache, step compiled block" in r.err, r
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--decode", "static", "--device", "cpu",
+                "--compile-step", "block", "--json")
+    d = json.loads(r.out)
+    assert d["compile_step"] == "block" and d["identical"] and d["warmup_s"] > 0
+    r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--decode", "static", "--device", "cpu",
+                "--compile-step", "block")
+    assert r.code == 0 and "warm-up before the timed run:" in r.out and "the step compiled block" in r.out, r
+
+
 def test_prompt_from_stdin_and_file(run, tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "stdin", io.StringIO("From stdin "))
     r = run_cli("sample", run, "--max-new-tokens", "3")

@@ -71,6 +71,10 @@ def sample(
                                               "every step (for comparison).")] = False,
     decode: Annotated[str, typer.Option("--decode", help="How cached tokens are computed: auto, graph "
                                          "(CUDA), static or dynamic (docs/sample.md).")] = "auto",
+    compile_step: Annotated[str, typer.Option("--compile-step", help="Compile the cached step of the graph "
+                                              "and static paths with torch.compile: off, block, whole, "
+                                              "whole-tuned or whole-gemv. Faster tokens after a compile "
+                                              "before the first (seconds to minutes; docs/sample.md).")] = "off",
     skip_unknown: Annotated[bool, typer.Option("--skip-unknown", help="Drop prompt characters the "
                                                "tokenizer does not know instead of failing.")] = False,
     json_: JsonOpt = False,
@@ -82,7 +86,7 @@ def sample(
     from tformer_cli.run.checkpoint import find
 
     _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed, decode, no_kv_cache,
-                   dtype)
+                   dtype, compile_step)
     find(run_dir)  # a missing run or checkpoint fails before waiting on stdin
     text = read_prompt(prompt, prompt_file)
     if threads is not None:
@@ -95,7 +99,8 @@ def sample(
         import random
 
         seed = random.SystemRandom().randrange(2**31)
-    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, decode=decode)
+    _check_compiled_path(session, decode, compile_step, not no_kv_cache)
+    settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, decode=decode, compile_step=compile_step)
     if bench:
         _bench(session, ids, max_new_tokens or BENCH_NEW_TOKENS, seed, settings, json_)
     else:
@@ -111,18 +116,21 @@ def register(app: typer.Typer) -> None:
 
 
 def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threads, seed=None,
-                   decode="auto", no_kv_cache=False, dtype="float32") -> None:
+                   decode="auto", no_kv_cache=False, dtype="float32", compile_step="off") -> None:
     from tformer_cli.core.config import PRECISIONS
-    from tformer_cli.core.decode import decode_problems
+    from tformer_cli.core.decode import compile_problems, decode_problems
     from tformer_cli.core.generate import sampling_problems
     from tformer_cli.errors import ConfigError
 
     problems = [f"--{p.replace('_', '-')}"
-                for p in sampling_problems(temperature, top_k, top_p) + decode_problems(decode)]
+                for p in sampling_problems(temperature, top_k, top_p) + decode_problems(decode)
+                + compile_problems(compile_step)]
     if dtype not in PRECISIONS:
         problems.append(f"--dtype must be one of {', '.join(PRECISIONS)}, got {dtype[:40]!r}")
     if no_kv_cache and decode != "auto":
         problems.append(f"--no-kv-cache recomputes every token: it cannot be combined with --decode {decode}")
+    if no_kv_cache and compile_step != "off":
+        problems.append("--no-kv-cache recomputes every token: there is no cached step for --compile-step to compile")
     if max_new_tokens is not None and max_new_tokens < 1:
         problems.append(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if num_samples < 1:
@@ -140,6 +148,26 @@ def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threa
         problems.append(f"--num-samples must be at most 1,000,000, got {str(num_samples)[:40]}")
     if problems:
         raise ConfigError(problems, hint="see tformer sample --help")
+
+
+def _check_compiled_path(session, decode: str, compile_step: str, use_cache: bool) -> None:
+    """--compile-step compiles the static step: refuse it where generation will not take one."""
+    from tformer_cli.core.decode import choose_path
+    from tformer_cli.errors import ConfigError
+
+    path = choose_path(session.model, decode, use_cache)
+    if compile_step != "off" and path not in ("graph", "static"):
+        raise ConfigError(f"--compile-step compiles the static decode step, and this generation takes the {path} "
+                          f"path (--decode {decode}, {session.device})",
+                          hint="add --decode static (on a CUDA device, auto takes the CUDA graph)")
+
+
+def _label(session, settings: dict, use_cache: bool = True) -> str:
+    """The path's name in output, with the step's compile where there is one."""
+    from tformer_cli.core.decode import choose_path, path_label
+
+    label = path_label(session.model, choose_path(session.model, settings["decode"], use_cache))
+    return label + ("" if settings["compile_step"] == "off" else f", step compiled {settings['compile_step']}")
 
 
 class _Session:
@@ -189,7 +217,7 @@ def _generator(session: _Session, seed: int):
 def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: int, settings: dict,
             use_cache: bool, json_: bool) -> None:
     from tformer_cli.core import generate as gen
-    from tformer_cli.core.decode import choose_path, path_label
+    from tformer_cli.core.decode import choose_path
     from tformer_cli.core.prompt import IncrementalDecoder
     from tformer_cli.render.sample import TextStream
 
@@ -216,7 +244,7 @@ def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: i
     else:
         from tformer_cli.render.sample import print_speed
 
-        print_speed(total, path_label(session.model, path), f"{session.device}, {session.dtype}", seed)
+        print_speed(total, _label(session, settings, use_cache), f"{session.device}, {session.dtype}", seed)
 
 
 def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict, json_: bool) -> None:

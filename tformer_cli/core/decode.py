@@ -39,7 +39,8 @@ GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.gr
 # module setting so that a caller of generate() (bench/decode_gpu.py --variants) can change it
 # without a new argument there; off by default until a GPU measurement says a compile pays.
 COMPILE_STEP = "off"
-COMPILE_MODES = ("off", "block", "whole")
+COMPILE_MODES = ("off", "block", "whole", "whole-tuned", "whole-gemv")
+
 
 @functools.cache
 def _compiled_block_step():
@@ -49,13 +50,47 @@ def _compiled_block_step():
     return torch.compile(block_step, dynamic=False)
 
 
+def _one_row_addmm(bias, mat1, mat2, beta=1, alpha=1, **_):
+    """aten.addmm with one row (batch-1 decoding's linear layers with a bias) as a product and a
+    sum over the shared dimension: a reduction inductor fuses with its neighbours (the bias, a
+    layer norm before, an activation after) and tunes, where cuBLAS runs a GEMV kernel of its own.
+    Arguments as aten.addmm.default's (beta and alpha keywords).  Anything else keeps inductor's lowering (NotImplemented)."""
+    if mat1.dim() != 2 or mat1.shape[0] != 1 or beta != 1 or alpha != 1:
+        return NotImplemented
+    out = (mat1.unsqueeze(2).float() * mat2.unsqueeze(0).float()).sum(dim=1) + bias.float()
+    return out.to(mat1.dtype)  # float32 products and sums, as inductor's own one-row mm
+
+
+def _gemv_backend():
+    """Inductor with coordinate-descent tuning and _one_row_addmm among its decompositions (where
+    this torch has those internals; otherwise None, and the caller falls back)."""
+    try:
+        from torch._inductor.compile_fx import compile_fx
+        from torch._inductor.decomposition import select_decomp_table
+    except ImportError:
+        return None
+    table = {**select_decomp_table(), torch.ops.aten.addmm.default: _one_row_addmm}
+    return functools.partial(compile_fx, config_patches={"coordinate_descent_tuning": True},
+                             decompositions=table)
+
+
 def compiled_step(model: torch.nn.Module, how: str):
     """The static step (GPT.decode_step) compiled ``how``: ``block``, every block through one
     torch.compile'd model.block_step (static shapes), shared by every layer, generation and model
     in the process; ``whole``, torch.compile of this model's decode_step (fusions across blocks,
-    a compile as deep as the model)."""
+    a compile as deep as the model); ``whole-tuned``, the same with inductor's coordinate-descent
+    tuning, under which it computes a one-row product without a bias (the head; the attention's
+    matmuls) as a fused, tuned reduction instead of a cuBLAS call; ``whole-gemv``, also the
+    layers with a bias (_one_row_addmm).  The tuned modes tune kernels as they compile (longer)."""
     if how == "whole":
         return torch.compile(model.decode_step, dynamic=False)
+    if how == "whole-tuned":
+        return torch.compile(model.decode_step, dynamic=False, options={"coordinate_descent_tuning": True})
+    if how == "whole-gemv":
+        backend = _gemv_backend()
+        if backend is None:
+            return compiled_step(model, "whole-tuned")
+        return torch.compile(model.decode_step, dynamic=False, backend=backend)
     return functools.partial(model.decode_step, run_block=_compiled_block_step())
 
 
@@ -100,9 +135,19 @@ def path_label(model: torch.nn.Module, path: str) -> str:
     return {"graph": "CUDA graph", "static": "static cache", "dynamic": "dynamic cache"}.get(path, path)
 
 
-def make_stepper(model: torch.nn.Module, path: str) -> "Stepper":
-    """The model calls of one generation along ``path`` (see choose_path)."""
-    return {"graph": GraphStepper, "static": StaticStepper}.get(path, Stepper)(model, path != "recompute")
+def compile_problems(compile_step: str | None) -> list[str]:
+    """Every problem with a requested compile mode (None: the module's COMPILE_STEP)."""
+    if compile_step is None or compile_step in COMPILE_MODES:
+        return []
+    return [f"compile_step must be one of {', '.join(COMPILE_MODES)}, got {str(compile_step)[:40]!r}"]
+
+
+def make_stepper(model: torch.nn.Module, path: str, compile_step: str | None = None) -> "Stepper":
+    """The model calls of one generation along ``path`` (see choose_path); the static and graph
+    paths' step compiled ``compile_step`` (default COMPILE_STEP; the other paths ignore it)."""
+    if path in ("graph", "static"):
+        return {"graph": GraphStepper, "static": StaticStepper}[path](model, True, compile_step)
+    return Stepper(model, path != "recompute")
 
 
 class Stepper:
@@ -147,8 +192,8 @@ class StaticStepper(Stepper):
     def __init__(self, model, cached: bool, compile_step: str | None = None):
         super().__init__(model, cached)
         how = COMPILE_STEP if compile_step is None else compile_step
-        if how not in COMPILE_MODES:
-            raise ValueError(f"compile_step must be one of {', '.join(COMPILE_MODES)}, got {how!r}")
+        if problems := compile_problems(how):
+            raise ValueError(problems[0])
         self.step = model.decode_step if how == "off" else compiled_step(model, how)
 
     def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:

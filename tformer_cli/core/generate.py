@@ -26,7 +26,8 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from tformer_cli.core.decode import choose_path, decode_problems, make_stepper, path_label, uses_cache
+from tformer_cli.core.decode import (choose_path, compile_problems, decode_problems, make_stepper, path_label,
+                                     uses_cache)
 from tformer_cli.core.device import varying_shape_attention
 from tformer_cli.errors import ConfigError
 
@@ -59,6 +60,7 @@ def generate(
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     decode: str = "auto",
+    compile_step: str | None = None,
 ) -> Iterator[int]:
     """Yield ``max_new_tokens`` new token ids continuing ``prompt_ids``, one at a time.
 
@@ -66,10 +68,11 @@ def generate(
     logits / temperature, then top-k, then top-p (nucleus) filtering, then a draw with
     ``generator`` (on the model's device).  ``use_cache=False`` recomputes the whole window at
     every step; both paths follow the window policy of this module, so greedy tokens agree.
-    ``decode`` asks for a cached path (core/decode.py: auto, graph, static, dynamic).
-    Arguments are checked here, before the first token is asked for.
+    ``decode`` asks for a cached path (core/decode.py: auto, graph, static, dynamic);
+    ``compile_step`` compiles the static and graph paths' step (core/decode.py COMPILE_MODES;
+    default COMPILE_STEP, off).  Arguments are checked here, before the first token is asked for.
     """
-    problems = sampling_problems(temperature, top_k, top_p) + decode_problems(decode)
+    problems = sampling_problems(temperature, top_k, top_p) + decode_problems(decode) + compile_problems(compile_step)
     vocab = model.vocab_size
     if max_new_tokens < 0:
         problems.append(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -82,7 +85,8 @@ def generate(
     if problems:
         raise ConfigError(problems)
     sample = _sampler(temperature, top_k, top_p, generator)
-    return _tokens(model, list(prompt_ids), max_new_tokens, sample, choose_path(model, decode, use_cache))
+    path = choose_path(model, decode, use_cache)
+    return _tokens(model, list(prompt_ids), max_new_tokens, sample, path, compile_step)
 
 
 # Devices on which the next token's step is queued before this token is read back (see _tokens).
@@ -90,7 +94,7 @@ OVERLAP_DEVICES = ("cuda",)
 
 
 @torch.inference_mode()
-def _tokens(model, window: list[int], n: int, sample, path: str) -> Iterator[int]:
+def _tokens(model, window: list[int], n: int, sample, path: str, compile_step: str | None = None) -> Iterator[int]:
     """The tokens of one generation (the window policy of this module).
 
     On a GPU each token is read back to the host (the caller wants a Python int), and the read
@@ -103,7 +107,7 @@ def _tokens(model, window: list[int], n: int, sample, path: str) -> Iterator[int
     block = model.cfg.block_size
     keep = keep_after_cut(block)
     window = window[-block:]
-    step = make_stepper(model, path)
+    step = make_stepper(model, path, compile_step)
     logits = step.prefill(window)  # (1, V)
     reader = _TokenReader(logits.device)
     for i in range(n):
@@ -262,6 +266,8 @@ class CacheBench:
     cache_bytes_per_token: int | None = None  # the KV cache's memory per token (batch 1), as allocated
     path: str = "dynamic"  # the cached run's path (core/decode.py): graph, static, dynamic or recompute
     path_label: str = "dynamic cache"  # how output names it: CUDA graph, static cache, ...
+    compile_step: str = "off"  # how the static/graph step was compiled (core/decode.py COMPILE_MODES)
+    warmup_s: float | None = None  # the cached path's untimed warm-up generation: capture, compile
 
     @property
     def speedup_vs_sliding(self) -> float | None:
@@ -287,17 +293,22 @@ class CacheBench:
 
 def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int = 500, *,
                 temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                seed: int = 0, warmup: int = 8, decode: str = "auto") -> CacheBench:
-    """Time ``new_tokens`` new tokens with the cache (along the ``decode`` path, core/decode.py)
-    and by recomputation (each after a short untimed warm-up), each path drawing from a generator
-    seeded with ``seed``."""
+                seed: int = 0, warmup: int = 8, decode: str = "auto",
+                compile_step: str | None = None) -> CacheBench:
+    """Time ``new_tokens`` new tokens with the cache (along the ``decode`` path, core/decode.py,
+    its step compiled ``compile_step``) and by recomputation, each after a short warm-up
+    generation (untimed; the cached one's seconds are kept: a graph's capture and a step's compile
+    happen there), each path drawing from a generator seeded with ``seed``."""
     device = next(model.parameters()).device
-    results = {}
+    results, warmup_s = {}, None
     for use_cache in (True, False):
         for n in (warmup, new_tokens):
             g = torch.Generator(device=device).manual_seed(seed)
-            ids, speed = timed(generate(model, prompt_ids, n, temperature=temperature, top_k=top_k,
-                                        top_p=top_p, generator=g, use_cache=use_cache, decode=decode))
+            t0 = time.perf_counter()
+            ids, speed = timed(generate(model, prompt_ids, n, temperature=temperature, top_k=top_k, top_p=top_p,
+                                        generator=g, use_cache=use_cache, decode=decode, compile_step=compile_step))
+            if use_cache and n == warmup:
+                warmup_s = time.perf_counter() - t0
         results[use_cache] = (ids, speed)
     path = choose_path(model, decode)
     sliding = None
@@ -307,7 +318,15 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
         _, sliding = timed(_sliding_recompute(model, list(prompt_ids), new_tokens, sample))
     return CacheBench(new_tokens, len(prompt_ids), model.cfg.block_size, uses_cache(model),
                       results[True][1], results[False][1], results[True][0] == results[False][0], sliding,
-                      _cache_bytes_per_token(model), path, path_label(model, path))
+                      _cache_bytes_per_token(model), path, path_label(model, path),
+                      _compiled(path, compile_step), warmup_s)
+
+
+def _compiled(path: str, compile_step: str | None) -> str:
+    """How a generation along ``path`` compiled its step: off except on the static and graph paths."""
+    from tformer_cli.core import decode
+
+    return (decode.COMPILE_STEP if compile_step is None else compile_step) if path in ("graph", "static") else "off"
 
 
 def _cache_bytes_per_token(model: torch.nn.Module) -> int | None:

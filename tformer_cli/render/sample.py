@@ -68,6 +68,10 @@ def show_cache_bench(con: Console, r, model_cfg, where: str, dtype: str = "float
             if s is not None]
     show(con, [Col("path", key=True), Col("tokens/s", numeric=True), Col("ms/token", numeric=True),
                Col("time to first token", numeric=True)], rows)
+    if r.warmup_s is not None:
+        compiled = "" if r.compile_step == "off" else f", the step compiled {r.compile_step}"
+        line(con, f"warm-up before the timed run: {r.warmup_s:.1f} s ({r.path_label}{compiled}; "
+             "untimed: where a graph is captured and a step compiled)")
     ratio = "-" if r.speedup is None else f"{r.speedup:.1f}x"
     vs_sliding = "" if r.speedup_vs_sliding is None else f" ({r.speedup_vs_sliding:.1f}x the sliding crop)"
     same = "yes" if r.identical else "no"
