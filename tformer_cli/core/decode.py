@@ -70,8 +70,11 @@ def _gemv_backend():
     except ImportError:
         return None
     table = {**select_decomp_table(), torch.ops.aten.addmm.default: _one_row_addmm}
-    return functools.partial(compile_fx, config_patches={"coordinate_descent_tuning": True},
-                             decompositions=table)
+    # Inductor's on-disk caches key a graph by its config, not by the decompositions: a graph
+    # compiled by whole-tuned (the same config) would be handed to this mode, or this mode's to
+    # whole-tuned.  So this mode neither reads nor writes them (a full compile in every process).
+    patches = {"coordinate_descent_tuning": True, "force_disable_caches": True}
+    return functools.partial(compile_fx, config_patches=patches, decompositions=table)
 
 
 def compiled_step(model: torch.nn.Module, how: str):
