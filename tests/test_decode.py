@@ -243,6 +243,8 @@ def test_a_compiled_static_step_gives_recomputes_greedy_tokens(monkeypatch, how)
 def test_the_gemv_compile_computes_the_one_row_layers_as_reductions_and_keeps_the_tokens(monkeypatch):
     """compile_step whole-gemv: every linear layer with a bias (one row at batch 1) goes through
     _one_row_addmm's reduction, not inductor's addmm, and the greedy tokens are recomputation's."""
+    from torch._dynamo.utils import counters
+
     torch._dynamo.reset()
     model = make_model(**CONFIGS["mha learned"])  # biases on: addmm
     prompt, n = [1, 2, 3, 4, 5], BLOCK + 3
@@ -259,6 +261,9 @@ def test_the_gemv_compile_computes_the_one_row_layers_as_reductions_and_keeps_th
     monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # trace, not a cached graph
     assert list(generate(model, prompt, n, temperature=0, decode="static", compile_step="whole-gemv")) == ref
     assert len(taken) == 4 * len(model.blocks) and all(taken)  # qkv, proj, w1, w2 of every block
+    compiled = counters["stats"]["unique_graphs"]
+    assert list(generate(model, prompt, n, temperature=0, decode="static", compile_step="whole-gemv")) == ref
+    assert counters["stats"]["unique_graphs"] == compiled  # the next generation reuses the compile
 
 
 def test_one_row_addmm_is_addmm_and_declines_the_rest():

@@ -61,9 +61,12 @@ def _one_row_addmm(bias, mat1, mat2, beta=1, alpha=1, **_):
     return out.to(mat1.dtype)  # float32 products and sums, as inductor's own one-row mm
 
 
+@functools.cache
 def _gemv_backend():
     """Inductor with coordinate-descent tuning and _one_row_addmm among its decompositions (where
-    this torch has those internals; otherwise None, and the caller falls back)."""
+    this torch has those internals; otherwise None, and the caller falls back).  One object per
+    process: dynamo reuses a compiled step only for the backend that compiled it, so a new one
+    per generation would compile every generation again."""
     try:
         from torch._inductor.compile_fx import compile_fx
         from torch._inductor.decomposition import select_decomp_table
