@@ -266,6 +266,24 @@ def test_the_gemv_compile_computes_the_one_row_layers_as_reductions_and_keeps_th
     assert counters["stats"]["unique_graphs"] == compiled  # the next generation reuses the compile
 
 
+def test_a_failed_compile_is_one_line_naming_the_mode_and_the_way_out(monkeypatch):
+    """torch.compile fails at the step's first call: a RunError that names the mode, not
+    inductor's pages of text (the CLI prints it as one line and exits 1)."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from tformer_cli.errors import RunError
+
+    def broken(fn, **kwargs):
+        def call(*args, **kw):
+            raise BackendCompilerFailed(lambda: None, RuntimeError("no C++ compiler\nmore lines"), None)
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(RunError, match=r"compiling the decode step \(whole\) failed: .*no C\+\+ compiler") as e:
+        list(generate(make_model(), [1, 2], 3, temperature=0, decode="static", compile_step="whole"))
+    assert "--compile-step" in e.value.hint and "\n" not in str(e.value)
+
+
 def test_one_row_addmm_is_addmm_and_declines_the_rest():
     bias, w = torch.randn(6), torch.randn(5, 6)
     x = torch.randn(1, 5)

@@ -100,6 +100,26 @@ def compiled_step(model: torch.nn.Module, how: str):
     return functools.partial(model.decode_step, run_block=_compiled_block_step())
 
 
+def _explained(step, how: str):
+    """``step`` with a failure of torch.compile (dynamo's or inductor's, raised at the first call,
+    where it compiles) turned into one line that names the mode and the way out."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    from tformer_cli.errors import RunError
+
+    def call(*args, **kwargs):
+        try:
+            return step(*args, **kwargs)
+        except TorchDynamoException as e:
+            cause = getattr(e, "inner_exception", None) or e  # BackendCompilerFailed: what the compiler raised
+            first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
+            raise RunError(f"compiling the decode step ({how}) failed: {first[:300]}",
+                           hint="run without --compile-step (or compile_step='off'); TFORMER_DEBUG=1 shows "
+                                "the traceback") from e
+
+    return call
+
+
 def uses_cache(model: torch.nn.Module, use_cache: bool = True) -> bool:
     """Whether generation will reuse state between steps: a KV cache (causal GPT) or the LSTM state.
 
@@ -200,7 +220,7 @@ class StaticStepper(Stepper):
         how = COMPILE_STEP if compile_step is None else compile_step
         if problems := compile_problems(how):
             raise ValueError(problems[0])
-        self.step = model.decode_step if how == "off" else compiled_step(model, how)
+        self.step = model.decode_step if how == "off" else _explained(compiled_step(model, how), how)
 
     def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
         self._place(pos)
