@@ -258,12 +258,14 @@ def test_the_gemv_compile_computes_the_one_row_layers_as_reductions_and_keeps_th
         return out
 
     monkeypatch.setattr(decode, "_one_row_addmm", spy)
-    monkeypatch.setattr(torch._inductor.config, "force_disable_caches", True)  # trace, not a cached graph
-    assert list(generate(model, prompt, n, temperature=0, decode="static", compile_step="whole-gemv")) == ref
+    decode._gemv_backend.cache_clear()  # a backend whose table holds the spy
+    with torch._inductor.config.patch(force_disable_caches=True):  # a trace, not a cached graph
+        assert list(generate(model, prompt, n, temperature=0, decode="static", compile_step="whole-gemv")) == ref
     assert len(taken) == 4 * len(model.blocks) and all(taken)  # qkv, proj, w1, w2 of every block
     compiled = counters["stats"]["unique_graphs"]
     assert list(generate(model, prompt, n, temperature=0, decode="static", compile_step="whole-gemv")) == ref
     assert counters["stats"]["unique_graphs"] == compiled  # the next generation reuses the compile
+    decode._gemv_backend.cache_clear()
 
 
 def test_a_failed_compile_is_one_line_naming_the_mode_and_the_way_out(monkeypatch):

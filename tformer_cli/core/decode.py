@@ -21,8 +21,8 @@ Why a hand-written ``torch.cuda.CUDAGraph`` rather than ``torch.compile(mode="re
 the step's shapes are static by construction, so a graph is all that is needed; compiling a
 12-layer model costs tens of seconds before the first token, recompiles on new shapes or
 settings, and brings its own failure modes, while a captured graph costs a few warm-up steps.
-A compiled step *inside* our graph is an option to measure (``compile_step``, bench/decode_gpu.py
---variants): inductor's fused kernels, still replayed by one launch per token.
+A compiled step *inside* our graph is an option (``compile_step``; `tformer sample --compile-step`,
+bench/decode_gpu.py --variants): inductor's fused kernels, still replayed by one launch per token.
 """
 
 from __future__ import annotations
@@ -35,9 +35,11 @@ from tformer_cli.core.device import varying_shape_attention
 
 PATHS = ("auto", "graph", "static", "dynamic")
 GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.graphs prescribes
-# How the static and graph paths compile their step (StaticStepper): "off", "block" or "whole".  A
+# How the static and graph paths compile their step by default (StaticStepper; COMPILE_MODES).  A
 # module setting so that a caller of generate() (bench/decode_gpu.py --variants) can change it
-# without a new argument there; off by default until a GPU measurement says a compile pays.
+# without a new argument there (generate(compile_step=...) and `sample --compile-step` pick per
+# call).  Off by default: on an H100 a compiled step bought about 1.2x a token in bfloat16 for a
+# compile of 18-34 s before the first (BENCHMARKS.md, call 7).
 COMPILE_STEP = "off"
 COMPILE_MODES = ("off", "block", "whole", "whole-tuned", "whole-gemv")
 
@@ -54,7 +56,8 @@ def _one_row_addmm(bias, mat1, mat2, beta=1, alpha=1, **_):
     """aten.addmm with one row (batch-1 decoding's linear layers with a bias) as a product and a
     sum over the shared dimension: a reduction inductor fuses with its neighbours (the bias, a
     layer norm before, an activation after) and tunes, where cuBLAS runs a GEMV kernel of its own.
-    Arguments as aten.addmm.default's (beta and alpha keywords).  Anything else keeps inductor's lowering (NotImplemented)."""
+    Arguments as aten.addmm.default's (beta and alpha keywords).  Anything else keeps inductor's
+    lowering (NotImplemented)."""
     if mat1.dim() != 2 or mat1.shape[0] != 1 or beta != 1 or alpha != 1:
         return NotImplemented
     out = (mat1.unsqueeze(2).float() * mat2.unsqueeze(0).float()).sum(dim=1) + bias.float()
