@@ -142,9 +142,10 @@ def test_bad_decode_options_are_usage_errors(run):
     assert r.code == 2 and "--no-kv-cache recomputes every token" in r.err, r
 
 
-def test_bad_compile_options_are_usage_errors(run):
-    """--compile-step: an unknown mode, a generation without a cache, and a path without a static
-    step (auto on a CPU is the dynamic cache) are refused before any token, in one line."""
+def test_bad_compile_options_are_usage_errors(run, tmp_path):
+    """--compile-step: an unknown mode, a generation without a cache, a path without a static step
+    (auto on a CPU is the dynamic cache) and a model without one (bidirectional: recomputes; an
+    LSTM: its state) are refused before any token, in one line that says why."""
     r = run_cli("sample", run, "--prompt", "x", "--compile-step", "fast", "--device", "cpu")
     one_line_error(r, 2, "--compile-step must be one of off, block, whole, whole-tuned, whole-gemv, got 'fast'")
     r = run_cli("sample", run, "--prompt", "x", "--compile-step", "whole", "--no-kv-cache", "--device", "cpu")
@@ -152,6 +153,12 @@ def test_bad_compile_options_are_usage_errors(run):
     r = run_cli("sample", run, "--prompt", "x", "--compile-step", "whole", "--device", "cpu")
     one_line_error(r, 2, "--compile-step compiles the static decode step", "takes the dynamic path")
     assert "add --decode static" in r.err
+    for model, words in (({"causal": False}, "a bidirectional model (model.causal=false) recomputes"),
+                         ({"arch": "lstm"}, "which this model does not have (it decodes with its LSTM state)")):
+        other = save_run(tmp_path / model.get("arch", "bidirectional"), model=model)
+        r = run_cli("sample", other, "--prompt", "x", "--compile-step", "whole", "--decode", "static", "--device", "cpu")
+        one_line_error(r, 2, words)
+        assert "drop --compile-step" in r.err
 
 
 @pytest.mark.slow  # inductor compiles the block on the CPU (C++): several seconds

@@ -103,6 +103,10 @@ def sample(
 
         seed = random.SystemRandom().randrange(2**31)
     _check_compiled_path(session, decode, compile_step, not no_kv_cache)
+    if not session.cfg.model.causal:  # once the options are known to be usable
+        from tformer_cli.render.sample import warn_bidirectional
+
+        warn_bidirectional()
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, decode=decode, compile_step=compile_step)
     if bench:
         _bench(session, ids, max_new_tokens or BENCH_NEW_TOKENS, seed, settings, json_)
@@ -159,10 +163,17 @@ def _check_compiled_path(session, decode: str, compile_step: str, use_cache: boo
     from tformer_cli.errors import ConfigError
 
     path = choose_path(session.model, decode, use_cache)
-    if compile_step != "off" and path not in ("graph", "static"):
-        raise ConfigError(f"--compile-step compiles the static decode step, and this generation takes the {path} "
-                          f"path (--decode {decode}, {session.device})",
-                          hint="add --decode static (on a CUDA device, auto takes the CUDA graph)")
+    if compile_step == "off" or path in ("graph", "static"):
+        return
+    if path == "recompute":  # --no-kv-cache is refused before loading: a bidirectional model
+        raise ConfigError("--compile-step compiles the static decode step, and a bidirectional model "
+                          "(model.causal=false) recomputes every token without one", hint="drop --compile-step")
+    if not getattr(session.model, "supports_static_step", False):
+        raise ConfigError(f"--compile-step compiles the static decode step, which this model does not have "
+                          f"(it decodes with its {session.model.cache_name})", hint="drop --compile-step")
+    raise ConfigError(f"--compile-step compiles the static decode step, and this generation takes the {path} "
+                      f"path (--decode {decode}, {session.device})",
+                      hint="add --decode static (on a CUDA device, auto takes the CUDA graph)")
 
 
 def _label(session, settings: dict, use_cache: bool = True) -> str:
@@ -185,8 +196,8 @@ class _Session:
 
 
 def _load(run_dir: Path, device: str, dtype: str = "float32") -> _Session:
-    """Load the run in ``dtype`` (--dtype) and refuse what cannot generate; warn once for a
-    bidirectional model."""
+    """Load the run in ``dtype`` (--dtype) and refuse what cannot generate (the caller warns once
+    for a bidirectional model)."""
     from tformer_cli.core.device import resolve_dtype
     from tformer_cli.errors import ConfigError, RunError
     from tformer_cli.run.load import load_for_inference
@@ -201,10 +212,6 @@ def _load(run_dir: Path, device: str, dtype: str = "float32") -> _Session:
         raise RunError(f"tokenizer.json in {run_dir} has {tokenizer.vocab_size} tokens, the checkpoint's "
                        f"model {ckpt.vocab_size}", hint="the run directory mixes files of different runs")
     model.to(resolve_dtype(dtype, dev, what="--dtype"))
-    if not cfg.model.causal:
-        from tformer_cli.render.sample import warn_bidirectional
-
-        warn_bidirectional()
     return _Session(model, tokenizer, cfg, dev)
 
 
