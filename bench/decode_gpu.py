@@ -16,8 +16,8 @@ tokens across a window cut.  Hugging Face runs eager (no torch.compile), greedy,
 
 --variants: after the table, the graph path (the static step off CUDA, as choose_path falls back)
 in variants of weights' dtype (float32, bfloat16), GPT.step_attention (sdpa, matmul), compiled
-step (core/decode.py COMPILE_STEP: off, block, whole) and overlap (the next step queued before a
-token is read back, core/generate.py OVERLAP_DEVICES) and the keys' and values' write (one kernel
+step (core/decode.py COMPILE_MODES: off, block, whole, whole-tuned, whole-gemv) and overlap (the
+next step queued before a token is read back, core/generate.py OVERLAP_DEVICES) and the keys' and values' write (one kernel
 or two, GPT.paired_kv_write), each against recomputation in its own dtype, in the order of
 VARIANTS (what `tformer sample` does on CUDA first, then the A/Bs; --pick 0,4 runs some), with the
 warm-up generation's seconds (where a graph is captured and a step compiled).  Each variant runs
@@ -61,7 +61,8 @@ PATHS = ("graph", "static", "dynamic", "recompute")
 # --variants, in order: (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap, GPT.paired_kv_write).
 # First what `tformer sample` does on a CUDA GPU (float32, auto attention = matmul, no compile,
 # overlap, paired write), then the A/Bs: the paired write, the overlap, a compiled step, and the
-# same in bfloat16 (--dtype bfloat16).  --pick runs some, by index.
+# same in bfloat16 (--dtype bfloat16); from index 11 the tuned compiles (`sample --compile-step`).
+# --pick runs some, by index.
 VARIANTS = [
     ("float32", "matmul", "off", True, True),
     ("float32", "matmul", "off", True, False),
