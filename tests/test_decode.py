@@ -292,6 +292,8 @@ def test_one_row_addmm_is_addmm_and_declines_the_rest():
     torch.testing.assert_close(decode._one_row_addmm(bias, x, w), torch.addmm(bias, x, w))
     assert decode._one_row_addmm(bias, torch.randn(2, 5), w) is NotImplemented  # two rows
     assert decode._one_row_addmm(bias, x, w, beta=2) is NotImplemented
+    patches = decode._gemv_backend().keywords["config_patches"]  # past inductor's on-disk caches
+    assert patches == {"coordinate_descent_tuning": True, "force_disable_caches": True}
 
 
 def test_generate_refuses_an_unknown_compile_mode():

@@ -159,11 +159,11 @@ def _check_options(max_new_tokens, temperature, top_k, top_p, num_samples, threa
 
 def _check_compiled_path(session, decode: str, compile_step: str, use_cache: bool) -> None:
     """--compile-step compiles the static step: refuse it where generation will not take one."""
-    from tformer_cli.core.decode import choose_path
+    from tformer_cli.core.decode import STATIC_PATHS, choose_path
     from tformer_cli.errors import ConfigError
 
     path = choose_path(session.model, decode, use_cache)
-    if compile_step == "off" or path in ("graph", "static"):
+    if compile_step == "off" or path in STATIC_PATHS:
         return
     if path == "recompute":  # --no-kv-cache is refused before loading: a bidirectional model
         raise ConfigError("--compile-step compiles the static decode step, and a bidirectional model "
@@ -176,12 +176,11 @@ def _check_compiled_path(session, decode: str, compile_step: str, use_cache: boo
                       hint="add --decode static (on a CUDA device, auto takes the CUDA graph)")
 
 
-def _label(session, settings: dict, use_cache: bool = True) -> str:
+def _label(session, path: str, compile_step: str) -> str:
     """The path's name in output, with the step's compile where there is one."""
-    from tformer_cli.core.decode import choose_path, path_label
+    from tformer_cli.core.decode import path_label
 
-    label = path_label(session.model, choose_path(session.model, settings["decode"], use_cache))
-    return label + ("" if settings["compile_step"] == "off" else f", step compiled {settings['compile_step']}")
+    return path_label(session.model, path) + ("" if compile_step == "off" else f", step compiled {compile_step}")
 
 
 class _Session:
@@ -254,7 +253,7 @@ def _sample(session: _Session, ids: list[int], n: int, num_samples: int, seed: i
     else:
         from tformer_cli.render.sample import print_speed
 
-        print_speed(total, _label(session, settings, use_cache), f"{session.device}, {session.dtype}", seed)
+        print_speed(total, _label(session, path, settings["compile_step"]), f"{session.device}, {session.dtype}", seed)
 
 
 def _bench(session: _Session, ids: list[int], n: int, seed: int, settings: dict, json_: bool) -> None:

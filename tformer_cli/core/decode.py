@@ -42,6 +42,7 @@ GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.gr
 # compile of 18-34 s before the first (BENCHMARKS.md, call 7).
 COMPILE_STEP = "off"
 COMPILE_MODES = ("off", "block", "whole", "whole-tuned", "whole-gemv")
+STATIC_PATHS = ("graph", "static")  # the paths that run the static step, and so compile it
 
 
 @functools.cache
@@ -164,6 +165,14 @@ def path_label(model: torch.nn.Module, path: str) -> str:
     return {"graph": "CUDA graph", "static": "static cache", "dynamic": "dynamic cache"}.get(path, path)
 
 
+def compile_mode(compile_step: str | None, path: str = "static") -> str:
+    """How a generation along ``path`` compiles its step: ``compile_step``, or COMPILE_STEP for
+    None; off on a path without the static step."""
+    if path not in STATIC_PATHS:
+        return "off"
+    return COMPILE_STEP if compile_step is None else compile_step
+
+
 def compile_problems(compile_step: str | None) -> list[str]:
     """Every problem with a requested compile mode (None: the module's COMPILE_STEP)."""
     if compile_step is None or compile_step in COMPILE_MODES:
@@ -174,7 +183,7 @@ def compile_problems(compile_step: str | None) -> list[str]:
 def make_stepper(model: torch.nn.Module, path: str, compile_step: str | None = None) -> "Stepper":
     """The model calls of one generation along ``path`` (see choose_path); the static and graph
     paths' step compiled ``compile_step`` (default COMPILE_STEP; the other paths ignore it)."""
-    if path in ("graph", "static"):
+    if path in STATIC_PATHS:
         return {"graph": GraphStepper, "static": StaticStepper}[path](model, True, compile_step)
     return Stepper(model, path != "recompute")
 
@@ -220,7 +229,7 @@ class StaticStepper(Stepper):
 
     def __init__(self, model, cached: bool, compile_step: str | None = None):
         super().__init__(model, cached)
-        how = COMPILE_STEP if compile_step is None else compile_step
+        how = compile_mode(compile_step)
         if problems := compile_problems(how):
             raise ValueError(problems[0])
         self.step = model.decode_step if how == "off" else _explained(compiled_step(model, how), how)

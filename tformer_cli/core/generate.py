@@ -26,8 +26,8 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from tformer_cli.core.decode import (choose_path, compile_problems, decode_problems, make_stepper, path_label,
-                                     uses_cache)
+from tformer_cli.core.decode import (choose_path, compile_mode, compile_problems, decode_problems, make_stepper,
+                                     path_label, uses_cache)
 from tformer_cli.core.device import varying_shape_attention
 from tformer_cli.errors import ConfigError
 
@@ -300,15 +300,14 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
     generation (untimed; the cached one's seconds are kept: a graph's capture and a step's compile
     happen there), each path drawing from a generator seeded with ``seed``."""
     device = next(model.parameters()).device
-    results, warmup_s = {}, None
+    results, seconds = {}, {}
     for use_cache in (True, False):
-        for n in (warmup, new_tokens):
+        for timed_run, n in ((False, warmup), (True, new_tokens)):
             g = torch.Generator(device=device).manual_seed(seed)
             t0 = time.perf_counter()
             ids, speed = timed(generate(model, prompt_ids, n, temperature=temperature, top_k=top_k, top_p=top_p,
                                         generator=g, use_cache=use_cache, decode=decode, compile_step=compile_step))
-            if use_cache and n == warmup:
-                warmup_s = time.perf_counter() - t0
+            seconds[use_cache, timed_run] = time.perf_counter() - t0
         results[use_cache] = (ids, speed)
     path = choose_path(model, decode)
     sliding = None
@@ -319,14 +318,7 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
     return CacheBench(new_tokens, len(prompt_ids), model.cfg.block_size, uses_cache(model),
                       results[True][1], results[False][1], results[True][0] == results[False][0], sliding,
                       _cache_bytes_per_token(model), path, path_label(model, path),
-                      _compiled(path, compile_step), warmup_s)
-
-
-def _compiled(path: str, compile_step: str | None) -> str:
-    """How a generation along ``path`` compiled its step: off except on the static and graph paths."""
-    from tformer_cli.core import decode
-
-    return (decode.COMPILE_STEP if compile_step is None else compile_step) if path in ("graph", "static") else "off"
+                      compile_mode(compile_step, path), seconds[True, False])
 
 
 def _cache_bytes_per_token(model: torch.nn.Module) -> int | None:
