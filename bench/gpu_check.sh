@@ -39,7 +39,9 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
     case $s in
     # the tests that need CUDA (marker cuda; skipped elsewhere) and the GPU engine's decisions (names
     # with cuda, gpu or graph, which run anywhere): -rs lists what was skipped and why
-    tests) step tests 90 "$PY" -m pytest -q -p no:cacheprovider ${TESTS:-tests -k "cuda or gpu or graph"} -m "not slow" -rs ;;
+    # (TESTS_MARK="cuda" runs every CUDA test of TESTS, the slow compiled ones included; TESTS_S its limit)
+    tests) step tests "${TESTS_S:-90}" "$PY" -m pytest -q -p no:cacheprovider ${TESTS:-tests -k "cuda or gpu or graph"} \
+        -m "${TESTS_MARK:-not slow}" -rs ;;
     # batch-1 decoding: every path, then the graph's variants (weights' dtype, the step's attention,
     # compiled) and where a static step's device time goes
     decode) step decode "${DECODE_S:-110}" "$PY" bench/decode_gpu.py --variants --profile ${DECODE_ARGS:-} ;;

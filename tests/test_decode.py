@@ -205,11 +205,14 @@ def test_cuda_graph_tokens_equal_recompute(name, attention, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_graph_of_a_compiled_step_gives_recomputes_tokens(monkeypatch):
-    """compile_step on its real path: inductor's kernels, compiled in the warm-up, then captured."""
+@pytest.mark.parametrize("how, config", [("block", "all, rope, gqa, no bias"), ("whole-tuned", "mha learned"),
+                                         ("whole-gemv", "mha learned")])
+def test_cuda_graph_of_a_compiled_step_gives_recomputes_tokens(monkeypatch, how, config):
+    """compile_step on its real path: inductor's kernels, compiled in the warm-up, then captured
+    (the tuned modes with biases, so that whole-gemv's one-row reductions are in the graph)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    monkeypatch.setattr(decode, "COMPILE_STEP", "block")
-    model = make_model(device="cuda", **CONFIGS["all, rope, gqa, no bias"])
+    monkeypatch.setattr(decode, "COMPILE_STEP", how)
+    model = make_model(device="cuda", **CONFIGS[config])
     prompt, n = [1, 2, 3, 4, 5], 3 * BLOCK + 3
     graph, logits_g = traced(model, prompt, n, "graph", temperature=1.0)
     recompute, logits_r = traced(model, prompt, n, "recompute", temperature=1.0)

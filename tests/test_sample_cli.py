@@ -175,6 +175,7 @@ def test_a_compiled_step_gives_the_same_tokens_and_says_so(run):
     assert compiled["samples"][0]["tokens"] == eager["samples"][0]["tokens"]
     r = run_cli(*args, "--compile-step", "block")
     assert r.code == 0 and "static cache, step compiled block" in r.err, r
+    assert "note: compiling the decode step (block) before the first token" in r.err  # said before the wait
     r = run_cli("sample", run, "--bench", "--max-new-tokens", "20", "--decode", "static", "--device", "cpu",
                 "--compile-step", "block", "--json")
     d = json.loads(r.out)

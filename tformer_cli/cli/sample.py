@@ -107,6 +107,9 @@ def sample(
         from tformer_cli.render.sample import warn_bidirectional
 
         warn_bidirectional()
+    if compile_step != "off":  # the first token waits for it, with nothing else on the screen
+        note(f"compiling the decode step ({compile_step}) before the first token: seconds on a CPU, "
+             "tens of seconds on a GPU")
     settings = dict(temperature=temperature, top_k=top_k, top_p=top_p, decode=decode, compile_step=compile_step)
     if bench:
         _bench(session, ids, max_new_tokens or BENCH_NEW_TOKENS, seed, settings, json_)
