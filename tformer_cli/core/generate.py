@@ -300,14 +300,15 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
     generation (untimed; the cached one's seconds are kept: a graph's capture and a step's compile
     happen there), each path drawing from a generator seeded with ``seed``."""
     device = next(model.parameters()).device
-    results, seconds = {}, {}
+    results, warmup_s = {}, None
     for use_cache in (True, False):
         for timed_run, n in ((False, warmup), (True, new_tokens)):
             g = torch.Generator(device=device).manual_seed(seed)
             t0 = time.perf_counter()
             ids, speed = timed(generate(model, prompt_ids, n, temperature=temperature, top_k=top_k, top_p=top_p,
                                         generator=g, use_cache=use_cache, decode=decode, compile_step=compile_step))
-            seconds[use_cache, timed_run] = time.perf_counter() - t0
+            if use_cache and not timed_run:
+                warmup_s = time.perf_counter() - t0
         results[use_cache] = (ids, speed)
     path = choose_path(model, decode)
     sliding = None
@@ -318,7 +319,7 @@ def bench_cache(model: torch.nn.Module, prompt_ids: list[int], new_tokens: int =
     return CacheBench(new_tokens, len(prompt_ids), model.cfg.block_size, uses_cache(model),
                       results[True][1], results[False][1], results[True][0] == results[False][0], sliding,
                       _cache_bytes_per_token(model), path, path_label(model, path),
-                      compile_mode(compile_step, path), seconds[True, False])
+                      compile_mode(compile_step, path), warmup_s)
 
 
 def _cache_bytes_per_token(model: torch.nn.Module) -> int | None:
