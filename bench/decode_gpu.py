@@ -342,7 +342,7 @@ def print_profile(args, models: Models) -> None:
     """--profile: each weight dtype's eager static step at the middle of the window, by kernel."""
     pos = models.shape["block_size"] // 2
     for dtype in ("float32", "bfloat16"):
-        attention = models.get(dtype).resolved_step_attention()
+        attention = decode.resolved_step_attention(models.get(dtype))
         print(f"\nprofile: {PROFILE_STEPS} eager static steps (step_attention {attention}) at window position {pos}, "
               f"{dtype}, {args.device}", flush=True)
         try:

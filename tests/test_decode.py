@@ -9,7 +9,8 @@ import torch
 from tformer_cli.core import decode
 from tformer_cli.core.config import from_dict
 from tformer_cli.core.generate import _sampler, _tokens, bench_cache, generate
-from tformer_cli.core.model import STEP_ATTENTION, build_model
+from tformer_cli.core.decode import STEP_ATTENTION
+from tformer_cli.core.model import build_model
 from tformer_cli.errors import ConfigError
 from test_generate import one_thread  # noqa: F401  (autouse: one intra-op thread, as there)
 
@@ -104,18 +105,18 @@ def test_queuing_the_next_step_before_the_read_changes_no_token(monkeypatch, pat
     torch.testing.assert_close(logits_overlapped, logits_plain, atol=0, rtol=0)
 
 
-def test_the_static_path_runs_decode_step_and_prefills_by_forward():
+def test_the_static_path_runs_decode_step_and_prefills_by_forward(monkeypatch):
     model = make_model(pos_encoding="rope")
     calls = {"forward": [], "step": 0}
     model.register_forward_pre_hook(lambda m, args: calls["forward"].append(args[0].shape[1]))
-    step = model.decode_step
+    step = decode.decode_step
 
-    def counted(tok, cache):
+    def counted(m, tok, cache):
         calls["step"] += 1
-        assert tok.shape == (1, 1) and cache.pos.shape == (1,)
-        return step(tok, cache)
+        assert m is model and tok.shape == (1, 1) and cache.pos.shape == (1,)
+        return step(m, tok, cache)
 
-    model.decode_step = counted
+    monkeypatch.setattr(decode, "decode_step", counted)
     list(generate(model, [1, 2, 3, 4, 5], 40, temperature=0, decode="static"))
     # 39 tokens fed back: 11 fill the window (5 -> 16), then a cut every 9th (16 -> 8, 8 more steps)
     assert calls["forward"] == [5] + [BLOCK // 2] * 4  # the prompt, then one prefill per cut
@@ -146,10 +147,10 @@ def test_an_unknown_step_attention_is_refused():
 
 
 def test_auto_attention_is_the_matmuls_for_float32_weights_and_sdpa_otherwise():
-    """The measured choice (GPT.resolved_step_attention), and its tokens are recomputation's."""
+    """The measured choice (decode.resolved_step_attention), and its tokens are recomputation's."""
     model = make_model(step_attention="auto")
-    assert model.step_attention == "auto" and model.resolved_step_attention() == "matmul"
-    assert make_model().to(torch.bfloat16).resolved_step_attention() == "sdpa"
+    assert model.step_attention == "auto" and decode.resolved_step_attention(model) == "matmul"
+    assert decode.resolved_step_attention(make_model().to(torch.bfloat16)) == "sdpa"
     prompt = [1, 2, 3, 4]
     ref = list(generate(model, prompt, 12, temperature=0, use_cache=False))
     assert list(generate(model, prompt, 12, temperature=0, decode="static")) == ref
@@ -233,7 +234,8 @@ def test_a_compiled_static_step_gives_recomputes_greedy_tokens(monkeypatch, how)
     model = make_model(**CONFIGS["all, rope, gqa, no bias"])
     prompt, n = [1, 2, 3, 4, 5], 2 * BLOCK + 3
     ref = list(generate(model, prompt, n, temperature=0, use_cache=False))
-    assert decode.StaticStepper(model, True).step == model.decode_step  # off by default
+    eager = decode.StaticStepper(model, True).step  # off by default: decode_step itself
+    assert (eager.func, eager.args, eager.keywords) == (decode.decode_step, (model,), {})
     monkeypatch.setattr(decode, "COMPILE_STEP", how)
     assert list(generate(model, prompt, n, temperature=0, decode="static")) == ref
     compiled = counters["stats"]["unique_graphs"]
@@ -340,8 +342,9 @@ def test_the_passes_of_a_new_length_avoid_attention_built_per_shape(monkeypatch,
     monkeypatch.setattr(decode, "varying_shape_attention", spy)
     model = make_model()
     model.register_forward_pre_hook(lambda m, args: seen.append(("forward", bool(inside))))
-    step = model.decode_step
-    model.decode_step = lambda tok, cache: (seen.append(("step", bool(inside))), step(tok, cache))[1]
+    step = decode.decode_step
+    monkeypatch.setattr(decode, "decode_step",
+                        lambda m, tok, cache: (seen.append(("step", bool(inside))), step(m, tok, cache))[1])
     cached = path != "recompute"
     list(generate(model, [1, 2, 3], 30, temperature=0, decode=path if cached else "auto", use_cache=cached))
     assert {kind for kind, _ in seen} == ({"forward", "step"} if path == "static" else {"forward"})

@@ -6,7 +6,7 @@ The paths (all follow the window policy of core/generate.py, so their tokens agr
 * ``dynamic``: ``model(tok, start_pos=pos, cache=cache)``; attention reads the cached rows
   0..pos only, so its shapes grow by one every token.  Cheapest in arithmetic; on a GPU each token
   pays the launch of every small kernel (a few ms for GPT-2 small), whatever the model's size.
-* ``static``: ``GPT.decode_step``: the token's position is a device tensor, its keys and values are
+* ``static``: ``decode_step``: the token's position is a device tensor, its keys and values are
   written into the preallocated cache at that position, and attention reads the whole cache with
   the rows past the position masked.  No shape changes and nothing is read back to the host.
 * ``graph``: the static step captured once per generation in a CUDA graph and replayed for every
@@ -28,10 +28,14 @@ bench/decode_gpu.py --variants): inductor's fused kernels, still replayed by one
 from __future__ import annotations
 
 import functools
+import math
+from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 from tformer_cli.core.device import varying_shape_attention
+from tformer_cli.core.model import GPT, Block, CausalSelfAttention, KVCache
 
 PATHS = ("auto", "graph", "static", "dynamic")
 GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.graphs prescribes
@@ -43,13 +47,115 @@ GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.gr
 COMPILE_STEP = "off"
 COMPILE_MODES = ("off", "block", "whole", "whole-tuned", "whole-gemv")
 STATIC_PATHS = ("graph", "static")  # the paths that run the static step, and so compile it
+STEP_ATTENTION = ("auto", "sdpa", "matmul")  # how the static step attends (GPT.step_attention)
+
+
+# ---------------------------------------------------------------- the static step
+
+
+class StepInputs(NamedTuple):
+    """One block's share of the static decode step (decode_step), tensors and a string only, so
+    that one compiled block step serves every layer (compiled_step): its layer's keys and values
+    (2, B, n_kv, max_len, hs), the position (1,) on the device, the additive mask (1, max_len) of
+    that position, how to attend (GPT.step_attention, resolved), and whether to write keys and
+    values with one kernel where it can (GPT.paired_kv_write)."""
+
+    kv: torch.Tensor
+    pos: torch.Tensor
+    mask: torch.Tensor
+    how: str
+    paired: bool
+
+
+def step_mask(cache: KVCache, dtype: torch.dtype) -> torch.Tensor:
+    """(1, max_len) additive mask of the token at ``cache.pos``: 0 on rows 0..pos, -inf past it.
+    Additive, made once per step: SDPA would convert a boolean mask again in every layer."""
+    return torch.where(cache.key_pos <= cache.pos, 0.0, float("-inf")).to(dtype)
+
+
+def attend_step(attn: CausalSelfAttention, q, k, v, kv, step: StepInputs) -> torch.Tensor:
+    """One token (T = 1) over the whole cache, keys past its position masked: (B, nh, 1, hs).
+
+    Its k, v (B, n_kv, 1, hs) go to row ``step.pos`` of the layer's buffers (one write of
+    both where ``kv`` holds them, see CausalSelfAttention._qkv; a write each otherwise), and
+    attention reads the whole buffers (rows past pos hold stale keys that the mask hides), so the
+    shapes never change from one token to the next.
+
+    Grouped-query attention without repeat_interleave (a copy of the whole cache per layer):
+    the g = n_head / n_kv query heads that share a key/value head become g queries of it,
+    all at the one position, so one mask serves them all.  ``how`` (GPT.step_attention):
+    ``sdpa``, one fused kernel whose choice is PyTorch's; ``matmul``, the formula written
+    out (two batched matmuls and a float32 softmax): more launches, but cuBLAS's kernels for a
+    single query instead of whatever SDPA picks for it against a masked whole-block cache."""
+    if kv is not None:
+        step.kv.index_copy_(3, step.pos, kv)
+    else:
+        step.kv[0].index_copy_(2, step.pos, k)
+        step.kv[1].index_copy_(2, step.pos, v)
+    k, v, mask, how = step.kv[0], step.kv[1], step.mask, step.how  # (B, n_kv, max_len, hs)
+    n_head, n_kv, hs = attn.n_head, attn.n_kv, attn.hs
+    B, g = q.size(0), n_head // n_kv
+    q = q.reshape(B, n_kv, g, hs)  # (B, n_kv, g, hs): g queries per key/value head
+    if how == "sdpa":
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    elif how == "matmul":
+        # mask + scale * Q K^T in one baddbmm (the scale applied inside the matmul, the mask
+        # as its added input): one launch fewer than a matmul, a multiply and an add
+        n, max_len = B * n_kv, k.size(2)
+        att = torch.baddbmm(mask, q.reshape(n, g, hs), k.reshape(n, max_len, hs).transpose(1, 2),
+                            alpha=1.0 / math.sqrt(hs)).view(B, n_kv, g, max_len)
+        y = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype) @ v  # (B, n_kv, g, hs)
+    else:
+        raise ValueError(f"step_attention must be one of {', '.join(STEP_ATTENTION)}, got {how!r}")
+    return y.reshape(B, n_head, 1, hs)
+
+
+def block_step(block: Block, x: torch.Tensor, rope, step: StepInputs) -> torch.Tensor:
+    """One block of the static decode step: a function of tensors (and a string), the block
+    passed in, so that torch.compile compiles it once for every layer (compiled_step)."""
+
+    def attend(attn, q, k, v, pair):
+        return attend_step(attn, q, k, v, pair if step.paired else None, step)
+
+    return block(x, rope, attend=attend)[0]
+
+
+def resolved_step_attention(model: GPT) -> str:
+    """GPT.step_attention, with auto resolved by the weights' dtype: the written-out matmuls for
+    float32, SDPA otherwise.  Measured on an H100 (BENCHMARKS.md, GPT-2 small, CUDA graph): in
+    float32, SDPA over the masked whole-block cache takes its memory-efficient kernel at 122 us a
+    layer and the step 2.27 ms, the matmuls 1.09 ms; in bfloat16 SDPA takes cuDNN's flash kernel
+    (5 us) and is the faster, 0.91 ms against 1.15.  On a CPU the same order held
+    (bench/decode_gpu.py --device cpu --small --variants)."""
+    if model.step_attention != "auto":
+        return model.step_attention
+    return "matmul" if model.tok_emb.weight.dtype == torch.float32 else "sdpa"
+
+
+def decode_step(model: GPT, tok: torch.Tensor, cache: KVCache, run_block: Callable | None = None) -> torch.Tensor:
+    """Logits (B, V) of ``model`` after one token ``tok`` (B, 1) at window position ``cache.pos``.
+
+    The static step: its position is a device tensor and it attends over the whole cache with
+    later rows masked, so every shape is the same at every token and nothing is read back to the
+    host; a CUDA graph can capture it.  The caller sets ``cache.pos`` (and keeps
+    ``cache.length``); rows 0..pos-1 must hold the window's keys.  ``run_block`` (default
+    block_step) runs one block: compiled_step passes a compiled one.
+    """
+    x, rope = model.embed(tok, cache.pos)
+    mask = step_mask(cache, model.tok_emb.weight.dtype)
+    how = resolved_step_attention(model)
+    run = run_block or block_step
+    for i, block in enumerate(model.blocks):
+        x = run(block, x, rope, StepInputs(cache.kv[i], cache.pos, mask, how, model.paired_kv_write))
+    return model.logits(x)[:, -1, :]
+
+
+# ---------------------------------------------------------------- compiled steps
 
 
 @functools.cache
 def _compiled_block_step():
-    """model.block_step under torch.compile (static shapes), made once per process."""
-    from tformer_cli.core.model import block_step
-
+    """block_step under torch.compile (static shapes), made once per process."""
     return torch.compile(block_step, dynamic=False)
 
 
@@ -85,23 +191,24 @@ def _gemv_backend():
 
 
 def compiled_step(model: torch.nn.Module, how: str):
-    """The static step (GPT.decode_step) compiled ``how``: ``block``, every block through one
-    torch.compile'd model.block_step (static shapes), shared by every layer, generation and model
+    """The static step (decode_step) of ``model`` compiled ``how``: ``block``, every block through
+    one torch.compile'd block_step (static shapes), shared by every layer, generation and model
     in the process; ``whole``, torch.compile of this model's decode_step (fusions across blocks,
     a compile as deep as the model); ``whole-tuned``, the same with inductor's coordinate-descent
     tuning, under which it computes a one-row product without a bias (the head; the attention's
     matmuls) as a fused, tuned reduction instead of a cuBLAS call; ``whole-gemv``, also the
     layers with a bias (_one_row_addmm).  The tuned modes tune kernels as they compile (longer)."""
+    step = functools.partial(decode_step, model)
     if how == "whole":
-        return torch.compile(model.decode_step, dynamic=False)
+        return torch.compile(step, dynamic=False)
     if how == "whole-tuned":
-        return torch.compile(model.decode_step, dynamic=False, options={"coordinate_descent_tuning": True})
+        return torch.compile(step, dynamic=False, options={"coordinate_descent_tuning": True})
     if how == "whole-gemv":
         backend = _gemv_backend()
         if backend is None:
             return compiled_step(model, "whole-tuned")
-        return torch.compile(model.decode_step, dynamic=False, backend=backend)
-    return functools.partial(model.decode_step, run_block=_compiled_block_step())
+        return torch.compile(step, dynamic=False, backend=backend)
+    return functools.partial(decode_step, model, run_block=_compiled_block_step())
 
 
 def _explained(step, how: str):
@@ -215,7 +322,7 @@ class Stepper:
 
 
 class StaticStepper(Stepper):
-    """The static step, run eagerly (GPT.decode_step); prefill is the dynamic one.
+    """The static step (decode_step), run eagerly; prefill is the dynamic one.
 
     compile_step (default COMPILE_STEP; see compiled_step): ``block`` or ``whole`` runs the step
     through torch.compile in the default mode: inductor fuses its small kernels, and no
@@ -232,7 +339,8 @@ class StaticStepper(Stepper):
         how = compile_mode(compile_step)
         if problems := compile_problems(how):
             raise ValueError(problems[0])
-        self.step = model.decode_step if how == "off" else _explained(compiled_step(model, how), how)
+        eager = functools.partial(decode_step, model)
+        self.step = eager if how == "off" else _explained(compiled_step(model, how), how)
 
     def extend(self, tok: torch.Tensor, pos: int) -> torch.Tensor:
         self._place(pos)

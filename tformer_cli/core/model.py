@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -19,7 +19,6 @@ from tformer_cli.core.config import ModelConfig, head_count_problem
 from tformer_cli.errors import ConfigError
 
 NORM_EPS = 1e-5  # LayerNorm's default, used by every norm of the model
-STEP_ATTENTION = ("auto", "sdpa", "matmul")  # how the static decode step attends (GPT.step_attention)
 
 
 # ---------------------------------------------------------------- positions
@@ -59,7 +58,7 @@ class KVCache:
     The cached tokens occupy positions 0..length-1 of the current window; the model's
     positional encodings use those same positions, so cached and recomputed keys agree.
     A layer's keys and values are the two halves of one buffer ``kv[layer]`` (2, B, n_kv_head,
-    block_size, hs), so that the static step writes both with one kernel (StepInputs).
+    block_size, hs), so that the static step writes both with one kernel (core/decode.py).
     """
 
     def __init__(self, n_layer: int, batch: int, n_head: int, max_len: int, hs: int, device, dtype):
@@ -84,29 +83,6 @@ class KVCache:
         self.k[layer].narrow(2, start, end - start).copy_(k)
         self.v[layer].narrow(2, start, end - start).copy_(v)
         return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
-
-    def step_inputs(self, layer: int, mask: torch.Tensor, how: str, paired: bool) -> "StepInputs":
-        """What layer ``layer`` of the static decode step reads from the cache (see StepInputs)."""
-        return StepInputs(self.kv[layer], self.pos, mask, how, paired)
-
-    def step_mask(self, dtype: torch.dtype) -> torch.Tensor:
-        """(1, max_len) additive mask of the token at ``self.pos``: 0 on rows 0..pos, -inf past it.
-        Additive, made once per step: SDPA would convert a boolean mask again in every layer."""
-        return torch.where(self.key_pos <= self.pos, 0.0, float("-inf")).to(dtype)
-
-
-class StepInputs(NamedTuple):
-    """One block's share of the static decode step (GPT.decode_step), tensors and a string only,
-    so that one compiled block step serves every layer (core/decode.py compile_step): its layer's
-    keys and values (2, B, n_kv, max_len, hs), the position (1,) on the device, the additive
-    mask (1, max_len) of that position, how to attend (GPT.step_attention, resolved), and whether
-    to write keys and values with one kernel where it can (GPT.paired_kv_write)."""
-
-    kv: torch.Tensor
-    pos: torch.Tensor
-    mask: torch.Tensor
-    how: str
-    paired: bool
 
 
 # ---------------------------------------------------------------- attention
@@ -136,14 +112,15 @@ class CausalSelfAttention(nn.Module):
         layer: int = 0,
         explicit: bool = False,
         head_mask: torch.Tensor | None = None,
-        step: StepInputs | None = None,
+        attend: Callable | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """step (the static decode step, GPT.decode_step): attend over the whole cache with the
-        keys its mask hides, instead of over the cached positions only."""
+        """attend (the static decode step, core/decode.py): ``attend(self, q, k, v, pair)`` -> y
+        (B, nh, T, hs) attends in place of the attention over the cached positions; ``pair`` is
+        the keys and values as one view of the projection's output, or None (see _qkv)."""
         B, T, C = x.shape
-        q, k, v, kv = self._qkv(x, rope, paired=step is not None and step.paired)
-        if step is not None:
-            y, weights = self._attend_step(q, k, v, kv, step), None
+        q, k, v, pair = self._qkv(x, rope, paired=attend is not None)
+        if attend is not None:
+            y, weights = attend(self, q, k, v, pair), None
         else:
             y, weights = self._attend(q, k, v, cache, layer, explicit)
         if head_mask is not None:
@@ -196,41 +173,6 @@ class CausalSelfAttention(nn.Module):
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True), None
         mask = ~_future_mask(T, Tk, q.device)  # a chunk of queries after cached keys: mask by absolute position
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout), None
-
-    def _attend_step(self, q, k, v, kv, step: StepInputs) -> torch.Tensor:
-        """One token (T = 1) over the whole cache, keys past its position masked: (B, nh, 1, hs).
-
-        Its k, v (B, n_kv, 1, hs) go to row ``step.pos`` of the layer's buffers (one write of
-        both where ``kv`` holds them, see _qkv; a write each otherwise), and attention reads the
-        whole buffers (rows past pos hold stale keys that the mask hides), so the shapes never
-        change from one token to the next.
-
-        Grouped-query attention without repeat_interleave (a copy of the whole cache per layer):
-        the g = n_head / n_kv query heads that share a key/value head become g queries of it,
-        all at the one position, so one mask serves them all.  ``how`` (GPT.step_attention):
-        ``sdpa``, one fused kernel whose choice is PyTorch's; ``matmul``, the formula written
-        out (two batched matmuls and a float32 softmax): more launches, but cuBLAS's kernels for a
-        single query instead of whatever SDPA picks for it against a masked whole-block cache."""
-        if kv is not None:
-            step.kv.index_copy_(3, step.pos, kv)
-        else:
-            step.kv[0].index_copy_(2, step.pos, k)
-            step.kv[1].index_copy_(2, step.pos, v)
-        k, v, step_mask, how = step.kv[0], step.kv[1], step.mask, step.how  # (B, n_kv, max_len, hs)
-        B, g = q.size(0), self.n_head // self.n_kv
-        q = q.reshape(B, self.n_kv, g, self.hs)  # (B, n_kv, g, hs): g queries per key/value head
-        if how == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=step_mask)
-        elif how == "matmul":
-            # mask + scale * Q K^T in one baddbmm (the scale applied inside the matmul, the mask
-            # as its added input): one launch fewer than a matmul, a multiply and an add
-            n, max_len = B * self.n_kv, k.size(2)
-            att = torch.baddbmm(step_mask, q.reshape(n, g, self.hs), k.reshape(n, max_len, self.hs).transpose(1, 2),
-                                alpha=1.0 / math.sqrt(self.hs)).view(B, self.n_kv, g, max_len)
-            y = F.softmax(att, dim=-1, dtype=torch.float32).to(q.dtype) @ v  # (B, n_kv, g, hs)
-        else:
-            raise ValueError(f"step_attention must be one of {', '.join(STEP_ATTENTION)}, got {how!r}")
-        return y.reshape(B, self.n_head, 1, self.hs)
 
 
 def _future_mask(T: int, Tk: int, device) -> torch.Tensor:
@@ -298,23 +240,17 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg) if cfg.ffn else None
         self.ffn = FeedForward(cfg) if cfg.ffn else None
 
-    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None,
-                step: StepInputs | None = None):
+    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None, attend=None):
+        """attend: the static decode step's attention (CausalSelfAttention.forward)."""
         if self.post:
-            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, step)
+            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, attend)
             x = self.ln1(x + a)
             return (x if self.ffn is None else self.ln2(x + self.ffn(x))), weights
-        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, step)
+        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, attend)
         x = x + a
         if self.ffn is not None:
             x = x + self.ffn(self.ln2(x))
         return x, weights
-
-
-def block_step(block: Block, x: torch.Tensor, rope, step: StepInputs) -> torch.Tensor:
-    """One block of the static decode step: a function of tensors (and a string), the block
-    passed in, so that torch.compile compiles it once for every layer (core/decode.py)."""
-    return block(x, rope, step=step)[0]
 
 
 def real_vocab(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
@@ -339,13 +275,12 @@ class ModelOutput:
 
 
 class GPT(nn.Module):
-    # How the static decode step attends (STEP_ATTENTION, CausalSelfAttention._attend_step): a plain
-    # attribute, not a config key, because it changes the kernels of decoding, never the model;
-    # bench/decode_gpu.py --variants sets it to compare them.  auto: resolved_step_attention().
+    # Two settings of the static decode step, read by core/decode.py only: plain attributes, not
+    # config keys, because they change the kernels of decoding, never the model (bench/decode_gpu.py
+    # --variants compares them).  How it attends (decode.STEP_ATTENTION; auto: see
+    # decode.resolved_step_attention), and whether it writes a layer's keys and values with one
+    # kernel where they come straight from the projection (the cache holds the same rows either way).
     step_attention = "auto"
-    # Whether the static step writes a layer's keys and values with one kernel where they come
-    # straight from the projection (CausalSelfAttention._qkv): likewise an attribute for
-    # bench/decode_gpu.py --variants' A/B; the cache holds the same rows either way.
     paired_kv_write = True
 
     def __init__(self, cfg: ModelConfig, vocab_size: int):
@@ -413,7 +348,7 @@ class GPT(nn.Module):
             raise ValueError(f"start_pos={start_pos} but the KV cache holds {cache.length} positions")
         if start_pos + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.cfg.block_size}")
-        x, rope = self._embed(idx, slice(start_pos, start_pos + T))
+        x, rope = self.embed(idx, slice(start_pos, start_pos + T))
         explicit = explicit or need_weights
         attentions = [] if need_weights else None
         for i, block in enumerate(self.blocks):
@@ -424,12 +359,12 @@ class GPT(nn.Module):
             cache.length += T
         if last_only:
             x = x[:, -1:, :]
-        logits = self._logits(x)  # (B, T, V)
+        logits = self.logits(x)  # (B, T, V)
         return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), attentions)
 
-    def _embed(self, idx: torch.Tensor, rows) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+    def embed(self, idx: torch.Tensor, rows) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Token embeddings plus positions, and RoPE's cos/sin rows: ``rows`` is a slice of window
-        positions, or a (T,) long tensor of them on the device (the static step, see decode_step)."""
+        positions, or a (T,) long tensor of them on the device (the static step, core/decode.py)."""
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + _rows(self.pos_emb.weight, rows)
@@ -442,40 +377,12 @@ class GPT(nn.Module):
             rope = (_rows(self.rope_cos, rows), _rows(self.rope_sin, rows))
         return self.drop(x), rope
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, V) logits of the real vocabulary, capped when model.logit_softcap is set."""
         logits = real_vocab(self.lm_head(self.ln_f(x)), self)
         if (cap := self.cfg.logit_softcap) is not None:  # smooth cap to (-cap, cap) (Gemma 2)
             logits = cap * torch.tanh(logits / cap)
         return logits
-
-    def decode_step(self, tok: torch.Tensor, cache: KVCache, run_block: Callable | None = None) -> torch.Tensor:
-        """Logits (B, V) after one token ``tok`` (B, 1) at window position ``cache.pos``.
-
-        The static step (core/decode.py): its position is a device tensor and it attends over
-        the whole cache with later rows masked, so every shape is the same at every token and
-        nothing is read back to the host; a CUDA graph can capture it.  The caller sets
-        ``cache.pos`` (and keeps ``cache.length``); rows 0..pos-1 must hold the window's keys.
-        ``run_block`` (default block_step) runs one block: core/decode.py passes a compiled one.
-        """
-        x, rope = self._embed(tok, cache.pos)
-        mask = cache.step_mask(self.tok_emb.weight.dtype)
-        how = self.resolved_step_attention()
-        run = run_block or block_step
-        for i, block in enumerate(self.blocks):
-            x = run(block, x, rope, cache.step_inputs(i, mask, how, self.paired_kv_write))
-        return self._logits(x)[:, -1, :]
-
-    def resolved_step_attention(self) -> str:
-        """step_attention, with auto resolved by the weights' dtype: the written-out matmuls for
-        float32, SDPA otherwise.  Measured on an H100 (BENCHMARKS.md, GPT-2 small, CUDA graph):
-        in float32, SDPA over the masked whole-block cache takes its memory-efficient kernel at
-        122 us a layer and the step 2.27 ms, the matmuls 1.09 ms; in bfloat16 SDPA takes cuDNN's
-        flash kernel (5 us) and is the faster, 0.91 ms against 1.15.  On a CPU the same order held
-        (bench/decode_gpu.py --device cpu --small --variants)."""
-        if self.step_attention != "auto":
-            return self.step_attention
-        return "matmul" if self.tok_emb.weight.dtype == torch.float32 else "sdpa"
 
     cache_name = "KV cache"
 
@@ -490,7 +397,8 @@ class GPT(nn.Module):
 
     @property
     def supports_static_step(self) -> bool:
-        """Whether decode_step can replace the cached forward (it is the same computation)."""
+        """Whether the static step (core/decode.py decode_step) can replace the cached forward
+        (it is the same computation)."""
         return self.supports_cache
 
 
