@@ -37,8 +37,8 @@ class _Guard:
 
 
 def _guard_steps(monkeypatch, enter, leave, first: int = 0):
-    """Wrap _Trainer._step so that ``enter()`` / ``leave()`` run around every step from ``first`` on."""
-    step = loop._Trainer._step
+    """Wrap Loop._step so that ``enter()`` / ``leave()`` run around every step from ``first`` on."""
+    step = loop.Loop._step
 
     def guarded(self, i):
         if i < first:
@@ -48,7 +48,7 @@ def _guard_steps(monkeypatch, enter, leave, first: int = 0):
             return step(self, i)
         finally:
             leave()
-    monkeypatch.setattr(loop._Trainer, "_step", guarded)
+    monkeypatch.setattr(loop.Loop, "_step", guarded)
 
 
 def _train(tiny_config, tmp_path, **train):
