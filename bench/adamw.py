@@ -1,6 +1,6 @@
 """AdamW implementations side by side on the nanoGPT CPU shape: fused (one kernel) vs foreach.
 
-    python bench/adamw.py
+    python -m bench.adamw
 
 Same model, data and steps for both; the two are interleaved and repeated (A B A B A B), and the
 median training-step time of each is printed in milliseconds.

@@ -1,6 +1,6 @@
 """Attention kernels at the nanoGPT CPU shape (B12 H4 T64, head 32), forward + backward.
 
-    python bench/attention_ab.py [THREADS]
+    python -m bench.attention_ab [THREADS]
 
 SDPA's flash kernel, SDPA's math path and an explicit masked softmax, interleaved five
 times; prints the load average and each one's median milliseconds per call.

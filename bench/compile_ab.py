@@ -1,7 +1,7 @@
 """torch.compile (inductor, CPU) against eager on the nanoGPT CPU shape, side by side.
 
-    python bench/compile_ab.py [--runs 2] [--steps 40]
-    python bench/compile_ab.py --large --runs 1 --steps 2   # the 6-layer 384 shape
+    python -m bench.compile_ab [--runs 2] [--steps 40]
+    python -m bench.compile_ab --large --runs 1 --steps 2   # the 6-layer 384 shape
 
 Each variant in its own process, interleaved (eager, compiled, eager, compiled ...): the
 time of the first step (the compilation, cold or from inductor's on-disk cache) and the

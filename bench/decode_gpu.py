@@ -1,10 +1,10 @@
 """Batch-1 decoding speed at GPT-2 small's shape: the CUDA graph, the static step run eagerly, the
 dynamic cache and recomputation, with Hugging Face's GPT2LMHeadModel.generate as a reference.
 
-    python bench/decode_gpu.py                         # a CUDA GPU: 12 layers, d768, 12 heads, block 1024
-    python bench/decode_gpu.py --dtype bfloat16        # weights in bf16
-    python bench/decode_gpu.py --device cpu --small    # a tiny shape on the CPU: checks the script itself
-    python bench/decode_gpu.py --variants --profile    # also: the graph path's variants, and a kernel profile
+    python -m bench.decode_gpu                         # a CUDA GPU: 12 layers, d768, 12 heads, block 1024
+    python -m bench.decode_gpu --dtype bfloat16        # weights in bf16
+    python -m bench.decode_gpu --device cpu --small    # a tiny shape on the CPU: checks the script itself
+    python -m bench.decode_gpu --variants --profile    # also: the graph path's variants, and a kernel profile
 
 Random weights (GPT-2's initialisation; speed does not depend on the weights), vocabulary 50304.
 Every path generates --new-tokens greedy tokens from the same random prompt after an untimed
@@ -17,7 +17,7 @@ tokens across a window cut.  Hugging Face runs eager (no torch.compile), greedy,
 --variants: after the table, the graph path (the static step off CUDA, as choose_path falls back)
 in variants of weights' dtype (float32, bfloat16), GPT.step_attention (sdpa, matmul), compiled
 step (core/decode.py COMPILE_MODES: off, block, whole, whole-tuned, whole-gemv) and overlap (the
-next step queued before a token is read back, core/generate.py OVERLAP_DEVICES) and the keys' and values' write (one kernel
+next step queued before a token is read back, generate's overlap) and the keys' and values' write (one kernel
 or two, GPT.paired_kv_write), each against recomputation in its own dtype, in the order of
 VARIANTS (what `tformer sample` does on CUDA first, then the A/Bs; --pick 0,4 runs some), with the
 warm-up generation's seconds (where a graph is captured and a step compiled).  Each variant runs
@@ -45,9 +45,8 @@ import traceback
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from op_profile import kernel_times
-from suite import table
-import tformer_cli.core.generate as generate_module
+from bench.common import table
+from bench.op_profile import kernel_times
 from tformer_cli.core import decode
 from tformer_cli.core.config import from_dict
 from tformer_cli.core.device import sync
@@ -58,7 +57,7 @@ from tformer_cli.core.model import build_model
 GPT2_SMALL = dict(n_layer=12, d_model=768, n_head=12, block_size=1024, vocab=50304)
 SMALL = dict(n_layer=2, d_model=64, n_head=4, block_size=64, vocab=512)
 PATHS = ("graph", "static", "dynamic", "recompute")
-# --variants, in order: (weights' dtype, GPT.step_attention, COMPILE_STEP, overlap, GPT.paired_kv_write).
+# --variants, in order: (weights' dtype, GPT.step_attention, compile_step, overlap, GPT.paired_kv_write).
 # First what `tformer sample` does on a CUDA GPU (float32, auto attention = matmul, no compile,
 # overlap, paired write), then the A/Bs: the paired write, the overlap, a compiled step, and the
 # same in bfloat16 (--dtype bfloat16); from index 11 the tuned compiles (`sample --compile-step`).
@@ -90,11 +89,13 @@ def build(shape: dict, device: torch.device, dtype: torch.dtype):
     return build_model(cfg.model, shape["vocab"]).to(device=device, dtype=dtype).eval()
 
 
-def run_path(model, prompt: list[int], n: int, path: str):
+def run_path(model, prompt: list[int], n: int, path: str, compile_step: str | None = None,
+             overlap: bool | None = None):
     """(tokens, Speed, the warm-up's seconds) of one greedy generation along ``path``, after a
     warm-up generation of 8 tokens (a graph's capture and a step's compile happen there), timed
-    apart."""
-    kw = dict(temperature=0.0, use_cache=path != "recompute", decode="auto" if path == "recompute" else path)
+    apart.  compile_step and overlap: generate's (None: its defaults)."""
+    kw = dict(temperature=0.0, use_cache=path != "recompute", decode="auto" if path == "recompute" else path,
+              compile_step=compile_step, overlap=overlap)
     t0 = time.perf_counter()
     list(generate(model, prompt, 8, **kw))
     warmup = time.perf_counter() - t0
@@ -131,12 +132,13 @@ def run_hf(model, shape: dict, prompt: list[int], n: int) -> tuple[float, float,
     return (n - 1) / (total - first), first, tokens
 
 
-def cut_check(model, block: int) -> dict[str, bool]:
+def cut_check(model, block: int, overlap: bool | None = None) -> dict[str, bool]:
     """Whether each path gives recomputation's greedy tokens from a prompt that fills the window
     (so the window is cut at the second token and the cache rebuilt)."""
     prompt = [(7 * i) % 50 for i in range(block - 1)]
     ref = list(generate(model, prompt, 24, temperature=0.0, use_cache=False))
-    return {p: list(generate(model, prompt, 24, temperature=0.0, decode=p)) == ref for p in PATHS[:3]}
+    return {p: list(generate(model, prompt, 24, temperature=0.0, decode=p, overlap=overlap)) == ref
+            for p in PATHS[:3]}
 
 
 def prompt_of(args, shape: dict) -> list[int]:
@@ -151,9 +153,10 @@ def measure(args) -> tuple[list[list[str]], bool]:
     shape = SMALL if args.small else GPT2_SMALL
     model = build(shape, device, dtype)
     prompt = prompt_of(args, shape)
-    results = {p: run_path(model, prompt, args.new_tokens, p) for p in PATHS
+    overlap = False if args.no_overlap else None
+    results = {p: run_path(model, prompt, args.new_tokens, p, overlap=overlap) for p in PATHS
                if p == "recompute" or choose_path(model, p) == p}
-    cut = cut_check(model, shape["block_size"])
+    cut = cut_check(model, shape["block_size"], overlap)
     ref = results["recompute"][0]
     rows, ok = [], True
     if "graph" not in results:
@@ -220,17 +223,18 @@ def time_limit(seconds: float):
 def run_variant(model, prompt: list[int], n: int, attention: str, compiled: str, overlap: bool = True,
                 paired: bool = True):
     """(tokens, Speed, warm-up s) of the graph path (the static step off CUDA) with GPT.step_attention
-    ``attention``, the step compiled ``compiled`` (COMPILE_STEP), the next step queued before a
-    token is read back or not, and keys and values written by one kernel or two
-    (GPT.paired_kv_write); the model, core/decode.py and core/generate.py are left as they were.
-    A compiled step compiles in run_path's untimed warm-up generation."""
-    before = model.step_attention, model.paired_kv_write, decode.COMPILE_STEP, generate_module.OVERLAP_DEVICES
-    model.step_attention, model.paired_kv_write, decode.COMPILE_STEP = attention, paired, compiled
-    generate_module.OVERLAP_DEVICES = ("cuda",) if overlap else ()
+    ``attention``, the step compiled ``compiled`` (generate's compile_step), the next step queued
+    before a token is read back where generate does it (on CUDA) or nowhere (generate's overlap),
+    and keys and values written by one kernel or two (GPT.paired_kv_write).  The model's two decode
+    settings are attributes of the model: set for this variant, put back after it.  A compiled
+    step compiles in run_path's untimed warm-up generation."""
+    before = model.step_attention, model.paired_kv_write
+    model.step_attention, model.paired_kv_write = attention, paired
     try:
-        return run_path(model, prompt, n, choose_path(model, "graph"))
+        return run_path(model, prompt, n, choose_path(model, "graph"), compile_step=compiled,
+                        overlap=None if overlap else False)
     finally:
-        model.step_attention, model.paired_kv_write, decode.COMPILE_STEP, generate_module.OVERLAP_DEVICES = before
+        model.step_attention, model.paired_kv_write = before
 
 
 def variant_name(variant: tuple) -> str:
@@ -374,10 +378,8 @@ def main() -> None:
     ap.add_argument("--no-paths", action="store_true", help="without the table of paths (with --variants or --profile)")
     ap.add_argument("--no-overlap", action="store_true",
                     help="in the table of paths, read each token back before queuing the next step "
-                         "(generate.OVERLAP_DEVICES empty); each of --variants says its own")
+                         "(generate's overlap=False); each of --variants says its own")
     args = ap.parse_args()
-    if args.no_overlap:  # the paths' table (each variant says its own)
-        generate_module.OVERLAP_DEVICES = ()
     args.new_tokens = args.new_tokens or (48 if args.small else 512)
     args.prompt_tokens = args.prompt_tokens or (8 if args.small else 64)
     if args.device.startswith("cuda") and not torch.cuda.is_available():

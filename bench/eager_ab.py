@@ -1,7 +1,7 @@
 """tformer's and nanoGPT's eager training steps side by side, kernel by kernel.
 
-    python bench/eager_ab.py                              # CUDA: GPT-2 small, B12 T1024 V50304, bf16 autocast
-    python bench/eager_ab.py --device cpu --small         # a tiny shape on the CPU: operators, checks the script
+    python -m bench.eager_ab                              # CUDA: GPT-2 small, B12 T1024 V50304, bf16 autocast
+    python -m bench.eager_ab --device cpu --small         # a tiny shape on the CPU: operators, checks the script
 
 Issue 18 measured tformer's eager step 10% slower than nanoGPT's at B12 T1024 on an H100 (40.6
 against 36.3 ms), while on the CPU the two steps run the same operators on the same shapes and
@@ -11,7 +11,7 @@ autocast, clip 1.0, fused AdamW on CUDA, no compile), times each, then profiles 
 each and prints, per kernel name (per operator on the CPU), the calls and microseconds per step of
 both and their difference, largest differences first, then the same by kind (matmul, attention,
 cross-entropy, optimizer, other).  Kernel names come last on a line, whole: a log is read, not a
-terminal.  nanoGPT's model.py comes from --nanogpt (`python bench/suite.py --prepare-only`
+terminal.  nanoGPT's model.py comes from --nanogpt (`python -m bench.suite --prepare-only`
 copies it into the git-ignored .bench_scratch/nanogpt).
 """
 
@@ -27,14 +27,11 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import gpu_step  # noqa: E402
-import nanogpt_driver  # noqa: E402
-from op_profile import kernel_times, kind_of  # noqa: E402
-
-from tformer_cli.core.device import sync  # noqa: E402
-from tformer_cli.train.bench import StepBench  # noqa: E402
+from bench import gpu_step, nanogpt_driver
+from bench.common import SCRATCH
+from bench.op_profile import kernel_times, kind_of
+from tformer_cli.core.device import sync
+from tformer_cli.train.bench import StepBench
 
 SMALL_SETS = {"model.n_layer": 2, "model.block_size": 64, "model.n_head": 4, "model.d_model": 128}
 PROJECTS = ("tformer", "nanogpt")
@@ -103,15 +100,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="profiled steps of each (default 3)")
     ap.add_argument("--timed", type=int, default=10, help="steps of each timed without the profiler (default 10)")
     ap.add_argument("--top", type=int, default=25, help="names listed (default 25)")
-    ap.add_argument("--nanogpt", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                      ".bench_scratch", "nanogpt"))
+    ap.add_argument("--nanogpt", default=os.path.join(SCRATCH, "nanogpt"))
     args = ap.parse_args()
     args.batch = args.batch or (2 if args.small else 12)
     args.vocab = args.vocab or (512 if args.small else 50304)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("eager_ab.py: no CUDA device here; check the script on the CPU with --device cpu --small")
     if not os.path.exists(os.path.join(args.nanogpt, "model.py")):
-        sys.exit(f"eager_ab.py: no nanoGPT model.py in {args.nanogpt}: run `python bench/suite.py --prepare-only` "
+        sys.exit(f"eager_ab.py: no nanoGPT model.py in {args.nanogpt}: run `python -m bench.suite --prepare-only` "
                  "where ../shared exists, or pass --nanogpt")
     if args.device == "cpu":
         torch.set_num_threads(1)

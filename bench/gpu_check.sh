@@ -4,7 +4,7 @@
 #     bash bench/gpu_check.sh            # everything under $OUT when set, else .bench_scratch/gpu_check
 #     STEPS="tests decode suite" SECTIONS=db TOTAL_S=360 bash bench/gpu_check.sh   # some, in that order
 #
-# Before the session, on a machine with ../shared: `python bench/suite.py --prepare-only`, and carry
+# Before the session, on a machine with ../shared: `python -m bench.suite --prepare-only`, and carry
 # .bench_scratch/nanogpt and .bench_scratch/shakespeare_char along (nanoGPT's model.py is not part of the repository).
 # Each step has its own time limit, so one that hangs costs its limit and not the session; every
 # step's output goes to its own file ($OUT/NAME.txt, .err) and summary.md gathers them all.
@@ -44,10 +44,10 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
         -m "${TESTS_MARK:-not slow}" -rs ;;
     # batch-1 decoding: every path, then the graph's variants (weights' dtype, the step's attention,
     # compiled) and where a static step's device time goes
-    decode) step decode "${DECODE_S:-110}" "$PY" bench/decode_gpu.py --variants --profile ${DECODE_ARGS:-} ;;
+    decode) step decode "${DECODE_S:-110}" "$PY" -m bench.decode_gpu --variants --profile ${DECODE_ARGS:-} ;;
     # a (the nanoGPT comparison, MFU), d (sweep wall time), b (other shapes), c (`tformer train`), e
     # (decoding); the suite stops starting sections at its budget
-    suite) step suite "${SUITE_S:-250}" "$PY" bench/suite.py --gpu --sections "${SECTIONS:-adbce}" \
+    suite) step suite "${SUITE_S:-250}" "$PY" -m bench.suite --gpu --sections "${SECTIONS:-adbce}" \
         --budget-s "$(( ${SUITE_S:-250} - 10 ))" ${GPU_B:+--gpu-b "$GPU_B"} ;;
     # the quick preset as a user runs it: the summary says whether the step was captured
     quick) step quick 40 "$PY" -m tformer_cli train --preset quick --device cuda --out "$RUN_DIR-quick" --overwrite ;;
@@ -74,11 +74,11 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
             --steps ${SWEEP_STEPS:-300} --device ${SWEEP_DEVICE:-cuda} --out '$RUN_DIR-sweep' > '$OUT/sweep_profile_run.txt' 2>&1; tail -n 3 '$OUT/sweep_profile_run.txt'; \
             $PY -c \"import pstats; s = pstats.Stats('$OUT/sweep.prof'); s.sort_stats('cumulative').print_stats('tformer_cli', 45); s.sort_stats('tottime').print_stats(25)\"" ;;
     # whether each cached path (the graph included) gives recomputation's tokens, per weight dtype
-    precision) step precision 40 "$PY" bench/precision.py --device cuda --new-tokens 256 ;;
+    precision) step precision 40 "$PY" -m bench.precision --device cuda --new-tokens 256 ;;
     # the eager B12 T1024 step of tformer against nanoGPT's, kernel by kernel (eager tformer was 10% slower)
-    eager_ab) step eager_ab 60 "$PY" bench/eager_ab.py ;;
+    eager_ab) step eager_ab 60 "$PY" -m bench.eager_ab ;;
     # where the B12 T1024 step goes, eager (kernel names read plainly; compiled kernels are fused)
-    profile) step op_profile 50 "$PY" bench/op_profile.py train --device cuda --gpt2 --steps 3 --top 15 ;;
+    profile) step op_profile 50 "$PY" -m bench.op_profile train --device cuda --gpt2 --steps 3 --top 15 ;;
     *) echo "unknown step $s" | tee -a "$OUT/summary.md" ;;
     esac
 done

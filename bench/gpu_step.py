@@ -1,6 +1,6 @@
 """Training steps of tformer and nanoGPT side by side in ONE CUDA process, interleaved block by block.
 
-    python bench/gpu_step.py --nanogpt .bench_scratch/nanogpt \\
+    python -m bench.gpu_step --nanogpt .bench_scratch/nanogpt \\
         tformer:compiled:B12:V50304 nanogpt:compiled:B12:V50304 tformer:eager:B12:V50304
 
 A variant is PROJECT:MODE:B<micro-batch>:V<vocabulary>[:x<model.vocab_multiple>][:medium|large] at
@@ -20,10 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
+
+from bench.common import SCRATCH
 
 SHAPE = {"model.n_layer": 12, "model.n_head": 12, "model.d_model": 768, "model.block_size": 1024,
          "model.dropout": 0.0, "model.bias": False}
@@ -70,8 +71,7 @@ def build(v: dict, nanogpt: str | None, device: str = "cuda", sets: dict | None 
         from tformer_cli.train.bench import StepBench
 
         return StepBench(config(v, device, sets), v["vocab"]).train_step
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import nanogpt_driver
+    from bench import nanogpt_driver
 
     shape = {**nanogpt_driver.GPT2, "batch": v["batch"]}
     return nanogpt_driver.train_step(nanogpt, shape, v["vocab"], device, v["compiled"], bf16=True)
@@ -96,8 +96,7 @@ def timed_block(step, n: int, device: torch.device) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+")
-    ap.add_argument("--nanogpt", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                      ".bench_scratch", "nanogpt"))
+    ap.add_argument("--nanogpt", default=os.path.join(SCRATCH, "nanogpt"))
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps of each variant (compiles)")
     ap.add_argument("--steps", type=int, default=10, help="steps per block")
     ap.add_argument("--blocks", type=int, default=3, help="interleaved rounds")

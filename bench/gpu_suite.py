@@ -1,4 +1,4 @@
-"""`python bench/suite.py --gpu`: tformer on a CUDA card, next to nanoGPT, as markdown tables.
+"""`python -m bench.suite --gpu`: tformer on a CUDA card, next to nanoGPT, as markdown tables.
 
 Sections, in this order (--sections picks some):
   a  training step at B12 T1024 vocab 50304 bf16: tformer vs nanoGPT, compiled and eager, in one
@@ -12,7 +12,7 @@ Sections, in this order (--sections picks some):
   e  batch-1 decoding: bench/decode_gpu.py (CUDA graph, static, dynamic, recompute, HF)
 The whole run stops starting sections once --budget-s is spent, and a running one is cut at the
 deadline (what it printed so far is kept); every ratio comes from figures of this invocation.
-nanoGPT's model.py must already be in .bench_scratch/nanogpt (`python bench/suite.py
+nanoGPT's model.py must already be in .bench_scratch/nanogpt (`python -m bench.suite
 --prepare-only` copies it there on a machine that has ../shared; carry the folder along).
 """
 
@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from suite import ROOT, SCRATCH, cell, table
+from bench.common import ROOT, SCRATCH, cell, table
 
 SECTIONS = "abcde"
 GPU_OUT = os.path.join(SCRATCH, "gpu")
@@ -87,7 +87,7 @@ def cuda_problem() -> str | None:
     if not torch.cuda.is_available():
         return f"suite.py --gpu: no CUDA device (torch {torch.__version__} sees none); run it on a GPU machine"
     if not os.path.exists(os.path.join(SCRATCH, "nanogpt", "model.py")):
-        return ("suite.py --gpu: no .bench_scratch/nanogpt/model.py; run `python bench/suite.py --prepare-only` "
+        return ("suite.py --gpu: no .bench_scratch/nanogpt/model.py; run `python -m bench.suite --prepare-only` "
                 "where ../shared/anchors/nanogpt exists and carry .bench_scratch along")
     return None
 
@@ -174,7 +174,7 @@ def first_rate(run_dir: str) -> float | None:
 
 def section_steps(title: str, variants: list[str], budget: Budget, pairs: list[tuple[str, str, str]],
                   args, shared: dict) -> list[str]:
-    cmd = [sys.executable, os.path.join(ROOT, "bench", "gpu_step.py"), *variants,
+    cmd = [sys.executable, "-m", "bench.gpu_step", *variants,
            "--blocks", str(args.gpu_blocks), "--steps", str(args.gpu_steps)]
     ran = run_capture(cmd, budget.left())
     card, got = parse_step_lines(ran.out)
@@ -284,10 +284,9 @@ def time_split(out: str, wall: float, overlapped: bool = False) -> list[str]:
 
 
 def section_e(budget: Budget, args, shared: dict) -> list[str]:
-    script = os.path.join(ROOT, "bench", "decode_gpu.py")
-    if not os.path.exists(script):
+    if not os.path.exists(os.path.join(ROOT, "bench", "decode_gpu.py")):
         return ["### e. decoding", "", "- skipped: bench/decode_gpu.py is not in this tree"]
-    ran = run_capture([sys.executable, script], budget.left())
+    ran = run_capture([sys.executable, "-m", "bench.decode_gpu"], budget.left())
     state = "" if ran.code == 0 else f"\n- decode_gpu.py exited {ran.code} ({'deadline' if ran.code is None else 'error'})"
     return ["### e. decoding (bench/decode_gpu.py)", "", ran.out.strip() + state]
 

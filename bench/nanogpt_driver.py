@@ -1,9 +1,9 @@
 """Drive nanoGPT's model.py the way its train.py and sample.py would, for bench/suite.py.
 
-    python bench/nanogpt_driver.py train  --nanogpt DIR --data DIR --steps 600
-    python bench/nanogpt_driver.py step   --nanogpt DIR [--large] [--bf16] --steps 40
-    python bench/nanogpt_driver.py step   --nanogpt DIR --gpt2 --vocab 50304 --device cuda --bf16 --compile
-    python bench/nanogpt_driver.py sample --nanogpt DIR --block 256 --tokens 500
+    python -m bench.nanogpt_driver train  --nanogpt DIR --data DIR --steps 600
+    python -m bench.nanogpt_driver step   --nanogpt DIR [--large] [--bf16] --steps 40
+    python -m bench.nanogpt_driver step   --nanogpt DIR --gpt2 --vocab 50304 --device cuda --bf16 --compile
+    python -m bench.nanogpt_driver sample --nanogpt DIR --block 256 --tokens 500
 
 nanoGPT itself is not part of this repository: the suite copies its model.py into a
 git-ignored scratch folder and points --nanogpt there.  This script is our own

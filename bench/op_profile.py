@@ -1,11 +1,11 @@
 """Where the time of a training step or of one generated token goes, by PyTorch operator.
 
-    python bench/op_profile.py train                    # nanoGPT's CPU shape (shakespeare_char preset)
-    python bench/op_profile.py train --set model.n_layer=6 --set model.n_head=6 --set model.d_model=384 \\
+    python -m bench.op_profile train                    # nanoGPT's CPU shape (shakespeare_char preset)
+    python -m bench.op_profile train --set model.n_layer=6 --set model.n_head=6 --set model.d_model=384 \\
         --set model.block_size=256 --set model.dropout=0.2 --set train.batch_size=16
-    python bench/op_profile.py decode --set model.block_size=256   # one cached token at a time
-    python bench/op_profile.py train --nanogpt .bench_scratch/nanogpt  # nanoGPT's step, same shape
-    python bench/op_profile.py train --device cuda --gpt2 --top 15     # GPT-2 small B12 T1024 V50304 bf16
+    python -m bench.op_profile decode --set model.block_size=256   # one cached token at a time
+    python -m bench.op_profile train --nanogpt .bench_scratch/nanogpt  # nanoGPT's step, same shape
+    python -m bench.op_profile train --device cuda --gpt2 --top 15     # GPT-2 small B12 T1024 V50304 bf16
 
 Random weights and token ids (speed does not depend on them); prints the operators with the most
 self time, as a share of the total and in microseconds per call, plus the timed matmul peaks.  On
@@ -161,11 +161,9 @@ def _kernel_table(prof, per: int, unit: str, top: int) -> None:
 
 def _nanogpt(folder: str):
     """nanoGPT's GPT at the shakespeare_char shape and its own AdamW (bench/nanogpt_driver.py)."""
-    import os
     import sys
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import nanogpt_driver
+    from bench import nanogpt_driver
 
     model = nanogpt_driver.build(folder, nanogpt_driver.SMALL, VOCAB)
     with contextlib.redirect_stdout(sys.stderr):

@@ -1,8 +1,8 @@
 """Whether cached greedy generation gives recomputation's tokens in each weight dtype, and why not.
 
-    python bench/precision.py                        # the CPU, GPT-2 small's shape, random weights
-    python bench/precision.py --device cuda --new-tokens 256
-    python bench/precision.py --small                # a tiny shape: checks the script
+    python -m bench.precision                        # the CPU, GPT-2 small's shape, random weights
+    python -m bench.precision --device cuda --new-tokens 256
+    python -m bench.precision --small                # a tiny shape: checks the script
 
 For each dtype (float32, bfloat16 by default) and each cached path (core/decode.py: dynamic,
 static; graph on CUDA), greedy tokens from the same random prompt are compared with
@@ -18,17 +18,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from decode_gpu import GPT2_SMALL, SMALL, build  # noqa: E402
-from suite import table  # noqa: E402
-
-from tformer_cli.core.decode import choose_path, make_stepper  # noqa: E402
-from tformer_cli.core.generate import generate  # noqa: E402
+from bench.common import table
+from bench.decode_gpu import GPT2_SMALL, SMALL, build
+from tformer_cli.core.decode import choose_path, make_stepper
+from tformer_cli.core.generate import generate
 
 
 def logits_by_both(model, window: list[int], path: str) -> tuple[torch.Tensor, torch.Tensor]:

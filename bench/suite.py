@@ -1,12 +1,12 @@
 """tformer and nanoGPT side by side, in one sitting, as markdown tables.
 
-    python bench/suite.py                    # ~6 min on 2 cores
-    python bench/suite.py --steps 100        # a shorter end-to-end run
-    python bench/suite.py --large            # also the 6-layer 384 shape (~10 min more)
-    python bench/suite.py --large-only       # only that shape
-    python bench/suite.py --threads 1        # one thread each (a machine shared with others)
-    python bench/suite.py --prepare-only     # copy nanoGPT into .bench_scratch/ (before a GPU session)
-    python bench/suite.py --gpu              # on a CUDA machine: bench/gpu_suite.py's sections, < 6 min
+    python -m bench.suite                    # ~6 min on 2 cores
+    python -m bench.suite --steps 100        # a shorter end-to-end run
+    python -m bench.suite --large            # also the 6-layer 384 shape (~10 min more)
+    python -m bench.suite --large-only       # only that shape
+    python -m bench.suite --threads 1        # one thread each (a machine shared with others)
+    python -m bench.suite --prepare-only     # copy nanoGPT into .bench_scratch/ (before a GPU session)
+    python -m bench.suite --gpu              # on a CUDA machine: bench/gpu_suite.py's sections, < 6 min
 
 nanoGPT is not part of this repository: its model.py (and LICENSE) are copied from
 --nanogpt into the git-ignored .bench_scratch/ folder, with the Shakespeare text
@@ -29,9 +29,8 @@ import sys
 import time
 from typing import Callable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRATCH = os.path.join(ROOT, ".bench_scratch")
-DRIVER = os.path.join(ROOT, "bench", "nanogpt_driver.py")
+from bench.common import ROOT, SCRATCH, cell, table
+
 SMALL = ["--preset", "shakespeare_char"]  # L4 H4 d128 T64 B12, dropout 0
 LARGE = SMALL + [a for k in ("model.n_layer=6", "model.n_head=6", "model.d_model=384",
                              "model.block_size=256", "train.batch_size=64", "model.dropout=0.2")
@@ -53,7 +52,7 @@ def tformer(*args: str) -> list[str]:
 
 
 def nanogpt(mode: str, *args: str) -> list[str]:
-    return [sys.executable, DRIVER, mode, "--nanogpt", os.path.join(SCRATCH, "nanogpt"), *args]
+    return [sys.executable, "-m", "bench.nanogpt_driver", mode, "--nanogpt", os.path.join(SCRATCH, "nanogpt"), *args]
 
 
 def interleaved(variants: dict[str, Callable[[], dict]], runs: int) -> dict[str, dict[str, list]]:
@@ -70,19 +69,8 @@ def interleaved(variants: dict[str, Callable[[], dict]], runs: int) -> dict[str,
     return got
 
 
-def cell(xs: list[float], fmt: str = "{:.1f}") -> str:
-    """Median with the spread, e.g. '22.8 (22.1-23.5)'."""
-    med = fmt.format(statistics.median(xs))
-    return med if len(xs) == 1 else f"{med} ({fmt.format(min(xs))}-{fmt.format(max(xs))})"
-
-
 def ratio(num: list[float], den: list[float]) -> str:
     return f"{statistics.median(num) / statistics.median(den):.2f}x"
-
-
-def table(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def prepare_scratch(nanogpt_src: str, text_path: str, scratch: str = SCRATCH) -> str:
@@ -226,8 +214,7 @@ def main() -> None:
         print(f"prepared {os.path.join(SCRATCH, 'nanogpt')} and {data}; carry .bench_scratch to the GPU machine")
         return
     if args.gpu:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from gpu_suite import run_gpu
+        from bench.gpu_suite import run_gpu
 
         raise SystemExit(run_gpu(args))
     if args.threads:  # inherited by every variant's process, and by machine() below

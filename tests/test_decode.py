@@ -99,6 +99,8 @@ def test_queuing_the_next_step_before_the_read_changes_no_token(monkeypatch, pat
     model = make_model(**CONFIGS["all, rope, gqa, no bias"])
     prompt, n = [3, 1, 4, 1, 5], 3 * BLOCK + 3
     plain, logits_plain = traced(model, prompt, n, path, seed=5, **settings)
+    g = torch.Generator().manual_seed(5)  # generate's explicit switch, past OVERLAP_DEVICES
+    assert list(generate(model, prompt, n, generator=g, decode=path, overlap=True, **settings)) == plain
     monkeypatch.setattr(gen, "OVERLAP_DEVICES", ("cpu",))
     overlapped, logits_overlapped = traced(model, prompt, n, path, seed=5, **settings)
     assert overlapped == plain and len(plain) == n

@@ -61,6 +61,7 @@ def generate(
     use_cache: bool = True,
     decode: str = "auto",
     compile_step: str | None = None,
+    overlap: bool | None = None,
 ) -> Iterator[int]:
     """Yield ``max_new_tokens`` new token ids continuing ``prompt_ids``, one at a time.
 
@@ -70,7 +71,9 @@ def generate(
     every step; both paths follow the window policy of this module, so greedy tokens agree.
     ``decode`` asks for a cached path (core/decode.py: auto, graph, static, dynamic);
     ``compile_step`` compiles the static and graph paths' step (core/decode.py COMPILE_MODES;
-    default COMPILE_STEP, off).  Arguments are checked here, before the first token is asked for.
+    default COMPILE_STEP, off).  ``overlap``: queue the next step before a token is read back
+    (see _tokens); None, on the devices of OVERLAP_DEVICES.  Arguments are checked here, before the
+    first token is asked for.
     """
     problems = sampling_problems(temperature, top_k, top_p) + decode_problems(decode) + compile_problems(compile_step)
     vocab = model.vocab_size
@@ -86,7 +89,7 @@ def generate(
         raise ConfigError(problems)
     sample = _sampler(temperature, top_k, top_p, generator)
     path = choose_path(model, decode, use_cache)
-    return _tokens(model, list(prompt_ids), max_new_tokens, sample, path, compile_step)
+    return _tokens(model, list(prompt_ids), max_new_tokens, sample, path, compile_step, overlap)
 
 
 # Devices on which the next token's step is queued before this token is read back (see _tokens).
@@ -94,7 +97,8 @@ OVERLAP_DEVICES = ("cuda",)
 
 
 @torch.inference_mode()
-def _tokens(model, window: list[int], n: int, sample, path: str, compile_step: str | None = None) -> Iterator[int]:
+def _tokens(model, window: list[int], n: int, sample, path: str, compile_step: str | None = None,
+            overlap: bool | None = None) -> Iterator[int]:
     """The tokens of one generation (the window policy of this module).
 
     On a GPU each token is read back to the host (the caller wants a Python int), and the read
@@ -109,7 +113,7 @@ def _tokens(model, window: list[int], n: int, sample, path: str, compile_step: s
     window = window[-block:]
     step = make_stepper(model, path, compile_step)
     logits = step.prefill(window)  # (1, V)
-    reader = _TokenReader(logits.device)
+    reader = _TokenReader(logits.device, overlap)
     for i in range(n):
         tok = sample(logits)  # (1, 1) on the model's device: fed back without a host copy
         ahead = reader.overlaps and path != "recompute" and i < n - 1 and len(window) < block
@@ -136,11 +140,11 @@ def _tokens(model, window: list[int], n: int, sample, path: str, compile_step: s
 
 class _TokenReader:
     """Reads a sampled token back to the host without waiting for work queued after it: a
-    copy into pinned memory and an event on CUDA; elsewhere (OVERLAP_DEVICES set by a test) the
-    token itself, read when asked for."""
+    copy into pinned memory and an event on CUDA; elsewhere (``overlap`` True, or OVERLAP_DEVICES
+    set by a test) the token itself, read when asked for.  ``overlap`` None: on OVERLAP_DEVICES."""
 
-    def __init__(self, device: torch.device):
-        self.overlaps = device.type in OVERLAP_DEVICES
+    def __init__(self, device: torch.device, overlap: bool | None = None):
+        self.overlaps = device.type in OVERLAP_DEVICES if overlap is None else overlap
         self.cuda = self.overlaps and device.type == "cuda"
         self.tok: torch.Tensor | None = None
         if self.cuda:
