@@ -12,7 +12,8 @@ from tformer_cli.core.generate import _sampler, _tokens, bench_cache, generate
 from tformer_cli.core.decode import STEP_ATTENTION
 from tformer_cli.core.model import build_model
 from tformer_cli.errors import ConfigError
-from test_generate import one_thread  # noqa: F401  (autouse: one intra-op thread, as there)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny per-token ops, one thread
 
 BLOCK, VOCAB = 16, 20
 CONFIGS = {

@@ -356,7 +356,7 @@ def test_a_degenerate_member_blocks_a_verdict_unless_the_claim_predicts_it(tiny_
 def test_a_resumed_experiment_adds_up_its_wall_time(tiny_config, tmp_path):
     import json
 
-    from test_experiments import FakeTrainer, fake_eval
+    from conftest import FakeTrainer, fake_eval
 
     from tformer_cli.study import runner
 
@@ -418,7 +418,7 @@ def test_the_ladder_doubles_only_while_a_verdict_asks_for_steps(tmp_path):
 
 
 def test_until_converged_runs_each_budget_in_its_own_directory(cli, monkeypatch, tmp_path):
-    from test_output import terminal
+    from conftest import terminal
 
     from tformer_cli.cli import experiments
 

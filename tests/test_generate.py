@@ -12,16 +12,7 @@ from tformer_cli.core.model import build_model
 
 BLOCK, VOCAB = 16, 20
 POS = ["learned", "sinusoidal", "rope", "none"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny per-token ops run far faster on one intra-op thread when the CPUs are shared (see
-    docs/sample.md); the tokens do not depend on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny per-token ops, one thread
 
 
 def make_model(pos="learned", causal=True, arch="gpt", block=BLOCK, seed=0):

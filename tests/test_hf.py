@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import train_tiny_run
 
 transformers = pytest.importorskip("transformers")
 
@@ -94,14 +95,11 @@ def test_import_gives_the_same_logits_and_greedy_tokens(tmp_path, cli, kw):
 
 @pytest.mark.parametrize("multiple", [1, 64], ids=["unpadded", "vocab padded to 64"])
 def test_export_loads_in_transformers_with_the_same_logits(tmp_path, cli, tiny_config, multiple):
-    import yaml
-
     tiny_config["model"].update(activation="gelu_tanh", tie_weights=False, vocab_multiple=multiple)
     tiny_config["data"]["tokenizer"] = "bpe"
     tiny_config["data"]["vocab_size"] = 300
     tiny_config["train"]["steps"] = 4
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config))
-    assert cli("train", tmp_path / "c.yaml", "--out", tmp_path / "run").code == 0
+    train_tiny_run(tmp_path, "run", tiny_config)
     r = cli("export", tmp_path / "run", "--format", "hf", "--out", tmp_path / "hf")
     assert r.code == 0, r
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors",
@@ -217,12 +215,9 @@ def test_unsupported_architectures_are_refused_naming_what_is_missing(tmp_path, 
 
 
 def test_export_refuses_a_config_that_does_not_map(tmp_path, cli, tiny_config):
-    import yaml
-
     tiny_config["model"]["pos_encoding"] = "rope"
     tiny_config["train"]["steps"] = 2
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config))
-    assert cli("train", tmp_path / "c.yaml", "--out", tmp_path / "run").code == 0
+    train_tiny_run(tmp_path, "run", tiny_config)
     r = cli("export", tmp_path / "run", "--out", tmp_path / "hf")
     assert r.code == 2
     assert "model.pos_encoding=rope (GPT-2 has learned positions)" in r.err

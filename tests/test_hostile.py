@@ -18,21 +18,7 @@ import struct
 import pytest
 import yaml
 
-from conftest import run_cli, train_tiny_run
-
-CKPT = "checkpoint.safetensors"
-
-
-def one_line(r, code: int, *needles: str) -> str:
-    """An `error:` line (plus at most a hint), the exit code, no traceback, never 'unexpected'."""
-    assert r.code == code, r
-    assert "Traceback" not in r.out + r.err and "unexpected" not in r.err, r
-    lines = r.err.strip("\n").splitlines()
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1, r.err
-    for n in needles:
-        assert n in r.err, r.err
-    return errors[0]
+from conftest import CKPT, one_line, rewrite_checkpoint, run_cli, train_tiny_run
 
 
 @pytest.fixture(scope="module")
@@ -46,22 +32,6 @@ def run(trained, tmp_path):
     dst = tmp_path / "runs" / "r"
     shutil.copytree(trained, dst)
     return dst
-
-
-def rewrite_checkpoint(path, tensors_fn=None, meta_fn=None):
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    with safe_open(str(path), framework="pt") as f:
-        meta = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if tensors_fn:
-        tensors = tensors_fn(tensors)
-    if meta_fn:
-        header = {k: json.loads(v) for k, v in meta.items()}
-        meta_fn(header)
-        meta = {k: json.dumps(v) for k, v in header.items()}
-    save_file(tensors, str(path), metadata=meta)
 
 
 # ---------------------------------------------------------------- (1) validated schema

@@ -4,21 +4,12 @@ outcomes are listed in docs/guarantees.md)."""
 from __future__ import annotations
 
 import pytest
-from test_hostile import one_line
+from conftest import CKPT, one_line, rewrite_checkpoint, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    import yaml
-    from conftest import TINY, run_cli
-
-    root = tmp_path_factory.mktemp("pass2")
-    cfg = {k: dict(v) for k, v in TINY.items()}
-    cfg["train"].update(steps=2, eval_interval=2, log_interval=1)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    r = run_cli("train", root / "tiny.yaml", "--out", root / "run")
-    assert r.code == 0, r
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("pass2"), "run", steps=2, eval_interval=2, log_interval=1)
 
 
 def test_an_endless_prompt_file_is_refused_at_a_bound(cli, tiny_run, monkeypatch):
@@ -49,8 +40,6 @@ def test_heads_threshold_is_finite_and_positive(cli, tiny_run, value):
 def test_a_checkpoint_with_nan_weights_is_damaged_not_unexpected(cli, tiny_run, tmp_path):
     """NaN weights reached sampling: "unexpected RuntimeError: probability tensor contains nan"."""
     import shutil
-
-    from test_hostile import CKPT, rewrite_checkpoint
 
     run = tmp_path / "r"
     shutil.copytree(tiny_run, run)

@@ -270,7 +270,7 @@ def test_sweep_heads_refuses_kv_counts_that_do_not_share_evenly(cli, tiny_yaml, 
 
 
 def test_kv_sweep_rows_carry_the_cache_bytes_and_muon_rows_the_steps_to_baseline(tiny_config, tmp_path):
-    from test_experiments import FakeTrainer, fake_eval
+    from conftest import FakeTrainer, fake_eval
     from tformer_cli.study import runner
     from tformer_cli.study.members import ablation_members, grid_members
     from tformer_cli.study.spec import Spec

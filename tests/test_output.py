@@ -15,65 +15,15 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-from conftest import TINY, run_cli
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-WIDTH = 80
-
-
-def _fresh_consoles() -> None:
-    """The consoles are made once per process; a fresh pair reads the environment anew."""
-    from tformer_cli.render import console
-
-    console._console = console._err_console = None
-
-
-def _run(monkeypatch, terminal: bool, *args):
-    with monkeypatch.context() as m:
-        for name in ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "FORCE_COLOR", "COLUMNS", "NO_COLOR"):
-            m.delenv(name, raising=False)
-        if terminal:
-            m.setenv("TTY_COMPATIBLE", "1")
-            m.setenv("TTY_INTERACTIVE", "0")
-            m.setenv("COLUMNS", str(WIDTH))
-        _fresh_consoles()
-        try:
-            r = run_cli(*args)
-        finally:
-            _fresh_consoles()
-    assert r.code == 0, r
-    r.out, r.err = ANSI.sub("", r.out), ANSI.sub("", r.err)
-    return r
-
-
-def terminal(monkeypatch, *args):
-    """Run as a terminal of 80 columns: nothing wider, nothing cut."""
-    r = _run(monkeypatch, True, *args)
-    for stream in (r.out, r.err):
-        assert "\u2026" not in stream, stream
-        long = [line for line in stream.splitlines() if len(line) > WIDTH]
-        assert not long, "\n".join(long)
-    return r
-
-
-def piped(monkeypatch, *args):
-    """Run with stdout not a terminal: nothing cut."""
-    r = _run(monkeypatch, False, *args)
-    assert "\u2026" not in r.out and "\u2026" not in r.err, r
-    return r
+from conftest import ANSI, WIDTH, piped, run_cli, terminal, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny run for every test here: (run directory, its summary)."""
+    """One tiny run for every test here: (run directory, its summary, its config file)."""
     root = tmp_path_factory.mktemp("output")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    run = root / "run"
-    r = run_cli("train", cfg, "--steps", "4", "--out", run, "--json")
-    assert r.code == 0, r
-    return run, json.loads((run / "summary.json").read_text()), cfg
+    run = train_tiny_run(root, "run", steps=4)
+    return run, json.loads((run / "summary.json").read_text()), root / "tiny.yaml"
 
 
 def test_train_summary_and_live_display(monkeypatch, trained, tmp_path):

@@ -17,15 +17,7 @@ from tformer_cli.core.data import BPETokenizer, CharTokenizer
 from tformer_cli.core.model import build_model
 
 CHARS = "\n !',.?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny per-token ops run far faster on one thread when the CPUs are shared (docs/sample.md)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny per-token ops, one thread
 
 
 def save_run(run_dir, chars=CHARS, **sections):

@@ -9,22 +9,14 @@ import os
 import signal
 
 import pytest
-from test_hostile import one_line
+from conftest import one_line, train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 4-step tiny run (shared: the probes only read it)."""
-    import yaml
-    from conftest import TINY, run_cli
-
-    root = tmp_path_factory.mktemp("stops")
-    cfg = {k: dict(v) for k, v in TINY.items()}
-    cfg["train"].update(steps=4, eval_interval=4, log_interval=2, eval_iters=3)
-    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
-    r = run_cli("train", root / "tiny.yaml", "--out", root / "run")
-    assert r.code == 0, r
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("stops"), "run", steps=4, eval_interval=4, log_interval=2,
+                          eval_iters=3)
 
 
 # ---------------------------------------------------------------- progress of a big corpus
