@@ -254,8 +254,9 @@ def test_precision_compares_each_cached_path_with_recompute_per_dtype():
 
 def test_decode_gpu_variants_and_profile_run_on_the_cpu():
     """--variants and --profile through the command line: with no time for variants every one is
-    skipped (each on its own row), and the profile covers both weight dtypes."""
-    r = _script("decode_gpu", "--device", "cpu", "--small", "--new-tokens", "8",
+    skipped (each on its own row), and the profile covers both weight dtypes (without the table of
+    paths, which the test above runs)."""
+    r = _script("decode_gpu", "--device", "cpu", "--small", "--new-tokens", "8", "--no-paths",
                 "--variants", "--variants-budget-s", "0", "--profile")
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("| skipped: the variants have taken") == len(_bench_module("decode_gpu").VARIANTS) == 15, r.stdout
