@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from tests.conftest import train_tiny_run
+from conftest import train_tiny_run
 
 TINY_SETS = ["--preset", "quick", "--set", "model.d_model=32", "--set", "model.n_layer=1", "--set",
              "model.n_head=2", "--set", "model.block_size=16"]
@@ -192,13 +192,13 @@ def test_a_fine_tune_of_a_run_starts_from_its_weights_and_freeze_keeps_them(cli,
 
 
 def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_fine_tune(cli, tmp_path, monkeypatch):
-    from tformer_cli.train import finetune as ft
+    from tformer_cli.train import loop as ft  # the one loop's schedule: train/optim.set_lr
 
     args = ["finetune", "--bag", "--data", "order", "--steps", "30", "--json"]
     r = cli(*args, "--out", tmp_path / "whole")
     assert r.code == 0, r
     whole = json.loads(r.out)
-    original, calls = ft.lr_at, []
+    original, calls = ft.set_lr, []
 
     def interrupting(*a):
         calls.append(1)
@@ -206,11 +206,11 @@ def test_ctrl_c_saves_and_resume_equals_an_uninterrupted_fine_tune(cli, tmp_path
             os.kill(os.getpid(), signal.SIGINT)
         return original(*a)
 
-    monkeypatch.setattr(ft, "lr_at", interrupting)
+    monkeypatch.setattr(ft, "set_lr", interrupting)
     r = cli(*args, "--out", tmp_path / "cut")
     assert r.code == 130, r
     assert "resume with  tformer finetune --resume" in r.err
-    monkeypatch.setattr(ft, "lr_at", original)
+    monkeypatch.setattr(ft, "set_lr", original)
     r = cli("finetune", "--resume", tmp_path / "cut", "--json")
     assert r.code == 0, r
     resumed = json.loads(r.out)
@@ -277,7 +277,7 @@ def test_the_study_runs_end_to_end_at_a_tiny_budget(cli, tmp_path):
 
 
 def test_finetune_and_classify_fit_80_columns(monkeypatch, tmp_path):
-    from test_output import terminal
+    from conftest import terminal
 
     monkeypatch.chdir(tmp_path)  # a command to copy is never wrapped: keep the path short
     r = terminal(monkeypatch, "finetune", "--bag", "--data", "order", "--steps", "3", "--out", "ft")

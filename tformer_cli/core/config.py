@@ -32,6 +32,10 @@ OPTIMIZERS = ("adamw", "muon")
 POS_ENCODINGS = ("learned", "sinusoidal", "rope", "none")
 ARCHS = ("gpt", "lstm")
 OBJECTIVES = ("clm", "mlm")
+TASK_KINDS = ("lm", "classify", "seq2seq")  # what a run learns (task.kind): one training loop for all three
+POOLS = ("last", "mean", "first")
+BODIES = ("transformer", "bag")
+SEQ2SEQ_TASKS = ("reverse", "sort", "add")
 TOKENIZERS = ("char", "bpe", "hf")  # hf: a Hugging Face tokenizer.json, from an imported run
 PRECISIONS = ("float32", "bfloat16", "float16")  # a named dtype (sample --dtype takes these)
 DTYPES = ("auto", *PRECISIONS)
@@ -125,10 +129,26 @@ class TrainConfig:
 
 
 @dataclass
+class TaskConfig:
+    """What a run learns.  lm: the next token (or masked tokens) of data.corpus, `tformer train`.
+    classify: a label per text, `tformer finetune`.  seq2seq: a target sequence from a source,
+    `tformer seq2seq`.  The same loop trains all three (train/loop.py)."""
+
+    kind: str = "lm"  # lm | classify | seq2seq
+    data: str = ""  # classify: a built-in labelled task (source, order) or a TSV/JSONL file; seq2seq: reverse | sort | add
+    source_run: Optional[str] = None  # classify: the run whose tokenizer (and weights) it starts from
+    from_scratch: bool = False  # classify: random weights for the body
+    body: str = "transformer"  # classify: transformer | bag (mean token embedding, no order)
+    pool: str = "last"  # classify: last | mean | first, the hidden states the head reads
+    freeze: bool = False  # classify: train the head only (a linear probe)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -153,7 +173,7 @@ def _round_up(x: int, multiple: int) -> int:
     return (x + multiple - 1) // multiple * multiple
 
 
-SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "task": TaskConfig}
 
 
 def all_keys() -> list[str]:
@@ -272,7 +292,23 @@ def kv_head_count_problem(n_head: int, n_kv_head: int | None) -> str | None:
 def validate(cfg: Config) -> list[str]:
     """Every impossible value, named by its key."""
     p, bad = _number_problems(cfg)
-    return p + _model_problems(cfg, bad) + _data_problems(cfg, bad) + _train_problems(cfg, bad)
+    return (p + _model_problems(cfg, bad) + _data_problems(cfg, bad) + _train_problems(cfg, bad)
+            + _task_problems(cfg))
+
+
+def _task_problems(cfg: Config) -> list[str]:
+    t = cfg.task
+    p = _choice("task.kind", t.kind, TASK_KINDS) + _choice("task.pool", t.pool, POOLS) \
+        + _choice("task.body", t.body, BODIES)
+    if t.kind == "seq2seq" and t.data not in SEQ2SEQ_TASKS:
+        p.append(f"task.data: '{short(t.data)}' is not one of {', '.join(SEQ2SEQ_TASKS)} (the seq2seq tasks)")
+    if t.kind == "seq2seq" and cfg.model.arch not in ("encdec", "gpt"):
+        p.append(f"model.arch: a seq2seq run takes encdec or gpt, got '{cfg.model.arch}'")
+    if t.kind == "classify" and not t.data:
+        p.append("task.data: empty; give a built-in labelled task (source, order) or a TSV/JSONL file")
+    if t.kind == "classify" and t.freeze and (t.from_scratch or t.body == "bag"):
+        p.append("task.freeze: a frozen random body learns nothing; freeze only a pretrained run")
+    return p
 
 
 def _number_problems(cfg: Config) -> tuple[list[str], set[str]]:
@@ -308,6 +344,8 @@ def _positive(path: str, value: float | int | None, bad: set[str]) -> list[str]:
 
 def _model_problems(cfg: Config, bad: set[str]) -> list[str]:
     m = cfg.model
+    if m.arch == "encdec" and cfg.task.kind == "seq2seq":  # an encoder-decoder: its blocks are the GPT's
+        return _positive("model.d_model", m.d_model, bad) + _positive("model.n_layer", m.n_layer, bad)
     if m.arch == "encdec":  # trained on sequence pairs, not on a corpus: its own command
         return ["model.arch: encdec (the T5-style encoder-decoder) is trained by `tformer seq2seq`; "
                 "train, ablate and the sweeps take gpt or lstm"]

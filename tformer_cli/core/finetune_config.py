@@ -13,12 +13,11 @@ from typing import Any, Optional
 
 import yaml
 
-from tformer_cli.core.config import ModelConfig, from_dict
+from tformer_cli.core.config import BODIES, POOLS, Config, ModelConfig, TaskConfig, TrainConfig, from_dict
 from tformer_cli.errors import ConfigError
 
 FT_TASKS = ("classify",)
-POOLS = ("last", "mean", "first")
-BODIES = ("transformer", "bag")
+PROBE_AT = 0.8  # the held-out accuracy is also taken here: did the last fifth of training still change it?
 
 
 @dataclass
@@ -54,6 +53,29 @@ class FinetuneSpec:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_config(self) -> Config:
+        """The same fine-tune as the training loop's settings (train: and task: sections)."""
+        f = self.finetune
+        probe = max(1, round(PROBE_AT * f.steps))
+        train = TrainConfig(steps=f.steps, batch_size=f.batch_size, lr=f.lr, warmup_steps=f.warmup_steps,
+                            weight_decay=f.weight_decay, grad_clip=f.grad_clip, log_interval=f.log_interval,
+                            ckpt_interval=f.ckpt_interval, eval_interval=probe, seed=f.seed, device=f.device,
+                            dtype="float32", compile=False, cuda_graph=False)
+        task = TaskConfig(kind="classify", data=f.data, source_run=f.source_run, from_scratch=f.from_scratch,
+                          body=f.body, pool=f.pool, freeze=f.freeze)
+        return Config(model=self.model, train=train, task=task)
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "FinetuneSpec":
+        """A study member's config (task.kind classify) as a fine-tune spec."""
+        t, tr = cfg.task, cfg.train
+        return build({"data": t.data, "source_run": t.source_run, "from_scratch": t.from_scratch, "body": t.body,
+                      "pool": t.pool, "freeze": t.freeze, "steps": tr.steps, "batch_size": tr.batch_size,
+                      "lr": tr.lr, "warmup_steps": tr.warmup_steps, "weight_decay": tr.weight_decay,
+                      "grad_clip": tr.grad_clip, "log_interval": tr.log_interval,
+                      "ckpt_interval": tr.ckpt_interval or tr.steps, "seed": tr.seed,
+                      "device": "cpu" if tr.device == "auto" else tr.device}, cfg.model)
 
 
 def problems(f: FinetuneConfig) -> list[str]:

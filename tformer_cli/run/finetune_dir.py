@@ -5,7 +5,8 @@
                                the labels and the step (never a pickle)
     labels.json                the label map: index -> name
     tokenizer.json             the tokenizer (the source run's, or built from the data)
-    metrics.jsonl              per-log-interval train loss and learning rate
+    metrics.jsonl              per-log-interval train loss and learning rate, the held-out probe
+    perf.jsonl                 tokens/s per log interval (timings, kept apart: not deterministic)
     summary.json               the result: held-out accuracy, macro-F1, their intervals, confusion
     confusion.png              the confusion matrix
 
@@ -36,9 +37,10 @@ class FinetuneDir:
     LABELS = "labels.json"
     TOKENIZER = "tokenizer.json"
     METRICS = "metrics.jsonl"
+    PERF = "perf.jsonl"
     SUMMARY = "summary.json"
     CONFUSION_PNG = "confusion.png"
-    FILES = (CONFIG, CHECKPOINT, LABELS, TOKENIZER, METRICS, SUMMARY, CONFUSION_PNG)
+    FILES = (CONFIG, CHECKPOINT, LABELS, TOKENIZER, METRICS, PERF, SUMMARY, CONFUSION_PNG)
 
     def __init__(self, path: str | Path):
         object.__setattr__(self, "path", Path(path))
