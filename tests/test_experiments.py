@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import FakeTrainer, fake_eval
 from tformer_cli.study import matching, members as study_members, runner, stats
 from tformer_cli.study.results import CSV_COLUMNS, Measurement
 from tformer_cli.study.spec import Member, Spec, load_spec, validate_members
@@ -20,50 +21,7 @@ from tformer_cli.errors import RunError
 STUDY_DIR = Path(__file__).resolve().parents[1] / "tformer_cli" / "experiments" / "studies"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train several times faster on one thread on a loaded 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-# ---------------------------------------------------------------- a fake trainer
-
-
-class FakeTrainer:
-    """Writes what tformer_cli.train.loop.train writes that the engine reads (summary.json, metrics,
-    a checkpoint marker); its val loss is a pure function of the member's config and seed."""
-
-    def __init__(self, fail: str | None = None, stop_after: int | None = None):
-        self.calls: list[tuple[str, int, bool]] = []
-        self.fail, self.stop_after = fail, stop_after
-
-    def __call__(self, cfg, run_dir, *, resume, progress, should_stop):
-        run_dir = Path(run_dir)
-        self.calls.append((run_dir.name, cfg.train.seed, resume))
-        if self.fail and run_dir.name.startswith(self.fail):
-            raise RunError("the loss became NaN or infinite at step 3")
-        interrupted = self.stop_after is not None and len(self.calls) > self.stop_after
-        loss = 2.0 + 0.5 * (not cfg.model.ffn) + 0.01 * (cfg.train.seed % 7) - 0.1 * (cfg.model.n_head == 4)
-        (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 5, "val_loss": loss + 1}) + "\n"
-                                               + json.dumps({"step": 10, "val_loss": loss}) + "\n")
-        (run_dir / "checkpoint.safetensors").write_text("")  # the checkpoint marker the engine looks for
-        summary = {"run_dir": str(run_dir), "steps_done": 5 if interrupted else 10, "steps": 10,
-                   "interrupted": interrupted, "train_loss": loss + 0.1, "val_loss": loss,
-                   "tokens_per_s": 1000.0 * cfg.model.n_head, "peak_memory_bytes": 1 << 20,
-                   "memory_source": "process peak RSS", "params": 123, "vocab_size": 65, "elapsed_s": 0.1,
-                   "extra": {"copy_acc": 0.5}}
-        (run_dir / "summary.json").write_text(json.dumps(summary))
-        return summary
-
-
-def fake_eval(run_dir, cfg, prompt):
-    val = json.loads((Path(run_dir) / "summary.json").read_text())["val_loss"]
-    return Measurement(val + 3.0 * (not cfg.model.causal), "The cat")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models train faster on one thread
 
 
 def _spec(tiny_config, members, seeds=(1, 2)):

@@ -89,3 +89,24 @@ def test_cuda_training_steps_do_not_synchronise(tiny_config, tmp_path, monkeypat
                  lambda: torch.cuda.set_sync_debug_mode("default"), first=WARMUP_STEPS + 1 if graph else 2)
     r = _train(tiny_config, tmp_path, device="cuda", dtype=dtype, compile=False, cuda_graph=graph)
     assert r.steps_done == 12 and r.device.startswith("cuda") and r.cuda_graph is graph, r.cuda_graph_reason
+
+
+def test_a_fine_tune_step_reads_no_tensor_back_and_its_files_are_a_runs(tmp_path, monkeypatch):
+    """Fine-tuning runs on the same loop: no read-back per step (it had one), tokens/s in perf.jsonl,
+    and the held-out probe in metrics.jsonl."""
+    import json
+
+    from tformer_cli.core.config import ModelConfig
+    from tformer_cli.core.finetune_config import build
+    from tformer_cli.train.finetune import finetune
+
+    guard = _Guard(monkeypatch)
+    _guard_steps(monkeypatch, lambda: setattr(guard, "active", True), lambda: setattr(guard, "active", False))
+    spec = build({"data": "order", "body": "bag", "from_scratch": True, "pool": "mean", "steps": 10,
+                  "log_interval": 5, "ckpt_interval": 10}, ModelConfig(d_model=16, n_layer=1, n_head=2))
+    r = finetune(spec, tmp_path / "ft")
+    assert r.steps_done == 10 and r.train_loss is not None and not guard.caught
+    perf = [json.loads(x) for x in (tmp_path / "ft" / "perf.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in perf] == [5, 10] and all(p["tokens_per_s"] > 0 for p in perf)
+    rows = [json.loads(x) for x in (tmp_path / "ft" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows if "probe_accuracy" in row] == [8] and r.extra["probe_step"] == 8

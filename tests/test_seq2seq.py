@@ -78,7 +78,7 @@ def test_the_command_runs_and_refuses_unknown_tasks(cli, tmp_path):
 
 
 def test_the_table_fits_80_columns(monkeypatch):
-    from test_output import terminal
+    from conftest import terminal
 
     r = terminal(monkeypatch, "seq2seq", "--task", "sort", "--seeds", "1", "--steps", "2")
     assert "held-out exact match" in r.out

@@ -10,13 +10,15 @@ import re
 import pytest
 from rich.console import Console
 
-from test_experiments import FakeTrainer, _one_thread, fake_eval  # noqa: F401 (an autouse fixture)
+from conftest import FakeTrainer, fake_eval
 from tformer_cli.core.config import from_dict
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.study import runner
 from tformer_cli.study.members import ablation_members
 from tformer_cli.study.results import ExperimentResult, read_results
 from tformer_cli.study.spec import Member, Spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ablation(tiny_config, tmp_path, seeds=(1, 2), **flags) -> ExperimentResult:

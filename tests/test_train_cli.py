@@ -185,3 +185,19 @@ def test_progress_is_plain_lines_when_not_a_terminal_and_json_keeps_stdout_clean
     assert r.code == 0
     assert json.loads(r.out)["steps_done"] == 10  # stdout is the JSON alone; progress went to stderr
     assert "step 5/10" in r.err
+
+
+def test_a_summary_reads_back_as_the_train_result_it_was(tiny_config, tmp_path):
+    import json
+
+    from tformer_cli.core.config import from_dict
+    from tformer_cli.run.rundir import prepare_run_dir
+    from tformer_cli.train.loop import train
+    from tformer_cli.train.result import TrainResult
+
+    tiny_config["train"].update(steps=4, eval_interval=2, log_interval=2)
+    prepare_run_dir(tmp_path / "r", False)
+    r = train(from_dict(tiny_config), tmp_path / "r")
+    back = TrainResult.from_dict(json.loads((tmp_path / "r" / "summary.json").read_text()))
+    assert back == TrainResult.from_dict(r.to_dict()) and back.to_dict() == json.loads(json.dumps(r.to_dict()))
+    assert TrainResult.from_dict({"steps": 3, "future_field": 1}).steps == 3  # missing and unknown fields

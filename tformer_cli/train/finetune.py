@@ -160,7 +160,8 @@ class ClassifyTask(Task):
     # ------------------------------------------------------------ steps
 
     def batch(self, step: int, micro: int):
-        rng = np.random.Generator(np.random.PCG64(mix_seed(self.f.seed, step, *([micro] if micro else []))))
+        # a fine-tune has one micro-batch per step (train.grad_accum 1): its batch depends on (seed, step)
+        rng = np.random.Generator(np.random.PCG64(mix_seed(self.f.seed, step)))
         idx = rng.integers(0, len(self.train_ids), size=self.f.batch_size)
         return [self.train_ids[i] for i in idx], [self.data.train_y[i] for i in idx]
 

@@ -71,17 +71,17 @@ class LMTask(Task):
         self.totals = anatomy.totals(cfg.model, self.vocab_size)
 
     def saved(self) -> Saved | None:
-        if not self._resume:
-            check_fits(self.cfg.model, self.vocab_size, self.cfg.train.batch_size, self.device, training=True)
-            return None
-        cfg = self.cfg
-        ckpt = checkpoint.load(self.run_dir, optimizer_groups=lambda meta: group_shapes(meta, cfg))
-        if ckpt.vocab_size != self.vocab_size:
-            raise RunError(f"checkpoint {ckpt.path} has a vocabulary of {ckpt.vocab_size} tokens, the corpus "
-                           f"{self.ds.corpus} gives {self.vocab_size}",
-                           hint="resume with the corpus the run was trained on")
-        _check_global_batch(ckpt, cfg, self.dist)
+        cfg, ckpt = self.cfg, None
+        if self._resume:  # the checkpoint is checked before the memory estimate, as a resume reads it first
+            ckpt = checkpoint.load(self.run_dir, optimizer_groups=lambda meta: group_shapes(meta, cfg))
+            if ckpt.vocab_size != self.vocab_size:
+                raise RunError(f"checkpoint {ckpt.path} has a vocabulary of {ckpt.vocab_size} tokens, the corpus "
+                               f"{self.ds.corpus} gives {self.vocab_size}",
+                               hint="resume with the corpus the run was trained on")
+            _check_global_batch(ckpt, cfg, self.dist)
         check_fits(cfg.model, self.vocab_size, cfg.train.batch_size, self.device, training=True)
+        if ckpt is None:
+            return None
         return Saved(dict(ckpt.train_state), lambda m: checkpoint.load_model_weights(m, ckpt),
                      ckpt.optimizer_state, ckpt.path)
 

@@ -138,9 +138,8 @@ class Loop:
     def _model_and_state(self) -> None:
         cfg, task = self.cfg, self.task
         saved = task.saved()
-        self.start_step = self.resumed_from = int(saved.state["step"]) if saved is not None else 0
-        if saved is None:
-            self.resumed_from = None
+        self.resumed_from = int(saved.state["step"]) if saved is not None else None
+        self.start_step = self.resumed_from or 0
         (self.compiled, self.compile_reason), (self.graphed, self.graph_reason) = \
             task.decisions(cfg.train.steps - self.start_step)
         torch.manual_seed(cfg.train.seed)  # initial weights depend on the seed alone
