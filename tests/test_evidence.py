@@ -3,6 +3,8 @@ and both validation losses on identical windows (one pass where the model cannot
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -341,6 +343,26 @@ def test_study_all_writes_findings_and_resumes(cli, tiny_config, tmp_path, monke
     assert (out / "findings.md").exists() and "finished earlier, skipped" in again.out + again.err
     refused = cli("study", "tiny_ffn", "--resume", out)  # one study resumes through ablate/sweep --resume
     assert refused.code == 2 and refused.err.startswith("error: ")
+
+
+def test_study_all_takes_out_and_resume_as_strings_as_some_typer_releases_pass_them(tmp_path, monkeypatch):
+    """On a GPU machine `study --all --out DIR` failed with str / str: its Typer left the path a str."""
+    from types import SimpleNamespace
+
+    from tformer_cli.cli import experiments
+    from tformer_cli.render import findings
+    from tformer_cli.study import files
+
+    ctx = SimpleNamespace(params={"out": str(tmp_path / "all"), "resume": None, "config": "induction"})
+    o = experiments.ExperimentOptions.from_context(ctx)
+    assert o.out == tmp_path / "all" and o.config == Path("induction")
+    monkeypatch.setattr(files, "builtin_studies", lambda: [Path("a.yaml"), Path("b.yaml")])
+    ran = []
+    monkeypatch.setattr(experiments, "run_study", lambda o, path, out: ran.append(out) or "result")
+    monkeypatch.setattr(findings, "write_findings", lambda root, results: root / "findings.md")
+    monkeypatch.setattr(findings, "show_verdicts", lambda con, results: None)
+    experiments.run_all(o)
+    assert ran == [tmp_path / "all" / "a", tmp_path / "all" / "b"]
 
 
 def test_a_degenerate_member_blocks_a_verdict_unless_the_claim_predicts_it(tiny_config):

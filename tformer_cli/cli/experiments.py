@@ -97,6 +97,8 @@ class ExperimentOptions:
     def from_context(cls, ctx: typer.Context) -> "ExperimentOptions":
         """Read the shared options; with --resume, refuse every other option the user gave."""
         p = {("sets" if k == "set_" else k): v for k, v in ctx.params.items()}
+        # some Typer releases leave a path option a str in ctx.params (the callback alone gets a Path)
+        p.update({k: Path(p[k]) for k in ("config", "out", "resume") if isinstance(p.get(k), str)})
         opts = cls(**{k: p[k] for k in cls.__dataclass_fields__ if k in p})
         if opts.resume is not None:
             refuse_with_resume(ctx, opts.resume)
