@@ -117,3 +117,69 @@ def test_the_core_never_prints_or_draws():
         if "print(" in text or "matplotlib" in text or "import rich" in text or "from rich" in text:
             offenders.append(m)
     assert not offenders
+
+
+# ---------------------------------------------------------------- one verdict rule, statistics in study/
+
+STATS = "tformer_cli.study.stats"
+RULE_HOMES = ("tformer_cli.study.verdict", "tformer_cli.study.stats")  # the interval is tested only here
+BOUNDS = {"ci_low", "ci_high", "diff_ci_low", "diff_ci_high"}
+ORDER = (ast.Lt, ast.LtE, ast.Gt, ast.GtE)
+
+
+def _stats_imports(tree: ast.AST) -> list[str]:
+    """What ``tree`` takes from study.stats beyond its constants (UPPER_CASE names)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names if a.name == STATS]
+        elif isinstance(node, ast.ImportFrom) and node.module == "tformer_cli.study":
+            found += [f"{node.module}.{a.name}" for a in node.names if a.name == "stats"]
+        elif isinstance(node, ast.ImportFrom) and node.module == STATS:
+            found += [f"{STATS}.{a.name}" for a in node.names if not a.name.isupper()]
+    return found
+
+
+def _is_bound(node: ast.AST) -> bool:
+    """``x.ci_low`` or ``x["ci_low"]`` (either end of a 95% interval)."""
+    if isinstance(node, ast.Attribute):
+        return node.attr in BOUNDS
+    return isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) and node.slice.value in BOUNDS
+
+
+def _interval_tests(source: str) -> list[int]:
+    """Lines that test an interval bound against something (<, <=, >, >=) or take its width
+    (ci_high - ci_low, as the seeds-needed formula does).  ``is None`` checks are not tests."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare) and any(isinstance(op, ORDER) for op in node.ops):
+            if any(_is_bound(n) for operand in (node.left, *node.comparators) for n in ast.walk(operand)):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.BinOp) and isinstance(node.op, ast.Sub):
+            if any(_is_bound(n) for n in ast.walk(node.left)) and any(_is_bound(n) for n in ast.walk(node.right)):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_render_takes_no_statistics_from_study_stats():
+    """Means, sds, intervals and verdicts come computed from study/; render/ only formats them."""
+    offenders = {m: _stats_imports(ast.parse(p.read_text())) for m, p in MODULES.items() if _layer(m)[0] == "render"}
+    assert not {m: names for m, names in offenders.items() if names}
+
+
+def test_the_verdict_rule_lives_in_one_place():
+    """Only study/verdict.py (verdict.rule, with its seeds-needed formula) decides from an interval;
+    everyone else words verdict.rule's finding."""
+    offenders = {m: lines for m, p in MODULES.items()
+                 if m not in RULE_HOMES and (lines := _interval_tests(p.read_text()))}
+    assert not offenders
+
+
+def test_the_checks_catch_a_second_rule():
+    assert _interval_tests("if p.ci_low > 0:\n    pass")
+    assert _interval_tests('ok = -MARGIN < p["ci_low"] and p["ci_high"] < MARGIN')
+    assert _interval_tests("half = (p.ci_high - p.ci_low) / 2")
+    assert not _interval_tests('if v.ci_low is None or p["ci_high"] is not None:\n    s = f"{100 * v.ci_low:+.1f}"')
+    assert _stats_imports(ast.parse("from tformer_cli.study import stats"))
+    assert _stats_imports(ast.parse("from tformer_cli.study.stats import mean_std"))
+    assert not _stats_imports(ast.parse("from tformer_cli.study.stats import MIN_SEEDS"))

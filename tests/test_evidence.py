@@ -97,6 +97,42 @@ def test_two_seeds_are_undecided(tiny_config):
     assert v.outcome == "undecided" and "at least 3" in v.reason and v.suggestion == "--seeds 4"
 
 
+def test_the_one_verdict_rule():
+    """verdict.rule: paired differences, an expectation and a margin in; outcome, reason, suggestion
+    and what the interval shows (for callers that word it themselves) out."""
+    rule = verdict.rule
+    few = rule(stats.paired([0.1, 0.2]), "higher", 0.02)
+    assert (few.outcome, few.finding, few.suggestion) == ("undecided", verdict.TOO_FEW, "--seeds 4")
+    assert few.reason == "2 paired seed(s): at least 3 are needed to test a difference"
+    assert rule(stats.paired([]), "equal", 0.02).suggestion == "--seeds 3"
+    assert rule(stats.paired([0.100, 0.101]), "higher", 0.02, min_seeds=2).outcome == "agrees"
+
+    up = stats.paired([0.10, 0.11, 0.09])
+    r = rule(up, "higher", 0.02)
+    assert (r.outcome, r.finding, r.suggestion) == ("agrees", verdict.ABOVE, "")
+    assert r.reason == "the 95% interval is higher than the baseline's throughout"
+    r = rule(up, "lower", 0.02)
+    assert (r.outcome, r.reason) == ("disagrees", "the 95% interval is on the other side of zero")
+    assert rule(stats.paired([-0.10, -0.11, -0.09]), "higher", 0.02).outcome == "disagrees"
+    assert rule(stats.paired([-0.10, -0.11, -0.09]), "higher", 0.02).finding == verdict.BELOW
+    assert rule(up, "equal", 0.02).reason == "the 95% interval lies beyond ±0.02"
+
+    flat = stats.paired([0.001, -0.001, 0.0005])
+    r = rule(flat, "higher", 0.02)
+    assert (r.outcome, r.finding) == ("disagrees", verdict.WITHIN)
+    assert r.reason == "no difference that matters: the interval lies within ±0.02"
+    r = rule(flat, "equal", 0.02)
+    assert (r.outcome, r.reason) == ("agrees", "the 95% interval lies within ±0.02")
+
+    noisy = stats.paired([0.03, -0.01, 0.02, 0.0])
+    r = rule(noisy, "higher", 0.02)
+    assert (r.outcome, r.finding, r.suggestion) == ("undecided", verdict.STRADDLES, "--seeds 10")
+    assert r.reason == "the 95% interval [-0.0191, +0.0391] straddles the decision boundaries (margin ±0.02)"
+    assert "[-0.02, +0.04]" in rule(noisy, "equal", 0.02, fmt=lambda x: f"{x:+.2f}").reason
+    with pytest.raises(ValueError):
+        rule(noisy, "bigger", 0.02)
+
+
 def test_no_winner_among_unconverged_members(tiny_config):
     v = verdict.verdicts(_spec(tiny_config, [CLAIM]),
                          _rows([1.50, 1.80, 1.20], [1.60, 1.91, 1.29], still_learning=True))[0]

@@ -98,7 +98,7 @@ def test_a_fine_tune_step_reads_no_tensor_back_and_its_files_are_a_runs(tmp_path
 
     from tformer_cli.core.config import ModelConfig
     from tformer_cli.core.finetune_config import build
-    from tformer_cli.train.finetune import finetune
+    from tformer_cli.train.loop import finetune
 
     guard = _Guard(monkeypatch)
     _guard_steps(monkeypatch, lambda: setattr(guard, "active", True), lambda: setattr(guard, "active", False))

@@ -133,7 +133,7 @@ def _run(spec, path: Path, resume: bool, overwrite: bool, json_: bool):
     from tformer_cli.render.finetune import confusion_png
     from tformer_cli.render.progress import TrainDisplay
     from tformer_cli.run.finetune_dir import FinetuneDir, claim
-    from tformer_cli.train.finetune import finetune as core_finetune
+    from tformer_cli.train.loop import finetune as core_finetune
 
     with claim(Path(path), resume, overwrite) as p:
         with TrainDisplay("fine-tuning", to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:

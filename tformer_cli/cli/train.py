@@ -126,7 +126,10 @@ def _show_result(result, run_dir, json_: bool) -> None:
         err_console().print(f"interrupted: resume with  tformer train --resume {run_dir}",
                             soft_wrap=True)  # a command to copy: never wrapped
         raise Interrupted()
-    if not json_:
+    if not json_ and "exact_match" in result.extra:  # a seq2seq run (train --resume continues one)
+        console().print(f"held-out exact match {100 * result.extra['exact_match']:.1f}%, token accuracy "
+                        f"{100 * result.extra['token_accuracy']:.1f}%", soft_wrap=True)
+    elif not json_:
         console().print(f"next: tformer sample {run_dir} --prompt \"The \"", soft_wrap=True)
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from tformer_cli.core.config import ModelConfig
 from tformer_cli.core.device import varying_shape_attention
-from tformer_cli.core.model import Block, CausalSelfAttention, FeedForward, KVCache, ModelOutput
+from tformer_cli.core.model import Block, CausalSelfAttention, FeedForward, KVCache, ModelOutput, build_model
 
 
 class CrossAttention(nn.Module):
@@ -152,3 +152,9 @@ def greedy_prefix(model, src: torch.Tensor, n: int, sep: int, use_cache: bool = 
                 logits = model(seq, last_only=True).logits
     seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
     return seq[:, src.size(1) + 1:]
+
+
+def build_any(cfg: ModelConfig, vocab_size: int) -> nn.Module:
+    """The model of any run's config: the encoder-decoder of a seq2seq run (``arch: encdec``),
+    else core.model.build_model's (a GPT or the LSTM baseline)."""
+    return EncoderDecoder(cfg, vocab_size) if cfg.arch == "encdec" else build_model(cfg, vocab_size)

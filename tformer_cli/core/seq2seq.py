@@ -69,6 +69,19 @@ class PairSet:
         return len(self.tgt[0])
 
 
+def lengths(task: str) -> tuple[int, int]:
+    """(source length, target length) of every pair of ``task``."""
+    src, tgt = TASKS[task][1](random.Random(0))
+    return len(src), len(tgt)
+
+
+def block_size(arch: str, task: str) -> int:
+    """The positions a model of ``arch`` needs for ``task``: the longer sequence of the two for the
+    encoder-decoder (each stack reads one), ``source SEP target`` for the GPT reading a prefix."""
+    src, tgt = lengths(task)
+    return max(src, tgt) if arch == "encdec" else src + 1 + tgt
+
+
 def pairs(task: str) -> tuple[PairSet, PairSet]:
     """(train, test) of ``task``: N_TRAIN and N_TEST pairs; no test source occurs in training."""
     make = TASKS[task][1]

@@ -17,6 +17,7 @@ from tformer_cli.render.table import Col, show
 from tformer_cli.study.convergence import STILL_LEARNING, STILL_LEARNING_FRACTION
 from tformer_cli.study.results import ExperimentEntry, ExperimentResult, MemberSummary, RunEntry, Verdict
 from tformer_cli.study.stats import MIN_SEEDS
+from tformer_cli.study.job import PROBE_MARGIN
 from tformer_cli.study.verdict import signed
 
 MLM = "n/a (MLM)"
@@ -29,6 +30,17 @@ LOSS_CAPTION = (
     "optimises); val loss (causal-consistent): each prediction from a forward pass on its prefix only "
     "(what generation sees), on the same validation windows (at most 256). Δ vs baseline uses the "
     "causal-consistent loss (teacher-forced for MLM).")
+PROBE_CAPTION = (
+    f"converged: 'NO' when the held-out accuracy rose by more than {100 * PROBE_MARGIN:g} points over the last "
+    "fifth of the fine-tune (in any seed); no verdict names a winner among unconverged members.")
+CLASSIFY_CAPTION = (
+    "accuracy and macro_f1: on the held-out split, once, at the end; chance: the majority label's share of it; "
+    "train_accuracy: on at most 512 training examples; probe_accuracy: held-out accuracy at the start of the "
+    "last fifth of the fine-tune.")
+SEQ2SEQ_CAPTION = (
+    "val loss (teacher-forced): the target tokens of the 500 held-out pairs, predicted from the source and the "
+    "right target prefix; Δ vs baseline uses it. exact match: greedy decoding with the cache, every target "
+    "token right; token accuracy: the share of target tokens right.")
 
 
 def pm(mean: float | None, std: float | None, fmt=fmt_loss) -> str:
@@ -80,6 +92,7 @@ def _causal(s: MemberSummary) -> str:
 
 
 EXTRA_HEADERS = {"kv_cache_bytes_per_token": "KV cache per token (float32)",
+                 "exact_match": "exact match", "token_accuracy": "token accuracy",
                  "steps_to_baseline_loss": "steps to the baseline's final val loss"}
 
 
@@ -113,24 +126,37 @@ def _member_cells(r: ExperimentResult, s: MemberSummary) -> list[str]:
     return cells + ([str(s.d_k) if s.n_ok else ""] if _shows_d_k(r) else [])
 
 
+def _loss_cells(r: ExperimentResult, s: MemberSummary) -> dict[str, str]:
+    """The loss columns the members' task has: a language model all four, a seq2seq member no
+    causal-consistent loss (its held-out pairs are scored), a classifier fine-tune none but its
+    training loss (its held-out accuracy is the measure)."""
+    cells = {"train loss": pm(s.train_loss, s.train_loss_std)}
+    if r.task != "classify":
+        cells["val loss (teacher-forced)"] = pm(s.val_loss, s.val_loss_std)
+    if r.task == "lm":
+        cells["val loss (causal-consistent)"] = _causal(s)
+    if r.task != "classify":
+        cells["Δ vs baseline (95% CI)"] = diff_cell(s, r)
+    return cells
+
+
 def show_results(con: Console, r: ExperimentResult) -> None:
     multi = len(r.seeds) > 1
     extra_keys = sorted({k for s in r.summary for k in s.extra})
     cols = [Col("member", key=True), Col("what changed")] + [Col(a) for a in r.axes]
     cols += [Col("d_k", numeric=True)] if _shows_d_k(r) else []
-    cols += [Col(h, numeric=True) for h in ("params", "train loss", "val loss (teacher-forced)",
-                                             "val loss (causal-consistent)", "Δ vs baseline (95% CI)")]
+    loss_heads = list(_loss_cells(r, r.summary[0])) if r.summary else []
+    cols += [Col(h, numeric=True) for h in ["params", *loss_heads]]
     cols += [Col("converged")] + [Col(h, numeric=True) for h in ("tokens/s", "peak memory")]
     cols += [Col(EXTRA_HEADERS.get(k, k), numeric=True) for k in extra_keys]
     rows = []
     for s in r.summary:
         if not s.n_ok:
-            rows.append(_member_cells(r, s) + ["-"] * (8 + len(extra_keys)))
+            rows.append(_member_cells(r, s) + ["-"] * (4 + len(loss_heads) + len(extra_keys)))
             continue
-        rows.append(_member_cells(r, s) + [
-            fmt_params(s.params), pm(s.train_loss, s.train_loss_std), pm(s.val_loss, s.val_loss_std),
-            _causal(s), diff_cell(s, r), converged_cell(s), fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes),
-        ] + [extra_cell(s.extra.get(k), k) for k in extra_keys])
+        rows.append(_member_cells(r, s) + [fmt_params(s.params), *_loss_cells(r, s).values(), converged_cell(s),
+                                           fmt_int(s.tokens_per_s), fmt_bytes(s.peak_memory_bytes)]
+                    + [extra_cell(s.extra.get(k), k) for k in extra_keys])
     title = f"tformer {r.kind}: {r.out_dir}" + (f" ({len(r.seeds)} seeds, mean ± std)" if multi else "")
     show(con, cols, rows, title=escape(title))
 
@@ -180,10 +206,10 @@ def show_pivot(con: Console, r: ExperimentResult) -> None:
 def captions(r: ExperimentResult) -> list[str]:
     few = len(r.seeds) < MIN_SEEDS
     return [
-        LOSS_CAPTION,
+        {"lm": LOSS_CAPTION, "seq2seq": SEQ2SEQ_CAPTION}.get(r.task, CLASSIFY_CAPTION),
         f"significance: {r.significance_rule}." + (f" {len(r.seeds)} seed(s) here: no difference is tested "
                                                      f"(use --seeds {MIN_SEEDS} or more)." if few else ""),
-        CONVERGED_CAPTION,
+        CONVERGED_CAPTION if r.task != "classify" else PROBE_CAPTION,
         r.memory_note + ".",
         f"members ran {r.execution}; tokens/s: median over log intervals, eval excluded.",
     ]
@@ -192,10 +218,12 @@ def captions(r: ExperimentResult) -> list[str]:
 def render(con: Console, r: ExperimentResult) -> None:
     """Every table of an experiment, what the numbers mean, and where the files are."""
     show_results(con, r)
-    show_samples(con, r)
+    if r.task == "lm":  # a language model's sample and anatomy; a seq2seq member is scored on its pairs
+        show_samples(con, r)
     if len(r.axes) >= 2:
         show_pivot(con, r)
-    show_anatomy(con, r)
+    if r.task == "lm":
+        show_anatomy(con, r)
     wrap = not con.is_terminal  # a log keeps each line whole
     for c in captions(r):
         con.print(escape(c), style="dim", soft_wrap=wrap)
@@ -260,6 +288,7 @@ def show_runs(con: Console, entries: Sequence[RunEntry | ExperimentEntry], root:
         else:
             what = f"{e.members if e.members is not None else '?'} x {e.seeds if e.seeds is not None else '?'} seeds"
             failed = f", {e.failed} failed" if e.failed else ""
+            failed += f"; verdict: {', '.join(v.upper() for v in e.verdicts)}" if e.verdicts else ""
             rows.append([e.path, e.kind or "experiment", e.status + failed, what, fmt_loss(e.val_loss),
                          e.best or "-", "-", fmt_time(e.elapsed_s)])
     caption = None if entries else ("nothing found: runs are directories with config.yaml, experiments with "

@@ -157,11 +157,9 @@ def show_study(con: Console, r) -> None:
 
 def study_verdict(r) -> str:
     """The one verdict line on Q1: can a decoder-only GPT classify, and against the encoder?"""
-    from tformer_cli.study.classify import SOURCE
+    from tformer_cli.study.classify import SOURCE, headline
 
-    q = {(j.task, j.reference): j for j in r.judged if j.member == "gpt" and j.reference == "chance"}
-    enc = {j.task: j for j in r.judged if j.member == "encoder" and j.reference == "gpt"}
-    can = [t for t in r.tasks if q[(t, "chance")].outcome == "agrees"]
+    can, enc = headline(r)
     parts = [f"a fine-tuned GPT classifies above chance on {len(can)} of {len(r.tasks)} tasks"
              + (f" ({', '.join(can)})" if can else "")]
     for t in r.tasks:

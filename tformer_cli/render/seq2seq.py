@@ -11,22 +11,20 @@ from tformer_cli.render.table import Col, show
 
 
 def show_seq2seq(con: Console, r) -> None:
-    from tformer_cli.study import stats
-    from tformer_cli.study.seq2seq import outcome
+    from tformer_cli.study.seq2seq import ARCHS, table
 
     cols = [Col("task", key=True), Col("encdec exact %", numeric=True), Col("gpt exact %", numeric=True),
             Col("Δ encdec - gpt [95% CI]", numeric=True), Col("verdict")]
     rows = []
-    for task in r.tasks:
+    for t in table(r):
         cells = []
-        for arch in ("encdec", "gpt"):
-            mean, sd = stats.mean_std([x.exact_match for x in r.rows if x.task == task and x.arch == arch])
-            cells.append(f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}"))
-        p = r.paired[task]
-        delta = "-" if p["delta"] is None else f"{100 * p['delta']:+.1f}"
-        if p["ci_low"] is not None:
-            delta += f" [{100 * p['ci_low']:+.1f}, {100 * p['ci_high']:+.1f}]"
-        rows.append([task, *cells, delta, outcome(p)])
+        for arch in ARCHS:
+            mean, sd = t.exact_match[arch]
+            cells.append("-" if mean is None else f"{100 * mean:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}"))
+        delta = "-" if t.delta is None else f"{100 * t.delta:+.1f}"
+        if t.ci_low is not None:
+            delta += f" [{100 * t.ci_low:+.1f}, {100 * t.ci_high:+.1f}]"
+        rows.append([t.task, *cells, delta, t.verdict])
     show(con, cols, rows, title=f"held-out exact match over {len(r.seeds)} seeds ({r.budget['steps']} steps each)")
     for note in r.notes:
         line(con, escape(note))

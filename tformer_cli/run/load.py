@@ -18,6 +18,10 @@ def load_for_inference(run_dir: str | Path, device_name: str = "auto"):
 
     ckpt = checkpoint.load(run_dir, with_optimizer=False)
     cfg = ckpt.config
+    if cfg.task.kind == "seq2seq":  # pairs in, pairs out: no prompt to continue, no tokenizer
+        raise RunError(f"{run_dir} is a seq2seq run (model.arch {cfg.model.arch} on task {cfg.task.data}), not a "
+                       "language model", hint="its held-out exact match is in its summary.json; `tformer seq2seq` "
+                       "trains and scores these")
     device = dev.select(device_name)
     check_fits(cfg.model, ckpt.vocab_size, 1, device, training=False, what="loading the model")
     model = build_model(cfg.model, ckpt.vocab_size)

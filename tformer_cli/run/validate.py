@@ -287,10 +287,10 @@ def meta_model(cfg, vocab_size: int):
     """The model of ``cfg`` on the meta device: every shape, no memory."""
     import torch
 
-    from tformer_cli.core.model import build_model
+    from tformer_cli.core.encdec import build_any
 
     with torch.device("meta"):
-        return build_model(cfg.model, vocab_size)
+        return build_any(cfg.model, vocab_size)
 
 
 def model_shapes(model) -> dict[str, tuple[int, ...]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from typing import Callable
 from tformer_cli.core.config import from_dict
 from tformer_cli.core.finetune_config import build
 from tformer_cli.errors import ConfigError, Stopped
-from tformer_cli.study import stats
+from tformer_cli.study import stats, verdict
 
 MODEL = {"d_model": 64, "n_layer": 2, "n_head": 4, "block_size": 64, "dropout": 0.0}
 PRETRAIN = {"batch_size": 32, "lr": 0.003, "warmup_steps": 30, "eval_iters": 10, "log_interval": 50,
@@ -179,7 +178,7 @@ def _task_rows(out_dir, task, seeds, steps, runs, progress, should_stop) -> list
 def _member(path: Path, m: Member, task: str, seed: int, steps: int, runs, data, should_stop) -> Row:
     from tformer_cli.run.finetune_dir import FinetuneDir, claim
     from tformer_cli.run.resume import run_config
-    from tformer_cli.train.finetune import finetune
+    from tformer_cli.train.loop import finetune
 
     fd = FinetuneDir(path)
     summary = fd.read_json(fd.SUMMARY) if fd.file(fd.SUMMARY).exists() else None
@@ -233,21 +232,17 @@ def _judge(claim: str, task: str, member: str, ref: str, rows: list[Row]) -> Jud
         others = list(mine.values()) + list(theirs.values())
     p = stats.paired(diffs, MARGIN)
     j = Judged(claim, task, member, ref, p.n, p.delta, p.ci_low, p.ci_high, p.p_value, "undecided", "")
-    if p.n < stats.MIN_SEEDS:
+    v = verdict.rule(p, "higher", MARGIN)
+    if v.finding == verdict.TOO_FEW:
         j.reason = f"fewer than {stats.MIN_SEEDS} seeds: no test"
     elif any(r.unconverged for r in others):
         j.reason = "a member was still learning at the end: give more --steps"
-    elif p.ci_low > 0:
-        j.outcome, j.reason = "agrees", "the 95% interval is above zero"
-    elif p.ci_high < 0:
-        j.outcome, j.reason = "disagrees", "the 95% interval is below zero"
-    elif -MARGIN < p.ci_low and p.ci_high < MARGIN:
-        j.outcome = "disagrees"
-        j.reason = f"no difference that matters: the interval lies within ±{100 * MARGIN:g} points"
     else:
-        half = (p.ci_high - p.ci_low) / 2
-        need = min(50, max(p.n + 1, math.ceil(p.n * (half / max(abs(p.delta), MARGIN)) ** 2) + 1))
-        j.reason = f"the interval straddles zero; about --seeds {need} would decide"
+        j.outcome, j.reason = v.outcome, {
+            verdict.ABOVE: "the 95% interval is above zero",
+            verdict.BELOW: "the 95% interval is below zero",
+            verdict.WITHIN: f"no difference that matters: the interval lies within ±{100 * MARGIN:g} points",
+        }.get(v.finding, f"the interval straddles zero; about {v.suggestion} would decide")
     return j
 
 
@@ -280,3 +275,11 @@ def summarize(rows: list[Row], task: str, member: str) -> tuple[float, float | N
     mine = [r for r in rows if r.task == task and r.member == member]
     acc, sd = stats.mean_std([r.accuracy for r in mine])
     return acc, sd, statistics.fmean(r.macro_f1 for r in mine), mine[0].params
+
+
+def headline(result: StudyResult) -> tuple[list[str], dict[str, Judged]]:
+    """The one verdict on Q1, as judged: the tasks on which the fine-tuned GPT classifies above
+    chance (that claim agrees), in task order, and each task's encoder-vs-GPT judgement."""
+    above = {j.task for j in result.judged if j.member == "gpt" and j.reference == "chance" and j.outcome == "agrees"}
+    encoder = {j.task: j for j in result.judged if j.member == "encoder" and j.reference == "gpt"}
+    return [t for t in result.tasks if t in above], encoder

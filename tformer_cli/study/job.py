@@ -14,6 +14,7 @@ from typing import Any, Callable, ContextManager
 from tformer_cli.core.anatomy import kv_cache_bytes_per_token
 from tformer_cli.core.config import Config
 from tformer_cli.errors import Stopped, TformerError
+from tformer_cli.run.finetune_dir import FinetuneDir
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.study import convergence
 from tformer_cli.study.measure import Evaluator, anatomy_columns, default_evaluator, measure
@@ -34,11 +35,30 @@ class Job:
     run_dir: Path
     label: str
 
+    @property
+    def fine_tune(self) -> bool:
+        """A classifier fine-tune (task.kind classify): a fine-tune directory, not a run's."""
+        return self.cfg.task.kind == "classify"
+
     def finished(self) -> dict[str, Any] | None:
+        if self.fine_tune:
+            fd = FinetuneDir(self.run_dir)
+            s = fd.read_json(fd.SUMMARY) if fd.file(fd.SUMMARY).exists() else None
+            done = isinstance(s, dict) and not s.get("interrupted") and s.get("steps_done") == s.get("steps")
+            return s if done else None
         return RunDir(self.run_dir).finished_summary()
 
     def can_continue(self) -> bool:
-        return RunDir(self.run_dir).has_checkpoint()
+        return (FinetuneDir if self.fine_tune else RunDir)(self.run_dir).has_checkpoint()
+
+    def prepare(self) -> None:
+        """A fresh directory for the member (one without a checkpoint has nothing to keep)."""
+        if not self.fine_tune:
+            RunDir(self.run_dir).prepare(overwrite=True)
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for name in FinetuneDir.FILES:
+            (self.run_dir / name).unlink(missing_ok=True)
 
 
 def default_trainer(cfg: Config, run_dir: Path, *, resume: bool, progress, should_stop):
@@ -65,7 +85,7 @@ def train_member(j: Job, *, cont: bool, trainer: Trainer | None = None, display:
     ctx = display(j.label) if display else contextlib.nullcontext(lambda e: None)
     try:
         if not cont:
-            RunDir(j.run_dir).prepare(overwrite=True)  # a member dir without a checkpoint has nothing to keep
+            j.prepare()
         with ctx as progress:
             result = trainer(j.cfg, j.run_dir, resume=cont, progress=progress, should_stop=should_stop)
     except Stopped:  # stopped before its first checkpoint: not a failure, nothing to keep
@@ -81,7 +101,7 @@ def train_member(j: Job, *, cont: bool, trainer: Trainer | None = None, display:
 def measured(o: MemberOutcome, j: Job, prompt: str | None, evaluator: Evaluator | None,
              say: Callable[[str], None]) -> MemberOutcome:
     """``o`` with the measurement of a member that finished (read back from its cache when skipped)."""
-    if o.status == "ok" and o.post is None:
+    if o.status == "ok" and o.post is None and j.cfg.task.kind == "lm":  # a seq2seq run scores itself
         try:
             o.post = measure(j.run_dir, j.cfg, prompt, evaluator or default_evaluator, o.skipped, say, j.label)
         except Stopped:  # Ctrl-C or SIGTERM while measuring: trained, not measured; --resume measures it
@@ -100,7 +120,7 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
         return row
     row.error, row.hint = o.error, o.hint
     s = o.summary
-    if s.get("vocab_size"):
+    if s.get("vocab_size") and j.cfg.task.kind == "lm":  # the anatomy is a language model's
         for k, v in anatomy_columns(j.cfg, s["vocab_size"]).items():
             setattr(row, k, v)
     for k in ("params", "train_loss", "val_loss", "tokens_per_s", "peak_memory_bytes", "memory_source",
@@ -113,12 +133,32 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
         row.measure_s = o.post.seconds
         if o.post.val_loss is not None:  # teacher-forced on the causal-consistent loss's own windows
             row.val_loss = o.post.val_loss
-    if o.status == "ok":
+    if j.fine_tune:
+        _classifier_columns(row, s)
+    elif o.status == "ok":
         _, val = RunDir(j.run_dir).curves()
         row.val_drop_last_fifth = convergence.last_fifth_drop(val, j.cfg.train.steps)
         final = val[-1][1] if val else None
         row.still_learning = convergence.still_learning(row.val_drop_last_fifth, final, s.get("init_loss_ref"))
-    row.extra = dict(s.get("extra") or {})  # task metrics (synthetic corpora): extra columns
+    row.extra = {**dict(s.get("extra") or {}), **row.extra}  # task metrics (synthetic corpora): extra columns
     if any(k in j.member.axes for k in KV_AXES):  # what the head counts cost at generation
         row.extra["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(j.cfg.model)
     return row
+
+
+PROBE_MARGIN = 0.02  # a fine-tune still learning: held-out accuracy rose by more than this over the last fifth
+
+
+def _classifier_columns(row: MemberRow, s: dict[str, Any]) -> None:
+    """A fine-tune's held-out scores as the row's metrics; still learning when the accuracy probed
+    at the start of the last fifth (train.finetune.PROBE_AT) was more than PROBE_MARGIN below the
+    final one (the training loss is no guide: it keeps falling while a small set is memorised)."""
+    test = s.get("test") or {}
+    for k in ("accuracy", "macro_f1", "chance"):
+        if isinstance(test.get(k), (int, float)):
+            row.extra[k] = test[k]
+    if isinstance(s.get("train_accuracy"), (int, float)):
+        row.extra["train_accuracy"] = s["train_accuracy"]
+    probe = (s.get("extra") or {}).get("probe_accuracy")
+    if isinstance(probe, (int, float)) and "accuracy" in row.extra:
+        row.still_learning = row.extra["accuracy"] - probe > PROBE_MARGIN

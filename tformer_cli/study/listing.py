@@ -45,9 +45,13 @@ def _run_entry(p: Path) -> RunEntry:
         return RunEntry(str(p), f"damaged: {_why(RunError(problem))}")
     if s is None:
         return RunEntry(str(p), "imported, not trained" if _imported(p) else "no summary (running or crashed)")
-    return RunEntry(str(p), "interrupted" if s.get("interrupted") else "finished",
-                    steps=f"{s.get('steps_done')}/{s.get('steps')}", val_loss=s.get("val_loss"),
-                    params=s.get("params"), tokens_per_s=s.get("tokens_per_s"), elapsed_s=s.get("elapsed_s"))
+    status, extra = "interrupted" if s.get("interrupted") else "finished", s.get("extra") or {}
+    exact = extra.get("exact_match") if isinstance(extra, dict) else None
+    if is_num(exact):  # a seq2seq run: its held-out exact match
+        status += f", exact match {100 * exact:.1f}%"
+    return RunEntry(str(p), status, steps=f"{s.get('steps_done')}/{s.get('steps')}", val_loss=s.get("val_loss"),
+                    params=s.get("params"), tokens_per_s=s.get("tokens_per_s"), elapsed_s=s.get("elapsed_s"),
+                    **({"type": "seq2seq"} if exact is not None else {}))
 
 
 def _finetune_entry(p: Path) -> RunEntry:
@@ -102,4 +106,5 @@ def _experiment_entry(p: Path) -> ExperimentEntry:
     e.elapsed_s = r.elapsed_s
     e.best, e.val_loss = (best.member, best.compared_loss) if best else (None, None)
     e.failed = failed
+    e.verdicts = [v.outcome for v in r.verdicts if isinstance(v.outcome, str)]
     return e

@@ -241,6 +241,7 @@ class ExperimentResult:
     elapsed_s: float
     verdicts: list[Verdict] = field(default_factory=list)  # one per claim of a study file
     tuning: list[dict[str, Any]] = field(default_factory=list)  # --tune lr: each member's rate and losses
+    task: str = "lm"  # the members' task.kind: lm | seq2seq (what was trained, so what is shown)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -258,7 +259,7 @@ class ExperimentResult:
                    memory_note=d.get("memory_note", ""), significance_rule=d.get("significance_rule", ""),
                    notes=list(d.get("notes", [])), plot=d.get("plot"), elapsed_s=d.get("elapsed_s") or 0.0,
                    verdicts=[Verdict.from_dict(v) for v in d.get("verdicts") or []],
-                   tuning=list(d.get("tuning") or []))
+                   tuning=list(d.get("tuning") or []), task=d.get("task") or "lm")
 
 
 def write_results(result: ExperimentResult) -> None:
@@ -318,6 +319,7 @@ class ExperimentEntry:
     val_loss: float | None = None
     failed: int = 0
     type: str = "experiment"
+    verdicts: list[str] = field(default_factory=list)  # the outcome of each claim: agrees | disagrees | undecided
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -88,7 +88,7 @@ def run_experiment(
             execution=execution,
             memory_note=stats.memory_note(rows, execution), significance_rule=stats.SIGNIFICANCE_RULE,
             notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0 + _earlier(out_dir, resume),
-            verdicts=verdict.verdicts(spec, rows))
+            verdicts=verdict.verdicts(spec, rows), task=spec.config().task.kind)
         write_results(result)
         return result
     finally:

@@ -48,9 +48,13 @@ class Seq2SeqResult:
     elapsed_s: float
     out: str | None = None
     notes: list[str] = field(default_factory=list)
+    interrupted: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+STUDY = "seq2seq_encdec"  # the shipped study file: the two models and their settings
 
 
 def models() -> dict[str, ModelConfig]:
@@ -58,28 +62,46 @@ def models() -> dict[str, ModelConfig]:
             "gpt": dataclasses.replace(MODEL, n_layer=2 * MODEL.n_layer)}
 
 
-def run_seq2seq(tasks: list[str], seeds: list[int], steps: int, out: Path | None = None,
-                progress: Callable[[str], None] = lambda s: None,
-                should_stop: Callable[[], bool] = lambda: False) -> Seq2SeqResult:
-    from tformer_cli.train.seq2seq import train_and_score
+def task_spec(task: str, seeds: int, steps: int):
+    """The experiment of one task: the shipped study's two members (encdec the baseline, gpt its
+    arm) at ``steps`` (warm-up a tenth, an evaluation every fifth), seeds 0 .. seeds-1."""
+    from tformer_cli.study import files
+
+    overrides = {"task.data": task, "train.steps": steps, "train.seed": 0, "train.warmup_steps": max(1, steps // 10),
+                 "train.eval_interval": max(1, steps // 5), "train.log_interval": max(1, steps // 10),
+                 "train.lr": BUDGET["lr"], "train.batch_size": BUDGET["batch_size"]}
+    return files.study_from(files.Source(files.find_study(Path(STUDY)), None, overrides, seeds))
+
+
+def run_seq2seq(tasks: list[str], seeds: list[int], steps: int, out: Path,
+                should_stop: Callable[[], bool] = lambda: False, **runner) -> Seq2SeqResult:
+    """Each task as an experiment of the runner in OUT/<task> (run directories, --jobs, a re-run
+    with the same OUT continues); the rows of both architectures, paired by seed."""
+    from tformer_cli.errors import ConfigError
+    from tformer_cli.study.runner import run_experiment
+    from tformer_cli.study.spec import is_experiment_dir, load_spec
 
     t0, budget = time.perf_counter(), {**BUDGET, "steps": steps}
-    rows = []
+    rows, interrupted = [], False
     for task in tasks:
-        for seed in seeds:
-            for arch, cfg in models().items():
-                s = train_and_score(arch, cfg, task, seed, steps, budget["batch_size"], budget["lr"], should_stop)
-                rows.append(Row(task, arch, seed, s.exact_match, s.token_accuracy, s.train_loss, s.params,
-                                s.elapsed_s))
-                progress(f"{task}: {arch} seed {seed}: exact match {100 * s.exact_match:.1f}% ({s.elapsed_s:.0f}s)")
+        spec, where = task_spec(task, len(seeds), steps), out / task
+        again = is_experiment_dir(where)
+        if again and load_spec(where).to_dict() != spec.to_dict():
+            raise ConfigError(f"{where} holds this task with other settings (seeds or steps)",
+                              hint="give another --out, or the same --seeds and --steps to continue it")
+        result = run_experiment(spec, where, resume=again, should_stop=should_stop, **runner)
+        arch = {m.name: spec.member_config(m, spec.seeds[0]).model.arch for m in spec.members}
+        rows += [Row(task, arch[r.member], r.seed, r.extra["exact_match"], r.extra["token_accuracy"], r.train_loss,
+                     r.params, r.elapsed_s) for r in result.rows if r.status == "ok" and "exact_match" in r.extra]
+        if result.interrupted or should_stop():
+            interrupted = True
+            break
     paired = {t: asdict(_paired(rows, t)) for t in tasks}
     result = Seq2SeqResult(list(tasks), list(seeds), budget, {k: asdict(v) for k, v in models().items()}, rows,
-                           paired, time.perf_counter() - t0, str(out) if out else None, _notes(rows))
-    if out is not None:
-        from tformer_cli.core.io import atomic_write_text
+                           paired, time.perf_counter() - t0, str(out), _notes(rows), interrupted)
+    from tformer_cli.core.io import atomic_write_text
 
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     return result
 
 
@@ -90,16 +112,42 @@ def _paired(rows: list[Row], task: str) -> stats.Paired:
 
 
 def outcome(p: dict) -> str:
-    """The comparison in words: which is better, no difference within ±MARGIN, or undecided."""
-    if p["n"] < stats.MIN_SEEDS or p["ci_low"] is None:
-        return f"undecided (fewer than {stats.MIN_SEEDS} seeds)"
-    if p["ci_low"] > 0:
-        return "encdec better"
-    if p["ci_high"] < 0:
-        return "gpt better"
-    if -MARGIN < p["ci_low"] and p["ci_high"] < MARGIN:
-        return f"no difference (within ±{100 * MARGIN:g} pts)"
-    return "undecided"
+    """The comparison in words (verdict.rule, two-sided): which is better, no difference within
+    ±MARGIN, or undecided."""
+    from tformer_cli.study import verdict
+
+    known = {f.name for f in dataclasses.fields(stats.Paired)}
+    finding = verdict.rule(stats.Paired(**{k: v for k, v in p.items() if k in known}), "equal", MARGIN).finding
+    return {verdict.TOO_FEW: f"undecided (fewer than {stats.MIN_SEEDS} seeds)",
+            verdict.ABOVE: "encdec better", verdict.BELOW: "gpt better",
+            verdict.WITHIN: f"no difference (within ±{100 * MARGIN:g} pts)"}.get(finding, "undecided")
+
+
+ARCHS = ("encdec", "gpt")
+
+
+@dataclass(frozen=True)
+class TaskLine:
+    """One task of the comparison, computed for the table: exact match (mean, sd over seeds) per
+    architecture, the paired difference encdec - gpt with its 95% interval, and the verdict."""
+
+    task: str
+    exact_match: dict[str, tuple[float | None, float | None]]  # arch -> (mean, sd); sd None with one seed
+    delta: float | None
+    ci_low: float | None
+    ci_high: float | None
+    verdict: str
+
+
+def table(result: Seq2SeqResult) -> list[TaskLine]:
+    """Per task, what `tformer seq2seq` prints: means, sds, the paired difference and its verdict."""
+    out = []
+    for task in result.tasks:
+        p = result.paired[task]
+        means = {a: stats.mean_std([x.exact_match for x in result.rows if x.task == task and x.arch == a])
+                 for a in ARCHS}
+        out.append(TaskLine(task, means, p["delta"], p["ci_low"], p["ci_high"], outcome(p)))
+    return out
 
 
 def _notes(rows: list[Row]) -> list[str]:

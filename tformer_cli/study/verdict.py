@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from tformer_cli.errors import ConfigError
 from tformer_cli.study import stats
@@ -110,14 +110,12 @@ def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
     steps = spec.config().train.steps
     unconverged = [r for r in theirs.values() if r.still_learning or r.degenerate]
     unconverged += [r for r in mine.values() if r.still_learning or (r.degenerate and not claim.allow_degenerate)]
-    if p.n < stats.MIN_SEEDS:
-        v.reason = f"{p.n} paired seed(s): at least {stats.MIN_SEEDS} are needed to test a difference"
-        v.suggestion = f"--seeds {max(stats.MIN_SEEDS, 2 * max(p.n, 1))}"
-    elif unconverged:
+    r = rule(p, claim.expect, claim.margin, fmt=lambda x: signed(x, claim.metric))
+    if r.finding != TOO_FEW and unconverged:  # too few seeds is said first; then no winner among the unconverged
         v.reason = _unconverged_reason(unconverged)
         v.suggestion = f"--steps {2 * steps}"
     else:
-        _judge(v, p)
+        v.outcome, v.reason, v.suggestion = r.outcome, r.reason, r.suggestion
     return v
 
 
@@ -134,33 +132,59 @@ def _unconverged_reason(rows: list[MemberRow]) -> str:
     return "; ".join(parts) + ": no winner is named among unconverged members"
 
 
-def _judge(v: Verdict, p: stats.Paired) -> None:
-    """Set outcome, reason and suggestion from the interval (at least MIN_SEEDS seeds, converged)."""
-    lo, hi, m = p.ci_low, p.ci_high, v.margin
-    assert lo is not None and hi is not None
+TOO_FEW, ABOVE, BELOW, WITHIN, STRADDLES = "too few seeds", "above", "below", "within", "straddles"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What an interval of paired differences says of an expectation (the one verdict rule).
+
+    ``finding`` is what the interval shows, whatever was expected, for callers that word it
+    themselves: TOO_FEW (fewer than min_seeds seeds, or no interval), ABOVE or BELOW (wholly
+    above or below zero: that side is ahead), WITHIN (inside ±margin: no difference that
+    matters), or STRADDLES (none of these)."""
+
+    outcome: str  # agrees | disagrees | undecided
+    reason: str
+    suggestion: str = ""  # what budget would decide ("--seeds N"), when undecided
+    finding: str = STRADDLES
+
+
+def rule(p: stats.Paired, expect: str, margin: float, *, min_seeds: int = stats.MIN_SEEDS,
+         fmt: Callable[[float], str] | None = None) -> Rule:
+    """The verdict of the paired differences ``p`` (member - reference) on ``expect`` (higher |
+    lower | equal) with the smallest difference that matters ``margin``.  Pure: the caller checks
+    convergence (it has the rows).  ``fmt`` writes an interval bound in the undecided reason
+    (default: 4 signed decimals)."""
+    if expect not in EXPECT:
+        raise ValueError(f"expect: {expect!r}, expected one of {', '.join(EXPECT)}")
+    lo, hi, m = p.ci_low, p.ci_high, margin
+    if p.n < min_seeds or lo is None or hi is None:
+        return Rule("undecided", f"{p.n} paired seed(s): at least {min_seeds} are needed to test a difference",
+                    f"--seeds {max(min_seeds, 2 * max(p.n, 1))}", TOO_FEW)
     within = -m < lo and hi < m
-    if v.expect == "equal":
+    finding = ABOVE if lo > 0 else BELOW if hi < 0 else WITHIN if within else STRADDLES
+    if expect == "equal":
         if within:
-            v.outcome, v.reason = "agrees", f"the 95% interval lies within ±{m:g}"
-        elif lo > m or hi < -m:
-            v.outcome, v.reason = "disagrees", f"the 95% interval lies beyond ±{m:g}"
+            return Rule("agrees", f"the 95% interval lies within ±{m:g}", finding=finding)
+        if lo > m or hi < -m:
+            return Rule("disagrees", f"the 95% interval lies beyond ±{m:g}", finding=finding)
     else:
-        sign = 1 if v.expect == "higher" else -1
-        lo_s, hi_s = sorted((sign * lo, sign * hi))
-        if lo_s > 0:
-            v.outcome, v.reason = "agrees", f"the 95% interval is {v.expect} than the baseline's throughout"
-        elif hi_s < 0:
-            v.outcome, v.reason = "disagrees", "the 95% interval is on the other side of zero"
-        elif within:
-            v.outcome, v.reason = "disagrees", f"no difference that matters: the interval lies within ±{m:g}"
-    if v.outcome == "undecided":
-        v.reason = (f"the 95% interval [{signed(lo, v.metric)}, {signed(hi, v.metric)}] straddles the decision "
-                    f"boundaries (margin ±{m:g})")
-        v.suggestion = f"--seeds {_seeds_needed(p, m)}"
+        ahead = ABOVE if expect == "higher" else BELOW
+        if finding == ahead:
+            return Rule("agrees", f"the 95% interval is {expect} than the baseline's throughout", finding=finding)
+        if finding in (ABOVE, BELOW):
+            return Rule("disagrees", "the 95% interval is on the other side of zero", finding=finding)
+        if within:
+            return Rule("disagrees", f"no difference that matters: the interval lies within ±{m:g}", finding=finding)
+    fmt = fmt or (lambda x: f"{x:+.4f}")
+    return Rule("undecided", f"the 95% interval [{fmt(lo)}, {fmt(hi)}] straddles the decision boundaries "
+                f"(margin ±{m:g})", f"--seeds {_seeds_needed(p, m)}", finding)
 
 
 def _seeds_needed(p: stats.Paired, margin: float) -> int:
     """Seeds for the interval to shrink below the larger of |delta| and the margin (a rough guide)."""
+    assert p.ci_low is not None and p.ci_high is not None
     half = (p.ci_high - p.ci_low) / 2
     target = max(abs(p.delta or 0.0), margin)
     return int(min(50, max(p.n + 1, math.ceil(p.n * (half / target) ** 2) + 1)))

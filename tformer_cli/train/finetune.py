@@ -1,5 +1,5 @@
-"""Fine-tuning for classification: the classify task of the one training loop (train/loop.py),
-into a fine-tune directory (run/finetune_dir.py); returns a FinetuneResult.
+"""Fine-tuning for classification: the classify task of the one training loop (train/loop.py,
+whose ``finetune`` runs it), into a fine-tune directory (run/finetune_dir.py); a FinetuneResult.
 
 As in pretraining, the batch of step s is drawn from a generator seeded by (seed, s) and the
 loop seeds the dropout of step s, so a resumed fine-tune replays exactly what an uninterrupted
@@ -27,11 +27,10 @@ from tformer_cli.core.labelled import Labelled, check_labels, load_labelled
 from tformer_cli.errors import ConfigError, DataError, RunError
 from tformer_cli.run import finetune_dir as fdir
 from tformer_cli.run.finetune_dir import FinetuneDir
-from tformer_cli.train.loop import run_task
 from tformer_cli.train.task import Event, LoopStats, Saved, Task
 
 TRAIN_ACC_EXAMPLES = 512  # training accuracy on this many examples: is the model still far from fitting?
-__all__ = ["FinetuneResult", "PROBE_AT", "finetune", "predict", "encode_texts"]
+__all__ = ["ClassifyTask", "FinetuneResult", "PROBE_AT", "predict", "encode_texts"]
 
 
 @dataclass
@@ -66,15 +65,6 @@ class FinetuneResult:
     def from_dict(cls, d: dict[str, Any]) -> "FinetuneResult":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def finetune(spec: FinetuneSpec, run_dir: str | Path, *, resume: bool = False,
-             progress: Callable[[Event], None] | None = None,
-             should_stop: Callable[[], bool] | None = None, data: Labelled | None = None) -> FinetuneResult:
-    """Fine-tune ``spec`` into ``run_dir`` (claimed by the caller), or continue it with ``resume``.
-    ``data``: the labelled set already loaded (a study shares one across members)."""
-    return run_task(ClassifyTask(spec, Path(run_dir), resume, data), resume=resume, progress=progress,
-                    should_stop=should_stop)
 
 
 def encode_texts(tok, texts: list[str], block_size: int, split: str) -> list[list[int]]:

@@ -19,7 +19,7 @@ import math
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
@@ -36,7 +36,12 @@ from tformer_cli.train.optim import load_optimizer_state, make_optimizer, set_lr
 from tformer_cli.train.result import TrainResult
 from tformer_cli.train.task import Event, LoopStats, Task
 
-__all__ = ["Event", "Loop", "TrainResult", "run_task", "train"]
+if TYPE_CHECKING:  # names for the annotations only: train/finetune.py imports this module
+    from tformer_cli.core.finetune_config import FinetuneSpec
+    from tformer_cli.core.labelled import Labelled
+    from tformer_cli.train.finetune import FinetuneResult
+
+__all__ = ["Event", "Loop", "TrainResult", "finetune", "run_task", "train"]
 
 
 # ---------------------------------------------------------------- the loop
@@ -53,7 +58,7 @@ def train(
     dataset: Dataset | None = None,
     init_from: str | Path | None = None,
 ) -> TrainResult:
-    """Train the language model ``cfg`` into ``run_dir`` (made by the caller with prepare_run_dir,
+    """Train the language model (or seq2seq run) ``cfg`` into ``run_dir`` (made by the caller with prepare_run_dir,
     or resumed).
 
     ``progress`` receives Events; ``should_stop`` is polled between steps (the run then saves a
@@ -62,9 +67,30 @@ def train(
     """
     from tformer_cli.train.lm import LMTask
 
+    if cfg.task.kind == "seq2seq":  # a run directory like a language model's, its own task
+        from tformer_cli.train.seq2seq import Seq2SeqTask
+
+        return run_task(Seq2SeqTask(cfg, Path(run_dir), resume), resume=resume, progress=progress,
+                        should_stop=should_stop)
+    if cfg.task.kind == "classify":  # a study's fine-tune member: a fine-tune directory
+        from tformer_cli.core.finetune_config import FinetuneSpec
+
+        return finetune(FinetuneSpec.from_config(cfg), run_dir, resume=resume, progress=progress,
+                        should_stop=should_stop)
     dist = dist or DistInfo()
     task = LMTask(cfg, Path(run_dir), dist, dataset, init_from, resume)
     return run_task(task, resume=resume, progress=progress, should_stop=should_stop, dist=dist)
+
+
+def finetune(spec: "FinetuneSpec", run_dir: str | Path, *, resume: bool = False,
+             progress: Callable[[Event], None] | None = None, should_stop: Callable[[], bool] | None = None,
+             data: "Labelled | None" = None) -> "FinetuneResult":
+    """Fine-tune ``spec`` into ``run_dir`` (claimed by the caller), or continue it with ``resume``:
+    the classify task (train/finetune.py).  ``data``: the labelled set already loaded."""
+    from tformer_cli.train.finetune import ClassifyTask
+
+    return run_task(ClassifyTask(spec, Path(run_dir), resume, data), resume=resume, progress=progress,
+                    should_stop=should_stop)
 
 
 def run_task(task: Task, *, resume: bool = False, progress: Callable[[Event], None] | None = None,
