@@ -140,6 +140,25 @@ def test_no_winner_among_unconverged_members(tiny_config):
     assert v.suggestion == f"--steps {2 * from_dict(tiny_config).train.steps}"
 
 
+def test_a_claim_may_name_the_member_it_is_compared_with(tiny_config):
+    """claim.baseline: the reference member (a fine-tune's encoder against the GPT, not against the
+    study's baseline); a name that is no member, or the claim's own, is refused."""
+    base = from_dict(tiny_config)
+    members = ablation_members(base, no_ffn=True, no_causal_mask=True)
+    spec = Spec("ablate", base.to_dict(), members, [1, 2, 3])
+    rows = _rows([1.50, 1.80, 1.20], [1.60, 1.91, 1.29])
+    rows += [MemberRow(member="no-causal-mask", seed=s, changed="", status="ok", run_dir="", val_loss=v,
+                       val_loss_causal=v, still_learning=False) for s, v in zip((1, 2, 3), (1.70, 2.01, 1.39))]
+    claim = verdict.parse_claims(dict(CLAIM, member="no-causal-mask", baseline="no-ffn"))[0]
+    v = verdict.decide(claim, rows, spec)
+    assert v.baseline == "no-ffn" and v.delta == pytest.approx(0.10, abs=1e-9) and v.outcome == "agrees"
+    assert verdict.decide(verdict.parse_claims(dict(CLAIM, member="no-causal-mask"))[0], rows, spec).baseline \
+        == "baseline"
+    for bad, needle in (("nobody", "claim.baseline: 'nobody' is not a member"), ("no-ffn", "the claim.s own member")):
+        with pytest.raises(ConfigError, match=needle):
+            verdict.check_members(verdict.parse_claims(dict(CLAIM, baseline=bad)), spec)
+
+
 def test_claims_are_validated(tiny_config):
     with pytest.raises(ConfigError) as e:
         verdict.parse_claims({"statement": "x", "member": "m", "expect": "bigger", "margin": -1, "colour": 1})

@@ -13,6 +13,7 @@ A study file may carry a ``claim:`` section (one mapping, or a list of them)::
       wall_time: {cpu: "...", gpu: "..."}
       gpu: {set: {train.steps: 4000}}   # a larger budget where a GPU is present
       allow_degenerate: false # true when the member's degenerate sample is what the claim predicts
+      baseline: other-member  # compare with this member rather than the member's baseline
 
 The decision uses the per-seed differences (member - baseline, paired by seed): the mean with its
 95% t interval.  ``higher`` agrees when the whole interval is above zero, disagrees when it is below
@@ -35,7 +36,7 @@ from tformer_cli.study.spec import Spec
 
 EXPECT = ("higher", "lower", "equal")
 CLAIM_KEYS = {"question", "statement", "source", "member", "metric", "expect", "margin", "wall_time", "gpu",
-              "allow_degenerate"}
+              "allow_degenerate", "baseline"}
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Claim:
     wall_time: dict[str, str] = field(default_factory=dict)
     gpu: dict[str, Any] = field(default_factory=dict)
     allow_degenerate: bool = False  # the member's degenerate sample is what the claim predicts (the leak)
+    baseline: str = ""  # the member compared against (default: the member's baseline, stats.baselines)
 
 
 def parse_claims(raw: Any, where: str = "claim") -> list[Claim]:
@@ -81,8 +83,10 @@ def parse_claims(raw: Any, where: str = "claim") -> list[Claim]:
 
 def check_members(claims: list[Claim], spec: Spec) -> None:
     names = [m.name for m in spec.members]
-    bad = [f"claim.member: {c.member!r} is not a member of this study (members: {', '.join(names)})"
-           for c in claims if c.member not in names]
+    bad = [f"claim.{key}: {name!r} is not a member of this study (members: {', '.join(names)})"
+           for c in claims for key, name in (("member", c.member), ("baseline", c.baseline))
+           if name and name not in names]
+    bad += [f"claim.baseline: {c.baseline!r} is the claim's own member" for c in claims if c.baseline == c.member]
     if bad:
         raise ConfigError(bad)
 
@@ -96,7 +100,7 @@ def _value(row: MemberRow, metric: str) -> float | None:
 
 def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
     """The verdict of ``claim`` on an experiment's rows."""
-    base = stats.baselines(spec)[claim.member]
+    base = claim.baseline or stats.baselines(spec)[claim.member]
     v = Verdict(statement=claim.statement, source=claim.source, member=claim.member, baseline=base,
                 metric=claim.metric, expect=claim.expect, margin=claim.margin, outcome="undecided", reason="",
                 question=claim.question)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from tformer_cli.core.labelled import Labelled, check_labels, load_labelled
 from tformer_cli.errors import ConfigError, DataError, RunError
 from tformer_cli.run import finetune_dir as fdir
 from tformer_cli.run.finetune_dir import FinetuneDir
-from tformer_cli.train.task import Event, LoopStats, Saved, Task
+from tformer_cli.train.task import LoopStats, Saved, Task
 
 TRAIN_ACC_EXAMPLES = 512  # training accuracy on this many examples: is the model still far from fitting?
 __all__ = ["ClassifyTask", "FinetuneResult", "PROBE_AT", "predict", "encode_texts"]

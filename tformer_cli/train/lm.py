@@ -31,10 +31,10 @@ from tformer_cli.train.evaluate import evaluate
 from tformer_cli.train.graph_step import graph_decision
 from tformer_cli.train.optim import group_shapes
 from tformer_cli.train.result import TrainResult
-from tformer_cli.train.task import LoopStats, Saved, Task
+from tformer_cli.train.task import LoopStats, RunDirTask, Saved
 
 
-class LMTask(Task):
+class LMTask(RunDirTask):
     label = "training"
 
     def __init__(self, cfg: Config, run_dir: Path, dist: DistInfo, dataset: Dataset | None = None,
@@ -130,12 +130,6 @@ class LMTask(Task):
         return {"val_loss": val, "val_bpb": val / math.log(2) / self.ds.val_bytes_per_token}
 
     # ------------------------------------------------------------ files and the end
-
-    def save(self, step: int, model, optimizer, state: dict[str, Any]) -> None:
-        checkpoint.save(self.run_dir, model, optimizer, self.cfg, self.vocab_size, state)
-
-    def has_checkpoint(self) -> bool:
-        return RunDir(self.run_dir).has_checkpoint()
 
     def result(self, model, s: LoopStats) -> TrainResult:
         dist, state = self.dist, s.state

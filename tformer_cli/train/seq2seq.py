@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from tformer_cli.run import checkpoint
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.optim import group_shapes
 from tformer_cli.train.result import TrainResult
-from tformer_cli.train.task import Event, LoopStats, Saved, Task
+from tformer_cli.train.task import LoopStats, RunDirTask, Saved
 
 ARCHS = ("encdec", "gpt")
 SCORES = ("exact_match", "token_accuracy")  # the summary's extra fields a seq2seq run adds
@@ -57,7 +57,7 @@ def _loss(model, arch: str, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tenso
     return model(seq[:, :-1], y).loss
 
 
-class Seq2SeqTask(Task):
+class Seq2SeqTask(RunDirTask):
     label = "seq2seq"
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool):
@@ -104,12 +104,6 @@ class Seq2SeqTask(Task):
         return {"val_loss": val}
 
     # ------------------------------------------------------------ files and the end
-
-    def save(self, step: int, model, optimizer, state: dict[str, Any]) -> None:
-        checkpoint.save(self.run_dir, model, optimizer, self.cfg, self.vocab_size, state)
-
-    def has_checkpoint(self) -> bool:
-        return RunDir(self.run_dir).has_checkpoint()
 
     def result(self, model, s: LoopStats) -> TrainResult:
         state, tps = s.state, s.tokens_per_s

@@ -142,3 +142,18 @@ class Task:
     def result(self, model: torch.nn.Module, stats: LoopStats) -> Any:
         """The typed result of the run, written as the directory's summary.json."""
         raise NotImplementedError
+
+
+class RunDirTask(Task):
+    """A task whose directory is a run's (run/rundir.py): its checkpoint is a run checkpoint
+    (run/checkpoint.py) of the config, the vocabulary and the training state."""
+
+    def save(self, step: int, model: torch.nn.Module, optimizer: Any, state: dict[str, Any]) -> None:
+        from tformer_cli.run import checkpoint
+
+        checkpoint.save(self.run_dir, model, optimizer, self.cfg, self.vocab_size, state)
+
+    def has_checkpoint(self) -> bool:
+        from tformer_cli.run.rundir import RunDir
+
+        return RunDir(self.run_dir).has_checkpoint()
