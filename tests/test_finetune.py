@@ -308,7 +308,13 @@ def test_the_study_tables_fit_80_columns():
 
 
 def test_a_member_whose_held_out_accuracy_still_rose_late_is_unconverged():
-    from tformer_cli.study.classify import still_learning
+    from tformer_cli.study.job import classifier_columns
+    from tformer_cli.study.results import MemberRow
+
+    def still_learning(summary):
+        row = MemberRow(member="gpt", seed=0, changed="", status="ok", run_dir="")
+        classifier_columns(row, summary)
+        return row.still_learning
 
     summary = {"test": {"accuracy": 0.90}, "extra": {"probe_step": 240, "probe_accuracy": 0.85}}
     assert still_learning(summary)
@@ -349,3 +355,55 @@ def test_runs_lists_a_fine_tune_and_lm_commands_point_it_to_classify(cli, tmp_pa
         r = cli(*args)
         assert r.code == 1 and "is a fine-tune (a classifier), not a language-model run" in r.err, r
         assert f"tformer classify {ft} --text TEXT" in r.err
+
+
+def _tiny_q1(tmp_path, steps=6, pretrain_steps=4):
+    """The shipped Q1 study file at a tiny budget (its pretrain: section included)."""
+    import yaml
+
+    from tformer_cli.study import files
+
+    study = yaml.safe_load(files.find_study("finetune_q1").read_text())
+    small = {"d_model": 16, "n_layer": 1, "n_head": 2, "block_size": 32}
+    study["model"].update(small)
+    study["task"]["data"] = "order"
+    study["train"].update(steps=steps, ckpt_interval=steps, log_interval=2)
+    for body in study["pretrain"].values():
+        body["model"].update(small)
+        body["train"].update(steps=pretrain_steps, eval_interval=pretrain_steps, log_interval=2, batch_size=8)
+    path = tmp_path / "q1.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_the_q1_question_is_a_study_file_whose_bodies_the_runner_pretrains(cli, tmp_path):
+    """study finetune_q1: pretrain/<name> trained first, the members fine-tune them (task.kind
+    classify on the runner), the claim judged on held-out accuracy; resume keeps all of it."""
+    from tformer_cli.study import files
+
+    assert "finetune_q1" in [p.stem for p in files.builtin_studies()]
+    out = tmp_path / "q1"
+    r = cli("study", _tiny_q1(tmp_path), "--out", out, "--jobs", "1", "--json")
+    assert r.code == 0, r
+    data = json.loads(r.out)
+    assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["encoder", "gpt"]
+    assert len(data["rows"]) == 6 and all(0 <= row["accuracy"] <= 1 for row in data["rows"])
+    assert data["task"] == "classify" and data["verdicts"][0]["metric"] == "accuracy"
+    member = (out / "members" / "encoder-s0" / "finetune.yaml").read_text()
+    assert str(out / "pretrain" / "encoder") in member  # the member fine-tuned the body pretrained here
+    assert "verdict: " in cli("runs", tmp_path).out
+    again = cli("ablate", "--resume", out, "--jobs", "1")
+    assert again.code == 0 and (again.out + again.err).count("finished earlier, skipped") == 8
+
+
+def test_a_pretrain_section_is_checked_as_configs(tmp_path):
+    from tformer_cli.errors import ConfigError
+    from tformer_cli.study.files import pretrain_section
+
+    with pytest.raises(ConfigError) as e:
+        pretrain_section({"gpt": {"model": {"d_model": -1}}, "bad name!": {}, "cls": {"task": {"kind": "classify",
+                                                                                                "data": "order"}}},
+                         "q1.yaml")
+    text = " ".join(e.value.problems)
+    assert "pretrain.gpt: model.d_model" in text and "pretrain.bad name!" in text and "task.kind must be lm" in text
+    assert pretrain_section(None, "x") == {}

@@ -7,6 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
+from tformer_cli.cli.experiments import JobsOpt
 from tformer_cli.cli.options import DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt
 
 FINETUNE_HELP = (
@@ -189,7 +190,9 @@ STUDY_HELP = (
     "Examples:\n\n"
     "  tformer finetune-study                      # both tasks, 3 seeds\n\n"
     "  tformer finetune-study --task order --seeds 5 --out runs/q1\n\n"
-    "  tformer finetune-study --out runs/q1        # again after Ctrl-C: finished members are kept"
+    "  tformer finetune-study --out runs/q1        # again after Ctrl-C: finished members are kept\n\n"
+    "Each task is an experiment of the study runner in OUT/<task> (members' directories, results.json "
+    "with the five claims' verdicts, listed by `tformer runs`)."
 )
 
 
@@ -200,8 +203,12 @@ def finetune_study(
     steps: StepsOpt = None,
     pretrain_steps: Annotated[int, typer.Option("--pretrain-steps", help="Pretraining steps of each body.")] = 600,
     out: OutOpt = None,
+    jobs: JobsOpt = None,
     json_: JsonOpt = False,
 ) -> None:
+    import os
+
+    from tformer_cli.render.progress import TrainDisplay
     from tformer_cli.cli.options import StopOnInterrupt
     from tformer_cli.core.labelled import TASKS
     from tformer_cli.errors import ConfigError
@@ -213,7 +220,8 @@ def finetune_study(
     tasks = list(dict.fromkeys(task or ["source", "order"]))
     problems = [f"--task: '{t}' is not one of {', '.join(TASKS)}" for t in tasks if t not in TASKS]
     problems += [f"--{n}: must be positive, got {v}" for n, v in (("seeds", seeds), ("steps", steps or 1),
-                                                                  ("pretrain-steps", pretrain_steps)) if v <= 0]
+                                                                  ("pretrain-steps", pretrain_steps),
+                                                                  ("jobs", jobs or 1)) if v <= 0]
     if problems:
         raise ConfigError(problems, hint="see `tformer finetune-study --help`")
     path = out if out is not None else Path("runs") / "finetune-study"
@@ -222,7 +230,9 @@ def finetune_study(
     with DirLock(path, what="study"), StopOnInterrupt(lambda m: say.print(m.strip()), message="\nstopping after "
                                                       "this member (Ctrl-C again to quit at once)\n") as stop:
         result = run_study(path, tasks, list(range(seeds)), steps or 300, pretrain_steps,
-                           progress=lambda s: say.print(s, soft_wrap=True, highlight=False), should_stop=stop)
+                           progress=lambda s: say.print(s, soft_wrap=True, highlight=False), should_stop=stop,
+                           notice=lambda m: say.print(f"[dim]{m}[/dim]"), jobs=jobs or os.cpu_count() or 1,
+                           display=lambda label: TrainDisplay(label, to_stderr=json_))
     if json_:
         print_json(result.to_dict())
     else:

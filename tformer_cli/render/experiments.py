@@ -77,7 +77,8 @@ def converged_cell(s: MemberSummary) -> str:
         return "-"
     why = []
     if s.still_learning:
-        why.append(f"still learning (-{s.val_drop_last_fifth:.3f})")
+        why.append("still learning" + (f" (-{s.val_drop_last_fifth:.3f})" if s.val_drop_last_fifth is not None
+                                         else " (held-out accuracy still rising)"))
     if s.degenerate:
         why.append("degenerate sample")
     if why:

@@ -18,6 +18,7 @@ Re-running the same command with the same --out continues: finished members are 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 import time
@@ -27,7 +28,7 @@ from typing import Callable
 
 from tformer_cli.core.config import from_dict
 from tformer_cli.core.finetune_config import build
-from tformer_cli.errors import ConfigError, Stopped
+from tformer_cli.errors import ConfigError, RunError, Stopped
 from tformer_cli.study import stats, verdict
 
 MODEL = {"d_model": 64, "n_layer": 2, "n_head": 4, "block_size": 64, "dropout": 0.0}
@@ -116,8 +117,9 @@ class StudyResult:
 
 def run_study(out_dir: Path, tasks: list[str], seeds: list[int], steps: int, pretrain_steps: int,
               progress: Callable[[str], None] = lambda s: None,
-              should_stop: Callable[[], bool] = lambda: False) -> StudyResult:
-    """Pretrain both bodies, fine-tune every member x task x seed, compare by seed."""
+              should_stop: Callable[[], bool] = lambda: False, **runner) -> StudyResult:
+    """Pretrain both bodies, fine-tune every member x task x seed (each task an experiment of the
+    runner: ``runner`` holds its notice, display and jobs), compare by seed."""
     t0 = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     runs, pre_loss = {}, {}
@@ -125,7 +127,7 @@ def run_study(out_dir: Path, tasks: list[str], seeds: list[int], steps: int, pre
         runs[objective], pre_loss[objective] = _pretrain(out_dir, objective, pretrain_steps, progress, should_stop)
     rows = []
     for task in tasks:
-        rows += _task_rows(out_dir, task, seeds, steps, runs, progress, should_stop)
+        rows += _task_rows(out_dir, task, seeds, steps, runs, should_stop, runner)
     budget = {"model": MODEL, "pretrain_steps": pretrain_steps, "pretrain": PRETRAIN, "finetune_steps": steps,
               "finetune": FINETUNE, "corpus": "prose"}
     versus = [_judge(f"{m.name} vs gpt", t, m.name, "gpt", [r for r in rows if r.task == t])
@@ -159,55 +161,52 @@ def _pretrain(out_dir: Path, objective: str, steps: int, progress, should_stop) 
     return path, result.val_loss
 
 
-def _task_rows(out_dir, task, seeds, steps, runs, progress, should_stop) -> list[Row]:
-    from tformer_cli.core.labelled import load_labelled
-
-    data = load_labelled(task)
-    rows = []
-    for seed in seeds:
-        for m in MEMBERS:
-            if should_stop():
-                raise Stopped("the study", hint="run the same command again to continue (finished members are kept)")
-            row = _member(out_dir / task / f"{m.name}-s{seed}", m, task, seed, steps, runs, data, should_stop)
-            progress(f"{task}: {m.name} seed {seed}: accuracy {100 * row.accuracy:.1f}% "
-                     f"({row.elapsed_s:.0f}s)")
-            rows.append(row)
-    return rows
-
-
-def _member(path: Path, m: Member, task: str, seed: int, steps: int, runs, data, should_stop) -> Row:
-    from tformer_cli.run.finetune_dir import FinetuneDir, claim
+def task_spec(task: str, seeds: list[int], steps: int, runs: dict[str, Path]):
+    """The experiment of one task: the five members as fine-tunes (task.kind classify) of the
+    pretrained bodies or of random ones, the GPT first (the reference), one claim each."""
     from tformer_cli.run.resume import run_config
-    from tformer_cli.train.loop import finetune
+    from tformer_cli.study.spec import Member, Spec
 
-    fd = FinetuneDir(path)
-    summary = fd.read_json(fd.SUMMARY) if fd.file(fd.SUMMARY).exists() else None
-    if summary is None or summary.get("interrupted") or summary.get("steps") != steps:
-        src = runs[m.pretrain]
-        model = run_config(src, "study", False, "", "").model
-        spec = build({"data": task, "source_run": str(src), "from_scratch": not m.pretrained, "body": m.body,
-                      "pool": m.pool, "steps": steps, "seed": seed, "ckpt_interval": steps, **FINETUNE}, model)
-        resume = fd.has_checkpoint() and summary is not None and summary.get("interrupted")
-        with claim(path, bool(resume), overwrite=not resume):
-            r = finetune(spec, path, resume=bool(resume), should_stop=should_stop, data=data)
-        if r.interrupted:
-            raise Stopped("the study", hint="run the same command again to continue (finished members are kept)")
-        summary = r.to_dict()
-    return _row(task, m.name, seed, summary)
-
-
-def _row(task: str, member: str, seed: int, s: dict) -> Row:
-    t = s["test"]
-    return Row(task, member, seed, t["accuracy"], t["macro_f1"], t["chance"], s["train_accuracy"], s["params"],
-               still_learning(s), s["elapsed_s"])
+    model = run_config(runs["clm"], "study", False, "", "").model
+    base = build({"data": task, "source_run": str(runs["clm"]), "from_scratch": False, "body": "transformer",
+                  "pool": "last", "steps": steps, "seed": seeds[0], "ckpt_interval": steps, **FINETUNE}, model)
+    enc = {"task.source_run": str(runs["mlm"]), "task.pool": "mean", "model.causal": False}
+    over = {"gpt": {}, "encoder": enc, "gpt-scratch": {"task.from_scratch": True},
+            "encoder-scratch": {**enc, "task.from_scratch": True},
+            "bag": {"task.body": "bag", "task.pool": "mean", "task.from_scratch": True}}
+    members = [Member(m.name, over[m.name], _described(m)) for m in MEMBERS]
+    claims = [{"statement": claim, "source": SOURCE, "member": member, "metric": "accuracy_over_chance",
+               "baseline": "none", "expect": "higher", "margin": MARGIN} if ref == "chance" else
+              {"statement": claim, "source": SOURCE, "member": member, "metric": "accuracy", "baseline": ref,
+               "expect": "higher", "margin": MARGIN} for claim, member, ref in CLAIMS]
+    return Spec("ablate", base.to_config().to_dict(), members, list(seeds), claims=claims)
 
 
-def still_learning(summary: dict) -> bool:
-    """Unconverged: the held-out accuracy rose by more than MARGIN over the last fifth of the
-    fine-tune (train.finetune takes it at PROBE_AT of the steps as well as at the end).  The
-    training loss is no guide here: it keeps falling while a small set is memorised."""
-    probe = summary.get("extra", {}).get("probe_accuracy")
-    return probe is not None and summary["test"]["accuracy"] - probe > MARGIN
+def _described(m: Member) -> str:
+    body = "bag of tokens" if m.body == "bag" else ("encoder (masked LM)" if m.pretrain == "mlm" else "GPT")
+    return f"{body}, {'pretrained' if m.pretrained else 'from scratch'}, {m.pool}-pooled"
+
+
+def _task_rows(out_dir, task, seeds, steps, runs, should_stop, runner) -> list[Row]:
+    """The task's members x seeds as an experiment of the runner in OUT/<task> (a re-run with the
+    same OUT continues it); its rows, one per member and seed."""
+    from tformer_cli.study.runner import run_experiment
+    from tformer_cli.study.spec import is_experiment_dir, load_spec
+
+    spec, where = task_spec(task, seeds, steps, runs), out_dir / task
+    again = is_experiment_dir(where)
+    if again and load_spec(where).to_dict() != spec.to_dict():
+        raise ConfigError(f"{where} holds this task with other settings (seeds or steps)",
+                          hint="give another --out, or the same --seeds and --steps to continue it")
+    result = run_experiment(spec, where, resume=again, should_stop=should_stop, **runner)
+    if result.interrupted:
+        raise Stopped("the study", hint="run the same command again to continue (finished members are kept)")
+    failed = [r for r in result.rows if r.status != "ok" or "accuracy" not in r.extra]
+    if failed:
+        raise RunError(f"{task}: {failed[0].member} seed {failed[0].seed} {failed[0].status}: {failed[0].error}",
+                       hint=failed[0].hint or "see the member's directory under " + str(where))
+    return [Row(task, r.member, r.seed, r.extra["accuracy"], r.extra["macro_f1"], r.extra["chance"],
+                r.extra.get("train_accuracy"), r.params, bool(r.still_learning), r.elapsed_s) for r in result.rows]
 
 
 # ---------------------------------------------------------------- statistics and verdicts
@@ -263,11 +262,12 @@ def _write(out_dir: Path, result: StudyResult) -> None:
 
     atomic_write_text(out_dir / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
     names = list(Row.__dataclass_fields__)
-    with open(out_dir / "results.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(names)
-        for r in result.rows:
-            w.writerow([getattr(r, n) for n in names])
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(names)
+    for r in result.rows:
+        w.writerow([getattr(r, n) for n in names])
+    atomic_write_text(out_dir / "results.csv", table.getvalue())
 
 
 def summarize(rows: list[Row], task: str, member: str) -> tuple[float, float | None, float, int]:

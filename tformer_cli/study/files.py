@@ -21,8 +21,8 @@ from tformer_cli.study.verdict import check_members, parse_claims
 LIST_FLAGS = ("pos", "activation", "ffn_mult", "norm", "kv_heads", "softcap", "optimizer")  # repeatable
 BOOL_FLAGS = ("no_causal_mask", "no_ffn", "post_norm", "qk_norm")
 ABLATE_KEYS = {"kind", *LIST_FLAGS, *BOOL_FLAGS, "arms", "cumulative", "combine", "match", "match_by", "seeds",
-               "prompt", "claim"}
-SWEEP_KEYS = {"kind", "grid", "seeds", "prompt", "claim"}
+               "prompt", "claim", "pretrain"}
+SWEEP_KEYS = {"kind", "grid", "seeds", "prompt", "claim", "pretrain"}
 SECTION_KEYS = {"ablate": ABLATE_KEYS, "sweep": SWEEP_KEYS}
 
 
@@ -39,6 +39,8 @@ def experiment_config(config: Path | None, preset: str | None,
             raise ConfigError(f"{config}: experiment: must be a mapping (kind, flags, grid, seeds)")
         if "claim" in data_:  # the study's claim (tformer_cli.study.verdict) travels with the experiment
             exp = {**exp, "claim": data_.pop("claim")}
+        if "pretrain" in data_:  # the language models the members fine-tune, trained first
+            exp = {**exp, "pretrain": data_.pop("pretrain")}
         for section, values in data_.items():
             if not isinstance(values, dict):  # let from_dict name the problem
                 values = {"__invalid__": values} if values is not None else {}
@@ -240,7 +242,33 @@ def study_from(src: Source) -> Spec:
         spec = sweep_spec(cfg, file_grid(exp), src.seeds or exp.get("seeds"), exp.get("prompt"))
     check_members(claims, spec)
     spec.claims = as_list(exp.get("claim"))
+    spec.pretrain = pretrain_section(exp.get("pretrain"), config)
     return spec
+
+
+def pretrain_section(raw: Any, where) -> dict[str, dict[str, Any]]:
+    """A study file's pretrain: section (name -> the sections of a language-model config), each
+    checked as a config; every problem at once."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{where}: pretrain: must map names to configs (model:, data:, train:)")
+    out, problems = {}, []
+    for name, sections in raw.items():
+        if not isinstance(name, str) or not name.replace("-", "").replace("_", "").isalnum():
+            problems.append(f"pretrain.{name}: a name of letters, digits, - and _")
+            continue
+        try:
+            cfg = cfgmod.from_dict(sections if isinstance(sections, dict) else {"__invalid__": sections})
+        except ConfigError as e:
+            problems += [f"pretrain.{name}: {p}" for p in e.problems]
+            continue
+        if cfg.task.kind != "lm":
+            problems.append(f"pretrain.{name}: task.kind must be lm (a language model to fine-tune)")
+        out[name] = cfg.to_dict()
+    if problems:
+        raise ConfigError(problems, hint="see experiments/studies/finetune_q1.yaml")
+    return out
 
 
 def _device_scale(cfg: Config, claims: list, given: dict[str, Any]) -> Config:

@@ -134,13 +134,14 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
         if o.post.val_loss is not None:  # teacher-forced on the causal-consistent loss's own windows
             row.val_loss = o.post.val_loss
     if j.fine_tune:
-        _classifier_columns(row, s)
+        classifier_columns(row, s)
     elif o.status == "ok":
         _, val = RunDir(j.run_dir).curves()
         row.val_drop_last_fifth = convergence.last_fifth_drop(val, j.cfg.train.steps)
         final = val[-1][1] if val else None
         row.still_learning = convergence.still_learning(row.val_drop_last_fifth, final, s.get("init_loss_ref"))
-    row.extra = {**dict(s.get("extra") or {}), **row.extra}  # task metrics (synthetic corpora): extra columns
+    extra = {k: v for k, v in (s.get("extra") or {}).items() if k != "probe_step"}  # the step is the config's
+    row.extra = {**extra, **row.extra}  # task metrics (synthetic corpora, seq2seq, fine-tunes): extra columns
     if any(k in j.member.axes for k in KV_AXES):  # what the head counts cost at generation
         row.extra["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(j.cfg.model)
     return row
@@ -149,7 +150,7 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
 PROBE_MARGIN = 0.02  # a fine-tune still learning: held-out accuracy rose by more than this over the last fifth
 
 
-def _classifier_columns(row: MemberRow, s: dict[str, Any]) -> None:
+def classifier_columns(row: MemberRow, s: dict[str, Any]) -> None:
     """A fine-tune's held-out scores as the row's metrics; still learning when the accuracy probed
     at the start of the last fifth (train.finetune.PROBE_AT) was more than PROBE_MARGIN below the
     final one (the training loss is no guide: it keeps falling while a small set is memorised)."""
@@ -157,6 +158,8 @@ def _classifier_columns(row: MemberRow, s: dict[str, Any]) -> None:
     for k in ("accuracy", "macro_f1", "chance"):
         if isinstance(test.get(k), (int, float)):
             row.extra[k] = test[k]
+    if "accuracy" in row.extra and "chance" in row.extra:
+        row.extra["accuracy_over_chance"] = row.extra["accuracy"] - row.extra["chance"]
     if isinstance(s.get("train_accuracy"), (int, float)):
         row.extra["train_accuracy"] = s["train_accuracy"]
     probe = (s.get("extra") or {}).get("probe_accuracy")

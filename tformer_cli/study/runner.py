@@ -29,7 +29,7 @@ from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, s
 from tformer_cli.study.measure import Evaluator
 from tformer_cli.study.results import ExperimentResult, MemberOutcome, read_results, write_json, write_results
 from tformer_cli.study.spec import (
-    SPEC_NAME, Spec, is_experiment_dir, member_dir, prepare_experiment_dir, validate_members,
+    SPEC_NAME, Member, Spec, is_experiment_dir, member_dir, prepare_experiment_dir, validate_members,
 )
 from tformer_cli.study.worker import WorkerJob
 
@@ -70,6 +70,7 @@ def run_experiment(
         raise ConfigError(f"--resume {out_dir}: not an experiment directory (no {SPEC_NAME})")
     lock = DirLock(out_dir, "experiment").acquire()  # one process per experiment directory
     try:
+        pretrain(spec, out_dir, trainer, display, notice or (lambda s: None), should_stop or (lambda: False))
         run = _Run(spec, out_dir, resume, trainer, evaluator, display, notice or (lambda s: None),
                    should_stop or (lambda: False))
         devices = devices if devices is not None else visible_devices(spec.config())
@@ -93,6 +94,36 @@ def run_experiment(
         return result
     finally:
         lock.release()
+
+
+PRETRAIN = "pretrain"  # OUT/pretrain/<name>: the language models of a spec's pretrain: section
+
+
+def pretrain(spec: Spec, out_dir: Path, trainer, display, say, stop) -> None:
+    """Train each language model of ``spec.pretrain`` into OUT/pretrain/<name> before any member
+    (one finished in an earlier session is kept, one with a checkpoint continued); a stop or a
+    failure here ends the experiment before its members, as a one-line error."""
+    from tformer_cli.core.config import from_dict
+    from tformer_cli.errors import RunError, Stopped
+
+    for name, cfg in spec.pretrain.items():
+        j = Job(Member(name), int(cfg["train"]["seed"]), from_dict(cfg), out_dir / PRETRAIN / name,
+                f"pretraining {name}")
+        o = skipped(j, say) or train_member(j, cont=j.can_continue(), trainer=trainer, display=display,
+                                            should_stop=stop, say=say)
+        if o.status == "interrupted":
+            raise Stopped(f"the experiment while pretraining {name}",
+                          hint=f"continue with --resume {out_dir}")
+        if o.status != "ok":
+            raise RunError(f"pretraining {name} failed: {o.error}", hint=o.hint or f"see {j.run_dir}")
+
+
+def resolved(cfg: Config, out_dir: Path) -> Config:
+    """A member's config with a task.source_run of pretrain/<name> pointed into ``out_dir``."""
+    src = cfg.task.source_run
+    if src and Path(src).parts[:1] == (PRETRAIN,):
+        return cfg.replace({"task.source_run": str(out_dir / src)})
+    return cfg
 
 
 def _earlier(out_dir: Path, resume: bool) -> float:
@@ -196,7 +227,8 @@ class _Run:
     def __init__(self, spec: Spec, out_dir: Path, resume: bool, trainer, evaluator, display, say, stop):
         self.spec, self.out_dir, self.resume = spec, out_dir, resume
         self.trainer, self.evaluator, self.display, self.say, self.stop = trainer, evaluator, display, say, stop
-        self.jobs = [Job(m, s, spec.member_config(m, s), member_dir(out_dir, m, s), f"{m.name} seed {s}")
+        self.jobs = [Job(m, s, resolved(spec.member_config(m, s), out_dir), member_dir(out_dir, m, s),
+                         f"{m.name} seed {s}")
                      for m in spec.members for s in spec.seeds]
         self.threads: int | None = None  # torch threads of each worker process (CPU jobs)
         for i, j in enumerate(self.jobs):

@@ -7,6 +7,7 @@ Layout of an experiment directory::
     results.json / .csv      one row per member and seed, every metric; plus the per-member summary
     comparison.png           validation curves of all members (drawn by the command)
     members/<name>-s<seed>/  each member's own run directory (a normal `tformer train` run)
+    pretrain/<name>/         a language model the members fine-tune (a study file's pretrain: section)
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Spec:
     prompt: str | None = None
     claims: list[dict[str, Any]] = field(default_factory=list)  # a study file's claim: (tformer_cli.study.verdict)
     tune: dict[str, Any] | None = None  # --tune lr: the grid and the original members (tformer_cli.study.tune)
+    # name -> Config.to_dict() of a language model trained into pretrain/<name> before the members
+    # (a study file's pretrain: section); a member's task.source_run "pretrain/<name>" names it
+    pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def config(self) -> Config:
         return cfgmod.from_dict(self.base)
@@ -66,7 +70,8 @@ class Spec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Spec":
         return cls(d["kind"], d["base"], [Member(**m) for m in d["members"]], list(d["seeds"]),
-                   list(d.get("axes", [])), d.get("prompt"), list(d.get("claims") or []), d.get("tune"))
+                   list(d.get("axes", [])), d.get("prompt"), list(d.get("claims") or []), d.get("tune"),
+                   dict(d.get("pretrain") or {}))
 
 
 def describe(overrides: dict[str, Any]) -> str:

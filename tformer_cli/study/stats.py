@@ -191,7 +191,8 @@ def notes(spec: Spec) -> list[str]:
     out = []
     for m in spec.members:
         cfg = spec.member_config(m, spec.seeds[0])
-        if cfg.train.objective == "clm" and not cfg.model.causal and cfg.model.arch == "gpt":
+        if cfg.train.objective == "clm" and not cfg.model.causal and cfg.model.arch == "gpt" \
+                and cfg.task.kind == "lm":  # a fine-tuned encoder body is bidirectional by design
             out.append(LEAK_EXPLANATION)
             break
     if wants_steps_to_baseline(spec):

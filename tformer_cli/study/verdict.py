@@ -13,7 +13,8 @@ A study file may carry a ``claim:`` section (one mapping, or a list of them)::
       wall_time: {cpu: "...", gpu: "..."}
       gpu: {set: {train.steps: 4000}}   # a larger budget where a GPU is present
       allow_degenerate: false # true when the member's degenerate sample is what the claim predicts
-      baseline: other-member  # compare with this member rather than the member's baseline
+      baseline: other-member  # compare with this member rather than the member's baseline;
+                              # none: the member's metric itself against zero
 
 The decision uses the per-seed differences (member - baseline, paired by seed): the mean with its
 95% t interval.  ``higher`` agrees when the whole interval is above zero, disagrees when it is below
@@ -35,6 +36,7 @@ from tformer_cli.study.results import MemberRow, Verdict
 from tformer_cli.study.spec import Spec
 
 EXPECT = ("higher", "lower", "equal")
+NO_BASELINE = "none"  # claim.baseline: the member's own metric against zero (e.g. accuracy over chance)
 CLAIM_KEYS = {"question", "statement", "source", "member", "metric", "expect", "margin", "wall_time", "gpu",
               "allow_degenerate", "baseline"}
 
@@ -85,7 +87,7 @@ def check_members(claims: list[Claim], spec: Spec) -> None:
     names = [m.name for m in spec.members]
     bad = [f"claim.{key}: {name!r} is not a member of this study (members: {', '.join(names)})"
            for c in claims for key, name in (("member", c.member), ("baseline", c.baseline))
-           if name and name not in names]
+           if name and name not in names and not (key == "baseline" and name == NO_BASELINE)]
     bad += [f"claim.baseline: {c.baseline!r} is the claim's own member" for c in claims if c.baseline == c.member]
     if bad:
         raise ConfigError(bad)
@@ -100,15 +102,18 @@ def _value(row: MemberRow, metric: str) -> float | None:
 
 def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
     """The verdict of ``claim`` on an experiment's rows."""
-    base = claim.baseline or stats.baselines(spec)[claim.member]
+    base = claim.baseline or stats.baselines(spec)[claim.member]  # "none": the member's metric against zero
     v = Verdict(statement=claim.statement, source=claim.source, member=claim.member, baseline=base,
                 metric=claim.metric, expect=claim.expect, margin=claim.margin, outcome="undecided", reason="",
                 question=claim.question)
     mine = {r.seed: r for r in rows if r.member == claim.member and r.status == "ok"}
     theirs = {r.seed: r for r in rows if r.member == base and r.status == "ok"}
-    seeds = sorted(set(mine) & set(theirs))
-    diffs = [a - b for s in seeds if (a := _value(mine[s], claim.metric)) is not None
-             and (b := _value(theirs[s], claim.metric)) is not None]
+    if base == NO_BASELINE:
+        diffs = [a for r in mine.values() if (a := _value(r, claim.metric)) is not None]
+    else:
+        seeds = sorted(set(mine) & set(theirs))
+        diffs = [a - b for s in seeds if (a := _value(mine[s], claim.metric)) is not None
+                 and (b := _value(theirs[s], claim.metric)) is not None]
     p = stats.paired(diffs, claim.margin)
     v.n, v.delta, v.ci_low, v.ci_high = p.n, p.delta, p.ci_low, p.ci_high
     steps = spec.config().train.steps
@@ -126,7 +131,10 @@ def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
 def _unconverged_reason(rows: list[MemberRow]) -> str:
     learning = [r for r in rows if r.still_learning]
     parts = []
-    if learning:
+    if learning and all(r.val_drop_last_fifth is None for r in learning):  # fine-tunes: the accuracy probe
+        parts.append(f"{len(learning)} run(s) still learning (held-out accuracy still rose over the last fifth "
+                     "of training)")
+    elif learning:
         worst = max(r.val_drop_last_fifth or 0.0 for r in learning)
         parts.append(f"{len(learning)} run(s) still learning (val loss fell by up to {worst:.3f} nats over the "
                      f"last fifth of training)")
