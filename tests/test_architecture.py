@@ -183,3 +183,45 @@ def test_the_checks_catch_a_second_rule():
     assert _stats_imports(ast.parse("from tformer_cli.study import stats"))
     assert _stats_imports(ast.parse("from tformer_cli.study.stats import mean_std"))
     assert not _stats_imports(ast.parse("from tformer_cli.study.stats import MIN_SEEDS"))
+
+
+# ---------------------------------------------------------------- one loop: one optimizer, one schedule
+
+OPTIMIZER_HOME = "tformer_cli.train.optim"
+LR_WRITERS = {OPTIMIZER_HOME, "tformer_cli.train.graph_step"}  # the schedule; its value moved to the device
+
+
+def _optimizers_built(tree: ast.AST) -> list[int]:
+    """Lines that construct a torch optimizer (torch.optim.X(...), optim.X(...))."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr[:1].isupper():
+            inner = node.func.value
+            if isinstance(inner, ast.Attribute) and inner.attr == "optim" or \
+                    isinstance(inner, ast.Name) and inner.id == "optim":
+                out.append(node.lineno)
+    return out
+
+
+def _lr_written(tree: ast.AST) -> list[int]:
+    """Lines that assign a learning rate into an optimizer group (group["lr"] = ...)."""
+    out = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AugAssign) \
+            else []
+        out += [t.lineno for t in targets if isinstance(t, ast.Subscript) and isinstance(t.slice, ast.Constant)
+                and t.slice.value == "lr"]
+    return out
+
+
+def test_one_optimizer_builder_and_one_schedule():
+    """Every task trains with train/optim.py's optimizer and lr_at schedule: no module builds an
+    optimizer or writes a learning rate itself (the seq2seq and fine-tune loops once did)."""
+    built = {m: lines for m, p in MODULES.items() if m != OPTIMIZER_HOME
+             and (lines := _optimizers_built(ast.parse(p.read_text())))}
+    trains = [m for m in MODULES if _layer(m)[0] in ("core", "run", "train", "study", "inside")]  # not the display
+    written = {m: lines for m in trains if m not in LR_WRITERS
+               and (lines := _lr_written(ast.parse(MODULES[m].read_text())))}
+    assert not built and not written, (built, written)
+    assert _optimizers_built(ast.parse("opt = torch.optim.AdamW(model.parameters())"))
+    assert _lr_written(ast.parse("for g in opt.param_groups:\n    g['lr'] = 0.1"))
