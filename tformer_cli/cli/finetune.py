@@ -186,7 +186,7 @@ STUDY_HELP = (
     "Seed question 1, measured: can a decoder-only GPT classify? Pretrains a GPT (causal) and an encoder "
     "(masked LM) of the same size on prose, fine-tunes both and the same architectures from scratch, plus a "
     "bag of tokens, on each task with every seed; compares held-out accuracy paired by seed (Δ with a 95% "
-    "interval) and ends with a verdict. About 5 to 7 minutes on 2 CPU cores.\n\n"
+    "interval) and ends with a verdict. About 2 minutes on 2 CPU cores.\n\n"
     "Examples:\n\n"
     "  tformer finetune-study                      # both tasks, 3 seeds\n\n"
     "  tformer finetune-study --task order --seeds 5 --out runs/q1\n\n"
