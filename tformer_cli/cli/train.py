@@ -121,7 +121,7 @@ def _show_result(result, run_dir, json_: bool) -> None:
     if json_:
         print_json(result.to_dict())
     else:
-        show_summary(console(), result.to_dict())
+        show_summary(console(), result)
     if result.interrupted:
         err_console().print(f"interrupted: resume with  tformer train --resume {run_dir}",
                             soft_wrap=True)  # a command to copy: never wrapped
