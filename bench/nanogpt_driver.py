@@ -33,9 +33,15 @@ GPT2 = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, dropout=0.0, bat
 
 
 def load_nanogpt(folder: str):
-    sys.path.insert(0, folder)
-    import model  # nanoGPT's model.py, copied by the suite
+    """nanoGPT's model.py in ``folder`` (copied there by the suite), loaded from its file: no
+    sys.path edit, no module named plain ``model`` left behind."""
+    import importlib.util
+    import os
 
+    spec = importlib.util.spec_from_file_location("nanogpt_model", os.path.join(folder, "model.py"))
+    model = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = model  # its dataclasses look their module up by name
+    spec.loader.exec_module(model)
     return model.GPT, model.GPTConfig
 
 
