@@ -10,6 +10,7 @@ import torch
 
 from tformer_cli.core.config import from_dict
 from tformer_cli.errors import ConfigError
+from tformer_cli.study import claim as claimmod
 from tformer_cli.study import convergence, stats, verdict
 from tformer_cli.study.members import ablation_members, grid_members
 from tformer_cli.study.results import MemberRow
@@ -149,24 +150,24 @@ def test_a_claim_may_name_the_member_it_is_compared_with(tiny_config):
     rows = _rows([1.50, 1.80, 1.20], [1.60, 1.91, 1.29])
     rows += [MemberRow(member="no-causal-mask", seed=s, changed="", status="ok", run_dir="", val_loss=v,
                        val_loss_causal=v, still_learning=False) for s, v in zip((1, 2, 3), (1.70, 2.01, 1.39))]
-    claim = verdict.parse_claims(dict(CLAIM, member="no-causal-mask", baseline="no-ffn"))[0]
+    claim = claimmod.parse_claims(dict(CLAIM, member="no-causal-mask", baseline="no-ffn"))[0]
     v = verdict.decide(claim, rows, spec)
     assert v.baseline == "no-ffn" and v.delta == pytest.approx(0.10, abs=1e-9) and v.outcome == "agrees"
-    assert verdict.decide(verdict.parse_claims(dict(CLAIM, member="no-causal-mask"))[0], rows, spec).baseline \
+    assert verdict.decide(claimmod.parse_claims(dict(CLAIM, member="no-causal-mask"))[0], rows, spec).baseline \
         == "baseline"
     for bad, needle in (("nobody", "claim.baseline: 'nobody' is not a member"), ("no-ffn", "the claim.s own member")):
         with pytest.raises(ConfigError, match=needle):
-            verdict.check_members(verdict.parse_claims(dict(CLAIM, baseline=bad)), spec)
+            verdict.check_members(claimmod.parse_claims(dict(CLAIM, baseline=bad)), spec)
 
 
 def test_claims_are_validated(tiny_config):
     with pytest.raises(ConfigError) as e:
-        verdict.parse_claims({"statement": "x", "member": "m", "expect": "bigger", "margin": -1, "colour": 1})
+        claimmod.parse_claims({"statement": "x", "member": "m", "expect": "bigger", "margin": -1, "colour": 1})
     text = str(e.value.problems)
     assert "claim.source: missing" in text and "expect" in text and "margin" in text and "colour" in text
-    claims = verdict.parse_claims(CLAIM)
+    claims = claimmod.parse_claims(CLAIM)
     with pytest.raises(ConfigError, match="is not a member"):
-        verdict.check_members([verdict.Claim(**dict(CLAIM, member="no-such"))], _spec(tiny_config, [CLAIM]))
+        verdict.check_members([claimmod.Claim(**dict(CLAIM, member="no-such"))], _spec(tiny_config, [CLAIM]))
     assert claims[0].member == "no-ffn"
 
 
@@ -176,7 +177,7 @@ def test_every_shipped_study_with_a_claim_names_one_of_its_members():
 
     for path in sorted((PRESET_DIR / "studies").glob("*.yaml")):
         spec = study_from(Source(path, None, {}))  # check_members raises on a claim about no member
-        for c in verdict.parse_claims(spec.claims):
+        for c in claimmod.parse_claims(spec.claims):
             assert c.member in [m.name for m in spec.members]
 
 

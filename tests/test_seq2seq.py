@@ -137,7 +137,7 @@ def test_the_seq2seq_question_is_a_study_file_listed_and_run_by_study_all(cli):
     assert "seq2seq_encdec" in [p.stem for p in files.builtin_studies()]
     spec = files.study_from(files.Source(files.find_study("seq2seq_encdec"), None, {}, None))
     arch = {m.name: spec.member_config(m, spec.seeds[0]).model.arch for m in spec.members}
-    assert arch == {"baseline": "encdec", "gpt": "gpt"} and spec.claims[0]["metric"] == "exact_match"
+    assert arch == {"baseline": "encdec", "gpt": "gpt"} and spec.claims[0].metric == "exact_match"
     assert "seq2seq_encdec" in cli("presets").out
 
 

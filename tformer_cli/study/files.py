@@ -16,7 +16,8 @@ from tformer_cli.errors import ConfigError
 from tformer_cli.study.matching import match_params
 from tformer_cli.study.members import ablation_members, file_arms, grid_members, head_problems, parse_grid
 from tformer_cli.study.spec import Spec
-from tformer_cli.study.verdict import check_members, parse_claims
+from tformer_cli.study.claim import parse_claims
+from tformer_cli.study.verdict import check_members
 
 LIST_FLAGS = ("pos", "activation", "ffn_mult", "norm", "kv_heads", "softcap", "optimizer")  # repeatable
 BOOL_FLAGS = ("no_causal_mask", "no_ffn", "post_norm", "qk_norm")
@@ -241,7 +242,7 @@ def study_from(src: Source) -> Spec:
     else:
         spec = sweep_spec(cfg, file_grid(exp), src.seeds or exp.get("seeds"), exp.get("prompt"))
     check_members(claims, spec)
-    spec.claims = as_list(exp.get("claim"))
+    spec.claims = claims
     spec.pretrain = pretrain_section(exp.get("pretrain"), config)
     return spec
 

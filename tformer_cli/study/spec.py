@@ -21,6 +21,7 @@ from tformer_cli.core import config as cfgmod
 from tformer_cli.core.config import Config
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.errors import ConfigError, RunError
+from tformer_cli.study.claim import Claim, parse_claims
 
 SPEC_NAME = "experiment.json"
 
@@ -44,11 +45,14 @@ class Spec:
     seeds: list[int]
     axes: list[str] = field(default_factory=list)  # swept keys, in order (sweeps)
     prompt: str | None = None
-    claims: list[dict[str, Any]] = field(default_factory=list)  # a study file's claim: (tformer_cli.study.verdict)
+    claims: list[Claim] = field(default_factory=list)  # a study file's claim: section, parsed once
     tune: dict[str, Any] | None = None  # --tune lr: the grid and the original members (tformer_cli.study.tune)
     # name -> Config.to_dict() of a language model trained into pretrain/<name> before the members
     # (a study file's pretrain: section); a member's task.source_run "pretrain/<name>" names it
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.claims = parse_claims(self.claims)  # dicts (a study file, experiment.json) become Claims
 
     def config(self) -> Config:
         return cfgmod.from_dict(self.base)

@@ -9,12 +9,13 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from tformer_cli.study.claim import DEFAULT_MARGIN
 from tformer_cli.study.results import ANATOMY_KEYS, MemberRow, MemberSummary
 from tformer_cli.study.spec import Member, Spec
 
 SIGNIFICANCE_LEVEL = 0.05
 MIN_SEEDS = 3  # fewer paired seeds: the spread of the difference is too poorly known to test
-EQUIVALENCE_MARGIN = 0.02  # nats: differences smaller than this are "no difference" (TOST)
+EQUIVALENCE_MARGIN = DEFAULT_MARGIN  # nats: differences smaller than this are "no difference" (TOST)
 SIGNIFICANCE_RULE = (
     "Δ: the member's loss minus its baseline's with the same seed, mean over seeds with a 95% t interval; "
     f"p: paired t-test of those differences (marked only with {MIN_SEEDS} or more seeds); "
@@ -129,7 +130,7 @@ STEPS_TO_BASELINE = "steps_to_baseline_loss"
 
 def wants_steps_to_baseline(spec: Spec) -> bool:
     """Optimizer comparisons (and any claim on the metric) report how fast each member got there."""
-    return (any(c.get("metric") == STEPS_TO_BASELINE for c in spec.claims)
+    return (any(c.metric == STEPS_TO_BASELINE for c in spec.claims)
             or any("train.optimizer" in m.overrides for m in spec.members))
 
 

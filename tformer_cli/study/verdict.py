@@ -27,61 +27,14 @@ the verdict then says what budget would decide.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Callable
 
 from tformer_cli.errors import ConfigError
 from tformer_cli.study import stats
+from tformer_cli.study.claim import EXPECT, NO_BASELINE, Claim
 from tformer_cli.study.results import MemberRow, Verdict
 from tformer_cli.study.spec import Spec
-
-EXPECT = ("higher", "lower", "equal")
-NO_BASELINE = "none"  # claim.baseline: the member's own metric against zero (e.g. accuracy over chance)
-CLAIM_KEYS = {"question", "statement", "source", "member", "metric", "expect", "margin", "wall_time", "gpu",
-              "allow_degenerate", "baseline"}
-
-
-@dataclass
-class Claim:
-    statement: str
-    source: str
-    member: str
-    expect: str
-    metric: str = "compared_loss"
-    margin: float = stats.EQUIVALENCE_MARGIN
-    question: str = ""
-    wall_time: dict[str, str] = field(default_factory=dict)
-    gpu: dict[str, Any] = field(default_factory=dict)
-    allow_degenerate: bool = False  # the member's degenerate sample is what the claim predicts (the leak)
-    baseline: str = ""  # the member compared against (default: the member's baseline, stats.baselines)
-
-
-def parse_claims(raw: Any, where: str = "claim") -> list[Claim]:
-    """The claim: section as Claims; every problem at once."""
-    if raw is None:
-        return []
-    items = raw if isinstance(raw, list) else [raw]
-    claims, problems = [], []
-    for i, c in enumerate(items):
-        at = f"{where}[{i}]" if isinstance(raw, list) else where
-        if not isinstance(c, dict):
-            problems.append(f"{at}: expected a mapping (statement, source, member, expect, ...)")
-            continue
-        problems += [f"{at}.{k}: unknown key (known: {', '.join(sorted(CLAIM_KEYS))})" for k in c
-                     if k not in CLAIM_KEYS]
-        problems += [f"{at}.{k}: missing" for k in ("statement", "source", "member", "expect") if not c.get(k)]
-        if c.get("expect") and c["expect"] not in EXPECT:
-            problems.append(f"{at}.expect: {c['expect']!r}, expected one of {', '.join(EXPECT)}")
-        margin = c.get("margin", stats.EQUIVALENCE_MARGIN)
-        if not isinstance(margin, (int, float)) or isinstance(margin, bool) or not math.isfinite(margin) \
-                or margin <= 0:
-            problems.append(f"{at}.margin: expected a positive number of nats, got {margin!r}")
-        if not problems:
-            claims.append(Claim(**{k: v for k, v in c.items() if k in CLAIM_KEYS}))
-    if problems:
-        raise ConfigError(problems, hint="see the claim: section of experiments/studies/*.yaml")
-    return claims
-
 
 def check_members(claims: list[Claim], spec: Spec) -> None:
     names = [m.name for m in spec.members]
@@ -203,8 +156,7 @@ def _seeds_needed(p: stats.Paired, margin: float) -> int:
 
 
 def verdicts(spec: Spec, rows: list[MemberRow]) -> list[Verdict]:
-    claims = parse_claims(spec.claims) if spec.claims else []
-    return [decide(c, rows, spec) for c in claims]
+    return [decide(c, rows, spec) for c in spec.claims]
 
 
 def signed(x: float, metric: str, digits: int = 4) -> str:
