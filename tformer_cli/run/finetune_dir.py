@@ -54,6 +54,12 @@ class FinetuneDir:
     def has_checkpoint(self) -> bool:
         return (self.path / self.CHECKPOINT).exists()
 
+    def finished_summary(self) -> dict[str, Any] | None:
+        """summary.json of a fine-tune that reached its last step, else None (as RunDir's)."""
+        s = self.read_json(self.SUMMARY) if self.file(self.SUMMARY).exists() else None
+        done = isinstance(s, dict) and not s.get("interrupted") and s.get("steps_done") == s.get("steps")
+        return s if done else None
+
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_text(self.path / name, json.dumps(data, indent=2) + "\n")
 

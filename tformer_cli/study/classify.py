@@ -190,15 +190,10 @@ def _described(m: Member) -> str:
 def _task_rows(out_dir, task, seeds, steps, runs, should_stop, runner) -> list[Row]:
     """The task's members x seeds as an experiment of the runner in OUT/<task> (a re-run with the
     same OUT continues it); its rows, one per member and seed."""
-    from tformer_cli.study.runner import run_experiment
-    from tformer_cli.study.spec import is_experiment_dir, load_spec
+    from tformer_cli.study.runner import run_or_continue
 
-    spec, where = task_spec(task, seeds, steps, runs), out_dir / task
-    again = is_experiment_dir(where)
-    if again and load_spec(where).to_dict() != spec.to_dict():
-        raise ConfigError(f"{where} holds this task with other settings (seeds or steps)",
-                          hint="give another --out, or the same --seeds and --steps to continue it")
-    result = run_experiment(spec, where, resume=again, should_stop=should_stop, **runner)
+    where = out_dir / task
+    result = run_or_continue(task_spec(task, seeds, steps, runs), where, "task", should_stop=should_stop, **runner)
     if result.interrupted:
         raise Stopped("the study", hint="run the same command again to continue (finished members are kept)")
     failed = [r for r in result.rows if r.status != "ok" or "accuracy" not in r.extra]

@@ -40,16 +40,14 @@ class Job:
         """A classifier fine-tune (task.kind classify): a fine-tune directory, not a run's."""
         return self.cfg.task.kind == "classify"
 
+    def directory(self) -> FinetuneDir | RunDir:
+        return (FinetuneDir if self.fine_tune else RunDir)(self.run_dir)
+
     def finished(self) -> dict[str, Any] | None:
-        if self.fine_tune:
-            fd = FinetuneDir(self.run_dir)
-            s = fd.read_json(fd.SUMMARY) if fd.file(fd.SUMMARY).exists() else None
-            done = isinstance(s, dict) and not s.get("interrupted") and s.get("steps_done") == s.get("steps")
-            return s if done else None
-        return RunDir(self.run_dir).finished_summary()
+        return self.directory().finished_summary()
 
     def can_continue(self) -> bool:
-        return (FinetuneDir if self.fine_tune else RunDir)(self.run_dir).has_checkpoint()
+        return self.directory().has_checkpoint()
 
     def prepare(self) -> None:
         """A fresh directory for the member (one without a checkpoint has nothing to keep)."""

@@ -29,7 +29,7 @@ from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, s
 from tformer_cli.study.measure import Evaluator
 from tformer_cli.study.results import ExperimentResult, MemberOutcome, read_results, write_json, write_results
 from tformer_cli.study.spec import (
-    SPEC_NAME, Member, Spec, is_experiment_dir, member_dir, prepare_experiment_dir, validate_members,
+    SPEC_NAME, Member, Spec, is_experiment_dir, load_spec, member_dir, prepare_experiment_dir, validate_members,
 )
 from tformer_cli.study.worker import WorkerJob
 
@@ -94,6 +94,16 @@ def run_experiment(
         return result
     finally:
         lock.release()
+
+
+def run_or_continue(spec: Spec, out_dir: Path, what: str = "experiment", **options) -> ExperimentResult:
+    """``spec`` into ``out_dir``: a new experiment, or the one there continued (finished members
+    skipped) when it holds the same spec; one with other settings is refused, never mixed."""
+    again = is_experiment_dir(out_dir)
+    if again and load_spec(out_dir).to_dict() != spec.to_dict():
+        raise ConfigError(f"{out_dir} holds this {what} with other settings (seeds or steps)",
+                          hint="give another --out, or the same --seeds and --steps to continue it")
+    return run_experiment(spec, out_dir, resume=again, **options)
 
 
 PRETRAIN = "pretrain"  # OUT/pretrain/<name>: the language models of a spec's pretrain: section

@@ -17,10 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from tformer_cli.core.config import ModelConfig
 from tformer_cli.study import stats
 
-MODEL = ModelConfig(d_model=64, n_head=4, n_layer=2, dropout=0.0)  # n_layer per stack of the encoder-decoder
 BUDGET = {"steps": 300, "batch_size": 32, "lr": 3e-3}
 MARGIN = 0.02
 
@@ -57,11 +55,6 @@ class Seq2SeqResult:
 STUDY = "seq2seq_encdec"  # the shipped study file: the two models and their settings
 
 
-def models() -> dict[str, ModelConfig]:
-    return {"encdec": dataclasses.replace(MODEL, arch="encdec"),
-            "gpt": dataclasses.replace(MODEL, n_layer=2 * MODEL.n_layer)}
-
-
 def task_spec(task: str, seeds: int, steps: int):
     """The experiment of one task: the shipped study's two members (encdec the baseline, gpt its
     arm) at ``steps`` (warm-up a tenth, an evaluation every fifth), seeds 0 .. seeds-1."""
@@ -77,28 +70,24 @@ def run_seq2seq(tasks: list[str], seeds: list[int], steps: int, out: Path,
                 should_stop: Callable[[], bool] = lambda: False, **runner) -> Seq2SeqResult:
     """Each task as an experiment of the runner in OUT/<task> (run directories, --jobs, a re-run
     with the same OUT continues); the rows of both architectures, paired by seed."""
-    from tformer_cli.errors import ConfigError
-    from tformer_cli.study.runner import run_experiment
-    from tformer_cli.study.spec import is_experiment_dir, load_spec
+    from tformer_cli.study.runner import run_or_continue
 
     t0, budget = time.perf_counter(), {**BUDGET, "steps": steps}
-    rows, interrupted = [], False
+    rows, interrupted, models = [], False, {}
     for task in tasks:
-        spec, where = task_spec(task, len(seeds), steps), out / task
-        again = is_experiment_dir(where)
-        if again and load_spec(where).to_dict() != spec.to_dict():
-            raise ConfigError(f"{where} holds this task with other settings (seeds or steps)",
-                              hint="give another --out, or the same --seeds and --steps to continue it")
-        result = run_experiment(spec, where, resume=again, should_stop=should_stop, **runner)
-        arch = {m.name: spec.member_config(m, spec.seeds[0]).model.arch for m in spec.members}
+        spec = task_spec(task, len(seeds), steps)
+        result = run_or_continue(spec, out / task, "task", should_stop=should_stop, **runner)
+        configs = {m.name: spec.member_config(m, spec.seeds[0]).model for m in spec.members}
+        arch = {name: c.arch for name, c in configs.items()}
+        models = {c.arch: asdict(c) for c in configs.values()}  # the study file's two models, as trained
         rows += [Row(task, arch[r.member], r.seed, r.extra["exact_match"], r.extra["token_accuracy"], r.train_loss,
                      r.params, r.elapsed_s) for r in result.rows if r.status == "ok" and "exact_match" in r.extra]
         if result.interrupted or should_stop():
             interrupted = True
             break
     paired = {t: asdict(_paired(rows, t)) for t in tasks}
-    result = Seq2SeqResult(list(tasks), list(seeds), budget, {k: asdict(v) for k, v in models().items()}, rows,
-                           paired, time.perf_counter() - t0, str(out), _notes(rows), interrupted)
+    result = Seq2SeqResult(list(tasks), list(seeds), budget, models, rows,
+                           paired, time.perf_counter() - t0, str(out), _notes(rows, models), interrupted)
     from tformer_cli.core.io import atomic_write_text
 
     atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=2) + "\n")
@@ -150,9 +139,11 @@ def table(result: Seq2SeqResult) -> list[TaskLine]:
     return out
 
 
-def _notes(rows: list[Row]) -> list[str]:
+def _notes(rows: list[Row], models: dict[str, dict]) -> list[str]:
     params = {r.arch: r.params for r in rows}
-    return [f"parameters: {', '.join(f'{k} {v:,}' for k, v in params.items())} (encdec: {MODEL.n_layer} encoder + "
-            f"{MODEL.n_layer} decoder blocks; gpt: {2 * MODEL.n_layer} blocks reading 'source SEP' as a prefix)",
+    layers = {k: m["n_layer"] for k, m in models.items()}
+    return [f"parameters: {', '.join(f'{k} {v:,}' for k, v in params.items())} (encdec: {layers.get('encdec')} "
+            f"encoder + {layers.get('encdec')} decoder blocks; gpt: {layers.get('gpt')} blocks reading 'source SEP' "
+            "as a prefix)",
             "exact match: greedy decoding with the cache, every target token right, on 500 held-out pairs "
             "whose sources never occur in training"]
