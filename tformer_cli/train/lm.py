@@ -36,6 +36,7 @@ from tformer_cli.train.task import LoopStats, RunDirTask, Saved
 
 class LMTask(RunDirTask):
     label = "training"
+    extra_summary: dict[str, Any] = {}  # fields the summary's extra carries besides the task's (a batched group's)
 
     def __init__(self, cfg: Config, run_dir: Path, dist: DistInfo, dataset: Dataset | None = None,
                  init_from: str | Path | None = None, resume: bool = False):
@@ -157,6 +158,7 @@ class LMTask(RunDirTask):
         )
         if dist.world > 1:
             result.extra["processes"] = dist.world
+        result.extra.update(self.extra_summary)
         if dist.main and s.step > 0:
             from tformer_cli.core.tasks import task_metrics  # synthetic corpora: e.g. the in-context loss drop
 

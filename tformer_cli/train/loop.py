@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # names for the annotations only: train/finetune.py imports t
     from tformer_cli.core.labelled import Labelled
     from tformer_cli.train.finetune import FinetuneResult
 
-__all__ = ["Event", "Loop", "TrainResult", "finetune", "run_task", "train"]
+__all__ = ["Event", "Loop", "RunLog", "TrainResult", "finetune", "nan_error", "run_task", "train"]
 
 
 # ---------------------------------------------------------------- the loop
@@ -99,7 +99,7 @@ def run_task(task: Task, *, resume: bool = False, progress: Callable[[Event], No
     return Loop(task, resume, progress, should_stop, dist or DistInfo()).run()
 
 
-class _RunLog:
+class RunLog:
     """metrics.jsonl (deterministic fields only) and perf.jsonl (timings), written by rank 0.
 
     On resume both are first cut back to the checkpoint's step, so a resumed run's files end up
@@ -145,7 +145,7 @@ class Loop:
         self._model_and_state()
         if dist.main:
             task.write_files(self.state)
-        self.log = _RunLog(self.run_dir, self.start_step, dist.main)
+        self.log = RunLog(self.run_dir, self.start_step, dist.main)
         self.graph_step = None
         if self.graphed:  # after the optimizer's state is restored: its learning rate goes to the device
             lr_to_device(self.optimizer, self.device)
@@ -316,7 +316,7 @@ class Loop:
             tdist.all_reduce(t)
             mean = t.item() / self.dist.world
         if not math.isfinite(mean):
-            raise _nan_error(step, self.cfg, self.dtype, self.task)
+            raise nan_error(step, self.cfg, self.dtype, self.task)
         now = time.perf_counter()
         rate = self.interval_tokens / max(now - self.interval_t0 - self.eval_time, 1e-9)
         self.rates.append(rate)
@@ -338,7 +338,7 @@ class Loop:
         val = row.get("val_loss")
         if val is not None:
             if not math.isfinite(val):
-                raise _nan_error(step, self.cfg, self.dtype, self.task)
+                raise nan_error(step, self.cfg, self.dtype, self.task)
             self.state["last_val_loss"] = val
             if self.state["best_val_loss"] is None or val < self.state["best_val_loss"]:
                 self.state["best_val_loss"] = val
@@ -360,7 +360,7 @@ class Loop:
         finite = math.isfinite(self.state["loss_sum"]) and all(
             torch.isfinite(p).all() for p in self.raw_model.parameters())
         if not finite:  # never replace a good checkpoint with a bad one
-            raise _nan_error(step, self.cfg, self.dtype, self.task)  # weights agree on all ranks: all raise
+            raise nan_error(step, self.cfg, self.dtype, self.task)  # weights agree on all ranks: all raise
         self.state["step"], self.state["world"] = step, dist.world
         if self.scaler is not None:
             self.state["grad_scaler"] = self.scaler.state_dict()  # plain numbers: JSON in the header
@@ -415,7 +415,7 @@ class Loop:
         return result
 
 
-def _nan_error(step: int, cfg: Config, dtype: torch.dtype, task: Task) -> RunError:
+def nan_error(step: int, cfg: Config, dtype: torch.dtype, task: Task) -> RunError:
     if task.has_checkpoint():
         kept = "the last good checkpoint was kept"
     else:

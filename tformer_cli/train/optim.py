@@ -157,3 +157,36 @@ class MuonAdamW:
         self.adamw.load_state_dict({
             "state": {i - n: s for i, s in state.items() if i >= n},
             "param_groups": [{**g, "params": [i - n for i in g["params"]]} for g in groups_[k:]]})
+
+
+# ---------------------------------------------------------------- a batched group's optimizer
+
+
+def make_stacked_optimizer(template: torch.nn.Module, stacked: dict[str, torch.Tensor], cfg: Config) -> Any:
+    """AdamW over a batched group's stacked weights (train/batched.py): each tensor holds the same
+    parameter of every seed along a leading dimension.  The groups, their order and their weight
+    decay are those ``groups`` gives the single ``template`` (a seed's own model), so state index k
+    of this optimizer is state index k of each seed's own run, and AdamW, being elementwise,
+    updates every seed exactly as its own run would."""
+    if cfg.train.optimizer != "adamw":
+        raise RunError(f"a batched group steps with AdamW only, not {cfg.train.optimizer}",
+                       hint="run these members with --no-batch-seeds")
+    name_of = {id(p): n for n, p in template.named_parameters()}
+    gs = [Group([stacked[name_of[id(p)]] for p in g.params], g.state, g.weight_decay)
+          for g in groups(template, cfg)]
+    return _adamw(gs, cfg)
+
+
+def seed_state(sd: dict[str, Any], i: int) -> dict[str, Any]:
+    """Seed ``i``'s slice of a stacked optimizer's state_dict: what its own run's optimizer holds."""
+    state = {k: {n: (v if n == "step" else v[i]) for n, v in s.items()} for k, s in sd["state"].items()}
+    return {"state": state, "param_groups": sd["param_groups"]}
+
+
+def stacked_state(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stacked optimizer's state_dict from each seed's own (same step, same groups): the moments
+    stacked along the seed dimension, the step count shared."""
+    first = per_seed[0]
+    state = {k: {n: (v if n == "step" else torch.stack([sd["state"][k][n] for sd in per_seed]))
+                 for n, v in s.items()} for k, s in first["state"].items()}
+    return {"state": state, "param_groups": first["param_groups"]}
