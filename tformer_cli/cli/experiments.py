@@ -8,7 +8,6 @@ command's context in one place; --resume refuses every option the user gave exce
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, List, Optional
@@ -33,10 +32,14 @@ LrGridOpt = Annotated[Optional[str], typer.Option("--lr-grid", help="Multiples o
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Train N members at a time, each in its "
                                                "own process: on the CPU with cores/N threads each; on GPUs "
                                                "spread over them, as many per GPU as fit its free memory "
-                                               "(default: 1; `tformer study`: one per core).",
+                                               "(default: 1; `tformer study`: on the CPU one process when seeds are batched, else one "
+                                               "per core; on GPUs one per core).",
                                                show_default=False)]
 IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run each member in its own process (per-member "
                                           "peak memory on CPU; a few seconds of start-up each).")]
+BatchSeedsOpt = Annotated[bool, typer.Option("--batch-seeds/--no-batch-seeds", help="Train a member's seeds "
+                                             "as one batched model in one process where they can (the "
+                                             "summary says which could not, and why); off: one run each.")]
 UntilOpt = Annotated[bool, typer.Option("--until-converged", help="While a verdict is undecided because members "
                                         "are still learning, run the study again at twice the steps (each "
                                         "budget in OUT/steps-N), up to --max-steps.")]
@@ -44,7 +47,7 @@ MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="With --
                                                     "budget (default: 4x the study's steps).", show_default=False)]
 
 # What --resume accepts besides itself: how to run and print, never what the experiment is.
-RESUME_OK = {"resume", "json_", "parallel", "isolate", "jobs", "all_"}
+RESUME_OK = {"resume", "json_", "parallel", "isolate", "jobs", "all_", "batch_seeds"}
 
 
 # ---------------------------------------------------------------- shared options
@@ -86,7 +89,8 @@ class ExperimentOptions:
     resume: Optional[Path] = None
     parallel: bool = False
     isolate: bool = False
-    jobs: Optional[int] = None
+    jobs: Optional[int | str] = None  # 'auto': the runner picks (tformer study)
+    batch_seeds: bool = True
     tune: Optional[str] = None
     lr_grid: Optional[str] = None
     json_: bool = False
@@ -133,7 +137,8 @@ def execute(o: ExperimentOptions, spec, out: Path | None = None, emit_json: bool
     with StopOnInterrupt(notice) as stop:
         result = run_experiment(spec, out_dir, resume=o.resume is not None, notice=notice, should_stop=stop,
                                 display=lambda label: TrainDisplay(label, to_stderr=o.json_),
-                                parallel=o.parallel, isolate=o.isolate, jobs=o.jobs)
+                                parallel=o.parallel, isolate=o.isolate, jobs=o.jobs,
+                                batch_seeds=o.batch_seeds)
     draw(result)
     if o.json_:
         if emit_json:
@@ -292,7 +297,8 @@ def ablate(
     match_by: Annotated[Optional[str], typer.Option("--match-by", help="What --match params resizes: d_ff "
                         "(default), n_layer or d_model.", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, batch_seeds: BatchSeedsOpt = True, tune: TuneOpt = None,
+    lr_grid: LrGridOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
@@ -321,7 +327,8 @@ def sweep(
     grid: Annotated[Optional[List[str]], typer.Option("--grid", help="KEY=V1,V2,... (repeatable; the "
                     "full grid of all keys is trained).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, batch_seeds: BatchSeedsOpt = True, tune: TuneOpt = None,
+    lr_grid: LrGridOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
@@ -351,7 +358,8 @@ def sweep_heads(
                         "separated: key/value heads shared by the query heads (each must divide every "
                         "head count).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, batch_seeds: BatchSeedsOpt = True, tune: TuneOpt = None,
+    lr_grid: LrGridOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
@@ -376,7 +384,8 @@ def sweep_dmodel(
     heads: Annotated[Optional[int], typer.Option("--heads", help="model.n_head for every member "
                      "(default: the config's).", show_default=False)] = None,
     seeds: SeedsOpt = None, resume: ResumeOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, batch_seeds: BatchSeedsOpt = True, tune: TuneOpt = None,
+    lr_grid: LrGridOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
@@ -407,16 +416,16 @@ def study_(
                                                    "findings.md.", show_default=False)] = None,
     set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
     data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
-    isolate: IsolateOpt = False, jobs: JobsOpt = None, tune: TuneOpt = None, lr_grid: LrGridOpt = None,
-    until_converged: UntilOpt = False, max_steps: MaxStepsOpt = None, json_: JsonOpt = False,
+    isolate: IsolateOpt = False, jobs: JobsOpt = None, batch_seeds: BatchSeedsOpt = True, tune: TuneOpt = None,
+    lr_grid: LrGridOpt = None, until_converged: UntilOpt = False, max_steps: MaxStepsOpt = None, json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 
     from tformer_cli.errors import ConfigError
 
     o = ExperimentOptions.from_context(ctx)
-    if o.jobs is None:  # a study's members are many and small: one per core (on the CPU)
-        o.jobs = os.cpu_count() or 1
+    if o.jobs is None:  # a study's members are many and small: the runner picks for the machine
+        o.jobs = "auto"
     if all_ == (config is not None):
         raise ConfigError("give a study (a name or a file) or --all, not both" if all_ else
                           "which study? give a name (`tformer presets` lists them), a study file, or --all")

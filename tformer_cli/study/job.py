@@ -96,6 +96,47 @@ def train_member(j: Job, *, cont: bool, trainer: Trainer | None = None, display:
     return MemberOutcome("interrupted" if result.get("interrupted") else "ok", summary=result)
 
 
+def train_seeds(js: list[Job], *, cont: bool, display: Display | None = None,
+                should_stop: Callable[[], bool] = lambda: False,
+                say: Callable[[str], None] = lambda s: None) -> list[MemberOutcome]:
+    """Train the seeds ``js`` of one member as one batched group (train/batched.py), or continue
+    them all from their checkpoints with ``cont``; one outcome per seed, in order.  A failure of
+    the group as a whole fails every seed with its message; a seed that diverges fails alone."""
+    from tformer_cli.train.batched import train_group
+
+    ctx = display(group_label(js)) if display else contextlib.nullcontext(lambda e: None)
+    try:
+        if not cont:
+            for j in js:
+                j.prepare()
+        with ctx as progress:
+            outs = train_group([j.cfg for j in js], [j.run_dir for j in js], resume=cont, progress=progress,
+                               should_stop=should_stop)
+    except TformerError as e:
+        say(f"{group_label(js)}: failed: {e}")
+        return [MemberOutcome("failed", error=str(e), hint=e.hint or "") for _ in js]
+    result = []
+    for j, o in zip(js, outs):
+        if o.error is not None:
+            say(f"{j.label}: failed: {o.error}")
+            result.append(MemberOutcome("failed", error=str(o.error), hint=o.error.hint or ""))
+        elif o.stopped:
+            say(f"{j.label}: stopped before its first checkpoint")
+            result.append(MemberOutcome("interrupted"))
+        else:
+            d = o.result.to_dict()
+            result.append(MemberOutcome("interrupted" if d.get("interrupted") else "ok", summary=d))
+    return result
+
+
+def group_label(js: list[Job]) -> str:
+    """A group's progress label: its member and seeds."""
+    seeds = [j.seed for j in js]
+    span = f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[0] + len(seeds))) else \
+        ",".join(map(str, seeds))
+    return f"{js[0].member.name} seeds {span} ({len(js)} batched)"
+
+
 def measured(o: MemberOutcome, j: Job, prompt: str | None, evaluator: Evaluator | None,
              say: Callable[[str], None]) -> MemberOutcome:
     """``o`` with the measurement of a member that finished (read back from its cache when skipped)."""
@@ -138,7 +179,8 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
         row.val_drop_last_fifth = convergence.last_fifth_drop(val, j.cfg.train.steps)
         final = val[-1][1] if val else None
         row.still_learning = convergence.still_learning(row.val_drop_last_fifth, final, s.get("init_loss_ref"))
-    extra = {k: v for k, v in (s.get("extra") or {}).items() if k != "probe_step"}  # the step is the config's
+    extra = {k: v for k, v in (s.get("extra") or {}).items() if k not in ("probe_step", "batched")}
+    # (the probe's step is the config's; how seeds were batched is the experiment's execution line)
     row.extra = {**extra, **row.extra}  # task metrics (synthetic corpora, seq2seq, fine-tunes): extra columns
     if any(k in j.member.axes for k in KV_AXES):  # what the head counts cost at generation
         row.extra["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(j.cfg.model)

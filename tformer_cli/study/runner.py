@@ -24,8 +24,10 @@ from tformer_cli.core import stop as stop_flag
 from tformer_cli.core.config import Config
 from tformer_cli.run.lock import DirLock
 from tformer_cli.errors import ConfigError, TformerError
-from tformer_cli.study import stats, tune, verdict
-from tformer_cli.study.job import Display, Job, Trainer, measured, member_row, skipped, train_member
+from tformer_cli.study import groups, stats, tune, verdict
+from tformer_cli.study.job import (
+    Display, Job, Trainer, group_label, measured, member_row, skipped, train_member, train_seeds,
+)
 from tformer_cli.study.measure import Evaluator
 from tformer_cli.study.results import ExperimentResult, MemberOutcome, read_results, write_json, write_results
 from tformer_cli.study.spec import (
@@ -50,7 +52,8 @@ def run_experiment(
     parallel: bool = False,
     isolate: bool = False,
     devices: list[str] | None = None,
-    jobs: int | None = None,
+    jobs: int | str | None = None,
+    batch_seeds: bool = True,
 ) -> ExperimentResult:
     """Train and measure every member x seed into ``out_dir``; write results.json/.csv.
 
@@ -59,6 +62,9 @@ def run_experiment(
     ``isolate`` runs each member in its own process even on one device (honest peak memory).
     ``jobs`` > 1 on the CPU trains that many members at a time, each in its own process with
     cores / jobs threads (torch's default threads in concurrent processes oversubscribe the cores).
+    ``jobs="auto"`` (`tformer study`) picks for the machine: see auto_jobs.
+    ``batch_seeds``: the seeds of a member train as one batched model where they can
+    (study/groups.py says which and why not); off, every seed is its own run.
     A member that fails is recorded with its error; the others still run.
     """
     t0 = time.perf_counter()
@@ -74,7 +80,15 @@ def run_experiment(
         run = _Run(spec, out_dir, resume, trainer, evaluator, display, notice or (lambda s: None),
                    should_stop or (lambda: False))
         devices = devices if devices is not None else visible_devices(spec.config())
-        execution, outcomes = _execute(run, spec, devices, min(jobs or 1, len(run.jobs)), parallel, isolate)
+        batch = batch_seeds and trainer is None  # an injected trainer (tests) trains one job at a time
+        off = "" if batch_seeds else "--no-batch-seeds"
+        if jobs == "auto":
+            run.plan_units(batch, 1, devices[0], off)
+            jobs = auto_jobs(devices, run.plan)
+        workers = min(int(jobs or 1), len(run.jobs))
+        run.plan_units(batch, workers, devices[0], off)
+        execution, outcomes = _execute(run, spec, devices, workers, parallel, isolate)
+        execution = "; ".join(filter(None, (execution, run.plan.describe())))
         rows = [member_row(j, o) for j, o in zip(run.jobs, outcomes)]
         choices: list[dict] = []
         if spec.tune:  # each member at its best learning rate, then compared as usual
@@ -161,6 +175,19 @@ def visible_devices(cfg: Config) -> list[str]:
     return [dev]
 
 
+def auto_jobs(devices: list[str], plan: groups.Plan) -> int:
+    """How many members to train at a time when the user did not say (`tformer study`).
+
+    On the CPU, one process when seeds are batched: a group's batched matmuls use every core, and
+    measured on 2 cores (docs/studies.md) that is faster than a process per core; one process per
+    core when nothing is batched (small single models do not fill the cores).  On GPUs, one per
+    core, packed by free memory (_execute)."""
+    on_cpu = devices[:1] in (["cpu"], ["auto"])
+    if on_cpu and any(len(u) > 1 for u in plan.units):
+        return 1
+    return os.cpu_count() or 1
+
+
 def _execute(run: "_Run", spec: Spec, devices: list[str], jobs: int, parallel: bool, isolate: bool
              ) -> tuple[str, list[MemberOutcome | None]]:
     """Run the jobs the way the flags and the visible devices say; (how, in words; the outcomes)."""
@@ -243,21 +270,40 @@ class _Run:
         self.threads: int | None = None  # torch threads of each worker process (CPU jobs)
         for i, j in enumerate(self.jobs):
             j.label = f"[{i + 1}/{len(self.jobs)}] {j.label}"
+        self.plan = groups.Plan([[j] for j in self.jobs])
+
+    def plan_units(self, batch: bool, workers: int, device: str, off: str = "") -> None:
+        """Group the jobs still to train (study/groups.py); finished ones are skipped alone.
+        ``off``: why ``batch`` is False, in words for the summary ("" says nothing)."""
+        todo = [j for j in self.jobs if not (self.resume and j.finished() is not None)]
+        done = [[j] for j in self.jobs if j not in todo]
+        cap = groups.max_group_size(todo, device) if batch else None
+        p = groups.plan(todo, batch=batch, cont=self.resume, workers=workers, max_group=cap)
+        self.plan = groups.Plan(done + p.units, p.alone, off if not batch else "")
+
+    def _ordered(self, outcomes: dict[int, MemberOutcome | None]) -> list[MemberOutcome | None]:
+        return [outcomes.get(id(j)) for j in self.jobs]
 
     def _skipped(self, j: Job) -> MemberOutcome | None:
         o = skipped(j, self.say) if self.resume else None
         return measured(o, j, self.spec.prompt, self.evaluator, self.say) if o else None
 
     def inline(self) -> list[MemberOutcome | None]:
-        out: list[MemberOutcome | None] = []
-        for j in self.jobs:
+        out: dict[int, MemberOutcome | None] = {}
+        for unit in self.plan.units:
             if self.stop():
-                out.append(None)
                 continue
+            if len(unit) > 1:
+                trained = train_seeds(unit, cont=self.resume and unit[0].can_continue(), display=self.display,
+                                      should_stop=self.stop, say=self.say)
+                for j, o in zip(unit, trained):
+                    out[id(j)] = measured(o, j, self.spec.prompt, self.evaluator, self.say)
+                continue
+            j = unit[0]
             o = self._skipped(j) or train_member(j, cont=self.resume and j.can_continue(), trainer=self.trainer,
                                                  display=self.display, should_stop=self.stop, say=self.say)
-            out.append(measured(o, j, self.spec.prompt, self.evaluator, self.say))
-        return out
+            out[id(j)] = measured(o, j, self.spec.prompt, self.evaluator, self.say)
+        return self._ordered(out)
 
     def in_processes(self, devices: list[str]) -> list[MemberOutcome | None]:
         """One worker process per member, at most one per device at a time."""
@@ -267,39 +313,46 @@ class _Run:
         work = self.out_dir / WORKERS
         work.mkdir(parents=True, exist_ok=True)
 
-        def one(j: Job) -> MemberOutcome | None:
-            done = self._skipped(j)
+        def one(unit: list[Job]) -> list[MemberOutcome | None]:
+            done = self._skipped(unit[0]) if len(unit) == 1 else None
             if done is not None:
-                return done
+                return [done]
             device = free.get()
             try:
-                return None if self.stop() else self._worker(j, device, work)
+                return [None] * len(unit) if self.stop() else self._worker(unit, device, work)
             finally:
                 free.put(device)
 
         with ThreadPoolExecutor(max_workers=len(devices)) as pool:
-            return list(pool.map(one, self.jobs))
+            results = list(pool.map(one, self.plan.units))
+        return self._ordered({id(j): o for unit, os_ in zip(self.plan.units, results) for j, o in zip(unit, os_)})
 
-    def _worker(self, j: Job, device: str, work: Path) -> MemberOutcome:
-        """Run ``python -m tformer_cli.study.worker JOB`` and read back the outcome it writes.
-        A stop request is passed on as SIGTERM: the worker saves a checkpoint and reports."""
-        name = j.run_dir.name
-        wj = WorkerJob(config=j.cfg.replace({"train.device": device}).to_dict(), seed=j.seed,
-                       member=j.member.name, run_dir=str(j.run_dir), label=j.label,
-                       cont=self.resume and j.can_continue(), prompt=self.spec.prompt,
-                       outcome=str(work / f"{name}.outcome.json"), threads=self.threads)
+    def _worker(self, unit: list[Job], device: str, work: Path) -> list[MemberOutcome]:
+        """Run ``python -m tformer_cli.study.worker JOB`` for one job or a group of seeds and read
+        back the outcomes it writes.  A stop request is passed on as SIGTERM: the worker saves a
+        checkpoint and reports."""
+        seeds = [WorkerJob(config=j.cfg.replace({"train.device": device}).to_dict(), seed=j.seed,
+                           member=j.member.name, run_dir=str(j.run_dir), label=j.label,
+                           cont=self.resume and j.can_continue(), prompt=self.spec.prompt,
+                           outcome=str(work / f"{j.run_dir.name}.outcome.json"), threads=self.threads)
+                 for j in unit]
+        wj = seeds[0] if len(unit) == 1 else WorkerJob(**{**seeds[0].to_dict(), "group": [s.to_dict() for s in seeds]})
+        name = unit[0].run_dir.name + (f"-group{len(unit)}" if len(unit) > 1 else "")
         job_path, log_path = work / f"{name}.job.json", work / f"{name}.log"
-        Path(wj.outcome).unlink(missing_ok=True)
+        for s in seeds:
+            Path(s.outcome).unlink(missing_ok=True)
         write_json(job_path, wj)
-        self.say(f"{j.label}: started on {device}")
+        label = unit[0].label if len(unit) == 1 else group_label(unit)
+        self.say(f"{label}: started on {device}")
         with open(log_path, "w") as log:
             env = {**os.environ, **({"OMP_NUM_THREADS": str(self.threads)} if self.threads else {})}
             proc = subprocess.Popen([sys.executable, "-m", "tformer_cli.study.worker", str(job_path)],
                                     stdout=log, stderr=subprocess.STDOUT, env=env)
             rc = _wait(proc, self.stop)
-        o = _read_outcome(Path(wj.outcome), rc, log_path)
-        self.say(f"{j.label}: " + {"ok": "done", "interrupted": "interrupted"}.get(o.status, f"failed: {o.error}"))
-        return o
+        outs = [_read_outcome(Path(s.outcome), rc, log_path) for s in seeds]
+        for j, o in zip(unit, outs):
+            self.say(f"{j.label}: " + {"ok": "done", "interrupted": "interrupted"}.get(o.status, f"failed: {o.error}"))
+        return outs
 
 
 def _wait(proc: subprocess.Popen, stop: Callable[[], bool]) -> int:

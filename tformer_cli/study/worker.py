@@ -27,6 +27,7 @@ class WorkerJob:
     prompt: str | None
     outcome: str  # where to write the MemberOutcome
     threads: int | None = None  # torch threads (CPU members trained side by side)
+    group: list[dict[str, Any]] | None = None  # WorkerJobs of a member's seeds batched into one model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,6 +68,25 @@ def run(job: WorkerJob, should_stop=lambda: False):
         return MemberOutcome("failed", error=f"unexpected {type(e).__name__}: {e}")
 
 
+def run_group(jobs: list[WorkerJob], should_stop=lambda: False):
+    """Train the seeds ``jobs`` as one batched group and measure each; their MemberOutcomes."""
+    from tformer_cli.core import config as cfgmod
+    from tformer_cli.study.job import Job, measured, train_seeds
+    from tformer_cli.study.results import MemberOutcome
+    from tformer_cli.study.spec import Member
+
+    try:
+        js = [Job(Member(w.member), w.seed, cfgmod.from_dict(w.config), Path(w.run_dir), w.label) for w in jobs]
+        outs = train_seeds(js, cont=jobs[0].cont, should_stop=should_stop)
+        return [measured(o, j, w.prompt, None, lambda s: None) for o, j, w in zip(outs, js, jobs)]
+    except Exception as e:  # noqa: BLE001 (an unknown failure is still reported, in one line)
+        from tformer_cli.errors import TformerError
+
+        if isinstance(e, TformerError):
+            return [MemberOutcome("failed", error=str(e), hint=e.hint or "") for _ in jobs]
+        return [MemberOutcome("failed", error=f"unexpected {type(e).__name__}: {e}") for _ in jobs]
+
+
 def main(argv: list[str] | None = None) -> int:
     from tformer_cli.study.results import write_json
 
@@ -79,9 +99,16 @@ def main(argv: list[str] | None = None) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop.handle)
     signal.signal(signal.SIGTERM, stop.handle)
-    outcome = run(job, stop)
-    write_json(Path(job.outcome), outcome)
-    return {"ok": 0, "interrupted": 130}.get(outcome.status, 1)
+    if job.group:
+        seeds = [WorkerJob(**g) for g in job.group]
+        outcomes = run_group(seeds, stop)
+        for w, o in zip(seeds, outcomes):
+            write_json(Path(w.outcome), o)
+    else:
+        outcomes = [run(job, stop)]
+        write_json(Path(job.outcome), outcomes[0])
+    statuses = {o.status for o in outcomes}
+    return 0 if statuses == {"ok"} else 130 if "interrupted" in statuses else 1
 
 
 if __name__ == "__main__":
