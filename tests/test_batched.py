@@ -15,6 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.batched import FIRST, SWITCHES
+from bench.batched import curve as _curve
+from bench.batched import first_steps as _first_steps
+from bench.batched import single_run
 from conftest import TINY, assert_same_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,34 +34,19 @@ def _cfg(seed: int = 0, **sets):
     return from_dict(base).replace({"train.seed": seed, **sets})
 
 
-# The exactness checks: the first 100 steps of a shipped study's run (its size and schedule).
+# The exactness checks: the first FIRST steps of a shipped study's run (its size and schedule);
+# `python -m bench.batched --exactness` prints the differences these tests bound.
 STUDY_SIZE = {"model.d_model": 64, "model.n_head": 4, "model.block_size": 32, "train.batch_size": 16,
               "train.lr": 0.003, "train.warmup_steps": 100, "train.steps": 2000, "train.eval_interval": 50}
-FIRST = 100
 
 
-def _first_steps():
-    """progress and should_stop that stop a run (or a group) right after step FIRST."""
-    seen: list[int] = []
-    return (lambda e: seen.append(e.step) if e.kind == "log" else None), (lambda: bool(seen) and seen[-1] >= FIRST)
-
-
-def _single(cfg, d: Path, explicit: bool = False, **kw):
-    """``tformer train``'s run of ``cfg`` into ``d``; ``explicit``: with the attention arithmetic
-    of a batched group (softmax(q k^T) v written out, as vmap needs) instead of SDPA's kernel."""
-    from tformer_cli.core.model import GPT
+def _single(cfg, d: Path):
+    """``tformer train``'s run of ``cfg`` into ``d``."""
     from tformer_cli.run.rundir import prepare_run_dir
     from tformer_cli.train.loop import train
 
     prepare_run_dir(d, False)
-    if not explicit:
-        return train(cfg, d, **kw)
-    forward = GPT.forward
-    GPT.forward = lambda self, *a, **k: forward(self, *a, **{**k, "explicit": True})
-    try:
-        return train(cfg, d, **kw)
-    finally:
-        GPT.forward = forward
+    return train(cfg, d)
 
 
 def _group(cfgs, dirs, **kw):
@@ -68,11 +57,6 @@ def _group(cfgs, dirs, **kw):
         for d in dirs:
             prepare_run_dir(d, False)
     return train_group(cfgs, dirs, **kw)
-
-
-def _curve(d: Path, key: str) -> list[tuple[int, float]]:
-    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return [(r["step"], r[key]) for r in rows if key in r]
 
 
 def _assert_matches(batched: Path, single: Path) -> None:
@@ -106,8 +90,7 @@ def _check_switch(tmp_path: Path, sets: dict, explicit: bool = False) -> None:
     assert all(o.result is not None and o.result.steps_done == FIRST for o in outs)
     for c, d in zip(cfgs, dirs):
         single = tmp_path / f"single{c.train.seed}"
-        progress, stop = _first_steps()
-        _single(c, single, explicit=explicit, progress=progress, should_stop=stop)
+        single_run(c, single, explicit=explicit)  # its first FIRST steps
         assert len(_curve(single, "train_loss")) == FIRST
         _assert_matches(d, single)
 
@@ -127,22 +110,6 @@ def test_group_matches_single_runs_modern_switches(tmp_path):
                              "model.n_kv_head": 1, "model.qk_norm": True, "train.grad_clip": 0.05})
 
 
-SWITCHES = {
-    "sinusoidal": {"model.pos_encoding": "sinusoidal"},
-    "no-positions": {"model.pos_encoding": "none"},
-    "rope": {"model.pos_encoding": "rope"},
-    "rmsnorm-post": {"model.norm": "rmsnorm", "model.norm_position": "post"},
-    "swiglu-nobias": {"model.activation": "swiglu", "model.bias": False},
-    "relu-ffn-off": {"model.activation": "relu", "model.ffn": False},
-    "relu2": {"model.activation": "relu2"},
-    "gelu-tanh": {"model.activation": "gelu_tanh"},
-    "gqa-qknorm": {"model.n_head": 4, "model.n_kv_head": 2, "model.qk_norm": True},
-    "mqa": {"model.n_head": 4, "model.n_kv_head": 1},
-    "softcap-untied": {"model.logit_softcap": 15.0, "model.tie_weights": False, "model.vocab_multiple": 64},
-    "mlm-noncausal": {"train.objective": "mlm", "model.causal": False},
-    "accum-clip": {"train.grad_accum": 2, "train.grad_clip": 0.05},
-    "bpe": {"data.tokenizer": "bpe", "data.vocab_size": 300},
-}
 
 
 @pytest.mark.slow
@@ -285,12 +252,12 @@ def test_plan_groups_resumed_seeds_by_their_checkpoint_step(tmp_path):
 
     spec = _spec({"a": {}}, seeds=(0, 1, 2))
     jobs = _jobs(spec, tmp_path)
-    for j, step in zip(jobs, (8, 8, 16)):
-        _group([j.cfg], [j.run_dir], should_stop=lambda s=step: False)  # a real checkpoint to edit
-        meta = json.loads((j.run_dir / "checkpoint.json").read_text())
-        meta["train_state"]["step"] = step
-        (j.run_dir / "checkpoint.json").write_text(json.dumps(meta))
-        (j.run_dir / "summary.json").unlink(missing_ok=True)
+    for j, step in zip(jobs, (8, 8, 16)):  # stopped right after the checkpoint of that step
+        saved: list[int] = []
+        _group([j.cfg], [j.run_dir], progress=lambda e: saved.append(e.step) if e.kind == "checkpoint" else None,
+               should_stop=lambda s=step: s in saved)
+        assert not (j.run_dir / "summary.json").exists() or json.loads(
+            (j.run_dir / "summary.json").read_text())["interrupted"]
     units = groups.plan(jobs, batch=True, cont=True).units
     assert sorted(len(u) for u in units) == [1, 2]
 
@@ -374,6 +341,8 @@ def test_cli_flag_and_summary_in_80_columns(tmp_path, tiny_yaml, monkeypatch):
     r = piped(monkeypatch, "sweep-heads", str(tiny_yaml), "--heads", "1,2", "--seeds", "2",
               "--steps", "10", "--no-batch-seeds", "--out", str(tmp_path / "off"))
     assert r.code == 0 and "seeds: one run each (--no-batch-seeds)" in " ".join(r.out.split()), r
+    r = piped(monkeypatch, "sweep-heads", "--resume", str(tmp_path / "on"), "--no-batch-seeds")
+    assert r.code == 0 and "seeds: one run each (--no-batch-seeds)" in " ".join(r.out.split()), r  # allowed
 
 
 # ---------------------------------------------------------------- a kill, not a stop
@@ -381,7 +350,7 @@ def test_cli_flag_and_summary_in_80_columns(tmp_path, tiny_yaml, monkeypatch):
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-sys.path.insert(0, {tests!r})
+sys.path[:0] = [{tests!r}, {root!r}]  # the tests and the repository (bench.batched)
 import torch
 torch.set_num_threads(1)
 from test_batched import _cfg
@@ -398,7 +367,7 @@ def test_kill_9_during_a_group_resumes_every_seed_bitwise(tmp_path):
     from tformer_cli.run.rundir import prepare_run_dir
 
     script = tmp_path / "group.py"
-    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent)))
+    script.write_text(KILL_SCRIPT.format(tests=str(Path(__file__).parent), root=str(Path(__file__).parent.parent)))
     full = [tmp_path / f"full{s}" for s in range(2)]
     part = [tmp_path / f"part{s}" for s in range(2)]
     for d in full + part:

@@ -9,12 +9,12 @@ member's seeds are split into as many groups as keep every worker busy.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tformer_cli.run.rundir import RunDir
+from tformer_cli.core.config import Config
+from tformer_cli.errors import TformerError
 from tformer_cli.study.job import Job
 
 NEW = -1  # the start step of a job with no checkpoint to continue
@@ -45,11 +45,13 @@ class Plan:
 
 def start_step(j: Job, cont: bool) -> int:
     """The step a job starts from: its checkpoint's when it continues, NEW otherwise."""
+    from tformer_cli.run import checkpoint
+
     if not (cont and j.can_continue()):
         return NEW
     try:
-        return int(json.loads(RunDir(j.run_dir).checkpoint_json.read_text())["train_state"]["step"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return int(checkpoint.peek(j.run_dir)["train_state"]["step"])  # the header only, as resume reads it
+    except (TformerError, KeyError, TypeError, ValueError):
         return NEW - 1  # unreadable: alone, where the single path reports it
 
 
@@ -99,32 +101,39 @@ def _chunks_per_member(n_members: int, workers: int) -> int:
 def max_group_size(jobs: list[Job], device: str) -> int | None:
     """The most seeds of one group that the device's free memory holds (core/memory.py's training
     estimate per seed, at the member's batch), or None when the free memory is not known."""
-    import torch
-
-    from tformer_cli.core.data import prepare
-    from tformer_cli.core.memory import available, estimate
-
-    if not jobs:
-        return None
-    free, _ = available(torch.device("cuda" if device in ("auto", "cuda") else device)
-                        if not (device == "auto" and not torch.cuda.is_available()) else torch.device("cpu"))
-    if free is None:
-        return None
-    from tformer_cli.errors import TformerError
+    from tformer_cli.core.device import select
+    from tformer_cli.core.memory import available
     from tformer_cli.train.batched import batch_problem
 
-    worst = 0
+    batchable = [j.cfg for j in jobs if batch_problem(j.cfg) is None]
+    if not batchable:
+        return None
+    try:
+        free, _ = available(select(device))
+    except TformerError:
+        return None
+    if free is None:
+        return None
+    return max(1, int(free * 0.8) // max(largest_training_bytes(batchable), 1))  # a fifth for the rest
+
+
+def largest_training_bytes(cfgs: list[Config]) -> int:
+    """The largest training-memory estimate among ``cfgs`` (core/memory.py's, at each one's batch;
+    the vocabulary is its corpus's, prepared once per distinct data config).  A corpus that cannot
+    be prepared is left out: its member fails in its own training, with that message."""
+    from tformer_cli.core.data import prepare
+    from tformer_cli.core.memory import estimate
+
     vocabs: dict[str, int | None] = {}
-    for j in jobs:
-        if batch_problem(j.cfg) is not None:
-            continue
-        key = repr(j.cfg.data)
+    worst = 0
+    for cfg in cfgs:
+        key = repr(cfg.data)
         if key not in vocabs:
             try:
-                vocabs[key] = prepare(j.cfg.data).vocab_size
-            except TformerError:  # the member fails in its own training, with this message
+                vocabs[key] = prepare(cfg.data).vocab_size
+            except TformerError:
                 vocabs[key] = None
         if vocabs[key] is not None:
-            vocab = vocabs[key] + (j.cfg.train.objective == "mlm")
-            worst = max(worst, estimate(j.cfg.model, vocab, j.cfg.train.batch_size, training=True).total)
-    return max(1, int(free * 0.8) // max(worst, 1))  # a fifth kept for the rest of the process
+            vocab = vocabs[key] + (cfg.train.objective == "mlm")
+            worst = max(worst, estimate(cfg.model, vocab, cfg.train.batch_size, training=True).total)
+    return worst

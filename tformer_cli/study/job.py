@@ -91,9 +91,21 @@ def train_member(j: Job, *, cont: bool, trainer: Trainer | None = None, display:
         return MemberOutcome("interrupted")
     except TformerError as e:
         say(f"{j.label}: failed: {e}")
+        return failed(e)
+    return trained(result.to_dict() if hasattr(result, "to_dict") else dict(result))
+
+
+def failed(e: Exception) -> MemberOutcome:
+    """The outcome of a member that ``e`` ended: a TformerError's message and hint, or, for
+    anything else, one line naming the exception."""
+    if isinstance(e, TformerError):
         return MemberOutcome("failed", error=str(e), hint=e.hint or "")
-    result = result.to_dict() if hasattr(result, "to_dict") else dict(result)
-    return MemberOutcome("interrupted" if result.get("interrupted") else "ok", summary=result)
+    return MemberOutcome("failed", error=f"unexpected {type(e).__name__}: {e}")
+
+
+def trained(summary: dict[str, Any]) -> MemberOutcome:
+    """The outcome of a member whose training returned ``summary`` (TrainResult.to_dict())."""
+    return MemberOutcome("interrupted" if summary.get("interrupted") else "ok", summary=summary)
 
 
 def train_seeds(js: list[Job], *, cont: bool, display: Display | None = None,
@@ -114,18 +126,17 @@ def train_seeds(js: list[Job], *, cont: bool, display: Display | None = None,
                                should_stop=should_stop)
     except TformerError as e:
         say(f"{group_label(js)}: failed: {e}")
-        return [MemberOutcome("failed", error=str(e), hint=e.hint or "") for _ in js]
+        return [failed(e) for _ in js]
     result = []
     for j, o in zip(js, outs):
         if o.error is not None:
             say(f"{j.label}: failed: {o.error}")
-            result.append(MemberOutcome("failed", error=str(o.error), hint=o.error.hint or ""))
+            result.append(failed(o.error))
         elif o.stopped:
             say(f"{j.label}: stopped before its first checkpoint")
             result.append(MemberOutcome("interrupted"))
         else:
-            d = o.result.to_dict()
-            result.append(MemberOutcome("interrupted" if d.get("interrupted") else "ok", summary=d))
+            result.append(trained(o.result.to_dict()))
     return result
 
 

@@ -80,13 +80,7 @@ def run_experiment(
         run = _Run(spec, out_dir, resume, trainer, evaluator, display, notice or (lambda s: None),
                    should_stop or (lambda: False))
         devices = devices if devices is not None else visible_devices(spec.config())
-        batch = batch_seeds and trainer is None  # an injected trainer (tests) trains one job at a time
-        off = "" if batch_seeds else "--no-batch-seeds"
-        if jobs == "auto":
-            run.plan_units(batch, 1, devices[0], off)
-            jobs = auto_jobs(devices, run.plan)
-        workers = min(int(jobs or 1), len(run.jobs))
-        run.plan_units(batch, workers, devices[0], off)
+        workers = run.plan_units(batch_seeds, jobs, devices)
         execution, outcomes = _execute(run, spec, devices, workers, parallel, isolate)
         execution = "; ".join(filter(None, (execution, run.plan.describe())))
         rows = [member_row(j, o) for j, o in zip(run.jobs, outcomes)]
@@ -219,21 +213,9 @@ CUDA_PROCESS_BYTES = 512 * 2**20  # a worker's CUDA context and allocator slack,
 
 
 def member_bytes(spec: Spec) -> int:
-    """The largest training-memory estimate among the members (core.memory's, at the member's
-    batch), for packing members onto a GPU; the vocabulary is the corpus's."""
-    from tformer_cli.core.data import prepare
-    from tformer_cli.core.memory import estimate
-
-    vocabs: dict[str, int] = {}  # one corpus preparation per distinct data config, not per member
-    worst = 0
-    for m in spec.members:
-        cfg = spec.member_config(m, spec.seeds[0])
-        key = repr(cfg.data)
-        if key not in vocabs:
-            vocabs[key] = prepare(cfg.data).vocab_size
-        vocab = vocabs[key] + (cfg.train.objective == "mlm")
-        worst = max(worst, estimate(cfg.model, vocab, cfg.train.batch_size, training=True).total)
-    return worst
+    """The largest training-memory estimate among the members (study/groups.py's), for packing
+    members onto a GPU."""
+    return groups.largest_training_bytes([spec.member_config(m, spec.seeds[0]) for m in spec.members])
 
 
 def _free_bytes(device: str) -> int | None:
@@ -270,16 +252,21 @@ class _Run:
         self.threads: int | None = None  # torch threads of each worker process (CPU jobs)
         for i, j in enumerate(self.jobs):
             j.label = f"[{i + 1}/{len(self.jobs)}] {j.label}"
-        self.plan = groups.Plan([[j] for j in self.jobs])
+        self.plan = groups.Plan([[j] for j in self.jobs])  # plan_units replaces it
 
-    def plan_units(self, batch: bool, workers: int, device: str, off: str = "") -> None:
-        """Group the jobs still to train (study/groups.py); finished ones are skipped alone.
-        ``off``: why ``batch`` is False, in words for the summary ("" says nothing)."""
+    def plan_units(self, batch_seeds: bool, jobs: int | str | None, devices: list[str]) -> int:
+        """Group the jobs still to train (study/groups.py; finished ones are skipped alone) for
+        ``jobs`` workers ("auto": auto_jobs picks); the number of workers."""
+        batch = batch_seeds and self.trainer is None  # an injected trainer (tests) trains one job at a time
         todo = [j for j in self.jobs if not (self.resume and j.finished() is not None)]
-        done = [[j] for j in self.jobs if j not in todo]
-        cap = groups.max_group_size(todo, device) if batch else None
+        cap = groups.max_group_size(todo, devices[0]) if batch else None
+        if jobs == "auto":
+            jobs = auto_jobs(devices, groups.plan(todo, batch=batch, cont=self.resume, max_group=cap))
+        workers = min(int(jobs or 1), len(self.jobs))
         p = groups.plan(todo, batch=batch, cont=self.resume, workers=workers, max_group=cap)
-        self.plan = groups.Plan(done + p.units, p.alone, off if not batch else "")
+        done = [[j] for j in self.jobs if j not in todo]
+        self.plan = groups.Plan(done + p.units, p.alone, p.off if self.trainer is None else "")
+        return workers
 
     def _ordered(self, outcomes: dict[int, MemberOutcome | None]) -> list[MemberOutcome | None]:
         return [outcomes.get(id(j)) for j in self.jobs]

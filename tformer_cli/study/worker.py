@@ -51,40 +51,23 @@ class _Stop:
 
 def run(job: WorkerJob, should_stop=lambda: False):
     """Train and measure the member of ``job``; the MemberOutcome (never raises a TformerError)."""
-    from tformer_cli.core import config as cfgmod
-    from tformer_cli.study.job import Job, measured, train_member
-    from tformer_cli.study.results import MemberOutcome
-    from tformer_cli.study.spec import Member
-
-    try:
-        j = Job(Member(job.member), job.seed, cfgmod.from_dict(job.config), Path(job.run_dir), job.label)
-        o = train_member(j, cont=job.cont, should_stop=should_stop)
-        return measured(o, j, job.prompt, None, lambda s: None)
-    except Exception as e:  # noqa: BLE001 (an unknown failure is still reported, in one line)
-        from tformer_cli.errors import TformerError
-
-        if isinstance(e, TformerError):
-            return MemberOutcome("failed", error=str(e), hint=e.hint or "")
-        return MemberOutcome("failed", error=f"unexpected {type(e).__name__}: {e}")
+    return run_group([job], should_stop)[0]
 
 
 def run_group(jobs: list[WorkerJob], should_stop=lambda: False):
-    """Train the seeds ``jobs`` as one batched group and measure each; their MemberOutcomes."""
+    """Train the member of one job, or the seeds ``jobs`` as one batched group, and measure each;
+    their MemberOutcomes (a failure fails every seed with its message, in one line)."""
     from tformer_cli.core import config as cfgmod
-    from tformer_cli.study.job import Job, measured, train_seeds
-    from tformer_cli.study.results import MemberOutcome
+    from tformer_cli.study.job import Job, failed, measured, train_member, train_seeds
     from tformer_cli.study.spec import Member
 
     try:
         js = [Job(Member(w.member), w.seed, cfgmod.from_dict(w.config), Path(w.run_dir), w.label) for w in jobs]
-        outs = train_seeds(js, cont=jobs[0].cont, should_stop=should_stop)
+        outs = (train_seeds(js, cont=jobs[0].cont, should_stop=should_stop) if len(js) > 1 else
+                [train_member(js[0], cont=jobs[0].cont, should_stop=should_stop)])
         return [measured(o, j, w.prompt, None, lambda s: None) for o, j, w in zip(outs, js, jobs)]
     except Exception as e:  # noqa: BLE001 (an unknown failure is still reported, in one line)
-        from tformer_cli.errors import TformerError
-
-        if isinstance(e, TformerError):
-            return [MemberOutcome("failed", error=str(e), hint=e.hint or "") for _ in jobs]
-        return [MemberOutcome("failed", error=f"unexpected {type(e).__name__}: {e}") for _ in jobs]
+        return [failed(e) for _ in jobs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,14 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop.handle)
     signal.signal(signal.SIGTERM, stop.handle)
-    if job.group:
-        seeds = [WorkerJob(**g) for g in job.group]
-        outcomes = run_group(seeds, stop)
-        for w, o in zip(seeds, outcomes):
-            write_json(Path(w.outcome), o)
-    else:
-        outcomes = [run(job, stop)]
-        write_json(Path(job.outcome), outcomes[0])
+    seeds = [WorkerJob(**g) for g in job.group] if job.group else [job]
+    outcomes = run_group(seeds, stop)
+    for w, o in zip(seeds, outcomes):
+        write_json(Path(w.outcome), o)
     statuses = {o.status for o in outcomes}
     return 0 if statuses == {"ok"} else 130 if "interrupted" in statuses else 1
 
