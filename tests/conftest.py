@@ -11,6 +11,7 @@ import os
 import re
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
@@ -241,9 +242,10 @@ class FakeTrainer:
     """Writes what tformer_cli.train.loop.train writes that the engine reads (summary.json, metrics,
     a checkpoint marker); its val loss is a pure function of the member's config and seed."""
 
-    def __init__(self, fail: str | None = None, stop_after: int | None = None):
+    def __init__(self, fail: str | None = None, stop_after: int | None = None,
+                 arithmetic: Callable[[str], str] = lambda run: "float32 on cpu"):
         self.calls: list[tuple[str, int, bool]] = []
-        self.fail, self.stop_after = fail, stop_after
+        self.fail, self.stop_after, self.arithmetic = fail, stop_after, arithmetic
 
     def __call__(self, cfg, run_dir, *, resume, progress, should_stop):
         from tformer_cli.errors import RunError
@@ -261,7 +263,7 @@ class FakeTrainer:
                    "interrupted": interrupted, "train_loss": loss + 0.1, "val_loss": loss,
                    "tokens_per_s": 1000.0 * cfg.model.n_head, "peak_memory_bytes": 1 << 20,
                    "memory_source": "process peak RSS", "params": 123, "vocab_size": 65, "elapsed_s": 0.1,
-                   "extra": {"copy_acc": 0.5}}
+                   "arithmetic": self.arithmetic(run_dir.name), "extra": {"copy_acc": 0.5}}
         (run_dir / "summary.json").write_text(json.dumps(summary))
         return summary
 

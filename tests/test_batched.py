@@ -126,7 +126,7 @@ def test_each_seed_is_an_ordinary_run(tmp_path, cli):
         for f in ("config.yaml", "metrics.jsonl", "checkpoint.safetensors", "checkpoint.json", "summary.json"):
             assert (d / f).is_file(), f
         summary = json.loads((d / "summary.json").read_text())
-        assert summary["extra"]["batched"]["seeds"] == 2
+        assert summary["extra"]["batched"]["seeds"] == 2 and summary["arithmetic"] == "float32 on cpu"
         assert o.result.steps_done == 24
         r = cli("sample", str(d), "--prompt", "The", "--max-new-tokens", "5")
         assert r.code == 0, r

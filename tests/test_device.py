@@ -36,3 +36,22 @@ def test_missing_cuda_is_a_usage_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="CUDA is not available"):
         dev.select("cuda")
+
+
+def test_arithmetic_names_what_the_matmuls_computed_in():
+    """train.tf32 decides TF32 on CUDA (a process-wide flag, set by every run's set-up), and the
+    label a summary and a verdict carry follows it; on the CPU float32 is float32."""
+    cuda = torch.device("cuda")  # a device object needs no card: only the flags are set and read
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    try:
+        dev.setup_backends(cuda, tf32=False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert dev.arithmetic(cuda, torch.float32) == "float32 on cuda"
+        dev.setup_backends(cuda, tf32=True)
+        assert dev.arithmetic(cuda, torch.float32) == "float32, TF32 matmuls, on cuda"
+        assert dev.arithmetic(cuda, torch.bfloat16) == "bfloat16 autocast on cuda"
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+    cpu = torch.device("cpu")
+    assert dev.arithmetic(cpu, torch.float32) == "float32 on cpu"
+    assert dev.arithmetic(cpu, torch.bfloat16) == "bfloat16 autocast on cpu"

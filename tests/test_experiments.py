@@ -256,6 +256,11 @@ def test_shipped_study_files_build_valid_members(path):
         spec = files.sweep_spec(cfg, files.file_grid(exp), exp.get("seeds"))
     validate_members(spec)
     assert len(spec.members) >= 2
+    # A verdict must not depend on the machine: every member computes in full float32, on a GPU
+    # too (train.dtype auto would be bfloat16 autocast there, and train.tf32 TF32 matmuls).
+    for m in spec.members:
+        t = spec.member_config(m, 1).train
+        assert t.dtype == "float32" and (t.tf32 is False or t.device == "cpu"), m.name
 
 
 @pytest.mark.slow

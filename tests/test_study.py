@@ -161,3 +161,42 @@ def test_mlm_member_reads_na_and_a_failed_member_its_error(tiny_config, tmp_path
     term, pipe = _render(r, True), _render(r, False)
     assert "n/a (MLM)" in term and "FAILED:" in term
     assert "n/a (MLM)" in pipe and "FAILED: the loss became NaN or infinite at step 3" in pipe
+
+
+# ---------------------------------------------------------------- what the members computed in
+
+
+def _claimed(tiny_config, tmp_path, trainer):
+    base = from_dict(tiny_config)
+    claim = {"statement": "Removing the FFN makes the model worse", "source": "a paper", "member": "no-ffn",
+             "expect": "higher", "margin": 0.02}
+    spec = Spec("ablate", base.to_dict(), ablation_members(base, no_ffn=True), [1, 2, 3], claims=[claim])
+    return runner.run_experiment(spec, tmp_path / "exp", trainer=trainer, evaluator=fake_eval)
+
+
+def test_rows_verdict_and_findings_say_what_the_members_computed_in(tiny_config, tmp_path):
+    from tformer_cli.render.experiments import captions, verdict_line
+    from tformer_cli.render.findings import write_findings
+
+    r = _claimed(tiny_config, tmp_path, FakeTrainer())
+    assert {row.arithmetic for row in r.rows} == {"float32 on cpu"} and r.arithmetic == "float32 on cpu"
+    assert r.verdicts[0].arithmetic == "float32 on cpu"
+    assert "over 3 seed(s) in float32 on cpu, no-ffn vs baseline" in verdict_line(r.verdicts[0])
+    assert any("arithmetic: float32 on cpu" in c for c in captions(r))
+    assert (tmp_path / "exp" / "results.csv").read_text().splitlines()[0].split(",").count("arithmetic") == 1
+    assert read_results(tmp_path / "exp").verdicts[0].arithmetic == "float32 on cpu"
+    report = write_findings(tmp_path, [r]).read_text()
+    assert "| seeds | arithmetic |" in report and "| 3 | float32 on cpu |" in report
+
+
+def test_a_verdict_over_members_of_different_arithmetic_names_both(tiny_config, tmp_path):
+    """A member resumed on another machine, or a --set that reached one member: the verdict
+    compares runs that did not compute alike, and says so."""
+    from tformer_cli.render.experiments import verdict_line
+
+    fake = FakeTrainer(arithmetic=lambda run: "bfloat16 autocast on cuda" if run.startswith("no-ffn") else
+                       "float32 on cpu")
+    r = _claimed(tiny_config, tmp_path, fake)
+    both = "bfloat16 autocast on cuda + float32 on cpu"
+    assert r.arithmetic == both and r.verdicts[0].arithmetic == both
+    assert f"in {both}, no-ffn" in verdict_line(r.verdicts[0])

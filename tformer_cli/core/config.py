@@ -120,6 +120,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | float32 | bfloat16 | float16
+    tf32: bool = True  # CUDA: float32 matmuls as TensorFloat-32 (10-bit mantissa); false: full float32
     compile: Optional[bool] = None  # None: decided per run (train/compile_policy.py)
     cuda_graph: Optional[bool] = None  # None: on for an eager, launch-bound CUDA run (train/graph_step.py)
     objective: str = "clm"  # clm (next token) | mlm (BERT-style masked tokens, bidirectional)

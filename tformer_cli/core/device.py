@@ -95,12 +95,25 @@ def varying_shape_attention(device: torch.device):
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
-def setup_backends(device: torch.device) -> None:
+def setup_backends(device: torch.device, tf32: bool = True) -> None:
+    """The process-wide settings of a run on ``device``.  ``tf32`` (train.tf32): on CUDA, float32
+    matmuls (a float32 run's, or those autocast leaves in float32) run as TensorFloat-32; off, in
+    full float32, the CPU's arithmetic (the shipped studies pin that: docs/studies.md)."""
     if device.type == "cpu":
         tune_cpu_allocator()
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for any float32 matmul left outside autocast
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def arithmetic(device: torch.device, dtype: torch.dtype) -> str:
+    """What a run's matmuls computed in, for its summary and a study's verdict: "float32 on cpu",
+    "float32, TF32 matmuls, on cuda", "bfloat16 autocast on cuda" (after setup_backends)."""
+    if dtype != torch.float32:
+        return f"{dtype_name(dtype)} autocast on {device.type}"
+    if device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return "float32, TF32 matmuls, on cuda"
+    return f"float32 on {device.type}"
 
 
 def tune_cpu_allocator() -> bool:

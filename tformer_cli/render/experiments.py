@@ -212,7 +212,8 @@ def captions(r: ExperimentResult) -> list[str]:
                                                      f"(use --seeds {MIN_SEEDS} or more)." if few else ""),
         CONVERGED_CAPTION if r.task != "classify" else PROBE_CAPTION,
         r.memory_note + ".",
-        f"members ran {r.execution}; tokens/s: median over log intervals, eval excluded.",
+        f"members ran {r.execution}" + (f"; arithmetic: {r.arithmetic}" if r.arithmetic else "")
+        + "; tokens/s: median over log intervals, eval excluded.",
     ]
 
 
@@ -271,7 +272,7 @@ def verdict_line(v: Verdict) -> str:
     measured = "no paired seeds" if v.delta is None else f"Δ {metric} = {signed(v.delta, v.metric)}"
     if v.ci_low is not None and v.ci_high is not None:
         measured += f" [95% CI {signed(v.ci_low, v.metric)}, {signed(v.ci_high, v.metric)}]"
-    measured += f" over {v.n} seed(s), {v.member} vs {v.baseline}"
+    measured += f" over {v.n} seed(s)" + (f" in {v.arithmetic}" if v.arithmetic else "") + f", {v.member} vs {v.baseline}"
     line = f"verdict: {v.outcome.upper()}: {v.statement} ({v.source}). Expected {v.expect}; {measured}: {v.reason}."
     if v.suggestion:
         line += f" To decide: {v.suggestion}."

@@ -61,7 +61,8 @@ def _study_section(r: ExperimentResult, root: Path) -> list[str]:
             s.member, s.changed, pm(s.compared_loss, s.compared_loss_std), diff_cell(s, r), converged_cell(s),
             fmt_int(s.tokens_per_s), *(extra_cell(s.extra.get(k), k) for k in extra))) + " |")
     seeds = len(r.seeds)
-    out += ["", f"{len(r.summary)} members x {seeds} seed(s), members ran {r.execution}; wall time "
+    arith = f" in {r.arithmetic}" if r.arithmetic else ""
+    out += ["", f"{len(r.summary)} members x {seeds} seed(s), members ran {r.execution}{arith}; wall time "
                 f"{fmt_time(r.elapsed_s)}. Compared loss: causal-consistent for next-token models, teacher-forced "
                 f"for masked LMs. Directory: `{r.out_dir}`."]
     if r.plot:
@@ -71,15 +72,16 @@ def _study_section(r: ExperimentResult, root: Path) -> list[str]:
 
 def write_findings(root: Path, results: Sequence[ExperimentResult]) -> Path:
     """findings.md in ``root``: the verdict table, then one section per study."""
-    lines = ["# Findings", "", "| study | claim | verdict | Δ (95% CI) | seeds |", "| --- | --- | --- | --- | --- |"]
+    lines = ["# Findings", "", "| study | claim | verdict | Δ (95% CI) | seeds | arithmetic |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
         for v in r.verdicts or []:
             ci = _ci(v)
             lines.append("| " + " | ".join(_cell(c) for c in (
                 study_name(r), v.statement, v.outcome + (f" ({v.suggestion})" if v.suggestion else ""),
-                ci, str(v.n))) + " |")
+                ci, str(v.n), v.arithmetic or "-")) + " |")
         if not r.verdicts:
-            lines.append(f"| {_cell(study_name(r))} | (no claim) | - | - | {len(r.seeds)} |")
+            lines.append(f"| {_cell(study_name(r))} | (no claim) | - | - | {len(r.seeds)} | {_cell(r.arithmetic or '-')} |")
     lines.append("")
     for r in results:
         lines += _study_section(r, Path(root))

@@ -174,7 +174,7 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
         for k, v in anatomy_columns(j.cfg, s["vocab_size"]).items():
             setattr(row, k, v)
     for k in ("params", "train_loss", "val_loss", "tokens_per_s", "peak_memory_bytes", "memory_source",
-              "steps_done", "elapsed_s", "setup_s", "steps_s", "eval_s", "checkpoint_s"):
+              "steps_done", "elapsed_s", "setup_s", "steps_s", "eval_s", "checkpoint_s", "arithmetic"):
         if s.get(k) is not None:
             setattr(row, k, s[k])
     if o.post is not None:

@@ -14,7 +14,7 @@ import io
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.study.spec import Member
@@ -30,7 +30,7 @@ CSV_COLUMNS = [
     "tokens_per_s", "peak_memory_bytes", "memory_source", "steps_done", "elapsed_s", "measure_s",
     "setup_s", "steps_s", "eval_s", "checkpoint_s", "sample",
     "run_dir",
-    "objective", "hint", "eval_error", "val_drop_last_fifth", "still_learning", "degenerate",
+    "objective", "hint", "eval_error", "val_drop_last_fifth", "still_learning", "degenerate", "arithmetic",
 ]
 ANATOMY_KEYS = ("params", "params_embeddings", "params_attention", "params_ffn", "flops_per_token",
                 "flops_embeddings", "flops_attention", "flops_ffn")
@@ -136,6 +136,7 @@ class MemberRow(_Metrics):
     steps_s: float | None = None
     eval_s: float | None = None
     checkpoint_s: float | None = None
+    arithmetic: str | None = None  # what its matmuls computed in (TrainResult.arithmetic): "float32 on cpu"
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, as results.json and results.csv have it: the columns, then axes, d_k and extras."""
@@ -213,6 +214,7 @@ class Verdict:
     ci_high: float | None = None
     suggestion: str = ""  # what budget would decide, when undecided
     question: str = ""
+    arithmetic: str = ""  # what the compared runs computed in ("float32 on cpu"; several joined by " + ")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -242,6 +244,7 @@ class ExperimentResult:
     verdicts: list[Verdict] = field(default_factory=list)  # one per claim of a study file
     tuning: list[dict[str, Any]] = field(default_factory=list)  # --tune lr: each member's rate and losses
     task: str = "lm"  # the members' task.kind: lm | seq2seq (what was trained, so what is shown)
+    arithmetic: str = ""  # what the members computed in (see arithmetic_of)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -259,7 +262,14 @@ class ExperimentResult:
                    memory_note=d.get("memory_note", ""), significance_rule=d.get("significance_rule", ""),
                    notes=list(d.get("notes", [])), plot=d.get("plot"), elapsed_s=d.get("elapsed_s") or 0.0,
                    verdicts=[Verdict.from_dict(v) for v in d.get("verdicts") or []],
-                   tuning=list(d.get("tuning") or []), task=d.get("task") or "lm")
+                   tuning=list(d.get("tuning") or []), task=d.get("task") or "lm",
+                   arithmetic=d.get("arithmetic") or "")
+
+
+def arithmetic_of(rows: Sequence[MemberRow]) -> str:
+    """What the trained ``rows`` computed in: one label ("float32 on cpu"), or each label that
+    occurs joined by " + " (a mixed experiment says so); "" when no row recorded it."""
+    return " + ".join(sorted({r.arithmetic for r in rows if r.arithmetic}))
 
 
 def write_results(result: ExperimentResult) -> None:

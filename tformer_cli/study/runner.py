@@ -29,7 +29,8 @@ from tformer_cli.study.job import (
     Display, Job, Trainer, group_label, measured, member_row, skipped, train_member, train_seeds,
 )
 from tformer_cli.study.measure import Evaluator
-from tformer_cli.study.results import ExperimentResult, MemberOutcome, read_results, write_json, write_results
+from tformer_cli.study.results import (ExperimentResult, MemberOutcome, arithmetic_of, read_results, write_json,
+                                       write_results)
 from tformer_cli.study.spec import (
     SPEC_NAME, Member, Spec, is_experiment_dir, load_spec, member_dir, prepare_experiment_dir, validate_members,
 )
@@ -97,7 +98,7 @@ def run_experiment(
             execution=execution,
             memory_note=stats.memory_note(rows, execution), significance_rule=stats.SIGNIFICANCE_RULE,
             notes=stats.notes(spec), plot=None, elapsed_s=time.perf_counter() - t0 + _earlier(out_dir, resume),
-            verdicts=verdict.verdicts(spec, rows), task=spec.config().task.kind)
+            verdicts=verdict.verdicts(spec, rows), task=spec.config().task.kind, arithmetic=arithmetic_of(rows))
         write_results(result)
         return result
     finally:

@@ -33,7 +33,7 @@ from typing import Callable
 from tformer_cli.errors import ConfigError
 from tformer_cli.study import stats
 from tformer_cli.study.claim import EXPECT, NO_BASELINE, Claim
-from tformer_cli.study.results import MemberRow, Verdict
+from tformer_cli.study.results import MemberRow, Verdict, arithmetic_of
 from tformer_cli.study.spec import Spec
 
 def check_members(claims: list[Claim], spec: Spec) -> None:
@@ -69,6 +69,7 @@ def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
                  and (b := _value(theirs[s], claim.metric)) is not None]
     p = stats.paired(diffs, claim.margin)
     v.n, v.delta, v.ci_low, v.ci_high = p.n, p.delta, p.ci_low, p.ci_high
+    v.arithmetic = arithmetic_of([*mine.values(), *theirs.values()])
     steps = spec.config().train.steps
     unconverged = [r for r in theirs.values() if r.still_learning or r.degenerate]
     unconverged += [r for r in mine.values() if r.still_learning or (r.degenerate and not claim.allow_degenerate)]

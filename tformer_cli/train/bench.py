@@ -97,7 +97,7 @@ class StepBench:
     def __init__(self, cfg: Config, vocab_size: int):
         self.cfg = cfg
         self.device = dev.select(cfg.train.device)
-        dev.setup_backends(self.device)
+        dev.setup_backends(self.device, cfg.train.tf32)
         self.dtype = dev.resolve_dtype(cfg.train.dtype, self.device)
         torch.manual_seed(cfg.train.seed)
         # refused with the figure and the key to lower, before anything is allocated

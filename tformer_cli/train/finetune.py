@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from tformer_cli.core import cls_metrics
+from tformer_cli.core import device as dev
 from tformer_cli.core.classifier import Classifier, body_weights, build_classifier
 from tformer_cli.core.data import CharTokenizer, load_tokenizer, mix_seed
 from tformer_cli.core.finetune_config import PROBE_AT, FinetuneSpec
@@ -56,6 +57,7 @@ class FinetuneResult:
     elapsed_s: float
     resumed_from: int | None = None
     tokens_per_s: float | None = None
+    arithmetic: str = ""  # core.device.arithmetic: a fine-tune computes in float32
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -195,7 +197,8 @@ class ClassifyTask(Task):
             from_scratch=f.from_scratch, freeze=f.freeze, params=model.num_params(),
             trainable_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
             n_train=len(self.train_ids), train_loss=s.state.get("last_train_loss"), train_accuracy=train_acc,
-            test=test, elapsed_s=s.elapsed_s, resumed_from=s.resumed_from, tokens_per_s=s.tokens_per_s)
+            test=test, elapsed_s=s.elapsed_s, resumed_from=s.resumed_from, tokens_per_s=s.tokens_per_s,
+            arithmetic=dev.arithmetic(self.device, self.dtype))
         if s.state.get("probe") and test is not None:  # [step, held-out accuracy] at PROBE_AT of the steps
             result.extra["probe_step"], result.extra["probe_accuracy"] = s.state["probe"]
         self.fd.write_json(FinetuneDir.SUMMARY, result.to_dict())

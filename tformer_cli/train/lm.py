@@ -51,7 +51,7 @@ class LMTask(RunDirTask):
         if dist.world > 1 and device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
             torch.cuda.set_device(device)
-        dev.setup_backends(device)
+        dev.setup_backends(device, self.cfg.train.tf32)
         return device, dev.resolve_dtype(self.cfg.train.dtype, device)
 
     def setup(self, device: torch.device, dtype: torch.dtype, resume: bool) -> None:
@@ -150,7 +150,8 @@ class LMTask(RunDirTask):
             peak_memory_bytes=mem, memory_source=mem_src, params=model.num_params(),
             non_embedding_params=model.num_params(non_embedding=True),
             flops_per_token=self.totals.flops_per_token, device=str(self.device),
-            dtype=dev.dtype_name(self.dtype), compiled=s.compiled, compile_reason=s.compile_reason, vocab_size=self.vocab_size,
+            dtype=dev.dtype_name(self.dtype), arithmetic=dev.arithmetic(self.device, self.dtype),
+            compiled=s.compiled, compile_reason=s.compile_reason, vocab_size=self.vocab_size,
             tokens_seen=s.step * self.fixed_tokens, elapsed_s=s.elapsed_s, init_loss_ref=math.log(self.vocab_size),
             setup_s=s.phase_s["setup"], steps_s=max(s.elapsed_s - sum(s.phase_s.values()), 0.0),
             eval_s=s.phase_s["eval"], checkpoint_s=s.phase_s["checkpoint"], resumed_from=s.resumed_from,

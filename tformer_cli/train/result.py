@@ -48,6 +48,7 @@ class TrainResult:
     resumed_from: int | None = None
     cuda_graph: bool = False  # the step captured in a CUDA graph (train/graph_step.py)
     cuda_graph_reason: str = ""
+    arithmetic: str = ""  # what the matmuls computed in (core.device.arithmetic): "float32 on cpu"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -117,7 +117,7 @@ class Seq2SeqTask(RunDirTask):
             ms_per_step=1000 * self.fixed_tokens / tps if tps else None, mfu=None, peak_flops=None, peak_source="",
             peak_memory_bytes=mem, memory_source=mem_src, params=model.num_params(),
             non_embedding_params=model.num_params() - emb, flops_per_token=0, device=str(self.device),
-            dtype=dev.dtype_name(self.dtype), compiled=s.compiled, compile_reason=s.compile_reason,
+            dtype=dev.dtype_name(self.dtype), arithmetic=dev.arithmetic(self.device, self.dtype), compiled=s.compiled, compile_reason=s.compile_reason,
             vocab_size=self.vocab_size, tokens_seen=s.tokens_seen, elapsed_s=s.elapsed_s,
             init_loss_ref=math.log(self.vocab_size), setup_s=s.phase_s["setup"],
             steps_s=max(s.elapsed_s - sum(s.phase_s.values()), 0.0), eval_s=s.phase_s["eval"],

@@ -80,7 +80,7 @@ class Task:
         from tformer_cli.core import device as dev
 
         device = dev.select(self.cfg.train.device)
-        dev.setup_backends(device)
+        dev.setup_backends(device, self.cfg.train.tf32)
         return device, torch.float32
 
     def setup(self, device: torch.device, dtype: torch.dtype, resume: bool) -> None:
