@@ -1,7 +1,7 @@
 """Batched seeds against single runs, side by side, on the shipped studies' member model.
 
     python -m bench.batched [--seeds 4,8,24] [--steps 300] [--repeats 2] [--device cpu]
-    python -m bench.batched --exactness [--warmup 100] [--twin]
+    python -m bench.batched --exactness [--warmup 100] [--twin] [--device cpu]
 
 The model of sweep_heads (d_model 64, 2 layers, 4 heads, block 32, batch 16, built-in prose):
 a single run (`tformer train`'s loop) and a batched group of S seeds (train/batched.py) each
@@ -118,8 +118,8 @@ def differences(a: Path, b: Path) -> tuple[float, float, float]:
     return max(rel), statistics.median(rel), abs(va - vb) / abs(vb)
 
 
-def exactness(warmup: int, twin: bool) -> None:
-    base = member_config(2000, "cpu").replace({"train.log_interval": 1, "train.eval_interval": 50,
+def exactness(warmup: int, twin: bool, device: str = "cpu") -> None:
+    base = member_config(2000, device).replace({"train.log_interval": 1, "train.eval_interval": 50,
                                                 "train.warmup_steps": warmup})
     rows = []
     for name, sets in {"default": {}, **SWITCHES}.items():
@@ -162,7 +162,7 @@ def main() -> None:
     a = ap.parse_args()
     tune_cpu_allocator()
     if a.exactness:
-        exactness(a.warmup, a.twin)
+        exactness(a.warmup, a.twin, a.device)
         return
     cfg = member_config(a.steps, a.device)
     vocab = prepare(cfg.data).vocab_size
@@ -189,6 +189,9 @@ def main() -> None:
     print(f"{STUDY}'s member model, {a.steps} steps, {torch.get_num_threads()} thread(s), {a.device}; "
           f"timed float32 matmul peak {peak / 1e9:.0f} GFLOP/s; {flops_token:,} training FLOPs/token")
     print(table(["path", "seeds", "tok/s per seed", "tok/s total", "ms per seed-step", "arithmetic"], rows))
+    floor = 1000 * tokens_step * flops_token / peak
+    print(f"  the arithmetic alone at that peak: {floor:.2f} ms per seed-step (no path can be faster "
+          f"without fewer FLOPs or a faster matmul)")
     base = statistics.median(single)
     for s in sizes:
         print(f"  {s} seeds batched: {statistics.median(groups[s]) / base:.2f}x the single run's total tokens/s "

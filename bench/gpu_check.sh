@@ -79,6 +79,24 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
     eager_ab) step eager_ab 60 "$PY" -m bench.eager_ab ;;
     # where the B12 T1024 step goes, eager (kernel names read plainly; compiled kernels are fused)
     profile) step op_profile 50 "$PY" -m bench.op_profile train --device cuda --gpt2 --steps 3 --top 15 ;;
+    # issue 28, batched seeds on the card (STEPS="tests batched_exact batched heads24 heads24_bf16
+    # norm_position study_all" TOTAL_S=560): each seed of a group against its own run, the groups'
+    # tokens/s against a single run's, the 24-seed heads study as the study files pin it (float32,
+    # TF32 off; goal 20 s) and in bfloat16 autocast with TF32 (what `auto` gave before: is the
+    # GPU/CPU disagreement the precision?), post-norm in both, then every study (goal 2 minutes)
+    batched_exact) step batched_exact 100 "$PY" -m bench.batched --exactness --device cuda ;;
+    batched) step batched 100 "$PY" -m bench.batched --device cuda --seeds 4,24,96 --steps 300 --repeats 1 ;;
+    heads24) rm -rf "$RUN_DIR-heads24"
+        step heads24 120 "$PY" -m tformer_cli study sweep_heads --seeds 24 --device cuda --out "$RUN_DIR-heads24" ;;
+    heads24_bf16) rm -rf "$RUN_DIR-heads24-bf16"
+        step heads24_bf16 120 "$PY" -m tformer_cli study sweep_heads --seeds 24 --device cuda \
+            --set train.dtype=bfloat16 --set train.tf32=true --out "$RUN_DIR-heads24-bf16" ;;
+    norm_position) rm -rf "$RUN_DIR-normpos" "$RUN_DIR-normpos-bf16"
+        step norm_position 60 "$PY" -m tformer_cli study modern_norm_position --device cuda --out "$RUN_DIR-normpos"
+        step norm_position_bf16 60 "$PY" -m tformer_cli study modern_norm_position --device cuda \
+            --set train.dtype=bfloat16 --set train.tf32=true --out "$RUN_DIR-normpos-bf16" ;;
+    study_all) rm -rf "$RUN_DIR-all"
+        step study_all 240 "$PY" -m tformer_cli study --all --device cuda --out "$RUN_DIR-all" ;;
     *) echo "unknown step $s" | tee -a "$OUT/summary.md" ;;
     esac
 done

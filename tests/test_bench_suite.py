@@ -179,7 +179,9 @@ def test_gpu_check_script_is_valid_bash_and_names_every_step():
     script = (BENCH / "gpu_check.sh").read_text()
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
     for needed in ("nvidia-smi", "pytest", "tformer_cli train", "--bench", "-m bench.op_profile", "tformer_cli study induction",
-                   "-m bench.suite --gpu", "$OUT"):
+                   "-m bench.suite --gpu", "$OUT", "-m bench.batched --exactness --device cuda",
+                   "study sweep_heads --seeds 24 --device cuda", "--set train.dtype=bfloat16 --set train.tf32=true",
+                   "tformer_cli study --all --device cuda"):
         assert needed in script, needed
 
 
