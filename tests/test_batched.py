@@ -243,6 +243,10 @@ def test_plan_splits_groups_for_workers_and_memory(tmp_path):
     assert [len(u) for u in groups.plan(jobs, batch=True, cont=False).units] == [6, 6]
     assert [len(u) for u in groups.plan(jobs, batch=True, cont=False, workers=4).units] == [3, 3, 3, 3]
     assert [len(u) for u in groups.plan(jobs, batch=True, cont=False, max_group=4).units] == [4, 2, 4, 2]
+    odd = groups.plan(_jobs(_spec({"a": {}, "b": {"model.n_head": 4}, "c": {}}, seeds=range(3)), tmp_path),
+                      batch=True, cont=False, workers=2)  # 3 members on 2 workers: each split in two
+    assert [len(u) for u in odd.units] == [2, 1, 2, 1, 2, 1] and odd.split_off == 3
+    assert "(3 group(s) of 2 seeds, and 3 seed(s) alone;" in odd.describe()
     assert groups.max_group_size(jobs, "cpu") >= 1
 
 
@@ -262,13 +266,14 @@ def test_plan_groups_resumed_seeds_by_their_checkpoint_step(tmp_path):
     assert sorted(len(u) for u in units) == [1, 2]
 
 
-def test_auto_jobs_is_one_process_for_batched_groups_on_the_cpu(tmp_path):
+def test_auto_jobs_is_one_process_per_core_with_a_members_seeds_shared_out(tmp_path):
     from tformer_cli.study import groups
     from tformer_cli.study.runner import auto_jobs
 
-    jobs = _jobs(_spec({"a": {}}), tmp_path)
-    assert auto_jobs(["cpu"], groups.plan(jobs, batch=True, cont=False)) == 1
-    assert auto_jobs(["cpu"], groups.plan(jobs, batch=False, cont=False)) == (os.cpu_count() or 1)
+    cores = os.cpu_count() or 1
+    assert auto_jobs(["cpu"]) == cores and auto_jobs(["cuda:0"]) == cores
+    jobs = _jobs(_spec({"a": {}}, seeds=range(4)), tmp_path)
+    assert [len(u) for u in groups.plan(jobs, batch=True, cont=False, workers=2).units] == [2, 2]
 
 
 # ---------------------------------------------------------------- the runner

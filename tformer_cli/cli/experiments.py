@@ -32,8 +32,8 @@ LrGridOpt = Annotated[Optional[str], typer.Option("--lr-grid", help="Multiples o
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Train N members at a time, each in its "
                                                "own process: on the CPU with cores/N threads each; on GPUs "
                                                "spread over them, as many per GPU as fit its free memory "
-                                               "(default: 1; `tformer study`: on the CPU one process when seeds are batched, else one "
-                                               "per core; on GPUs one per core).",
+                                               "(default: 1; `tformer study`: one per core, a member's batched seeds shared out among "
+                                               "them).",
                                                show_default=False)]
 IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run each member in its own process (per-member "
                                           "peak memory on CPU; a few seconds of start-up each).")]

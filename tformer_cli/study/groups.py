@@ -25,6 +25,7 @@ class Plan:
     units: list[list[Job]]  # each a group of seeds (2 or more) or one job alone
     alone: dict[str, str] = field(default_factory=dict)  # member -> why its seeds train alone
     off: str = ""  # why nothing was batched, when batching was switched off
+    split_off: int = 0  # seeds a member's split left alone (its seeds shared out among the workers)
 
     def describe(self) -> str:
         """The plan in words, for the experiment's summary ("" when there is nothing to say:
@@ -36,6 +37,8 @@ class Plan:
         if groups:
             sizes = Counter(len(u) for u in groups)
             sized = ", ".join(f"{n} group(s) of {s} seeds" for s, n in sorted(sizes.items(), reverse=True))
+            if self.split_off:
+                sized += f", and {self.split_off} seed(s) alone"
             parts.append(f"seeds batched into one model per group ({sized}; a batched seed's tokens/s "
                          "is its group's divided by its seeds)")
         for member, why in self.alone.items():
@@ -78,6 +81,7 @@ def plan(jobs: list[Job], *, batch: bool, cont: bool, workers: int = 1, max_grou
         by_key[key].append(j)
     chunks = _chunks_per_member(len(by_key), workers)
     units: list[list[Job]] = []
+    split_off = 0
     for item in order:
         if isinstance(item, Job):
             units.append([item])
@@ -86,8 +90,10 @@ def plan(jobs: list[Job], *, batch: bool, cont: bool, workers: int = 1, max_grou
         size = math.ceil(len(members) / min(chunks, len(members)))
         if max_group is not None:
             size = max(1, min(size, max_group))
-        units += [members[i:i + size] for i in range(0, len(members), size)]
-    return Plan(units, alone)
+        chunks_of = [members[i:i + size] for i in range(0, len(members), size)]
+        split_off += sum(len(c) == 1 for c in chunks_of) if len(chunks_of) > 1 else 0
+        units += chunks_of
+    return Plan(units, alone, split_off=split_off)
 
 
 def _chunks_per_member(n_members: int, workers: int) -> int:

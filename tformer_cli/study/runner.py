@@ -170,16 +170,13 @@ def visible_devices(cfg: Config) -> list[str]:
     return [dev]
 
 
-def auto_jobs(devices: list[str], plan: groups.Plan) -> int:
-    """How many members to train at a time when the user did not say (`tformer study`).
-
-    On the CPU, one process when seeds are batched: a group's batched matmuls use every core, and
-    measured on 2 cores (docs/studies.md) that is faster than a process per core; one process per
-    core when nothing is batched (small single models do not fill the cores).  On GPUs, one per
-    core, packed by free memory (_execute)."""
-    on_cpu = devices[:1] in (["cpu"], ["auto"])
-    if on_cpu and any(len(u) > 1 for u in plan.units):
-        return 1
+def auto_jobs(devices: list[str]) -> int:
+    """How many members (or groups of seeds) to train at a time when the user did not say
+    (`tformer study`): one process per core, with one thread each on the CPU, a batched member's
+    seeds shared out among them (study/groups.py).  Measured on 2 cores (BENCHMARKS.md, batched
+    seeds): two 1-thread processes beat one 2-thread process by 1.07x with 24 seeds a member and
+    by 1.20x with 3, to the same verdicts.  On GPUs the processes are packed by free memory
+    (_execute)."""
     return os.cpu_count() or 1
 
 
@@ -262,11 +259,11 @@ class _Run:
         todo = [j for j in self.jobs if not (self.resume and j.finished() is not None)]
         cap = groups.max_group_size(todo, devices[0]) if batch else None
         if jobs == "auto":
-            jobs = auto_jobs(devices, groups.plan(todo, batch=batch, cont=self.resume, max_group=cap))
+            jobs = auto_jobs(devices)
         workers = min(int(jobs or 1), len(self.jobs))
         p = groups.plan(todo, batch=batch, cont=self.resume, workers=workers, max_group=cap)
         done = [[j] for j in self.jobs if j not in todo]
-        self.plan = groups.Plan(done + p.units, p.alone, p.off if self.trainer is None else "")
+        self.plan = groups.Plan(done + p.units, p.alone, p.off if self.trainer is None else "", p.split_off)
         return workers
 
     def _ordered(self, outcomes: dict[int, MemberOutcome | None]) -> list[MemberOutcome | None]:
