@@ -249,6 +249,7 @@ class FakeTrainer:
 
     def __call__(self, cfg, run_dir, *, resume, progress, should_stop):
         from tformer_cli.errors import RunError
+        from tformer_cli.run.result import TrainResult
 
         run_dir = Path(run_dir)
         self.calls.append((run_dir.name, cfg.train.seed, resume))
@@ -265,7 +266,7 @@ class FakeTrainer:
                    "memory_source": "process peak RSS", "params": 123, "vocab_size": 65, "elapsed_s": 0.1,
                    "arithmetic": self.arithmetic(run_dir.name), "extra": {"copy_acc": 0.5}}
         (run_dir / "summary.json").write_text(json.dumps(summary))
-        return summary
+        return TrainResult.from_dict(summary)
 
 
 def fake_eval(run_dir, cfg, prompt):

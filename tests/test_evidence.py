@@ -324,6 +324,8 @@ def test_cpu_members_run_side_by_side_with_the_cores_split(tiny_config, tmp_path
 
 
 def test_tuning_compares_each_member_at_its_best_learning_rate(tiny_config, tmp_path):
+    from tformer_cli.run.result import TrainResult
+
     import json
     import math
     from pathlib import Path
@@ -341,7 +343,7 @@ def test_tuning_compares_each_member_at_its_best_learning_rate(tiny_config, tmp_
         s = {"run_dir": str(run_dir), "steps_done": 10, "steps": 10, "interrupted": False, "val_loss": loss,
              "vocab_size": 65, "params": 1}
         (run_dir / "summary.json").write_text(json.dumps(s))
-        return s
+        return TrainResult.from_dict(s)
 
     def evaluator(run_dir, cfg, prompt):
         v = json.loads((Path(run_dir) / "summary.json").read_text())["val_loss"]

@@ -308,15 +308,19 @@ def test_the_study_tables_fit_80_columns():
 
 
 def test_a_member_whose_held_out_accuracy_still_rose_late_is_unconverged():
+    from tformer_cli.run.result import FinetuneResult
     from tformer_cli.study.job import classifier_columns
     from tformer_cli.study.results import MemberRow
 
     def still_learning(summary):
         row = MemberRow(member="gpt", seed=0, changed="", status="ok", run_dir="")
-        classifier_columns(row, summary)
+        classifier_columns(row, FinetuneResult.from_dict(summary))
         return row.still_learning
 
-    summary = {"test": {"accuracy": 0.90}, "extra": {"probe_step": 240, "probe_accuracy": 0.85}}
+    scores = {"n": 10, "accuracy": 0.90, "accuracy_ci": [0.6, 0.98], "macro_f1": 0.9, "macro_f1_ci": [0.6, 1.0],
+              "chance": 0.5, "confusion": [[5, 0], [1, 4]]}
+    summary = {"steps_done": 300, "steps": 300, "interrupted": False, "test": scores,
+               "extra": {"probe_step": 240, "probe_accuracy": 0.85}}
     assert still_learning(summary)
     summary["extra"]["probe_accuracy"] = 0.89
     assert not still_learning(summary)

@@ -180,7 +180,7 @@ def test_the_summary_says_whether_the_step_was_graphed_on_a_gpu_only(tiny_config
     prepare_run_dir(run, False)
     r = loop.train(from_dict(tiny_config), run).to_dict()
     assert r["cuda_graph"] is False and "need a CUDA device" in r["cuda_graph_reason"]
-    from tformer_cli.train.result import TrainResult
+    from tformer_cli.run.result import TrainResult
 
     assert "cuda graph" not in dict(summary_rows(TrainResult.from_dict(r)))  # a CPU run: nothing to say
     gpu = {**r, "device": "cuda:0", "cuda_graph": True, "cuda_graph_reason": "on: the step's arithmetic ..."}

@@ -99,6 +99,48 @@ def test_tokenizer_json_is_checked_field_by_field(run, content, needle):
     one_line(run_cli("sample", run, "--prompt", "a"), 1, "tokenizer.json", needle)
 
 
+def _summary_fields():
+    from tformer_cli.run.result import FinetuneResult, TrainResult, fields_of
+
+    return [(kind, name, typ) for kind in (TrainResult, FinetuneResult) for name, typ, _ in fields_of(kind)]
+
+
+@pytest.mark.parametrize("kind,name,typ", _summary_fields(), ids=lambda x: getattr(x, "__name__", str(x)))
+def test_every_field_a_result_declares_is_checked_in_summary_json(tmp_path, kind, name, typ):
+    """One schema: the result's dataclass declares each field's type and summary.json is checked
+    against it, so a field added to TrainResult or FinetuneResult is checked without a key list."""
+    from tformer_cli.errors import RunError
+    from tformer_cli.run.validate import check_summary
+
+    wrong = {int: "x", float: "x", bool: 1, str: 3, dict: [1]}[typ]
+    good = {"steps_done": 3, "steps": 3, "interrupted": False}
+    (tmp_path / "summary.json").write_text(json.dumps({**good, name: wrong}))
+    with pytest.raises(RunError, match=f"field {name}"):
+        check_summary(tmp_path / "summary.json", kind)
+    (tmp_path / "summary.json").write_text(json.dumps(good))
+    assert isinstance(check_summary(tmp_path / "summary.json", kind), kind)
+
+
+def test_a_fine_tune_summary_reads_back_typed_and_its_scores_are_checked(tmp_path):
+    from tformer_cli.core.cls_metrics import Scores
+    from tformer_cli.errors import RunError
+    from tformer_cli.run.result import FinetuneResult
+    from tformer_cli.run.validate import check_summary
+    from tformer_cli.study.results import MemberOutcome
+
+    scores = {"n": 4, "accuracy": 0.75, "accuracy_ci": [0.3, 0.95], "macro_f1": 0.7, "macro_f1_ci": [0.3, 1.0],
+              "chance": 0.5, "confusion": [[2, 0], [1, 1]]}
+    d = {"steps_done": 3, "steps": 3, "interrupted": False, "labels": ["a", "b"], "test": scores}
+    (tmp_path / "summary.json").write_text(json.dumps(d))
+    r = check_summary(tmp_path / "summary.json", FinetuneResult)
+    assert isinstance(r.test, Scores) and r.test.accuracy_ci == (0.3, 0.95) and r.finished
+    back = MemberOutcome.from_dict(json.loads(json.dumps(MemberOutcome("ok", summary=r).to_dict())))
+    assert back.summary == r  # the worker's file hands back the same typed result
+    (tmp_path / "summary.json").write_text(json.dumps({**d, "test": {**scores, "accuracy": "high"}}))
+    with pytest.raises(RunError, match="field test.accuracy"):
+        check_summary(tmp_path / "summary.json", FinetuneResult)
+
+
 def test_summary_and_metrics_fields_are_typed(tmp_path):
     from tformer_cli.errors import RunError
     from tformer_cli.run.rundir import RunDir

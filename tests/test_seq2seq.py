@@ -114,7 +114,7 @@ def test_a_seq2seq_run_is_a_run_of_the_one_loop_and_resumes_bitwise_after_a_stop
     assert [r["lr"] for r in rows if "lr" in r][:2] == [lr_at(1, cfg), lr_at(3, cfg)]  # the one schedule
     assert {r["step"] for r in rows if "val_loss" in r} == {8, 16}
     assert 0 <= resumed.extra["exact_match"] <= resumed.extra["token_accuracy"] <= 1
-    assert RunDir(full).read_summary()["extra"]["exact_match"] == resumed.extra["exact_match"]
+    assert RunDir(full).read_summary().extra["exact_match"] == resumed.extra["exact_match"]
 
 
 def test_a_seq2seq_run_is_refused_by_the_language_model_commands_and_continued_by_train(cli, tmp_path):

@@ -113,7 +113,7 @@ def test_a_stop_request_reaches_the_worker_which_saves_and_reports(tiny_config, 
     r = runner.run_experiment(spec, tmp_path / "exp", isolate=True, devices=["cpu"],
                               should_stop=lambda: bool(run.metric_rows()))  # stop once training is under way
     assert r.interrupted and r.rows[0].status == "interrupted", r.rows[0]
-    assert run.has_checkpoint() and 0 < run.read_summary()["steps_done"] < 100_000
+    assert run.has_checkpoint() and 0 < run.read_summary().steps_done < 100_000
 
 
 # ---------------------------------------------------------------- tables

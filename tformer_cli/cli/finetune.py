@@ -140,7 +140,7 @@ def _run(spec, path: Path, resume: bool, overwrite: bool, json_: bool):
         with TrainDisplay("fine-tuning", to_stderr=json_) as display, StopOnInterrupt(display.notice) as stop:
             result = core_finetune(spec, p, resume=resume, progress=display, should_stop=stop)
         if result.test is not None:
-            confusion_png(FinetuneDir(p).file(FinetuneDir.CONFUSION_PNG), result.labels, result.test["confusion"],
+            confusion_png(FinetuneDir(p).file(FinetuneDir.CONFUSION_PNG), result.labels, result.test.confusion,
                           f"{result.data}: {result.pool} pooling")
     return result
 
@@ -153,7 +153,7 @@ def _show(result, json_: bool) -> None:
     if json_:
         print_json(result.to_dict())
     else:
-        show_finetune(console(), result.to_dict())
+        show_finetune(console(), result)
     if result.interrupted:
         err_console().print(f"interrupted: resume with  tformer finetune --resume {result.run_dir}", soft_wrap=True)
         raise Interrupted()

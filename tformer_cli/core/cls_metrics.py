@@ -34,6 +34,11 @@ class Scores:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scores":
+        return cls(int(d["n"]), d["accuracy"], tuple(d["accuracy_ci"]), d["macro_f1"], tuple(d["macro_f1_ci"]),
+                   d["chance"], [list(r) for r in d["confusion"]])
+
 
 def confusion(y_true: list[int], y_pred: list[int], k: int) -> np.ndarray:
     m = np.zeros((k, k), dtype=np.int64)

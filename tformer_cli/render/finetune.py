@@ -4,7 +4,7 @@ table and a PNG), the predictions."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
 from rich.markup import escape
@@ -12,6 +12,9 @@ from rich.markup import escape
 from tformer_cli.render.console import line
 from tformer_cli.render.fmt import fmt_loss, fmt_time
 from tformer_cli.render.table import Col, show, show_pairs
+
+if TYPE_CHECKING:
+    from tformer_cli.run.result import FinetuneResult
 
 
 def pct(x: float | None) -> str:
@@ -22,42 +25,41 @@ def interval(ci: Sequence[float] | None) -> str:
     return "-" if ci is None else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
-def _start(r: dict[str, Any]) -> str:
-    if r["body"] == "bag":
+def _start(r: FinetuneResult) -> str:
+    if r.body == "bag":
         return "a bag of tokens (from scratch)"
-    if r["source_run"] is None:
+    if r.source_run is None:
         return "from scratch"
-    return f"{r['source_run']} ({'architecture only, from scratch' if r['from_scratch'] else 'weights'})"
+    return f"{r.source_run} ({'architecture only, from scratch' if r.from_scratch else 'weights'})"
 
 
-def summary_rows(r: dict[str, Any]) -> list[tuple[str, str]]:
-    status = "interrupted" if r["interrupted"] else "finished"
-    resumed = f" (resumed from {r['resumed_from']})" if r.get("resumed_from") else ""
+def summary_rows(r: FinetuneResult) -> list[tuple[str, str]]:
+    status = "interrupted" if r.interrupted else "finished"
+    resumed = f" (resumed from {r.resumed_from})" if r.resumed_from else ""
     rows = [
-        ("fine-tune", str(r["run_dir"])),
-        ("status", f"{status} at step {r['steps_done']} of {r['steps']}{resumed}"),
-        ("data", f"{r['data']}: {len(r['labels'])} labels, {r['n_train']:,} training examples"),
+        ("fine-tune", str(r.run_dir)),
+        ("status", f"{status} at step {r.steps_done} of {r.steps}{resumed}"),
+        ("data", f"{r.data}: {len(r.labels)} labels, {r.n_train:,} training examples"),
         ("start", _start(r)),
-        ("head", f"pool {r['pool']}" + (", body frozen" if r["freeze"] else ", all weights trained")),
-        ("parameters", f"{r['params']:,} ({r['trainable_params']:,} trained)"),
-        ("train loss", fmt_loss(r["train_loss"])),
-        ("train accuracy", pct(r["train_accuracy"])),
+        ("head", f"pool {r.pool}" + (", body frozen" if r.freeze else ", all weights trained")),
+        ("parameters", f"{r.params:,} ({r.trainable_params:,} trained)"),
+        ("train loss", fmt_loss(r.train_loss)),
+        ("train accuracy", pct(r.train_accuracy)),
     ]
-    t = r.get("test")
-    if t is not None:
+    if (t := r.test) is not None:
         rows += [
-            ("test accuracy", f"{pct(t['accuracy'])}  95% CI {interval(t['accuracy_ci'])} (Wilson), "
-                              f"n = {t['n']:,}; chance {pct(t['chance'])}"),
-            ("test macro-F1", f"{pct(t['macro_f1'])}  95% CI {interval(t['macro_f1_ci'])} (bootstrap)"),
+            ("test accuracy", f"{pct(t.accuracy)}  95% CI {interval(t.accuracy_ci)} (Wilson), "
+                              f"n = {t.n:,}; chance {pct(t.chance)}"),
+            ("test macro-F1", f"{pct(t.macro_f1)}  95% CI {interval(t.macro_f1_ci)} (bootstrap)"),
         ]
-    rows.append(("wall time", fmt_time(r["elapsed_s"])))
+    rows.append(("wall time", fmt_time(r.elapsed_s)))
     return rows
 
 
-def show_finetune(con: Console, r: dict[str, Any]) -> None:
+def show_finetune(con: Console, r: FinetuneResult) -> None:
     show_pairs(con, summary_rows(r), title="fine-tune summary")
-    if r.get("test") is not None:
-        show_confusion(con, r["labels"], r["test"]["confusion"])
+    if r.test is not None:
+        show_confusion(con, r.labels, r.test.confusion)
 
 
 def show_confusion(con: Console, labels: list[str], m: list[list[int]]) -> None:

@@ -34,8 +34,8 @@ def loss_curve(run_dir: str | Path, out: str | Path | None = None) -> Path:
         ax.plot(*zip(*train), label="train (mean over log interval)", color="#4c72b0", alpha=0.8)
     if val:
         ax.plot(*zip(*val), "o-", label="validation", color="#dd8452")
-    ref = (RunDir(run_dir).read_summary() or {}).get("init_loss_ref")
-    if isinstance(ref, (int, float)):
+    summary = RunDir(run_dir).read_summary()
+    if summary is not None and (ref := summary.init_loss_ref) is not None:
         ax.axhline(ref, ls=":", color="gray", label="ln(vocab): uniform guess")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")

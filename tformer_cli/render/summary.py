@@ -6,7 +6,7 @@ from rich.console import Console
 
 from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_time, time_split
 from tformer_cli.render.table import show_pairs
-from tformer_cli.train.result import TrainResult
+from tformer_cli.run.result import TrainResult
 
 
 def _mfu(r: TrainResult) -> str:

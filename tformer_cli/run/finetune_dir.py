@@ -20,10 +20,13 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tformer_cli.core.io import atomic_write_bytes, atomic_write_text
-from tformer_cli.errors import ConfigError, RunError
+from tformer_cli.errors import ConfigError, RunError, TformerError
+
+if TYPE_CHECKING:
+    from tformer_cli.run.result import FinetuneResult
 
 FORMAT = "tformer-classifier-1"
 
@@ -54,11 +57,26 @@ class FinetuneDir:
     def has_checkpoint(self) -> bool:
         return (self.path / self.CHECKPOINT).exists()
 
-    def finished_summary(self) -> dict[str, Any] | None:
-        """summary.json of a fine-tune that reached its last step, else None (as RunDir's)."""
-        s = self.read_json(self.SUMMARY) if self.file(self.SUMMARY).exists() else None
-        done = isinstance(s, dict) and not s.get("interrupted") and s.get("steps_done") == s.get("steps")
-        return s if done else None
+    def check_summary(self) -> tuple[FinetuneResult | None, str | None]:
+        """(the summary, None) when valid; (None, None) when missing; (None, problem) when damaged."""
+        from tformer_cli.run.result import FinetuneResult
+        from tformer_cli.run.validate import check_summary
+
+        if not self.file(self.SUMMARY).exists():
+            return None, None
+        try:
+            return check_summary(self.file(self.SUMMARY), FinetuneResult), None
+        except TformerError as e:
+            return None, str(e)
+
+    def read_summary(self) -> FinetuneResult | None:
+        """summary.json (every field typed), or None when it is missing or damaged."""
+        return self.check_summary()[0]
+
+    def finished_summary(self) -> FinetuneResult | None:
+        """The summary of a fine-tune that reached its last step, else None (as RunDir's)."""
+        s = self.read_summary()
+        return s if s is not None and s.finished else None
 
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_text(self.path / name, json.dumps(data, indent=2) + "\n")

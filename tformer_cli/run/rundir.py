@@ -21,10 +21,13 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.errors import ConfigError, TformerError
+
+if TYPE_CHECKING:
+    from tformer_cli.run.result import TrainResult
 
 
 LOCK_NAME = ".tformer.lock"  # held by the process working in the directory (tformer_cli.run.lock)
@@ -95,8 +98,8 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint.exists()
 
-    def check_summary(self) -> tuple[dict[str, Any] | None, str | None]:
-        """(summary.json, None) when valid; (None, None) when missing; (None, problem) when damaged."""
+    def check_summary(self) -> tuple[TrainResult | None, str | None]:
+        """(the summary, None) when valid; (None, None) when missing; (None, problem) when damaged."""
         from tformer_cli.run.validate import check_summary
 
         if not self.summary.exists():
@@ -106,16 +109,14 @@ class RunDir:
         except TformerError as e:
             return None, str(e)
 
-    def read_summary(self) -> dict[str, Any] | None:
-        """summary.json as a dict, or None when it is missing or damaged (every field typed)."""
+    def read_summary(self) -> TrainResult | None:
+        """summary.json (every field typed), or None when it is missing or damaged."""
         return self.check_summary()[0]
 
-    def finished_summary(self) -> dict[str, Any] | None:
+    def finished_summary(self) -> TrainResult | None:
         """The summary of a run that reached its last step, else None."""
         s = self.read_summary()
-        if s is None or s.get("interrupted") or s.get("steps_done") != s.get("steps"):
-            return None
-        return s
+        return s if s is not None and s.finished else None
 
     # ------------------------------------------------------------ metrics.jsonl (the one parser)
 

@@ -394,25 +394,28 @@ def check_tensors(path: Path, table: dict[str, tuple[str, tuple[int, ...]]], mod
 # ---------------------------------------------------------------- summary.json, metrics.jsonl
 
 
-SUMMARY_INTS = ("steps_done", "steps")
-SUMMARY_NUMBERS = ("train_loss", "val_loss", "val_bpb", "best_val_loss", "tokens_per_s", "ms_per_step", "mfu",
-                   "peak_flops", "elapsed_s", "init_loss_ref", "params", "non_embedding_params",
-                   "flops_per_token", "tokens_seen", "vocab_size", "peak_memory_bytes", "resumed_from")
+def check_summary(path: Path, kind: type = None) -> Any:
+    """summary.json read back as ``kind`` (run.result.TrainResult unless told), every field that
+    its dataclass declares as a number, flag, string or object checked first (RunError naming
+    the field); a fine-tune's held-out scores must be an object with its numbers."""
+    from tformer_cli.run.result import FinetuneResult, TrainResult, fields_of
 
-
-def check_summary(path: Path) -> dict[str, Any]:
-    """summary.json with every field the commands read typed (RunError naming the field)."""
+    kind = kind or TrainResult
     data = read_json(path, 16 << 20)
     f = Fields(path, data)
-    for key in SUMMARY_INTS:
-        f.int(key)
-    f.bool("interrupted")
-    for key in SUMMARY_NUMBERS:
-        f.num(key, optional=True)
-    for key in ("device", "dtype", "run_dir", "peak_source", "memory_source"):
-        f.str(key, optional=True)
-    f.obj("extra", optional=True)
-    return data
+    check = {int: f.int, float: f.num, bool: f.bool, str: f.str, dict: f.obj}
+    for name, typ, required in fields_of(kind):
+        check[typ](name, optional=not required)
+    if kind is FinetuneResult and data.get("test") is not None:
+        t = Fields(path, f.obj("test"), "test.")
+        t.int("n")
+        for key in ("accuracy", "macro_f1", "chance"):
+            t.num(key)
+        for key in ("accuracy_ci", "macro_f1_ci", "confusion"):
+            t.list(key)
+    if kind is FinetuneResult:
+        f.list("labels", optional=True)
+    return kind.from_dict(data)
 
 
 NUMERIC_ROW_KEYS = ("train_loss", "val_loss", "val_bpb", "lr", "tokens", "tokens_per_s")

@@ -145,10 +145,10 @@ def _pretrain(out_dir: Path, objective: str, steps: int, progress, should_stop) 
 
     path = out_dir / "pretrain" / ("gpt" if objective == "clm" else "encoder")
     done = RunDir(path).finished_summary()
-    if done is not None and done["steps"] == steps:
-        return path, done.get("val_loss")
+    if done is not None and done.steps == steps:
+        return path, done.val_loss
     if done is not None:
-        raise ConfigError(f"{path} was pretrained for {done['steps']} steps, not {steps}",
+        raise ConfigError(f"{path} was pretrained for {done.steps} steps, not {steps}",
                           hint="give another --out for another pretraining budget")
     cfg = from_dict({"model": {**MODEL, "causal": objective == "clm"}, "data": {"corpus": "prose"},
                      "train": {**PRETRAIN, "steps": steps, "objective": objective, "eval_interval": steps}})

@@ -7,14 +7,17 @@ process (tformer_cli.study.worker, for --parallel and --isolate), so both paths 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ContextManager
+from typing import Callable, ContextManager
 
 from tformer_cli.core.anatomy import kv_cache_bytes_per_token
 from tformer_cli.core.config import Config
 from tformer_cli.errors import Stopped, TformerError
 from tformer_cli.run.finetune_dir import FinetuneDir
+from tformer_cli.run.result import FinetuneResult, Result, TrainResult
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.study import convergence
 from tformer_cli.study.measure import Evaluator, anatomy_columns, default_evaluator, measure
@@ -23,7 +26,7 @@ from tformer_cli.study.spec import Member
 
 KV_AXES = ("model.n_head", "model.n_kv_head")  # a sweep of these shows the KV-cache bytes per token
 
-Trainer = Callable[..., Any]
+Trainer = Callable[..., Result]
 Display = Callable[[str], ContextManager[Callable]]
 
 
@@ -43,7 +46,7 @@ class Job:
     def directory(self) -> FinetuneDir | RunDir:
         return (FinetuneDir if self.fine_tune else RunDir)(self.run_dir)
 
-    def finished(self) -> dict[str, Any] | None:
+    def finished(self) -> Result | None:
         return self.directory().finished_summary()
 
     def can_continue(self) -> bool:
@@ -92,7 +95,7 @@ def train_member(j: Job, *, cont: bool, trainer: Trainer | None = None, display:
     except TformerError as e:
         say(f"{j.label}: failed: {e}")
         return failed(e)
-    return trained(result.to_dict() if hasattr(result, "to_dict") else dict(result))
+    return trained(result)
 
 
 def failed(e: Exception) -> MemberOutcome:
@@ -103,9 +106,9 @@ def failed(e: Exception) -> MemberOutcome:
     return MemberOutcome("failed", error=f"unexpected {type(e).__name__}: {e}")
 
 
-def trained(summary: dict[str, Any]) -> MemberOutcome:
-    """The outcome of a member whose training returned ``summary`` (TrainResult.to_dict())."""
-    return MemberOutcome("interrupted" if summary.get("interrupted") else "ok", summary=summary)
+def trained(result: Result) -> MemberOutcome:
+    """The outcome of a member whose training returned ``result``."""
+    return MemberOutcome("interrupted" if result.interrupted else "ok", summary=result)
 
 
 def train_seeds(js: list[Job], *, cont: bool, display: Display | None = None,
@@ -136,7 +139,7 @@ def train_seeds(js: list[Job], *, cont: bool, display: Display | None = None,
             say(f"{j.label}: stopped before its first checkpoint")
             result.append(MemberOutcome("interrupted"))
         else:
-            result.append(trained(o.result.to_dict()))
+            result.append(trained(o.result))
     return result
 
 
@@ -170,27 +173,26 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
         return row
     row.error, row.hint = o.error, o.hint
     s = o.summary
-    if s.get("vocab_size") and j.cfg.task.kind == "lm":  # the anatomy is a language model's
-        for k, v in anatomy_columns(j.cfg, s["vocab_size"]).items():
+    if isinstance(s, TrainResult) and s.vocab_size and j.cfg.task.kind == "lm":  # a language model's anatomy
+        for k, v in anatomy_columns(j.cfg, s.vocab_size).items():
             setattr(row, k, v)
-    for k in ("params", "train_loss", "val_loss", "tokens_per_s", "peak_memory_bytes", "memory_source",
-              "steps_done", "elapsed_s", "setup_s", "steps_s", "eval_s", "checkpoint_s", "arithmetic"):
-        if s.get(k) is not None:
-            setattr(row, k, s[k])
+    for k in from_result(type(s)) if s is not None else ():
+        if (v := getattr(s, k)) is not None:
+            setattr(row, k, v)
     if o.post is not None:
         row.val_loss_causal, row.sample, row.eval_error = o.post.val_loss_causal, o.post.sample, o.post.error
         row.degenerate = o.post.degenerate
         row.measure_s = o.post.seconds
         if o.post.val_loss is not None:  # teacher-forced on the causal-consistent loss's own windows
             row.val_loss = o.post.val_loss
-    if j.fine_tune:
+    if isinstance(s, FinetuneResult):
         classifier_columns(row, s)
-    elif o.status == "ok":
+    elif o.status == "ok" and s is not None:
         _, val = RunDir(j.run_dir).curves()
         row.val_drop_last_fifth = convergence.last_fifth_drop(val, j.cfg.train.steps)
         final = val[-1][1] if val else None
-        row.still_learning = convergence.still_learning(row.val_drop_last_fifth, final, s.get("init_loss_ref"))
-    extra = {k: v for k, v in (s.get("extra") or {}).items() if k not in ("probe_step", "batched")}
+        row.still_learning = convergence.still_learning(row.val_drop_last_fifth, final, s.init_loss_ref)
+    extra = {k: v for k, v in (s.extra if s else {}).items() if k not in ("probe_step", "batched")}
     # (the probe's step is the config's; how seeds were batched is the experiment's execution line)
     row.extra = {**extra, **row.extra}  # task metrics (synthetic corpora, seq2seq, fine-tunes): extra columns
     if any(k in j.member.axes for k in KV_AXES):  # what the head counts cost at generation
@@ -198,21 +200,28 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
     return row
 
 
+@functools.cache
+def from_result(kind: type) -> tuple[str, ...]:
+    """The fields a member row takes from its run's result, by name: every field the two share
+    but the run directory (the job's), the extras (merged with the row's) and flops_per_token
+    (the anatomy's, so that its split into embeddings, attention and FFN adds up)."""
+    row = {f.name for f in dataclasses.fields(MemberRow)}
+    return tuple(f.name for f in dataclasses.fields(kind)
+                 if f.name in row and f.name not in ("run_dir", "extra", "flops_per_token"))
+
+
 PROBE_MARGIN = 0.02  # a fine-tune still learning: held-out accuracy rose by more than this over the last fifth
 
 
-def classifier_columns(row: MemberRow, s: dict[str, Any]) -> None:
+def classifier_columns(row: MemberRow, s: FinetuneResult) -> None:
     """A fine-tune's held-out scores as the row's metrics; still learning when the accuracy probed
     at the start of the last fifth (train.finetune.PROBE_AT) was more than PROBE_MARGIN below the
     final one (the training loss is no guide: it keeps falling while a small set is memorised)."""
-    test = s.get("test") or {}
-    for k in ("accuracy", "macro_f1", "chance"):
-        if isinstance(test.get(k), (int, float)):
-            row.extra[k] = test[k]
-    if "accuracy" in row.extra and "chance" in row.extra:
-        row.extra["accuracy_over_chance"] = row.extra["accuracy"] - row.extra["chance"]
-    if isinstance(s.get("train_accuracy"), (int, float)):
-        row.extra["train_accuracy"] = s["train_accuracy"]
-    probe = (s.get("extra") or {}).get("probe_accuracy")
-    if isinstance(probe, (int, float)) and "accuracy" in row.extra:
-        row.still_learning = row.extra["accuracy"] - probe > PROBE_MARGIN
+    if s.test is not None:
+        row.extra.update(accuracy=s.test.accuracy, macro_f1=s.test.macro_f1, chance=s.test.chance,
+                         accuracy_over_chance=s.test.accuracy - s.test.chance)
+    if s.train_accuracy is not None:
+        row.extra["train_accuracy"] = s.train_accuracy
+    probe = s.extra.get("probe_accuracy")
+    if isinstance(probe, (int, float)) and s.test is not None:
+        row.still_learning = s.test.accuracy - probe > PROBE_MARGIN

@@ -45,29 +45,27 @@ def _run_entry(p: Path) -> RunEntry:
         return RunEntry(str(p), f"damaged: {_why(RunError(problem))}")
     if s is None:
         return RunEntry(str(p), "imported, not trained" if _imported(p) else "no summary (running or crashed)")
-    status, extra = "interrupted" if s.get("interrupted") else "finished", s.get("extra") or {}
-    exact = extra.get("exact_match") if isinstance(extra, dict) else None
+    status = "interrupted" if s.interrupted else "finished"
+    exact = s.extra.get("exact_match")
     if is_num(exact):  # a seq2seq run: its held-out exact match
         status += f", exact match {100 * exact:.1f}%"
-    return RunEntry(str(p), status, steps=f"{s.get('steps_done')}/{s.get('steps')}", val_loss=s.get("val_loss"),
-                    params=s.get("params"), tokens_per_s=s.get("tokens_per_s"), elapsed_s=s.get("elapsed_s"),
+    return RunEntry(str(p), status, steps=f"{s.steps_done}/{s.steps}", val_loss=s.val_loss, params=s.params,
+                    tokens_per_s=s.tokens_per_s, elapsed_s=s.elapsed_s,
                     **({"type": "seq2seq"} if exact is not None else {}))
 
 
 def _finetune_entry(p: Path) -> RunEntry:
     """A fine-tune (`tformer finetune`): its held-out accuracy and macro-F1 in the status."""
-    d = FinetuneDir(p)
-    if not d.file(d.SUMMARY).exists():
+    s, problem = FinetuneDir(p).check_summary()
+    if problem is not None:
+        return RunEntry(str(p), f"damaged: {_why(RunError(problem))}", type="fine-tune")
+    if s is None:
         return RunEntry(str(p), "no summary (running or crashed)", type="fine-tune")
-    s = d.read_json(d.SUMMARY)
-    test = s.get("test") or {}
-    acc, f1 = test.get("accuracy"), test.get("macro_f1")
-    status = "interrupted" if s.get("interrupted") else "finished"
-    if is_num(acc) and is_num(f1):
-        status += f", accuracy {100 * acc:.1f}%, macro-F1 {f1:.3f}"
-    return RunEntry(str(p), status, steps=f"{s.get('steps_done')}/{s.get('steps')}",
-                    params=s.get("params") if is_num(s.get("params")) else None,
-                    elapsed_s=s.get("elapsed_s") if is_num(s.get("elapsed_s")) else None, type="fine-tune")
+    status = "interrupted" if s.interrupted else "finished"
+    if s.test is not None:
+        status += f", accuracy {100 * s.test.accuracy:.1f}%, macro-F1 {s.test.macro_f1:.3f}"
+    return RunEntry(str(p), status, steps=f"{s.steps_done}/{s.steps}", params=s.params, elapsed_s=s.elapsed_s,
+                    type="fine-tune")
 
 
 def _imported(p: Path) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tformer_cli.core.io import atomic_write_text
+from tformer_cli.run.result import FinetuneResult, Result, TrainResult
 from tformer_cli.study.spec import Member
 
 RESULTS_JSON, RESULTS_CSV = "results.json", "results.csv"
@@ -70,22 +71,27 @@ class Measurement:
 @dataclass
 class MemberOutcome:
     """Training one member: status ok | failed | interrupted | not run, the error and hint of a
-    failure, the TrainResult as a dict, and the measurement of a member that finished."""
+    failure, its typed result (a TrainResult, or a FinetuneResult for a classifier fine-tune),
+    and the measurement of a member that finished."""
 
     status: str
     error: str = ""
     hint: str = ""
-    summary: dict[str, Any] = field(default_factory=dict)
+    summary: Result | None = None
     skipped: bool = False  # finished in an earlier session
     post: Measurement | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "post": self.post.to_dict() if self.post else None}
+        s = self.summary
+        return {"status": self.status, "error": self.error, "hint": self.hint, "skipped": self.skipped,
+                "summary": s.to_dict() if s else None, "fine_tune": isinstance(s, FinetuneResult),
+                "post": self.post.to_dict() if self.post else None}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MemberOutcome":
-        post = d.get("post")
-        return cls(d["status"], d.get("error", ""), d.get("hint") or "", d.get("summary") or {},
+        post, s = d.get("post"), d.get("summary")
+        summary = (FinetuneResult if d.get("fine_tune") else TrainResult).from_dict(s) if s else None
+        return cls(d["status"], d.get("error", ""), d.get("hint") or "", summary,
                    bool(d.get("skipped")), Measurement.from_dict(post) if post else None)
 
 

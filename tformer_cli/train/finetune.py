@@ -11,7 +11,6 @@ PROBE_AT of the steps (did the last fifth still change it?).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,45 +27,11 @@ from tformer_cli.core.labelled import Labelled, check_labels, load_labelled
 from tformer_cli.errors import ConfigError, DataError, RunError
 from tformer_cli.run import finetune_dir as fdir
 from tformer_cli.run.finetune_dir import FinetuneDir
+from tformer_cli.run.result import FinetuneResult
 from tformer_cli.train.task import LoopStats, Saved, Task
 
 TRAIN_ACC_EXAMPLES = 512  # training accuracy on this many examples: is the model still far from fitting?
 __all__ = ["ClassifyTask", "FinetuneResult", "PROBE_AT", "predict", "encode_texts"]
-
-
-@dataclass
-class FinetuneResult:
-    run_dir: str
-    steps_done: int
-    steps: int
-    interrupted: bool
-    task: str
-    data: str
-    labels: list[str]
-    body: str
-    pool: str
-    source_run: str | None
-    from_scratch: bool
-    freeze: bool
-    params: int
-    trainable_params: int
-    n_train: int
-    train_loss: float | None
-    train_accuracy: float | None
-    test: dict[str, Any] | None  # cls_metrics.Scores as a dict; None when interrupted
-    elapsed_s: float
-    resumed_from: int | None = None
-    tokens_per_s: float | None = None
-    arithmetic: str = ""  # core.device.arithmetic: a fine-tune computes in float32
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "FinetuneResult":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def encode_texts(tok, texts: list[str], block_size: int, split: str) -> list[list[int]]:
@@ -188,7 +153,7 @@ class ClassifyTask(Task):
         test, train_acc = None, None
         if not s.interrupted:
             pred = predict(model, self.test_ids, self.device).argmax(-1).tolist()
-            test = cls_metrics.score(self.data.test_y, pred, k).to_dict()
+            test = cls_metrics.score(self.data.test_y, pred, k)
             n = min(TRAIN_ACC_EXAMPLES, len(self.train_ids))
             train_acc = _accuracy(model, self.train_ids[:n], self.data.train_y[:n], self.device)
         result = FinetuneResult(

@@ -30,7 +30,7 @@ from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.evaluate import evaluate
 from tformer_cli.train.graph_step import graph_decision
 from tformer_cli.train.optim import group_shapes
-from tformer_cli.train.result import TrainResult
+from tformer_cli.run.result import TrainResult
 from tformer_cli.train.task import LoopStats, RunDirTask, Saved
 
 

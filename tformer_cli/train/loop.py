@@ -33,13 +33,12 @@ from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.graph_step import GraphedStep, lr_to_device
 from tformer_cli.train.optim import load_optimizer_state, make_optimizer, set_lr
-from tformer_cli.train.result import TrainResult
+from tformer_cli.run.result import FinetuneResult, TrainResult
 from tformer_cli.train.task import Event, LoopStats, Task
 
 if TYPE_CHECKING:  # names for the annotations only: train/finetune.py imports this module
     from tformer_cli.core.finetune_config import FinetuneSpec
     from tformer_cli.core.labelled import Labelled
-    from tformer_cli.train.finetune import FinetuneResult
 
 __all__ = ["Event", "Loop", "RunLog", "TrainResult", "finetune", "nan_error", "run_task", "train"]
 
@@ -84,7 +83,7 @@ def train(
 
 def finetune(spec: "FinetuneSpec", run_dir: str | Path, *, resume: bool = False,
              progress: Callable[[Event], None] | None = None, should_stop: Callable[[], bool] | None = None,
-             data: "Labelled | None" = None) -> "FinetuneResult":
+             data: "Labelled | None" = None) -> FinetuneResult:
     """Fine-tune ``spec`` into ``run_dir`` (claimed by the caller), or continue it with ``resume``:
     the classify task (train/finetune.py).  ``data``: the labelled set already loaded."""
     from tformer_cli.train.finetune import ClassifyTask

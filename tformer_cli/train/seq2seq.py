@@ -31,7 +31,7 @@ from tformer_cli.core.io import atomic_write_text
 from tformer_cli.run import checkpoint
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.optim import group_shapes
-from tformer_cli.train.result import TrainResult
+from tformer_cli.run.result import TrainResult
 from tformer_cli.train.task import LoopStats, RunDirTask, Saved
 
 ARCHS = ("encdec", "gpt")
