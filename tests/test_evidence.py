@@ -141,6 +141,27 @@ def test_no_winner_among_unconverged_members(tiny_config):
     assert v.suggestion == f"--steps {2 * from_dict(tiny_config).train.steps}"
 
 
+def test_a_run_whose_val_loss_rose_while_its_train_loss_fell_is_overfit():
+    train = [(100, 2.5), (200, 2.0), (300, 1.6), (400, 1.3)]
+    val = [(100, 2.6), (200, 2.2), (300, 2.25), (400, 2.30)]
+    assert convergence.overfit_rise(val, train) == pytest.approx(0.10)  # from its lowest, 2.2 at step 200
+    assert convergence.overfit(0.10) is True and convergence.overfit(0.005) is False
+    assert convergence.overfit_rise([(100, 2.6), (400, 2.2)], train) == 0.0  # the final loss is the lowest
+    flat = [(s, 2.0) for s, _ in train]  # the training loss stopped falling too: noise, not memorising
+    assert convergence.overfit_rise(val, flat) == 0.0
+    assert convergence.overfit_rise(val[:1], train) is None and convergence.overfit(None) is None
+
+
+def test_a_verdict_names_the_overfit_runs_it_compared(tiny_config):
+    rows = _rows([1.50, 1.80, 1.20], [1.60, 1.91, 1.29])
+    for r in rows[1::2][:2]:  # two no-ffn seeds
+        r.overfit, r.val_rise_from_best = True, 0.05
+    v = verdict.verdicts(_spec(tiny_config, [CLAIM]), rows)[0]
+    assert v.outcome == "agrees" and "overfit: no-ffn (2 seed(s))" in v.reason and "0.050 nats" in v.reason
+    clean = verdict.verdicts(_spec(tiny_config, [CLAIM]), _rows([1.50, 1.80, 1.20], [1.60, 1.91, 1.29]))[0]
+    assert "overfit" not in clean.reason
+
+
 def test_a_claim_may_name_the_member_it_is_compared_with(tiny_config):
     """claim.baseline: the reference member (a fine-tune's encoder against the GPT, not against the
     study's baseline); a name that is no member, or the claim's own, is refused."""
@@ -417,7 +438,7 @@ def test_study_all_takes_out_and_resume_as_strings_as_some_typer_releases_pass_t
     monkeypatch.setattr(files, "builtin_studies", lambda: [Path("a.yaml"), Path("b.yaml")])
     ran = []
     monkeypatch.setattr(experiments, "run_study", lambda o, path, out: ran.append(out) or "result")
-    monkeypatch.setattr(findings, "write_findings", lambda root, results: root / "findings.md")
+    monkeypatch.setattr(findings, "write_findings", lambda root, results, ladders=(): root / "findings.md")
     monkeypatch.setattr(findings, "show_verdicts", lambda con, results: None)
     experiments.run_all(o)
     assert ran == [tmp_path / "all" / "a", tmp_path / "all" / "b"]
@@ -480,21 +501,21 @@ def _ladder_result(out_dir, outcome, suggestion="", learning=False, verdicts=Tru
 
 
 def test_the_ladder_doubles_only_while_a_verdict_asks_for_steps(tmp_path):
-    from tformer_cli.study import ladder
+    from tformer_cli.study import doubling
 
     learning = _ladder_result(tmp_path, "undecided", "--steps 400")
-    assert ladder.next_steps(learning, 200, 800) == 400
-    assert ladder.next_steps(learning, 400, 800) == 800
-    assert ladder.next_steps(learning, 800, 800) is None  # the cap
-    assert ladder.next_steps(_ladder_result(tmp_path, "undecided", "--seeds 7"), 200, 800) is None  # seeds, not steps
-    assert ladder.next_steps(_ladder_result(tmp_path, "agrees"), 200, 800) is None
+    assert doubling.next_steps(learning, 200, 800) == 400
+    assert doubling.next_steps(learning, 400, 800) == 800
+    assert doubling.next_steps(learning, 800, 800) is None  # the cap
+    assert doubling.next_steps(_ladder_result(tmp_path, "undecided", "--seeds 7"), 200, 800) is None  # seeds, not steps
+    assert doubling.next_steps(_ladder_result(tmp_path, "agrees"), 200, 800) is None
     no_claim = _ladder_result(tmp_path, "", verdicts=False, learning=True)
-    assert ladder.next_steps(no_claim, 200, 800) == 400  # without a claim: any member still learning
-    assert ladder.next_steps(_ladder_result(tmp_path, "", verdicts=False), 200, 800) is None
-    assert ladder.max_steps_for(200, None) == 800
+    assert doubling.next_steps(no_claim, 200, 800) == 400  # without a claim: any member still learning
+    assert doubling.next_steps(_ladder_result(tmp_path, "", verdicts=False), 200, 800) is None
+    assert doubling.max_steps_for(200, None) == 800
     with pytest.raises(ConfigError):
-        ladder.max_steps_for(200, 100)
-    assert "--max-steps" in ladder.stop_reason([ladder.Rung(800, learning)], 800)
+        doubling.max_steps_for(200, 100)
+    assert "--max-steps" in doubling.stop_reason([doubling.Rung(800, learning)], 800)
 
 
 def test_until_converged_runs_each_budget_in_its_own_directory(cli, monkeypatch, tmp_path):

@@ -43,11 +43,16 @@ BatchSeedsOpt = Annotated[bool, typer.Option("--batch-seeds/--no-batch-seeds", h
 UntilOpt = Annotated[bool, typer.Option("--until-converged", help="While a verdict is undecided because members "
                                         "are still learning, run the study again at twice the steps (each "
                                         "budget in OUT/steps-N), up to --max-steps.")]
+LadderOpt = Annotated[bool, typer.Option("--ladder", help="Run the study at every size of its ladder: section "
+                                         "(each rung in OUT/rung-N), a verdict per size and each claim's trend "
+                                         "with a plot (scale.png).")]
+RungsOpt = Annotated[Optional[str], typer.Option("--rungs", help="With a ladder: only these rungs, e.g. 1,2 "
+                                                 "(implies --ladder).", show_default=False)]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="With --until-converged: the largest "
                                                     "budget (default: 4x the study's steps).", show_default=False)]
 
 # What --resume accepts besides itself: how to run and print, never what the experiment is.
-RESUME_OK = {"resume", "json_", "parallel", "isolate", "jobs", "all_", "batch_seeds"}
+RESUME_OK = {"resume", "json_", "parallel", "isolate", "jobs", "all_", "batch_seeds", "ladder", "rungs"}
 
 
 # ---------------------------------------------------------------- shared options
@@ -96,6 +101,8 @@ class ExperimentOptions:
     json_: bool = False
     until_converged: bool = False
     max_steps: Optional[int] = None
+    ladder: bool = False
+    rungs: Optional[str] = None
 
     @classmethod
     def from_context(cls, ctx: typer.Context) -> "ExperimentOptions":
@@ -166,7 +173,7 @@ def _tuned(o: ExperimentOptions, spec):
 
 
 def run_study(o: ExperimentOptions, path: Path, out: Path | None = None):
-    """One study file: as it is, or with --until-converged as a ladder of doubling budgets.
+    """One study file: as it is, or with --until-converged as doubling budgets.
     Returns the ExperimentResult of the last budget run."""
     from tformer_cli.study import files
 
@@ -176,6 +183,8 @@ def run_study(o: ExperimentOptions, path: Path, out: Path | None = None):
             src = replace(src, overrides={**src.overrides, "train.steps": steps})
         return files.study_from(replace(src, config=path))
 
+    if o.ladder or o.rungs is not None:
+        return run_scale(o, path, out)[1]
     if not o.until_converged:
         if o.max_steps is not None:
             from tformer_cli.errors import ConfigError
@@ -185,30 +194,78 @@ def run_study(o: ExperimentOptions, path: Path, out: Path | None = None):
     return climb(o, build, out)
 
 
+def run_scale(o: ExperimentOptions, path: Path, out: Path | None = None, show_result: bool = True):
+    """--ladder: the study at each rung of its ladder (tformer_cli.study.scale), each in OUT/rung-N
+    (continued when it is there), then each claim's trend, scale.json and scale.png in OUT.
+    Returns (the ScaleRungs with their trends and plot, the last rung's ExperimentResult)."""
+    import json
+
+    from tformer_cli.core.io import atomic_write_text
+    from tformer_cli.errors import ConfigError
+    from tformer_cli.render.console import console, line, print_json
+    from tformer_cli.render.scale import SCALE_PNG, scale_plot, show_scale
+    from tformer_cli.run.rundir import default_run_dir
+    from tformer_cli.study import files, scale
+
+    if o.until_converged:
+        raise ConfigError("--ladder and --until-converged are two different ladders: give one",
+                          hint="--ladder grows the model; --until-converged doubles the steps")
+    src = replace(o.source(), config=path)
+    ladder = files.ladder_of(src)
+    if ladder is None:
+        raise ConfigError(f"{path.stem} has no ladder: section", hint="a study with one: tformer presets lists "
+                          "them; or add ladder: (rule, rungs) to the study file")
+    picked = ladder.pick(o.rungs)
+    specs = [(r, files.study_from(src, r)) for r in picked]  # every rung checked before one trains
+    root = Path(out or o.out or Path("runs") / f"scale-{path.stem}-{default_run_dir('runs').name}")
+    done = []
+    for r, spec in specs:
+        where = scale.rung_dir(root, r.index)
+        if not o.json_:
+            changed = ", ".join(f"{k}={v}" for k, v in r.set.items()) or "the study as written"
+            line(console(), f"rung {r.index} of {len(ladder.rungs)}: {changed}, {len(spec.seeds)} seed(s)")
+        again = (where / "experiment.json").exists()
+        one = replace(o, resume=where if again else None, ladder=False, rungs=None)
+        done.append(scale.ScaleRung(r.index, execute(one, None if again else spec, where, emit_json=False)))
+    trends = scale.trends(done)
+    plot = None
+    try:
+        plot = scale_plot(trends, root / SCALE_PNG, f"tformer study {path.stem}: the claim at each size")
+    except Exception as e:  # a plot is a convenience; never lose the results over it
+        console().print(f"scale plot not written: {type(e).__name__}: {e}", soft_wrap=True)
+    report = scale.ScaleReport(path.stem, ladder, done, trends, str(plot) if plot else None)
+    atomic_write_text(root / scale.SCALE_JSON, json.dumps(report.to_dict(), indent=2) + "\n")
+    if o.json_:
+        print_json(report.to_dict())
+    elif show_result:
+        show_scale(console(), path.stem, ladder, trends, plot)
+    return report, done[-1].result
+
+
 def climb(o: ExperimentOptions, build, out: Path | None):
     """--until-converged: the study at its budget, then at twice the steps while a verdict asks for
-    more (tformer_cli.study.ladder), each budget in OUT/steps-N; a table of the rungs at the end."""
+    more (tformer_cli.study.doubling), each budget in OUT/steps-N; a table of the rungs at the end."""
     from tformer_cli.render.console import console, print_json
-    from tformer_cli.render.findings import show_ladder
+    from tformer_cli.render.findings import show_doubling
     from tformer_cli.run.rundir import default_run_dir
-    from tformer_cli.study import ladder
+    from tformer_cli.study import doubling
 
     spec = build(None)
     steps = spec.config().train.steps
-    cap = ladder.max_steps_for(steps, o.max_steps)
+    cap = doubling.max_steps_for(steps, o.max_steps)
     root = Path(out or o.out or Path("runs") / f"study-{default_run_dir('runs').name}")
-    rungs: list[ladder.Rung] = []
+    rungs: list[doubling.Rung] = []
     while True:
-        rungs.append(ladder.Rung(steps, execute(o, spec, ladder.rung_dir(root, steps), emit_json=False)))
-        nxt = ladder.next_steps(rungs[-1].result, steps, cap)
+        rungs.append(doubling.Rung(steps, execute(o, spec, doubling.rung_dir(root, steps), emit_json=False)))
+        nxt = doubling.next_steps(rungs[-1].result, steps, cap)
         if nxt is None:
             break
         steps, spec = nxt, build(nxt)
-    reason = ladder.stop_reason(rungs, cap)
+    reason = doubling.stop_reason(rungs, cap)
     if o.json_:
         print_json({"rungs": [{"steps": r.steps, "result": r.result.to_dict()} for r in rungs], "stopped": reason})
     else:
-        show_ladder(console(), rungs, reason)
+        show_doubling(console(), rungs, reason)
     return rungs[-1].result
 
 
@@ -220,11 +277,18 @@ def run_all(o: ExperimentOptions) -> None:
     from tformer_cli.study import files
 
     root = o.resume or o.out or Path("runs") / f"studies-{default_run_dir('runs').name}"
-    results = []
+    results, ladders = [], []
     for path in files.builtin_studies():
-        one = replace(o, resume=root / path.stem if o.resume and (root / path.stem).is_dir() else None)
+        src = files.Source(path, None, {}, None)
+        if (o.ladder or o.rungs is not None) and files.ladder_of(src) is not None:  # rungs continue themselves
+            report, _ = run_scale(replace(o, resume=None), path, root / path.stem, show_result=False)
+            results += [r.result for r in report.rungs]
+            ladders.append(report)
+            continue
+        one = replace(o, resume=root / path.stem if o.resume and (root / path.stem).is_dir() else None,
+                      ladder=False, rungs=None)  # a study without a ladder runs as written
         results.append(execute(one, None, root / path.stem) if one.resume else run_study(one, path, root / path.stem))
-    report = write_findings(root, results)
+    report = write_findings(root, results, ladders)
     show_verdicts(console(), results)
     console().print(f"findings: {report}", soft_wrap=True)
 
@@ -417,7 +481,8 @@ def study_(
     set_: SetOpt = None, steps: StepsOpt = None, device: DeviceOpt = None, seed: SeedOpt = None,
     data: DataOpt = None, out: OutOpt = None, seeds: SeedsOpt = None, parallel: ParallelOpt = False,
     isolate: IsolateOpt = False, jobs: JobsOpt = None, batch_seeds: BatchSeedsOpt = True, tune: TuneOpt = None,
-    lr_grid: LrGridOpt = None, until_converged: UntilOpt = False, max_steps: MaxStepsOpt = None, json_: JsonOpt = False,
+    lr_grid: LrGridOpt = None, until_converged: UntilOpt = False, max_steps: MaxStepsOpt = None,
+    ladder: LadderOpt = False, rungs: RungsOpt = None, json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.study import files
 

@@ -19,7 +19,7 @@ from tformer_cli.core.io import atomic_write_text
 from tformer_cli.render.experiments import EXTRA_HEADERS, converged_cell, diff_cell, extra_cell, pm, verdict_line
 from tformer_cli.render.fmt import fmt_int, fmt_time
 from tformer_cli.render.table import Col, show
-from tformer_cli.study.ladder import Rung
+from tformer_cli.study.doubling import Rung
 from tformer_cli.study.results import ExperimentResult
 from tformer_cli.study.verdict import signed
 
@@ -38,9 +38,10 @@ def _ci(v, digits: int = 4) -> str:
 
 
 def study_name(r: ExperimentResult) -> str:
-    """The study's directory name; a rung of --until-converged (STUDY/steps-N) as 'STUDY (steps-N)'."""
+    """The study's directory name; a rung of --until-converged (STUDY/steps-N) or of --ladder
+    (STUDY/rung-N) as 'STUDY (steps-N)' or 'STUDY (rung-N)'."""
     d = Path(r.out_dir)
-    return f"{d.parent.name} ({d.name})" if re.fullmatch(r"steps-\d+", d.name) else d.name
+    return f"{d.parent.name} ({d.name})" if re.fullmatch(r"(steps|rung)-\d+", d.name) else d.name
 
 
 def _study_section(r: ExperimentResult, root: Path) -> list[str]:
@@ -70,8 +71,11 @@ def _study_section(r: ExperimentResult, root: Path) -> list[str]:
     return out + [""]
 
 
-def write_findings(root: Path, results: Sequence[ExperimentResult]) -> Path:
-    """findings.md in ``root``: the verdict table, then one section per study."""
+def write_findings(root: Path, results: Sequence[ExperimentResult], ladders: Sequence = ()) -> Path:
+    """findings.md in ``root``: the verdict table, each ladder's trends (--ladder: ScaleReports),
+    then one section per study (per rung, for a ladder)."""
+    from tformer_cli.render.scale import scale_markdown
+
     lines = ["# Findings", "", "| study | claim | verdict | Δ (95% CI) | seeds | arithmetic |",
              "| --- | --- | --- | --- | --- | --- |"]
     for r in results:
@@ -83,6 +87,9 @@ def write_findings(root: Path, results: Sequence[ExperimentResult]) -> Path:
         if not r.verdicts:
             lines.append(f"| {_cell(study_name(r))} | (no claim) | - | - | {len(r.seeds)} | {_cell(r.arithmetic or '-')} |")
     lines.append("")
+    for report in ladders:
+        plot = Path(os.path.relpath(report.plot, root)).as_posix() if report.plot else None
+        lines += scale_markdown(report.study, report.ladder, report.trends, plot)
     for r in results:
         lines += _study_section(r, Path(root))
     path = Path(root) / REPORT
@@ -102,7 +109,7 @@ def show_verdicts(con: Console, results: Sequence[ExperimentResult]) -> None:
                Col("to decide")], rows, title="verdicts")
 
 
-def show_ladder(con: Console, rungs: Sequence[Rung], reason: str) -> None:
+def show_doubling(con: Console, rungs: Sequence[Rung], reason: str) -> None:
     """--until-converged: one row per budget and claim (or per budget, without a claim)."""
     rows = []
     for rung in rungs:

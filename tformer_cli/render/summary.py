@@ -38,7 +38,8 @@ def summary_rows(r: TrainResult) -> list[tuple[str, str]]:
         ("compile", r.compile_reason or ("on" if r.compiled else "off")),
         *([("cuda graph", r.cuda_graph_reason)] if str(r.device).startswith("cuda")
           and r.cuda_graph_reason else []),
-        ("tokens seen", fmt_int(r.tokens_seen)),
+        ("tokens seen", fmt_int(r.tokens_seen) + ("" if r.epochs is None else
+                                                   f"  ({r.epochs:.2f} epochs of the training split)")),
         ("wall time", fmt_time(r.elapsed_s) + (f" ({split})" if (split := _split(r)) else "")),
     ]
 

@@ -68,6 +68,7 @@ class TrainResult:
     cuda_graph: bool = False  # the step captured in a CUDA graph (train/graph_step.py)
     cuda_graph_reason: str = ""
     arithmetic: str = ""  # what the matmuls computed in (core.device.arithmetic): "float32 on cpu"
+    epochs: float | None = None  # tokens_seen over the training split's tokens: how often it read its text
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

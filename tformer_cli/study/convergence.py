@@ -8,6 +8,9 @@ Two checks per member and seed:
   STILL_LEARNING nats.  A run in its slow tail (a few percent of its gains in the last fifth) is
   not learning fast; a run cut off mid-descent is.  Whether a verdict survives a longer run is
   then checked directly, by doubling the budget (docs/studies.md);
+- overfit: the validation loss rose by more than OVERFIT nats from its lowest evaluation to the
+  final one while the training loss kept falling (a model that has begun to memorise its corpus,
+  as the larger rungs of a scale ladder may when the text runs out);
 - degenerate sample: the greedy continuation loops (the same short unit over and over, e.g.
   "the the the") or is mostly one character.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 STILL_LEARNING = 0.02  # nats over the last fifth of the steps, at least
 STILL_LEARNING_FRACTION = 0.05  # of the whole fall from ln(vocab) to the final loss
 LAST_PART = 0.2
+OVERFIT = 0.01  # nats the final val loss sits above its lowest, at least, to call a run overfit
 
 
 def last_fifth_drop(curve: list[tuple[int, float]], steps: int) -> float | None:
@@ -41,6 +45,24 @@ def still_learning(drop: float | None, final: float | None = None, start: float 
     if final is not None and start is not None and start > final:
         threshold = max(threshold, STILL_LEARNING_FRACTION * (start - final))
     return drop > threshold
+
+
+def overfit_rise(val: list[tuple[int, float]], train: list[tuple[int, float]]) -> float | None:
+    """How far (nats) the final validation loss sits above its lowest evaluation when the training
+    loss fell over the same span (from that evaluation's step to the end), else 0; None when a
+    curve is missing.  Over OVERFIT is overfit (``overfit``)."""
+    if len(val) < 2 or not train:
+        return None
+    best_step, best = min(val, key=lambda sv: (sv[1], sv[0]))
+    final = val[-1][1]
+    at_best = [v for s, v in train if s <= best_step] or [train[0][1]]
+    if final <= best or train[-1][1] >= at_best[-1]:
+        return 0.0
+    return final - best
+
+
+def overfit(rise: float | None) -> bool | None:
+    return None if rise is None else rise > OVERFIT
 
 
 def degenerate(text: str, max_unit: int = 8) -> bool:

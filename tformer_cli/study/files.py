@@ -22,8 +22,8 @@ from tformer_cli.study.verdict import check_members
 LIST_FLAGS = ("pos", "activation", "ffn_mult", "norm", "kv_heads", "softcap", "optimizer")  # repeatable
 BOOL_FLAGS = ("no_causal_mask", "no_ffn", "post_norm", "qk_norm")
 ABLATE_KEYS = {"kind", *LIST_FLAGS, *BOOL_FLAGS, "arms", "cumulative", "combine", "match", "match_by", "seeds",
-               "prompt", "claim", "pretrain"}
-SWEEP_KEYS = {"kind", "grid", "seeds", "prompt", "claim", "pretrain"}
+               "prompt", "claim", "pretrain", "ladder"}
+SWEEP_KEYS = {"kind", "grid", "seeds", "prompt", "claim", "pretrain", "ladder"}
 SECTION_KEYS = {"ablate": ABLATE_KEYS, "sweep": SWEEP_KEYS}
 
 
@@ -42,6 +42,8 @@ def experiment_config(config: Path | None, preset: str | None,
             exp = {**exp, "claim": data_.pop("claim")}
         if "pretrain" in data_:  # the language models the members fine-tune, trained first
             exp = {**exp, "pretrain": data_.pop("pretrain")}
+        if "ladder" in data_:  # the sizes the study runs at with --ladder (tformer_cli.study.scale)
+            exp = {**exp, "ladder": data_.pop("ladder")}
         for section, values in data_.items():
             if not isinstance(values, dict):  # let from_dict name the problem
                 values = {"__invalid__": values} if values is not None else {}
@@ -225,10 +227,22 @@ def dmodel_from(src: Source, widths: str, heads: int | None) -> Spec:
                       exp.get("prompt"))
 
 
-def study_from(src: Source) -> Spec:
-    """`tformer study FILE`: the spec the file's experiment: section describes."""
+def ladder_of(src: Source):
+    """The study file's ladder: section (tformer_cli.study.scale.Ladder), or None when it has none."""
+    from tformer_cli.study.scale import parse_ladder
+
     assert src.config is not None
     config = find_study(src.config)
+    return parse_ladder(experiment_config(config, None, src.overrides)[1].get("ladder"), config)
+
+
+def study_from(src: Source, rung=None) -> Spec:
+    """`tformer study FILE`: the spec the file's experiment: section describes; at ``rung`` (a
+    LadderRung) with the rung's keys and seeds, under the user's own flags."""
+    assert src.config is not None
+    config = find_study(src.config)
+    if rung is not None:
+        src = Source(src.config, src.preset, {**rung.set, **src.overrides}, src.seeds or rung.seeds)
     cfg, exp = experiment_config(config, None, src.overrides)
     kind = exp.get("kind")
     if kind not in SECTION_KEYS:

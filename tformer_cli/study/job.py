@@ -188,8 +188,10 @@ def member_row(j: Job, o: MemberOutcome | None) -> MemberRow:
     if isinstance(s, FinetuneResult):
         classifier_columns(row, s)
     elif o.status == "ok" and s is not None:
-        _, val = RunDir(j.run_dir).curves()
+        train, val = RunDir(j.run_dir).curves()
         row.val_drop_last_fifth = convergence.last_fifth_drop(val, j.cfg.train.steps)
+        row.val_rise_from_best = convergence.overfit_rise(val, train)
+        row.overfit = convergence.overfit(row.val_rise_from_best)
         final = val[-1][1] if val else None
         row.still_learning = convergence.still_learning(row.val_drop_last_fifth, final, s.init_loss_ref)
     extra = {k: v for k, v in (s.extra if s else {}).items() if k not in ("probe_step", "batched")}

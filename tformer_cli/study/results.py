@@ -32,6 +32,7 @@ CSV_COLUMNS = [
     "setup_s", "steps_s", "eval_s", "checkpoint_s", "sample",
     "run_dir",
     "objective", "hint", "eval_error", "val_drop_last_fifth", "still_learning", "degenerate", "arithmetic",
+    "val_rise_from_best", "overfit", "epochs",
 ]
 ANATOMY_KEYS = ("params", "params_embeddings", "params_attention", "params_ffn", "flops_per_token",
                 "flops_embeddings", "flops_attention", "flops_ffn")
@@ -120,6 +121,8 @@ class _Metrics(_Compared):
     val_drop_last_fifth: float | None = None  # nats the val loss fell over the last fifth of training
     still_learning: bool | None = None  # that drop is over tformer_cli.study.convergence.STILL_LEARNING
     degenerate: bool | None = None  # the greedy sample loops
+    val_rise_from_best: float | None = None  # nats the final val loss sits above its lowest (train loss falling)
+    overfit: bool | None = None  # that rise is over tformer_cli.study.convergence.OVERFIT
     resized: str = ""  # what --match params changed, in words
     axes: dict[str, Any] = field(default_factory=dict)  # swept key -> value
     extra: dict[str, Any] = field(default_factory=dict)  # task metrics (synthetic corpora)
@@ -143,6 +146,7 @@ class MemberRow(_Metrics):
     eval_s: float | None = None
     checkpoint_s: float | None = None
     arithmetic: str | None = None  # what its matmuls computed in (TrainResult.arithmetic): "float32 on cpu"
+    epochs: float | None = None  # how often it read its training text (TrainResult.epochs)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, as results.json and results.csv have it: the columns, then axes, d_k and extras."""

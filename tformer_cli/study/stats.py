@@ -163,6 +163,9 @@ def _summary(m: Member, rows: list[MemberRow], baseline: str) -> MemberSummary:
     known = [r.still_learning for r in ok if r.still_learning is not None]
     s.still_learning = any(known) if known else None  # None: no evaluation before the last fifth
     s.degenerate = any(r.degenerate for r in ok) if ok else None
+    rises = [r.val_rise_from_best for r in ok if r.val_rise_from_best is not None]
+    s.val_rise_from_best = max(rises) if rises else None
+    s.overfit = any(r.overfit for r in ok) if rises else None
     drops = [r.val_drop_last_fifth for r in ok if r.val_drop_last_fifth is not None]
     s.val_drop_last_fifth = max(drops) if drops else None
     first = ok[0] if ok else (rows[0] if rows else None)

@@ -79,7 +79,19 @@ def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
         v.suggestion = f"--steps {2 * steps}"
     else:
         v.outcome, v.reason, v.suggestion = r.outcome, r.reason, r.suggestion
+    if over := [r for r in [*mine.values(), *theirs.values()] if r.overfit]:
+        v.reason += "; " + _overfit_note(over)
     return v
+
+
+def _overfit_note(rows: list[MemberRow]) -> str:
+    """The overfit runs a verdict compared, named: the comparison is of models that had begun to
+    memorise their training text (tformer_cli.study.convergence.overfit)."""
+    members = dict.fromkeys(r.member for r in rows)
+    names = ", ".join(f"{m} ({sum(r.member == m for r in rows)} seed(s))" for m in members)
+    worst = max(r.val_rise_from_best or 0.0 for r in rows)
+    return (f"overfit: {names}: val loss rose by up to {worst:.3f} nats from its lowest while the training loss "
+            "fell (more text, or fewer steps, would compare them unmemorised)")
 
 
 def _unconverged_reason(rows: list[MemberRow]) -> str:

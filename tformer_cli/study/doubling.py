@@ -1,4 +1,5 @@
-"""`tformer study --until-converged`: the study again at twice the steps while its members still learn.
+"""`tformer study --until-converged`: the study again at twice the steps while its members still learn
+(the budget doubled; the scale ladder, study/scale.py, grows the model).
 
 A verdict refuses to name a winner among members that are still learning fast at the end of
 training (tformer_cli.study.convergence) and suggests twice the steps.  Instead of leaving that
