@@ -178,3 +178,74 @@ def test_sinusoidal_scales_the_token_embeddings_by_sqrt_d_model():
     model(idx[:, :5], cache=cache)
     model(idx[:, 5:6], start_pos=5, cache=cache)
     assert torch.allclose(seen[-1][:, 0], model.tok_emb(idx[:, 5]) * math.sqrt(d) + model.pos_table[5], atol=1e-6)
+
+
+# ---------------------------------------------------------------- the loss of low-precision logits
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64, None])
+def test_chunked_cross_entropy_is_the_plain_loss_in_float32(rows):
+    """core/loss.py: the chunked loss (for bfloat16/float16 logits) against F.cross_entropy in
+    float32, loss and gradient within 1e-5, ignored targets included, any chunk size."""
+    import torch.nn.functional as F
+
+    from tformer_cli.core.loss import IGNORE, chunked_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = (3 * torch.randn(50, 97, generator=g)).requires_grad_()
+    targets = torch.randint(0, 97, (50,), generator=g)
+    targets[::6] = IGNORE
+    plain = F.cross_entropy(logits, targets, ignore_index=IGNORE)
+    (want,) = torch.autograd.grad(plain, logits)
+    got = chunked_cross_entropy(logits, targets, rows)
+    (grad,) = torch.autograd.grad(got, logits)
+    assert abs(got.item() - plain.item()) <= 1e-5 * abs(plain.item())
+    assert torch.allclose(grad, want, rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_logits_take_the_chunked_loss_and_match_their_float32_copy():
+    import torch.nn.functional as F
+
+    from tformer_cli.core.loss import lm_loss
+
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 9, 33, generator=g).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 33, (4, 9), generator=g)
+    loss = lm_loss(logits, targets)
+    assert loss.dtype == torch.float32
+    (grad,) = torch.autograd.grad(loss, logits)
+    ref_in = logits.detach().float().requires_grad_()
+    ref = F.cross_entropy(ref_in.reshape(-1, 33), targets.reshape(-1))
+    (ref_grad,) = torch.autograd.grad(ref, ref_in)
+    assert abs(loss.item() - ref.item()) <= 1e-5 * ref.item()
+    assert grad.dtype == torch.bfloat16 and torch.allclose(grad.float(), ref_grad, rtol=1e-2, atol=1e-4)
+
+
+def test_the_chunked_loss_works_under_vmap_as_the_batched_trainer_calls_it():
+    import torch.nn.functional as F
+    from torch.func import grad, vmap
+
+    from tformer_cli.core.loss import chunked_cross_entropy
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(3, 20, 11, generator=g)  # 3 seeds
+    targets = torch.randint(0, 11, (3, 20), generator=g)
+    got = vmap(grad(lambda z, t: chunked_cross_entropy(z, t, 6)))(logits, targets)
+    want = vmap(grad(lambda z, t: F.cross_entropy(z, t)))(logits, targets)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_a_model_under_bfloat16_autocast_takes_its_loss_from_its_own_logits_in_float32():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    model = GPT(cfg(), V)
+    idx = torch.randint(0, V, (2, 8))
+    targets = torch.randint(0, V, (2, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(idx, targets)
+    assert out.logits.dtype == torch.bfloat16 and out.loss.dtype == torch.float32
+    want = F.cross_entropy(out.logits.float().reshape(-1, V), targets.reshape(-1))
+    assert abs(out.loss.item() - want.item()) <= 1e-5 * want.item()
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tformer_cli.core.config import ModelConfig, head_count_problem
+from tformer_cli.core.loss import lm_loss
 from tformer_cli.errors import ConfigError
 
 NORM_EPS = 1e-5  # LayerNorm's default, used by every norm of the model
@@ -259,12 +260,6 @@ def real_vocab(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
     every sample, without a pass over the logits; the padded rows of the head get zero gradient.
     A body whose head was removed (core/classifier.py) sets padding_rows to 0: nothing to drop."""
     return logits[..., : model.vocab_size] if model.padding_rows else logits
-
-
-def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the positions whose target is not -100, in float32.  The cast comes
-    first: it makes the padded model's sliced logits contiguous, so the reshape is a view."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
 
 
 @dataclass
