@@ -69,6 +69,7 @@ class TrainResult:
     cuda_graph_reason: str = ""
     arithmetic: str = ""  # what the matmuls computed in (core.device.arithmetic): "float32 on cpu"
     epochs: float | None = None  # tokens_seen over the training split's tokens: how often it read its text
+    corpus_sha256: str = ""  # of the corpus text it trained on: a rerun can tell it got the same text
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

@@ -32,7 +32,7 @@ CSV_COLUMNS = [
     "setup_s", "steps_s", "eval_s", "checkpoint_s", "sample",
     "run_dir",
     "objective", "hint", "eval_error", "val_drop_last_fifth", "still_learning", "degenerate", "arithmetic",
-    "val_rise_from_best", "overfit", "epochs",
+    "val_rise_from_best", "overfit", "epochs", "corpus_sha256",
 ]
 ANATOMY_KEYS = ("params", "params_embeddings", "params_attention", "params_ffn", "flops_per_token",
                 "flops_embeddings", "flops_attention", "flops_ffn")
@@ -147,6 +147,7 @@ class MemberRow(_Metrics):
     checkpoint_s: float | None = None
     arithmetic: str | None = None  # what its matmuls computed in (TrainResult.arithmetic): "float32 on cpu"
     epochs: float | None = None  # how often it read its training text (TrainResult.epochs)
+    corpus_sha256: str | None = None  # of the text it trained on (TrainResult.corpus_sha256)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat, as results.json and results.csv have it: the columns, then axes, d_k and extras."""

@@ -156,7 +156,7 @@ class LMTask(RunDirTask):
             setup_s=s.phase_s["setup"], steps_s=max(s.elapsed_s - sum(s.phase_s.values()), 0.0),
             eval_s=s.phase_s["eval"], checkpoint_s=s.phase_s["checkpoint"], resumed_from=s.resumed_from,
             cuda_graph=s.cuda_graph, cuda_graph_reason=s.cuda_graph_reason,
-            epochs=s.step * self.fixed_tokens / max(len(self.ds.train), 1),
+            epochs=s.step * self.fixed_tokens / max(len(self.ds.train), 1), corpus_sha256=self.ds.text_sha256,
         )
         if dist.world > 1:
             result.extra["processes"] = dist.world
