@@ -31,7 +31,7 @@ import torch
 from bench.common import table
 from tformer_cli.core.anatomy import totals
 from tformer_cli.core.data import prepare
-from tformer_cli.core.device import tune_cpu_allocator, timed_matmul
+from tformer_cli.core.device import timed_matmul, tune_cpu_allocator
 from tformer_cli.run.rundir import prepare_run_dir
 from tformer_cli.train.batched import train_group
 from tformer_cli.train.loop import train

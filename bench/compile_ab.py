@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 
-
 LARGE = {"model.n_layer": 6, "model.n_head": 6, "model.d_model": 384, "model.block_size": 256,
          "train.batch_size": 64, "model.dropout": 0.2}
 

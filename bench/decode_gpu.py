@@ -49,8 +49,8 @@ from bench.common import table
 from bench.op_profile import kernel_times
 from tformer_cli.core import decode
 from tformer_cli.core.config import from_dict
-from tformer_cli.core.device import sync
 from tformer_cli.core.decode import choose_path, path_label
+from tformer_cli.core.device import sync
 from tformer_cli.core.generate import generate, timed
 from tformer_cli.core.model import build_model
 
@@ -239,9 +239,10 @@ def run_variant(model, prompt: list[int], n: int, attention: str, compiled: str,
 
 def variant_name(variant: tuple) -> str:
     dtype, attention, compiled, overlap, paired = variant
-    return (f"{dtype}, {attention}" + {"off": "", "block": ", compiled by block", "whole": ", compiled whole",
-                                         "whole-tuned": ", compiled whole, tuned",
-                                         "whole-gemv": ", compiled whole, tuned, one-row layers as reductions"}[compiled]
+    how = {"off": "", "block": ", compiled by block", "whole": ", compiled whole",
+           "whole-tuned": ", compiled whole, tuned",
+           "whole-gemv": ", compiled whole, tuned, one-row layers as reductions"}[compiled]
+    return (f"{dtype}, {attention}" + how
             + ("" if overlap else ", no overlap") + ("" if paired else ", keys and values written apart"))
 
 

@@ -5,7 +5,8 @@
 
 A variant is PROJECT:MODE:B<micro-batch>:V<vocabulary>[:x<model.vocab_multiple>][:medium|large] at
 GPT-2 small's shape (12 layers, d768, T1024, dropout 0, no biases, bf16 autocast, clip 1.0, fused
-AdamW) or, named, GPT-2 medium's (24 layers, d1024) or large's (36, d1280).  tformer's step is the one `tformer bench` times (tformer_cli.train.bench.StepBench), nanoGPT's the one of
+AdamW) or, named, GPT-2 medium's (24 layers, d1024) or large's (36, d1280).  tformer's step is
+the one `tformer bench` times (tformer_cli.train.bench.StepBench), nanoGPT's the one of
 bench/nanogpt_driver.py.  Every variant is built and warmed up (compiled) first; then --blocks rounds,
 each timing --steps steps of every variant in turn (A B C A B C ...), synchronised only at the ends
 of a block, so that drift hits every variant alike and no per-step sync is added.  One process
@@ -46,7 +47,8 @@ def parse_variant(text: str) -> dict:
     if len(parts) < 4 or parts[0] not in ("tformer", "nanogpt") or parts[1] not in ("compiled", "eager") \
             or parts[2][:1] != "B" or parts[3][:1] != "V" or len(pads) > 1 or any(p[:1] != "x" for p in pads) \
             or len(extra) - len(pads) > 1:
-        raise ValueError(f"variant {text!r}: expected tformer|nanogpt:compiled|eager:B<n>:V<n>[:x<n>][:{'|'.join(SHAPES)}]")
+        raise ValueError(f"variant {text!r}: expected "
+                         f"tformer|nanogpt:compiled|eager:B<n>:V<n>[:x<n>][:{'|'.join(SHAPES)}]")
     multiple = int(pads[0][1:]) if pads else 1
     if parts[0] == "nanogpt" and (multiple != 1 or shape != "small"):
         raise ValueError(f"variant {text!r}: nanoGPT runs GPT-2 small with its padded vocabulary only (V50304)")
@@ -60,7 +62,8 @@ def config(v: dict, device: str = "cuda", sets: dict | None = None):
     from tformer_cli.core.config import resolve
 
     return resolve(preset="gpt2_small", overrides={
-        **SHAPE, **SHAPES[v.get("shape", "small")], "model.vocab_multiple": v["multiple"], "train.batch_size": v["batch"], "train.grad_accum": 1,
+        **SHAPE, **SHAPES[v.get("shape", "small")], "model.vocab_multiple": v["multiple"],
+        "train.batch_size": v["batch"], "train.grad_accum": 1,
         "train.device": device, "train.dtype": "bfloat16", "train.compile": v["compiled"], "train.grad_clip": 1.0,
         **(sets or {})})
 
@@ -113,7 +116,8 @@ def run(variants: list[dict], args) -> None:
     """Card and matmul, then every variant built and warmed up, then the interleaved blocks."""
     import torch._dynamo
 
-    from tformer_cli.core import anatomy, device as dev
+    from tformer_cli.core import anatomy
+    from tformer_cli.core import device as dev
     from tformer_cli.core.config import parse_set
 
     torch._dynamo.config.automatic_dynamic_shapes = False  # each micro-batch: its own static graph

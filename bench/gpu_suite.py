@@ -115,7 +115,8 @@ def parse_step_lines(text: str) -> tuple[dict, dict[str, dict]]:
 def peaks(card: dict) -> tuple[float, str, float | None]:
     """(datasheet FLOP/s, its label, the timed matmul's FLOP/s or None)."""
     sheet = card.get("datasheet_flops")
-    label = f"{sheet / 1e12:.0f} TFLOP/s datasheet" if sheet else f"{H100_DATASHEET / 1e12:.0f} TFLOP/s (H100 datasheet)"
+    label = (f"{sheet / 1e12:.0f} TFLOP/s datasheet" if sheet
+             else f"{H100_DATASHEET / 1e12:.0f} TFLOP/s (H100 datasheet)")
     return sheet or H100_DATASHEET, label, card.get("matmul_flops")
 
 
@@ -219,7 +220,8 @@ def section_c(budget: Budget, args, shared: dict) -> list[str]:
         try:
             rows.append(train_row(label, json.loads(ran.out), first_rate(out), ran.wall, shared.get("matmul")))
         except ValueError:
-            rows.append([label, f"failed ({ran.code}): {ran.err.strip()[-120:]}", "-", "-", "-", "-", f"{ran.wall:.0f}"])
+            failed = f"failed ({ran.code}): {ran.err.strip()[-120:]}"
+            rows.append([label, failed, "-", "-", "-", "-", f"{ran.wall:.0f}"])
     return ["### c. tformer train --preset gpt2_small --steps 40 (B16 x 4, T1024, bf16)", "",
             table(["run", "compile", "tok/s", "MFU sheet", "MFU matmul", "steps 1-10 tok/s", "wall s"], rows)]
 
@@ -287,7 +289,8 @@ def section_e(budget: Budget, args, shared: dict) -> list[str]:
     if not os.path.exists(os.path.join(ROOT, "bench", "decode_gpu.py")):
         return ["### e. decoding", "", "- skipped: bench/decode_gpu.py is not in this tree"]
     ran = run_capture([sys.executable, "-m", "bench.decode_gpu"], budget.left())
-    state = "" if ran.code == 0 else f"\n- decode_gpu.py exited {ran.code} ({'deadline' if ran.code is None else 'error'})"
+    why = "deadline" if ran.code is None else "error"
+    state = "" if ran.code == 0 else f"\n- decode_gpu.py exited {ran.code} ({why})"
     return ["### e. decoding (bench/decode_gpu.py)", "", ran.out.strip() + state]
 
 

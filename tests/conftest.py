@@ -124,7 +124,8 @@ def assert_same_checkpoints(a: Path, b: Path) -> None:
     """The checkpoints of two runs hold the same tensors, bitwise (weights and optimizer state)."""
     from safetensors import safe_open
 
-    with safe_open(str(a / "checkpoint.safetensors"), "pt") as x, safe_open(str(b / "checkpoint.safetensors"), "pt") as y:
+    with safe_open(str(a / "checkpoint.safetensors"), "pt") as x, \
+            safe_open(str(b / "checkpoint.safetensors"), "pt") as y:
         assert sorted(x.keys()) == sorted(y.keys())
         for k in x.keys():
             assert x.get_tensor(k).equal(y.get_tensor(k)), k

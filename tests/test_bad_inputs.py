@@ -41,10 +41,10 @@ def tiny_run(tmp_path, tiny_config):
     """A run directory with an untrained model's checkpoint (fast: no training)."""
     import torch
 
-    from tformer_cli.run import checkpoint
     from tformer_cli.core.config import from_dict
     from tformer_cli.core.data import CharTokenizer
     from tformer_cli.core.model import build_model
+    from tformer_cli.run import checkpoint
 
     def make(name: str = "run", **model):
         tiny_config["model"].update(model)

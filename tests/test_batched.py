@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.batched import FIRST, SWITCHES
+from bench.batched import FIRST, SWITCHES, single_run
 from bench.batched import curve as _curve
 from bench.batched import first_steps as _first_steps
-from bench.batched import single_run
 from conftest import TINY, assert_same_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -88,7 +88,8 @@ def test_gpu_step_variants_parse_and_refuse_nonsense():
     assert (v["project"], v["compiled"], v["batch"], v["vocab"], v["multiple"]) == ("tformer", True, 24, 50257, 64)
     assert gs.parse_variant("nanogpt:eager:B12:V50304")["multiple"] == 1
     medium = gs.parse_variant("tformer:compiled:B8:V50304:medium")
-    assert medium["shape"] == "medium" and gs.config(medium).model.n_layer == 24 and gs.config(medium).model.d_model == 1024
+    assert medium["shape"] == "medium"
+    assert gs.config(medium).model.n_layer == 24 and gs.config(medium).model.d_model == 1024
     assert gs.parse_variant("tformer:compiled:B8:V50257:x64:large")["multiple"] == 64
     for bad in ("tformer:fast:B12:V1", "gpt:eager:B12:V1", "nanogpt:eager:B12:V50257:x64", "tformer:eager:12:V1",
                 "nanogpt:eager:B12:V50304:medium", "tformer:eager:B1:V1:huge", "tformer:eager:B1:V1:medium:large"):
@@ -119,7 +120,8 @@ def _fake_step_output(cut: bool = False) -> str:
         lines.append({"kind": "variant", "name": name, "warmup_s": 30.0, "tokens_per_step": 12288,
                       "flops_per_token": 1_000_000_000})
     for block in range(3):
-        lines.append({"kind": "block", "name": "tformer:compiled:B12:V50304", "block": block, "step_s": 0.020 + block / 1000})
+        lines.append({"kind": "block", "name": "tformer:compiled:B12:V50304", "block": block,
+                      "step_s": 0.020 + block / 1000})
         if not cut:
             lines.append({"kind": "block", "name": "nanogpt:compiled:B12:V50304", "block": block, "step_s": 0.030})
     return "\n".join(json.dumps(x) for x in lines) + "\nnot json\n"
@@ -134,7 +136,8 @@ def test_gpu_tables_from_fake_figures():
     assert rows[1][1:] == ["30.0 (30.0-30.0)", "410k", "41.4%", "51.2%"]
     pairs = [("compiled", "tformer:compiled:B12:V50304", "nanogpt:compiled:B12:V50304"), ("absent", "x", "y")]
     assert gsu.speedups(got, pairs) == ["compiled: 1.43x"]  # 30 / 21, and no line for a pair not timed
-    assert "800 TFLOP/s timed bf16 8192^3 matmul" in gsu.card_line(card) and "989 TFLOP/s datasheet" in gsu.card_line(card)
+    line = gsu.card_line(card)
+    assert "800 TFLOP/s timed bf16 8192^3 matmul" in line and "989 TFLOP/s datasheet" in line
     card, got = gsu.parse_step_lines(_fake_step_output(cut=True))
     assert gsu.step_rows(card, got)[1][1] == "not timed (cut short)"
     assert gsu.speedups(got, pairs) == []
@@ -170,7 +173,8 @@ def test_op_profile_classifies_kernels_by_name():
     assert op.kind_of("void at::native::(anonymous namespace)::fused_adamw_kernel") == "optimizer"
     assert op.kind_of("void at::native::multi_tensor_apply_kernel<LpNormFunctor>") == "optimizer"
     assert op.kind_of("void at::native::vectorized_layer_norm_kernel<c10::BFloat16>") == "other"
-    shares = op.kernel_shares({"gemm_a": [30.0, 30.0], "flash_fwd": [20.0], "nll_loss_x": [10.0], "elementwise": [10.0]})
+    shares = op.kernel_shares({"gemm_a": [30.0, 30.0], "flash_fwd": [20.0], "nll_loss_x": [10.0],
+                               "elementwise": [10.0]})
     assert shares == pytest.approx({"attention": 0.2, "matmul": 0.6, "cross-entropy": 0.1, "optimizer": 0.0,
                                     "other": 0.1})
 
@@ -178,7 +182,8 @@ def test_op_profile_classifies_kernels_by_name():
 def test_gpu_check_script_is_valid_bash_and_names_every_step():
     script = (BENCH / "gpu_check.sh").read_text()
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_check.sh")]).returncode == 0
-    for needed in ("nvidia-smi", "pytest", "tformer_cli train", "--bench", "-m bench.op_profile", "tformer_cli study induction",
+    for needed in ("nvidia-smi", "pytest", "tformer_cli train", "--bench", "-m bench.op_profile",
+                   "tformer_cli study induction",
                    "-m bench.suite --gpu", "$OUT", "-m bench.batched --exactness --device cuda",
                    "study sweep_heads --seeds 24 --device cuda", "--set train.dtype=bfloat16 --set train.tf32=true",
                    "tformer_cli study --all --device cuda"):
@@ -261,7 +266,8 @@ def test_decode_gpu_variants_and_profile_run_on_the_cpu():
     r = _script("decode_gpu", "--device", "cpu", "--small", "--new-tokens", "8", "--no-paths",
                 "--variants", "--variants-budget-s", "0", "--profile")
     assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.count("| skipped: the variants have taken") == len(_bench_module("decode_gpu").VARIANTS) == 15, r.stdout
+    n = len(_bench_module("decode_gpu").VARIANTS)
+    assert r.stdout.count("| skipped: the variants have taken") == n == 15, r.stdout
     assert "| bfloat16, sdpa, compiled by block | - | - | - | skipped" in r.stdout
     assert "| float32, matmul, no overlap | - | - | - | skipped" in r.stdout
     for dtype in ("float32", "bfloat16"):
@@ -292,8 +298,10 @@ def test_decode_gpu_variants_report_each_failure_and_timeout_on_its_row_and_go_o
 
     monkeypatch.setattr(dg, "variant_cells", cells)
     monkeypatch.setattr(dg, "time_limit", lambda seconds: real_limit(seconds if next(stuck) else 0))
-    monkeypatch.setattr(dg, "VARIANTS", [("float32", "boom", "off", True, True), ("float32", "slow", "off", True, True),
-                                         ("float32", "matmul", "off", True, True), ("bfloat16", "sdpa", "off", False, False)])
+    monkeypatch.setattr(dg, "VARIANTS", [("float32", "boom", "off", True, True),
+                                         ("float32", "slow", "off", True, True),
+                                         ("float32", "matmul", "off", True, True),
+                                         ("bfloat16", "sdpa", "off", False, False)])
     args = SimpleNamespace(new_tokens=8, prompt_tokens=8, variant_timeout_s=0.3, variants_budget_s=1e9, pick=None)
     models = dg.Models(dg.SMALL, torch.device("cpu"))
     dg.print_variants(args, models, dg.prompt_of(args, dg.SMALL))
@@ -302,7 +310,8 @@ def test_decode_gpu_variants_report_each_failure_and_timeout_on_its_row_and_go_o
     assert "| float32, slow | - | - | - | failed: VariantTimeout: timed out after 0.3 s |" in out.out
     assert "| float32, matmul | " in out.out and "| float32, matmul | - |" not in out.out  # measured
     last = out.out.rstrip().splitlines()[-2]
-    assert last.startswith("| bfloat16, sdpa, no overlap, keys and values written apart | ") and last.endswith("| yes |")
+    assert last.startswith("| bfloat16, sdpa, no overlap, keys and values written apart | ")
+    assert last.endswith("| yes |")
     assert models.get("bfloat16").paired_kv_write is True  # restored
     assert "second line" in out.err  # the traceback, for the log
     assert models.get("float32").step_attention == "auto" and dg.decode.COMPILE_STEP == "off"  # restored

@@ -7,11 +7,10 @@ import json
 
 import pytest
 
+from conftest import TINY, train_tiny_run
 from tformer_cli.core import data
 from tformer_cli.core.config import from_dict
 from tformer_cli.errors import ConfigError
-
-from conftest import TINY, train_tiny_run
 
 
 def test_the_code_corpus_is_2mb_of_top_level_modules_unless_asked_for_more():

@@ -8,8 +8,8 @@ import torch
 
 from tformer_cli.core import decode
 from tformer_cli.core.config import from_dict
-from tformer_cli.core.generate import _sampler, _tokens, bench_cache, generate
 from tformer_cli.core.decode import STEP_ATTENTION
+from tformer_cli.core.generate import _sampler, _tokens, bench_cache, generate
 from tformer_cli.core.model import build_model
 from tformer_cli.errors import ConfigError
 
@@ -310,7 +310,8 @@ def test_generate_refuses_an_unknown_compile_mode():
 
 
 def test_an_unknown_compile_mode_is_refused():
-    with pytest.raises(ValueError, match="compile_step must be one of off, block, whole, whole-tuned, whole-gemv, got .yes."):
+    with pytest.raises(ValueError,
+                       match="compile_step must be one of off, block, whole, whole-tuned, whole-gemv, got .yes."):
         decode.StaticStepper(make_model(), True, compile_step="yes")
 
 

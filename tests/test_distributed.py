@@ -127,8 +127,8 @@ def test_nproc_relaunches_the_same_command_under_torchrun(monkeypatch, tmp_path)
 
 
 def test_nproc_is_refused_inside_torchrun_and_below_one(monkeypatch):
-    from tformer_cli.train.distributed import launch
     from tformer_cli.errors import ConfigError
+    from tformer_cli.train.distributed import launch
 
     with pytest.raises(ConfigError, match="at least one"):
         launch(0, ["train"])

@@ -16,7 +16,6 @@ from tformer_cli.study.members import ablation_members, grid_members
 from tformer_cli.study.results import MemberRow
 from tformer_cli.study.spec import Spec
 
-
 # ---------------------------------------------------------------- convergence
 
 
@@ -193,8 +192,8 @@ def test_claims_are_validated(tiny_config):
 
 
 def test_every_shipped_study_with_a_claim_names_one_of_its_members():
-    from tformer_cli.study.files import Source, study_from
     from tformer_cli.core.config import PRESET_DIR
+    from tformer_cli.study.files import Source, study_from
 
     for path in sorted((PRESET_DIR / "studies").glob("*.yaml")):
         spec = study_from(Source(path, None, {}))  # check_members raises on a claim about no member
@@ -345,12 +344,11 @@ def test_cpu_members_run_side_by_side_with_the_cores_split(tiny_config, tmp_path
 
 
 def test_tuning_compares_each_member_at_its_best_learning_rate(tiny_config, tmp_path):
-    from tformer_cli.run.result import TrainResult
-
     import json
     import math
     from pathlib import Path
 
+    from tformer_cli.run.result import TrainResult
     from tformer_cli.study import runner, tune
     from tformer_cli.study.results import Measurement
 
@@ -458,7 +456,6 @@ def test_a_resumed_experiment_adds_up_its_wall_time(tiny_config, tmp_path):
     import json
 
     from conftest import FakeTrainer, fake_eval
-
     from tformer_cli.study import runner
 
     base = from_dict(tiny_config)
@@ -520,7 +517,6 @@ def test_the_ladder_doubles_only_while_a_verdict_asks_for_steps(tmp_path):
 
 def test_until_converged_runs_each_budget_in_its_own_directory(cli, monkeypatch, tmp_path):
     from conftest import terminal
-
     from tformer_cli.cli import experiments
 
     calls = []

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import math
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import FakeTrainer, fake_eval
-from tformer_cli.study import matching, members as study_members, runner, stats
-from tformer_cli.study.results import CSV_COLUMNS, Measurement
-from tformer_cli.study.spec import Member, Spec, load_spec, validate_members
 from tformer_cli.core.config import from_dict
-from tformer_cli.errors import RunError
+from tformer_cli.study import matching, runner, stats
+from tformer_cli.study import members as study_members
+from tformer_cli.study.results import CSV_COLUMNS
+from tformer_cli.study.spec import Member, Spec, load_spec, validate_members
 
 STUDY_DIR = Path(__file__).resolve().parents[1] / "tformer_cli" / "experiments" / "studies"
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tformer_cli.core.config import from_dict
-from tformer_cli.errors import ConfigError
 from tformer_cli.core.generate import _sampler, bench_cache, generate, keep_after_cut, timed, uses_cache
 from tformer_cli.core.model import build_model
+from tformer_cli.errors import ConfigError
 
 BLOCK, VOCAB = 16, 20
 POS = ["learned", "sinusoidal", "rope", "none"]

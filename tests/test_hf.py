@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+
 from conftest import train_tiny_run
 
 transformers = pytest.importorskip("transformers")

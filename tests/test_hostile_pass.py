@@ -4,6 +4,7 @@ outcomes are listed in docs/guarantees.md)."""
 from __future__ import annotations
 
 import pytest
+
 from conftest import CKPT, one_line, rewrite_checkpoint, train_tiny_run
 
 

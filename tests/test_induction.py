@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-from conftest import rule_oracle
 
+from conftest import rule_oracle
 from tformer_cli.core import data, tasks
 from tformer_cli.core.config import ModelConfig, from_dict
 from tformer_cli.inside import attention
@@ -106,6 +106,7 @@ def test_training_on_the_induction_corpus_reports_its_metrics(tmp_path):
     import json
 
     import yaml
+
     from conftest import run_cli
 
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(CFG))

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import rule_oracle, run_cli
 
+from conftest import rule_oracle, run_cli
 from tformer_cli.core import anatomy, tasks
-from tformer_cli.inside import attention, heads
 from tformer_cli.core.config import ModelConfig, from_dict
 from tformer_cli.core.model import GPT, build_model
+from tformer_cli.inside import attention, heads
 
 V = 29
 
@@ -265,9 +265,9 @@ def test_lstm_trains_through_the_cli_and_has_no_heads(tmp_path):
 
 def test_mlm_trains_through_the_cli_with_loss_on_masked_positions_only(tmp_path):
     from tformer_cli.core.data import prepare
+    from tformer_cli.run.load import load_for_inference
     from tformer_cli.train.batches import Batcher
     from tformer_cli.train.distributed import DistInfo
-    from tformer_cli.run.load import load_for_inference
 
     run, summary = _train(tmp_path, "mlm", "train.objective=mlm", "model.causal=false", "train.steps=4")
     assert summary["vocab_size"] == 29 and summary["extra"] == {}  # + [MASK]; no next-token task metrics

@@ -9,8 +9,8 @@ import torch
 
 from tformer_cli.core import anatomy
 from tformer_cli.core.config import ModelConfig
-from tformer_cli.errors import ConfigError
 from tformer_cli.core.model import GPT, build_model
+from tformer_cli.errors import ConfigError
 
 V = 37
 POS = ["learned", "sinusoidal", "rope", "none"]

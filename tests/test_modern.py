@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from conftest import assert_same_checkpoints, interrupted_and_resumed
 from tformer_cli.core import anatomy
 from tformer_cli.core.config import ConfigError, ModelConfig, from_dict
 from tformer_cli.core.model import GPT, build_model
-from conftest import assert_same_checkpoints, interrupted_and_resumed
 
 V = 37
 SWITCHES = {
@@ -242,7 +242,8 @@ def test_ablate_flags_make_one_member_per_switch(tiny_config):
     members = ablation_members(base, norm=["rmsnorm"], post_norm=True, kv_heads=[1], qk_norm=True,
                                softcap=[30.0], optimizer=["muon"], activation=["relu2"])
     got = {m.name: m.overrides for m in members}
-    assert got == {"baseline": {}, "act-relu2": {"model.activation": "relu2"}, "norm-rmsnorm": {"model.norm": "rmsnorm"},
+    assert got == {"baseline": {}, "act-relu2": {"model.activation": "relu2"},
+                   "norm-rmsnorm": {"model.norm": "rmsnorm"},
                    "post-norm": {"model.norm_position": "post"}, "kv-heads-1": {"model.n_kv_head": 1},
                    "qk-norm": {"model.qk_norm": True}, "softcap-30": {"model.logit_softcap": 30.0},
                    "opt-muon": {"train.optimizer": "muon"}}

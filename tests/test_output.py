@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import ANSI, WIDTH, piped, run_cli, terminal, train_tiny_run
 
 

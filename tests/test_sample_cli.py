@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import TINY, run_cli
-from tformer_cli.run import checkpoint
 from tformer_cli.core.config import from_dict
 from tformer_cli.core.data import BPETokenizer, CharTokenizer
 from tformer_cli.core.model import build_model
+from tformer_cli.run import checkpoint
 
 CHARS = "\n !',.?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny per-token ops, one thread
@@ -148,7 +148,8 @@ def test_bad_compile_options_are_usage_errors(run, tmp_path):
     for model, words in (({"causal": False}, "a bidirectional model (model.causal=false) recomputes"),
                          ({"arch": "lstm"}, "which this model does not have (it decodes with its LSTM state)")):
         other = save_run(tmp_path / model.get("arch", "bidirectional"), model=model)
-        r = run_cli("sample", other, "--prompt", "x", "--compile-step", "whole", "--decode", "static", "--device", "cpu")
+        r = run_cli("sample", other, "--prompt", "x", "--compile-step", "whole", "--decode", "static",
+                    "--device", "cpu")
         one_line_error(r, 2, words)
         assert "drop --compile-step" in r.err
 
@@ -380,7 +381,8 @@ def test_bench_explains_a_disagreement_in_half_precision_and_not_in_float32():
     cfg = from_dict({k: dict(v) for k, v in TINY.items()}).model
     s = Speed(20, 0.001, 1000.0, 0.02)
     for identical, dtype, expected in [(False, "bfloat16", "same tokens: no (bfloat16 rounds the two paths'"),
-                                       (False, "float32", "same tokens: no\n"), (True, "float16", "same tokens: yes\n")]:
+                                       (False, "float32", "same tokens: no\n"),
+                                       (True, "float16", "same tokens: yes\n")]:
         out = io.StringIO()
         r = CacheBench(20, 4, cfg.block_size, True, s, s, identical, path="static", path_label="static cache")
         show_cache_bench(Console(file=out, width=200), r, cfg, "cpu", dtype)

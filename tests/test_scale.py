@@ -7,10 +7,9 @@ import json
 import pytest
 import yaml
 
+from conftest import TINY, one_line, terminal
 from tformer_cli.errors import ConfigError
 from tformer_cli.study import scale
-
-from conftest import TINY, one_line, terminal
 
 
 def test_a_trend_reads_the_verdicts_in_rung_order():
@@ -146,4 +145,5 @@ def test_study_all_ladder_writes_each_ladder_into_the_findings(tmp_path, monkeyp
     text = (tmp_path / "all" / "findings.md").read_text()
     assert "## study: the scale ladder" in text and "**Removing the FFN changes the loss**:" in text
     assert "## study (rung-1)" in text and "## study (rung-2)" in text and "## plain" in text
-    assert (tmp_path / "all" / "study" / "scale.json").exists() and (tmp_path / "all" / "plain" / "results.json").exists()
+    assert (tmp_path / "all" / "study" / "scale.json").exists()
+    assert (tmp_path / "all" / "plain" / "results.json").exists()

@@ -9,10 +9,10 @@ import pytest
 
 
 def _tiny(arch):
+    import torch
+
     from tformer_cli.core.config import ModelConfig
     from tformer_cli.train.seq2seq import build
-
-    import torch
 
     torch.manual_seed(0)
     return build(arch, ModelConfig(d_model=32, n_layer=2, n_head=2, dropout=0.0), 8, 8).eval()
@@ -99,7 +99,6 @@ def test_a_seq2seq_run_is_a_run_of_the_one_loop_and_resumes_bitwise_after_a_stop
     """The loop's schedule, optimizer, metrics, checkpoints and stop handling: a run stopped after its
     step-10 checkpoint and resumed ends with the same weights, moments and logged losses."""
     from conftest import assert_same_checkpoints, interrupted_and_resumed
-
     from tformer_cli.run.rundir import RunDir
     from tformer_cli.train.optim import lr_at
 

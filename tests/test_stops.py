@@ -9,6 +9,7 @@ import os
 import signal
 
 import pytest
+
 from conftest import one_line, train_tiny_run
 
 

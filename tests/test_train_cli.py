@@ -8,6 +8,7 @@ import math
 import pytest
 import yaml
 from safetensors import safe_open
+
 from conftest import assert_same_checkpoints, interrupted_and_resumed
 
 
@@ -191,9 +192,9 @@ def test_a_summary_reads_back_as_the_train_result_it_was(tiny_config, tmp_path):
     import json
 
     from tformer_cli.core.config import from_dict
+    from tformer_cli.run.result import TrainResult
     from tformer_cli.run.rundir import prepare_run_dir
     from tformer_cli.train.loop import train
-    from tformer_cli.run.result import TrainResult
 
     tiny_config["train"].update(steps=4, eval_interval=2, log_interval=2)
     prepare_run_dir(tmp_path / "r", False)

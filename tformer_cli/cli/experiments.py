@@ -15,7 +15,17 @@ from typing import Annotated, List, Optional
 import typer
 
 from tformer_cli.cli.options import (
-    ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt, flag_overrides,
+    ConfigArg,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    OutOpt,
+    PresetOpt,
+    SeedOpt,
+    SetOpt,
+    StepsOpt,
+    StopOnInterrupt,
+    flag_overrides,
 )
 
 SeedsOpt = Annotated[Optional[int], typer.Option("--seeds", help="Run every member with N seeds (train.seed, "
@@ -32,8 +42,8 @@ LrGridOpt = Annotated[Optional[str], typer.Option("--lr-grid", help="Multiples o
 JobsOpt = Annotated[Optional[int], typer.Option("--jobs", "-j", help="Train N members at a time, each in its "
                                                "own process: on the CPU with cores/N threads each; on GPUs "
                                                "spread over them, as many per GPU as fit its free memory "
-                                               "(default: 1; `tformer study`: one per core, a member's batched seeds shared out among "
-                                               "them).",
+                                               "(default: 1; `tformer study`: one per core, a member's "
+                                               "batched seeds shared out among them).",
                                                show_default=False)]
 IsolateOpt = Annotated[bool, typer.Option("--isolate", help="Run each member in its own process (per-member "
                                           "peak memory on CPU; a few seconds of start-up each).")]
@@ -484,9 +494,8 @@ def study_(
     lr_grid: LrGridOpt = None, until_converged: UntilOpt = False, max_steps: MaxStepsOpt = None,
     ladder: LadderOpt = False, rungs: RungsOpt = None, json_: JsonOpt = False,
 ) -> None:
-    from tformer_cli.study import files
-
     from tformer_cli.errors import ConfigError
+    from tformer_cli.study import files
 
     o = ExperimentOptions.from_context(ctx)
     if o.jobs is None:  # a study's members are many and small: the runner picks for the machine

@@ -208,12 +208,12 @@ def finetune_study(
 ) -> None:
     import os
 
-    from tformer_cli.render.progress import TrainDisplay
     from tformer_cli.cli.options import StopOnInterrupt
     from tformer_cli.core.labelled import TASKS
     from tformer_cli.errors import ConfigError
-    from tformer_cli.render.console import err_console, console, print_json
+    from tformer_cli.render.console import console, err_console, print_json
     from tformer_cli.render.finetune import show_study
+    from tformer_cli.render.progress import TrainDisplay
     from tformer_cli.run.lock import DirLock
     from tformer_cli.study.classify import run_study
 

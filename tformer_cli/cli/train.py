@@ -11,7 +11,17 @@ from typing import Annotated, Optional
 import typer
 
 from tformer_cli.cli.options import (
-    ConfigArg, DataOpt, DeviceOpt, JsonOpt, OutOpt, PresetOpt, SeedOpt, SetOpt, StepsOpt, StopOnInterrupt, build_config,
+    ConfigArg,
+    DataOpt,
+    DeviceOpt,
+    JsonOpt,
+    OutOpt,
+    PresetOpt,
+    SeedOpt,
+    SetOpt,
+    StepsOpt,
+    StopOnInterrupt,
+    build_config,
     flag_overrides,
 )
 

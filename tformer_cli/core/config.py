@@ -137,7 +137,8 @@ class TaskConfig:
     `tformer seq2seq`.  The same loop trains all three (train/loop.py)."""
 
     kind: str = "lm"  # lm | classify | seq2seq
-    data: str = ""  # classify: a built-in labelled task (source, order) or a TSV/JSONL file; seq2seq: reverse | sort | add
+    # classify: a built-in labelled task (source, order) or a TSV/JSONL file; seq2seq: reverse | sort | add
+    data: str = ""
     source_run: Optional[str] = None  # classify: the run whose tokenizer (and weights) it starts from
     from_scratch: bool = False  # classify: random weights for the body
     body: str = "transformer"  # classify: transformer | bag (mean token embedding, no order)
@@ -391,7 +392,8 @@ def _train_problems(cfg: Config, bad: set[str]) -> list[str]:
     m, t = cfg.model, cfg.train
     p = (_choice("train.dtype", t.dtype, DTYPES) + _choice("train.objective", t.objective, OBJECTIVES)
          + _choice("train.optimizer", t.optimizer, OPTIMIZERS) + _positive("train.muon_lr", t.muon_lr, bad))
-    for key in ("steps", "batch_size", "grad_accum", "lr", "eval_interval", "eval_iters", "log_interval", "ckpt_interval"):
+    for key in ("steps", "batch_size", "grad_accum", "lr", "eval_interval", "eval_iters", "log_interval",
+                "ckpt_interval"):
         p += _positive(f"train.{key}", getattr(t, key), bad)
     for key in ("warmup_steps", "weight_decay", "grad_clip"):
         if f"train.{key}" not in bad and getattr(t, key) < 0:

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from tformer_cli.core.config import DataConfig
-from tformer_cli.errors import DataError
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.core.token_cache import DamagedCache, encode_in_chunks, open_cache, read_corpus_bytes
+from tformer_cli.errors import DataError
 
 FORMAT_VERSION = 1
 

@@ -41,8 +41,9 @@ PATHS = ("auto", "graph", "static", "dynamic")
 GRAPH_WARMUP = 3  # eager runs on a side stream before capture, as torch.cuda.graphs prescribes
 # How the static and graph paths compile their step when a call does not say (StaticStepper;
 # COMPILE_MODES): generate(compile_step=...) and `sample --compile-step` pick per call, and tests
-# change this module setting for every call they make.  Off by default: on an H100 a compiled step bought about 1.2x a token in bfloat16 for a
-# compile of 18-34 s before the first (BENCHMARKS.md, call 7).
+# change this module setting for every call they make.  Off by default: on an H100 a compiled step
+# bought about 1.2x a token in bfloat16 for a compile of 18-34 s before the first (BENCHMARKS.md,
+# call 7).
 COMPILE_STEP = "off"
 COMPILE_MODES = ("off", "block", "whole", "whole-tuned", "whole-gemv")
 STATIC_PATHS = ("graph", "static")  # the paths that run the static step, and so compile it

@@ -26,8 +26,15 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
-from tformer_cli.core.decode import (choose_path, compile_mode, compile_problems, decode_problems, make_stepper,
-                                     path_label, uses_cache)
+from tformer_cli.core.decode import (
+    choose_path,
+    compile_mode,
+    compile_problems,
+    decode_problems,
+    make_stepper,
+    path_label,
+    uses_cache,
+)
 from tformer_cli.core.device import varying_shape_attention
 from tformer_cli.errors import ConfigError
 

@@ -140,7 +140,7 @@ def heads_report(run_dir: str | Path, n_batches: int | None = None, threshold: f
     L, H = cfg.model.n_layer, cfg.model.n_head
     say(f"ablating {L * H} heads one at a time ({n_batches} val batches each)")
     base, delta = head_importance(model, batches, device, dtype)
-    order = sorted(((l, h) for l in range(L) for h in range(H)), key=lambda lh: float(delta[lh]))
+    order = sorted(((layer, h) for layer in range(L) for h in range(H)), key=lambda lh: float(delta[lh]))
     say("pruning heads in order of importance")
     curve = pruning_curve(model, batches, order, device, dtype)
     n = L * H

@@ -15,9 +15,9 @@ from rich.markup import escape
 from tformer_cli.render.fmt import fmt_bytes, fmt_int, fmt_loss, fmt_params, fmt_span, fmt_time, time_split
 from tformer_cli.render.table import Col, show
 from tformer_cli.study.convergence import STILL_LEARNING, STILL_LEARNING_FRACTION
+from tformer_cli.study.job import PROBE_MARGIN
 from tformer_cli.study.results import ExperimentEntry, ExperimentResult, MemberSummary, RunEntry, Verdict
 from tformer_cli.study.stats import MIN_SEEDS
-from tformer_cli.study.job import PROBE_MARGIN
 from tformer_cli.study.verdict import signed
 
 MLM = "n/a (MLM)"
@@ -272,7 +272,8 @@ def verdict_line(v: Verdict) -> str:
     measured = "no paired seeds" if v.delta is None else f"Δ {metric} = {signed(v.delta, v.metric)}"
     if v.ci_low is not None and v.ci_high is not None:
         measured += f" [95% CI {signed(v.ci_low, v.metric)}, {signed(v.ci_high, v.metric)}]"
-    measured += f" over {v.n} seed(s)" + (f" in {v.arithmetic}" if v.arithmetic else "") + f", {v.member} vs {v.baseline}"
+    measured += f" over {v.n} seed(s)" + (f" in {v.arithmetic}" if v.arithmetic else "")
+    measured += f", {v.member} vs {v.baseline}"
     line = f"verdict: {v.outcome.upper()}: {v.statement} ({v.source}). Expected {v.expect}; {measured}: {v.reason}."
     if v.suggestion:
         line += f" To decide: {v.suggestion}."

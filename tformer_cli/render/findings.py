@@ -85,7 +85,8 @@ def write_findings(root: Path, results: Sequence[ExperimentResult], ladders: Seq
                 study_name(r), v.statement, v.outcome + (f" ({v.suggestion})" if v.suggestion else ""),
                 ci, str(v.n), v.arithmetic or "-")) + " |")
         if not r.verdicts:
-            lines.append(f"| {_cell(study_name(r))} | (no claim) | - | - | {len(r.seeds)} | {_cell(r.arithmetic or '-')} |")
+            arith = _cell(r.arithmetic or "-")
+            lines.append(f"| {_cell(study_name(r))} | (no claim) | - | - | {len(r.seeds)} | {arith} |")
     lines.append("")
     for report in ladders:
         plot = Path(os.path.relpath(report.plot, root)).as_posix() if report.plot else None

@@ -22,7 +22,8 @@ def effect(p: RungPoint, metric: str, digits: int = 3) -> str:
     """Δ [95% CI] at one rung ("-" without an interval)."""
     if p.ci_low is None or p.delta is None:
         return "-"
-    return f"{signed(p.delta, metric, digits)} [{signed(p.ci_low, metric, digits)}, {signed(p.ci_high, metric, digits)}]"
+    lo, hi = signed(p.ci_low, metric, digits), signed(p.ci_high, metric, digits)
+    return f"{signed(p.delta, metric, digits)} [{lo}, {hi}]"
 
 
 def notes(p: RungPoint) -> str:

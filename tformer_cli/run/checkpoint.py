@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from tformer_cli.core.config import Config, from_dict
-from tformer_cli.errors import RunError
 from tformer_cli.core.io import atomic_write_bytes, atomic_write_text
+from tformer_cli.errors import RunError
 from tformer_cli.run.finetune_dir import FinetuneDir
 from tformer_cli.run.rundir import RunDir
 

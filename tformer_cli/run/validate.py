@@ -197,8 +197,8 @@ def tensor_table(path: Path, header: dict[str, Any], data_size: int) -> dict[str
             raise damaged(path, f"{name}.data_offsets", f"{offsets[1] - offsets[0]} bytes for a {dtype} tensor "
                           f"of shape {tuple(shape)}")
         if offsets[1] > data_size:
-            raise RunError(f"checkpoint {path} is corrupt or truncated: tensor {short(name, 40)} ends at byte {offsets[1]:,} of a "
-                           f"{data_size:,}-byte data section", hint=RETRAIN)
+            raise RunError(f"checkpoint {path} is corrupt or truncated: tensor {short(name, 40)} ends at byte "
+                           f"{offsets[1]:,} of a {data_size:,}-byte data section", hint=RETRAIN)
         table[name] = (dtype, tuple(shape))
     return table
 

@@ -13,10 +13,10 @@ from typing import Any
 from tformer_cli.core import config as cfgmod
 from tformer_cli.core.config import Config
 from tformer_cli.errors import ConfigError
+from tformer_cli.study.claim import parse_claims
 from tformer_cli.study.matching import match_params
 from tformer_cli.study.members import ablation_members, file_arms, grid_members, head_problems, parse_grid
 from tformer_cli.study.spec import Spec
-from tformer_cli.study.claim import parse_claims
 from tformer_cli.study.verdict import check_members
 
 LIST_FLAGS = ("pos", "activation", "ffn_mult", "norm", "kv_heads", "softcap", "optimizer")  # repeatable

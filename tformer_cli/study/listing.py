@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tformer_cli.errors import RunError, TformerError
 from tformer_cli.run.finetune_dir import FinetuneDir
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.run.validate import is_num
 from tformer_cli.study.results import RESULTS_JSON, ExperimentEntry, RunEntry, read_results
 from tformer_cli.study.spec import is_experiment_dir, load_spec
-from tformer_cli.errors import RunError, TformerError
 
 
 def list_runs(root: str | Path) -> list[RunEntry | ExperimentEntry]:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Callable
 
 from tformer_cli.core.config import Config
-from tformer_cli.core.tasks import is_task
 from tformer_cli.core.io import atomic_write_text
+from tformer_cli.core.tasks import is_task
 from tformer_cli.errors import RunError, Stopped, TformerError
 from tformer_cli.study.convergence import degenerate
 from tformer_cli.study.results import Measurement

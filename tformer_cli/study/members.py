@@ -10,7 +10,6 @@ from tformer_cli.core.config import Config
 from tformer_cli.errors import ConfigError
 from tformer_cli.study.spec import Member, describe, fmt_value
 
-
 ABLATE_FLAGS = ("--no-causal-mask, --no-ffn, --pos, --activation, --ffn-mult, --norm, --post-norm, --kv-heads, "
                 "--qk-norm, --softcap, --optimizer")
 
@@ -49,7 +48,8 @@ def ablation_members(base: Config, *, combine: bool = False, cumulative: bool = 
     if problems:
         raise ConfigError(problems, hint="ablate a setting the base config does not have")
     if not arms:
-        raise ConfigError(f"nothing to ablate: give at least one of {ABLATE_FLAGS}", hint="e.g. tformer ablate --no-ffn")
+        raise ConfigError(f"nothing to ablate: give at least one of {ABLATE_FLAGS}",
+                          hint="e.g. tformer ablate --no-ffn")
     if combine and cumulative:
         raise ConfigError("--combine and cumulative arms exclude each other: choose one")
     if combine:

@@ -22,17 +22,38 @@ from typing import Callable
 
 from tformer_cli.core import stop as stop_flag
 from tformer_cli.core.config import Config
-from tformer_cli.run.lock import DirLock
 from tformer_cli.errors import ConfigError, TformerError
+from tformer_cli.run.lock import DirLock
 from tformer_cli.study import groups, stats, tune, verdict
 from tformer_cli.study.job import (
-    Display, Job, Trainer, group_label, measured, member_row, skipped, train_member, train_seeds,
+    Display,
+    Job,
+    Trainer,
+    group_label,
+    measured,
+    member_row,
+    skipped,
+    train_member,
+    train_seeds,
 )
 from tformer_cli.study.measure import Evaluator
-from tformer_cli.study.results import (ExperimentResult, MemberOutcome, arithmetic_of, read_results, write_json,
-                                       write_results)
+from tformer_cli.study.results import (
+    ExperimentResult,
+    MemberOutcome,
+    arithmetic_of,
+    read_results,
+    write_json,
+    write_results,
+)
 from tformer_cli.study.spec import (
-    SPEC_NAME, Member, Spec, is_experiment_dir, load_spec, member_dir, prepare_experiment_dir, validate_members,
+    SPEC_NAME,
+    Member,
+    Spec,
+    is_experiment_dir,
+    load_spec,
+    member_dir,
+    prepare_experiment_dir,
+    validate_members,
 )
 from tformer_cli.study.worker import WorkerJob
 

@@ -36,6 +36,7 @@ from tformer_cli.study.claim import EXPECT, NO_BASELINE, Claim
 from tformer_cli.study.results import MemberRow, Verdict, arithmetic_of
 from tformer_cli.study.spec import Spec
 
+
 def check_members(claims: list[Claim], spec: Spec) -> None:
     names = [m.name for m in spec.members]
     bad = [f"claim.{key}: {name!r} is not a member of this study (members: {', '.join(names)})"

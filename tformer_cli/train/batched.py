@@ -34,10 +34,10 @@ from tformer_cli.core import stop as stop_flag
 from tformer_cli.core.config import Config
 from tformer_cli.core.data import prepare
 from tformer_cli.errors import RunError, TformerError
+from tformer_cli.run.result import TrainResult
 from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.loop import Loop, RunLog, nan_error
 from tformer_cli.train.optim import load_optimizer_state, make_stacked_optimizer, seed_state, set_lr, stacked_state
-from tformer_cli.run.result import TrainResult
 from tformer_cli.train.task import Event, LoopStats
 
 EAGER = "off: a batched group of seeds steps eagerly"

@@ -14,7 +14,8 @@ from typing import Any, Callable
 
 import torch
 
-from tformer_cli.core import anatomy, device as dev
+from tformer_cli.core import anatomy
+from tformer_cli.core import device as dev
 from tformer_cli.core.config import Config
 from tformer_cli.core.memory import check_fits
 from tformer_cli.core.model import build_model

@@ -15,7 +15,8 @@ from typing import Any, Callable
 
 import torch
 
-from tformer_cli.core import anatomy, device as dev
+from tformer_cli.core import anatomy
+from tformer_cli.core import device as dev
 from tformer_cli.core.config import Config
 from tformer_cli.core.data import Dataset, check_lengths, prepare
 from tformer_cli.core.io import atomic_write_text
@@ -23,6 +24,7 @@ from tformer_cli.core.memory import check_fits
 from tformer_cli.core.model import build_model
 from tformer_cli.errors import ConfigError, RunError
 from tformer_cli.run import checkpoint
+from tformer_cli.run.result import TrainResult
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.batches import Batcher
 from tformer_cli.train.compile_policy import compile_decision
@@ -30,7 +32,6 @@ from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.evaluate import evaluate
 from tformer_cli.train.graph_step import graph_decision
 from tformer_cli.train.optim import group_shapes
-from tformer_cli.run.result import TrainResult
 from tformer_cli.train.task import LoopStats, RunDirTask, Saved
 
 

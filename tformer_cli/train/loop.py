@@ -29,11 +29,11 @@ from tformer_cli.core.config import Config
 from tformer_cli.core.data import Dataset, mix_seed
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.errors import RunError, Stopped
+from tformer_cli.run.result import FinetuneResult, TrainResult
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.distributed import DistInfo
 from tformer_cli.train.graph_step import GraphedStep, lr_to_device
 from tformer_cli.train.optim import load_optimizer_state, make_optimizer, set_lr
-from tformer_cli.run.result import FinetuneResult, TrainResult
 from tformer_cli.train.task import Event, LoopStats, Task
 
 if TYPE_CHECKING:  # names for the annotations only: train/finetune.py imports this module
@@ -192,12 +192,12 @@ class Loop:
         the task's decision says so."""
         self.model = self.raw_model
         if self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             # No buffer sync per forward: the model's buffers (masks, RoPE tables) never change in
             # training, and a per-forward broadcast would be a collective inside evaluate().  The
             # switch was renamed in torch 2.13 (forward_sync_buffers); broadcast_buffers before.
             import inspect
+
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
             no_sync_kw = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(DDP).parameters
                           else "broadcast_buffers")

@@ -61,7 +61,8 @@ def eval_text(run_dir: str | Path, data: str, context: int | None = None, max_to
     import torch
     import torch.nn.functional as F
 
-    from tformer_cli.core import device as dev, stop
+    from tformer_cli.core import device as dev
+    from tformer_cli.core import stop
     from tformer_cli.core.data import read_corpus
     from tformer_cli.run.load import load_for_inference
 

@@ -29,9 +29,9 @@ from tformer_cli.core.data import mix_seed
 from tformer_cli.core.encdec import build_any, greedy_encdec, greedy_prefix
 from tformer_cli.core.io import atomic_write_text
 from tformer_cli.run import checkpoint
+from tformer_cli.run.result import TrainResult
 from tformer_cli.run.rundir import RunDir
 from tformer_cli.train.optim import group_shapes
-from tformer_cli.run.result import TrainResult
 from tformer_cli.train.task import LoopStats, RunDirTask, Saved
 
 ARCHS = ("encdec", "gpt")
@@ -117,7 +117,8 @@ class Seq2SeqTask(RunDirTask):
             ms_per_step=1000 * self.fixed_tokens / tps if tps else None, mfu=None, peak_flops=None, peak_source="",
             peak_memory_bytes=mem, memory_source=mem_src, params=model.num_params(),
             non_embedding_params=model.num_params() - emb, flops_per_token=0, device=str(self.device),
-            dtype=dev.dtype_name(self.dtype), arithmetic=dev.arithmetic(self.device, self.dtype), compiled=s.compiled, compile_reason=s.compile_reason,
+            dtype=dev.dtype_name(self.dtype), arithmetic=dev.arithmetic(self.device, self.dtype),
+            compiled=s.compiled, compile_reason=s.compile_reason,
             vocab_size=self.vocab_size, tokens_seen=s.tokens_seen, elapsed_s=s.elapsed_s,
             init_loss_ref=math.log(self.vocab_size), setup_s=s.phase_s["setup"],
             steps_s=max(s.elapsed_s - sum(s.phase_s.values()), 0.0), eval_s=s.phase_s["eval"],
