@@ -110,7 +110,7 @@ def test_every_field_a_result_declares_is_checked_in_summary_json(tmp_path, kind
     """One schema: the result's dataclass declares each field's type and summary.json is checked
     against it, so a field added to TrainResult or FinetuneResult is checked without a key list."""
     from tformer_cli.errors import RunError
-    from tformer_cli.run.validate import check_summary
+    from tformer_cli.run.result import check_summary
 
     wrong = {int: "x", float: "x", bool: 1, str: 3, dict: [1]}[typ]
     good = {"steps_done": 3, "steps": 3, "interrupted": False}
@@ -124,8 +124,7 @@ def test_every_field_a_result_declares_is_checked_in_summary_json(tmp_path, kind
 def test_a_fine_tune_summary_reads_back_typed_and_its_scores_are_checked(tmp_path):
     from tformer_cli.core.cls_metrics import Scores
     from tformer_cli.errors import RunError
-    from tformer_cli.run.result import FinetuneResult
-    from tformer_cli.run.validate import check_summary
+    from tformer_cli.run.result import FinetuneResult, check_summary
     from tformer_cli.study.results import MemberOutcome
 
     scores = {"n": 4, "accuracy": 0.75, "accuracy_ci": [0.3, 0.95], "macro_f1": 0.7, "macro_f1_ci": [0.3, 1.0],
@@ -143,8 +142,8 @@ def test_a_fine_tune_summary_reads_back_typed_and_its_scores_are_checked(tmp_pat
 
 def test_summary_and_metrics_fields_are_typed(tmp_path):
     from tformer_cli.errors import RunError
+    from tformer_cli.run.result import check_summary
     from tformer_cli.run.rundir import RunDir
-    from tformer_cli.run.validate import check_summary
 
     (tmp_path / "summary.json").write_text(json.dumps({"steps_done": "x", "steps": 3, "interrupted": False}))
     with pytest.raises(RunError, match="field steps_done"):

@@ -20,20 +20,19 @@ import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tformer_cli.core.io import atomic_write_bytes, atomic_write_text
-from tformer_cli.errors import ConfigError, RunError, TformerError
-
-if TYPE_CHECKING:
-    from tformer_cli.run.result import FinetuneResult
+from tformer_cli.errors import ConfigError, RunError
+from tformer_cli.run.result import FinetuneResult, SummaryFile
 
 FORMAT = "tformer-classifier-1"
 
 
 @dataclass(frozen=True)
-class FinetuneDir:
+class FinetuneDir(SummaryFile):
     path: Path
+    SUMMARY_KIND = FinetuneResult
 
     CONFIG = "finetune.yaml"
     CHECKPOINT = "classifier.safetensors"
@@ -57,26 +56,8 @@ class FinetuneDir:
     def has_checkpoint(self) -> bool:
         return (self.path / self.CHECKPOINT).exists()
 
-    def check_summary(self) -> tuple[FinetuneResult | None, str | None]:
-        """(the summary, None) when valid; (None, None) when missing; (None, problem) when damaged."""
-        from tformer_cli.run.result import FinetuneResult
-        from tformer_cli.run.validate import check_summary
-
-        if not self.file(self.SUMMARY).exists():
-            return None, None
-        try:
-            return check_summary(self.file(self.SUMMARY), FinetuneResult), None
-        except TformerError as e:
-            return None, str(e)
-
-    def read_summary(self) -> FinetuneResult | None:
-        """summary.json (every field typed), or None when it is missing or damaged."""
-        return self.check_summary()[0]
-
-    def finished_summary(self) -> FinetuneResult | None:
-        """The summary of a fine-tune that reached its last step, else None (as RunDir's)."""
-        s = self.read_summary()
-        return s if s is not None and s.finished else None
+    def summary_file(self) -> Path:
+        return self.file(self.SUMMARY)
 
     def write_json(self, name: str, data: Any) -> None:
         atomic_write_text(self.path / name, json.dumps(data, indent=2) + "\n")

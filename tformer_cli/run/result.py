@@ -1,9 +1,10 @@
 """The typed results a run directory's summary.json holds, read back with ``from_dict``.
 
 TrainResult: a language-model or seq2seq run (run/rundir.py).  FinetuneResult: a classifier
-fine-tune (run/finetune_dir.py).  One schema: run/validate.py checks a summary.json against the
-field types declared here (``fields_of``), the study runner copies the fields a member row shares
-with them by name, and the renderers read these attributes; nothing re-declares a key list.
+fine-tune (run/finetune_dir.py).  One schema: ``check_summary`` checks a summary.json against the
+field types declared here (``fields_of``, with run/validate.py's typed field readers) before it
+becomes a result, the study runner copies the fields a member row shares with them by name, and
+the renderers read these attributes; nothing re-declares a key list.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import dataclasses
 import types
 import typing
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tformer_cli.core.cls_metrics import Scores
+from tformer_cli.run.validate import Fields, read_json
 
 
 def _from_dict(cls, d: dict[str, Any]) -> dict[str, Any]:
@@ -143,3 +146,56 @@ def fields_of(cls) -> list[tuple[str, type, bool]]:
         if base in (int, float, bool, str, dict):
             out.append((name, base, name in REQUIRED))
     return out
+
+
+def check_summary(path: Path, kind: type | None = None) -> Any:
+    """summary.json read back as ``kind`` (run.result.TrainResult unless told), every field that
+    its dataclass declares as a number, flag, string or object checked first (RunError naming
+    the field); a fine-tune's held-out scores must be an object with its numbers."""
+    kind = kind or TrainResult
+    data = read_json(path, 16 << 20)
+    f = Fields(path, data)
+    check = {int: f.int, float: f.num, bool: f.bool, str: f.str, dict: f.obj}
+    for name, typ, required in fields_of(kind):
+        check[typ](name, optional=not required)
+    if kind is FinetuneResult and data.get("test") is not None:
+        t = Fields(path, f.obj("test"), "test.")
+        t.int("n")
+        for key in ("accuracy", "macro_f1", "chance"):
+            t.num(key)
+        for key in ("accuracy_ci", "macro_f1_ci", "confusion"):
+            t.list(key)
+    if kind is FinetuneResult:
+        f.list("labels", optional=True)
+    return kind.from_dict(data)
+
+
+class SummaryFile:
+    """What a run directory and a fine-tune directory both do with their summary.json: read it back
+    typed (its kind: SUMMARY_KIND) and say whether it finished.  The class names the file."""
+
+    SUMMARY_KIND: type = TrainResult
+
+    def summary_file(self):
+        raise NotImplementedError
+
+    def check_summary(self) -> tuple[Any, str | None]:
+        """(the summary, None) when valid; (None, None) when missing; (None, problem) when damaged."""
+        from tformer_cli.errors import TformerError
+
+        path = self.summary_file()
+        if not path.exists():
+            return None, None
+        try:
+            return check_summary(path, self.SUMMARY_KIND), None
+        except TformerError as e:
+            return None, str(e)
+
+    def read_summary(self) -> Any:
+        """summary.json (every field typed), or None when it is missing or damaged."""
+        return self.check_summary()[0]
+
+    def finished_summary(self) -> Any:
+        """The summary of a run that reached its last step, else None."""
+        s = self.read_summary()
+        return s if s is not None and s.finished else None

@@ -21,20 +21,17 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tformer_cli.core.io import atomic_write_text
-from tformer_cli.errors import ConfigError, TformerError
-
-if TYPE_CHECKING:
-    from tformer_cli.run.result import TrainResult
-
+from tformer_cli.errors import ConfigError
+from tformer_cli.run.result import SummaryFile
 
 LOCK_NAME = ".tformer.lock"  # held by the process working in the directory (tformer_cli.run.lock)
 
 
 @dataclass(frozen=True)
-class RunDir:
+class RunDir(SummaryFile):
     path: Path
 
     CONFIG = "config.yaml"
@@ -98,25 +95,8 @@ class RunDir:
     def has_checkpoint(self) -> bool:
         return self.checkpoint.exists()
 
-    def check_summary(self) -> tuple[TrainResult | None, str | None]:
-        """(the summary, None) when valid; (None, None) when missing; (None, problem) when damaged."""
-        from tformer_cli.run.validate import check_summary
-
-        if not self.summary.exists():
-            return None, None
-        try:
-            return check_summary(self.summary), None
-        except TformerError as e:
-            return None, str(e)
-
-    def read_summary(self) -> TrainResult | None:
-        """summary.json (every field typed), or None when it is missing or damaged."""
-        return self.check_summary()[0]
-
-    def finished_summary(self) -> TrainResult | None:
-        """The summary of a run that reached its last step, else None."""
-        s = self.read_summary()
-        return s if s is not None and s.finished else None
+    def summary_file(self) -> Path:
+        return self.summary
 
     # ------------------------------------------------------------ metrics.jsonl (the one parser)
 

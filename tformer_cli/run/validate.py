@@ -394,30 +394,6 @@ def check_tensors(path: Path, table: dict[str, tuple[str, tuple[int, ...]]], mod
 # ---------------------------------------------------------------- summary.json, metrics.jsonl
 
 
-def check_summary(path: Path, kind: type = None) -> Any:
-    """summary.json read back as ``kind`` (run.result.TrainResult unless told), every field that
-    its dataclass declares as a number, flag, string or object checked first (RunError naming
-    the field); a fine-tune's held-out scores must be an object with its numbers."""
-    from tformer_cli.run.result import FinetuneResult, TrainResult, fields_of
-
-    kind = kind or TrainResult
-    data = read_json(path, 16 << 20)
-    f = Fields(path, data)
-    check = {int: f.int, float: f.num, bool: f.bool, str: f.str, dict: f.obj}
-    for name, typ, required in fields_of(kind):
-        check[typ](name, optional=not required)
-    if kind is FinetuneResult and data.get("test") is not None:
-        t = Fields(path, f.obj("test"), "test.")
-        t.int("n")
-        for key in ("accuracy", "macro_f1", "chance"):
-            t.num(key)
-        for key in ("accuracy_ci", "macro_f1_ci", "confusion"):
-            t.list(key)
-    if kind is FinetuneResult:
-        f.list("labels", optional=True)
-    return kind.from_dict(data)
-
-
 NUMERIC_ROW_KEYS = ("train_loss", "val_loss", "val_bpb", "lr", "tokens", "tokens_per_s")
 
 
