@@ -130,9 +130,9 @@ def run_study(out_dir: Path, tasks: list[str], seeds: list[int], steps: int, pre
         rows += _task_rows(out_dir, task, seeds, steps, runs, should_stop, runner)
     budget = {"model": MODEL, "pretrain_steps": pretrain_steps, "pretrain": PRETRAIN, "finetune_steps": steps,
               "finetune": FINETUNE, "corpus": "prose"}
-    versus = [_judge(f"{m.name} vs gpt", t, m.name, "gpt", [r for r in rows if r.task == t])
+    versus = [_judge(f"{m.name} vs gpt", t, m.name, "gpt", [r for r in rows if r.task == t], steps)
               for t in tasks for m in MEMBERS if m.name != "gpt"]
-    result = StudyResult(str(out_dir), list(tasks), list(seeds), budget, rows, judge(rows, tasks), versus,
+    result = StudyResult(str(out_dir), list(tasks), list(seeds), budget, rows, judge(rows, tasks, steps), versus,
                          pre_loss, time.perf_counter() - t0, notes(rows))
     _write(out_dir, result)
     return result
@@ -207,37 +207,29 @@ def _task_rows(out_dir, task, seeds, steps, runs, should_stop, runner) -> list[R
 # ---------------------------------------------------------------- statistics and verdicts
 
 
-def judge(rows: list[Row], tasks: list[str]) -> list[Judged]:
+def judge(rows: list[Row], tasks: list[str], steps: int | None = None) -> list[Judged]:
     out = []
     for task in tasks:
         for claim, member, ref in CLAIMS:
-            out.append(_judge(claim, task, member, ref, [r for r in rows if r.task == task]))
+            out.append(_judge(claim, task, member, ref, [r for r in rows if r.task == task], steps))
     return out
 
 
-def _judge(claim: str, task: str, member: str, ref: str, rows: list[Row]) -> Judged:
-    mine = {r.seed: r for r in rows if r.member == member}
-    if ref == "chance":
-        diffs = [r.accuracy - r.chance for r in mine.values()]
-        others = list(mine.values())
-    else:
-        theirs = {r.seed: r for r in rows if r.member == ref}
-        diffs = [mine[s].accuracy - theirs[s].accuracy for s in sorted(set(mine) & set(theirs))]
-        others = list(mine.values()) + list(theirs.values())
-    p = stats.paired(diffs, MARGIN)
-    j = Judged(claim, task, member, ref, p.n, p.delta, p.ci_low, p.ci_high, p.p_value, "undecided", "")
-    v = verdict.rule(p, "higher", MARGIN)
-    if v.finding == verdict.TOO_FEW:
-        j.reason = f"fewer than {stats.MIN_SEEDS} seeds: no test"
-    elif any(r.unconverged for r in others):
-        j.reason = "a member was still learning at the end: give more --steps"
-    else:
-        j.outcome, j.reason = v.outcome, {
-            verdict.ABOVE: "the 95% interval is above zero",
-            verdict.BELOW: "the 95% interval is below zero",
-            verdict.WITHIN: f"no difference that matters: the interval lies within ±{100 * MARGIN:g} points",
-        }.get(v.finding, f"the interval straddles zero; about {v.suggestion} would decide")
-    return j
+def _judge(claim: str, task: str, member: str, ref: str, rows: list[Row], steps: int | None = None) -> Judged:
+    """One claim on one task by the one verdict rule (study.verdict.judge_rows): the member's held-out
+    accuracy against ``ref``'s (or, for "chance", its accuracy over chance), paired by seed."""
+    from tformer_cli.study.claim import NO_BASELINE, Claim
+    from tformer_cli.study.results import MemberRow
+
+    chance = ref == "chance"
+    c = Claim(claim, SOURCE, member, "higher", metric="accuracy_over_chance" if chance else "accuracy",
+              margin=MARGIN, baseline=NO_BASELINE if chance else ref)
+    members = [MemberRow(member=r.member, seed=r.seed, changed="", status="ok", run_dir="",
+                         still_learning=r.unconverged,
+                         extra={"accuracy": r.accuracy, "accuracy_over_chance": r.accuracy - r.chance}) for r in rows]
+    v = verdict.judge_rows(c, members, c.baseline, steps)
+    reason = v.reason + (f"; to decide: {v.suggestion}" if v.suggestion else "")
+    return Judged(claim, task, member, ref, v.n, v.delta, v.ci_low, v.ci_high, v.p_value, v.outcome, reason)
 
 
 def notes(rows: list[Row]) -> list[str]:

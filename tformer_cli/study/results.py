@@ -225,6 +225,7 @@ class Verdict:
     ci_high: float | None = None
     suggestion: str = ""  # what budget would decide, when undecided
     question: str = ""
+    p_value: float | None = None  # the paired t-test of the differences
     arithmetic: str = ""  # what the compared runs computed in ("float32 on cpu"; several joined by " + ")
 
     def to_dict(self) -> dict[str, Any]:

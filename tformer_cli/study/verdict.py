@@ -57,6 +57,12 @@ def _value(row: MemberRow, metric: str) -> float | None:
 def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
     """The verdict of ``claim`` on an experiment's rows."""
     base = claim.baseline or stats.baselines(spec)[claim.member]  # "none": the member's metric against zero
+    return judge_rows(claim, rows, base, spec.config().train.steps)
+
+
+def judge_rows(claim: Claim, rows: list[MemberRow], base: str, steps: int | None) -> Verdict:
+    """The verdict of ``claim`` on ``rows``, its member against ``base`` (a member, or NO_BASELINE),
+    paired by seed; ``steps``: the budget, for the suggestion of a longer one (None: unknown)."""
     v = Verdict(statement=claim.statement, source=claim.source, member=claim.member, baseline=base,
                 metric=claim.metric, expect=claim.expect, margin=claim.margin, outcome="undecided", reason="",
                 question=claim.question)
@@ -69,15 +75,14 @@ def decide(claim: Claim, rows: list[MemberRow], spec: Spec) -> Verdict:
         diffs = [a - b for s in seeds if (a := _value(mine[s], claim.metric)) is not None
                  and (b := _value(theirs[s], claim.metric)) is not None]
     p = stats.paired(diffs, claim.margin)
-    v.n, v.delta, v.ci_low, v.ci_high = p.n, p.delta, p.ci_low, p.ci_high
+    v.n, v.delta, v.ci_low, v.ci_high, v.p_value = p.n, p.delta, p.ci_low, p.ci_high, p.p_value
     v.arithmetic = arithmetic_of([*mine.values(), *theirs.values()])
-    steps = spec.config().train.steps
     unconverged = [r for r in theirs.values() if r.still_learning or r.degenerate]
     unconverged += [r for r in mine.values() if r.still_learning or (r.degenerate and not claim.allow_degenerate)]
     r = rule(p, claim.expect, claim.margin, fmt=lambda x: signed(x, claim.metric))
     if r.finding != TOO_FEW and unconverged:  # too few seeds is said first; then no winner among the unconverged
         v.reason = _unconverged_reason(unconverged)
-        v.suggestion = f"--steps {2 * steps}"
+        v.suggestion = f"--steps {2 * steps}" if steps else "more --steps"
     else:
         v.outcome, v.reason, v.suggestion = r.outcome, r.reason, r.suggestion
     if over := [r for r in [*mine.values(), *theirs.values()] if r.overfit]:
