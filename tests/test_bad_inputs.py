@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-CORPUS_HINT = "hint: built-in corpora: prose, code, repeat, modadd, induction; or give a path to a UTF-8 text file"
+CORPUS_HINT = ("hint: built-in corpora: prose, code, repeat, modadd, induction; or give a path to a UTF-8 text file "
+               "(or a .jsonl or .parquet file, or hf:NAME)")
 
 
 def assert_error(r, code: int, message: str, hint: str | None = None) -> None:

@@ -26,7 +26,8 @@ DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="train.device
 SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="train.seed.", show_default=False)]
 DataOpt = Annotated[
     Optional[str],
-    typer.Option("--data", help="data.corpus: a built-in corpus (`tformer corpora`) or a UTF-8 text file.",
+    typer.Option("--data", help="data.corpus: a built-in corpus (`tformer corpora`), a UTF-8 text file, a "
+                 "JSONL or Parquet file (data.text_field) or hf:NAME[/CONFIG][:SPLIT].",
                  show_default=False),
 ]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output directory.", show_default=False)]

@@ -100,6 +100,7 @@ class DataConfig:
     vocab_size: int = 512  # BPE only
     val_fraction: float = 0.1  # the last fraction of the corpus is the validation split
     max_chars: Optional[int] = None  # at most this many characters of the corpus (code: its size, 2 MB unless set)
+    text_field: str = "text"  # a JSONL file's, Parquet file's or hf: dataset's field (column) that holds the text
 
 
 @dataclass
@@ -382,6 +383,8 @@ def _data_problems(cfg: Config, bad: set[str]) -> list[str]:
         p.append(f"data.val_fraction: must be in (0, 1), got {d.val_fraction}")
     if not d.corpus:
         p.append("data.corpus: empty; give a built-in name or a file path")
+    if not d.text_field:
+        p.append("data.text_field: empty; name the field (column) that holds the text")
     if d.max_chars is not None and "data.max_chars" not in bad and d.max_chars < 1000:
         p.append(f"data.max_chars: at least 1,000 characters (a validation split must hold a window), "
                  f"got {d.max_chars}")

@@ -153,11 +153,16 @@ BUILTIN = {
 }
 
 
-def read_corpus(name_or_path: str, max_chars: int | None = None) -> tuple[str, str]:
+def read_corpus(name_or_path: str, max_chars: int | None = None, text_field: str = "text") -> tuple[str, str]:
     """Return (text, label). A built-in name wins over a file of the same name.  ``max_chars``:
-    the code corpus grows or shrinks to that size (whole files); any other text is cut to it."""
+    the code corpus grows or shrinks to that size (whole files); any other text is cut to it.  A
+    JSONL or Parquet file, or hf:NAME, is read by core/sources.py (its ``text_field``)."""
+    from tformer_cli.core import sources
+
     if name_or_path == "code":
         return _code(max_chars or CODE_CHARS), name_or_path
+    if name_or_path not in BUILTIN and sources.is_source(name_or_path):
+        return sources.read_source(name_or_path, text_field, max_chars)
     text, label = _read_corpus(name_or_path)
     return (text[:max_chars] if max_chars else text), label
 
@@ -166,7 +171,8 @@ def _read_corpus(name_or_path: str) -> tuple[str, str]:
     if name_or_path in BUILTIN:
         return BUILTIN[name_or_path][1](), name_or_path
     path = Path(name_or_path).expanduser()
-    hint = f"built-in corpora: {', '.join(BUILTIN)}; or give a path to a UTF-8 text file"
+    hint = (f"built-in corpora: {', '.join(BUILTIN)}; or give a path to a UTF-8 text file (or a .jsonl or "
+            ".parquet file, or hf:NAME)")
     if not path.exists() and not path.is_symlink():
         raise DataError(f"corpus not found: {name_or_path}", hint=hint)
     raw = read_corpus_bytes(path, hint)  # a regular file only, read in chunks (stop flag, progress)
@@ -349,7 +355,7 @@ def prepare(cfg: DataConfig, tokenizer=None) -> Dataset:
     ``tokenizer``: encode with this one (a run's, e.g. an imported model's) instead of
     building one from the corpus; data.tokenizer=hf requires it.
     """
-    text, label = read_corpus(cfg.corpus, cfg.max_chars)
+    text, label = read_corpus(cfg.corpus, cfg.max_chars, cfg.text_field)
     spec = {"v": FORMAT_VERSION, "tokenizer": cfg.tokenizer, "val_fraction": cfg.val_fraction}
     if tokenizer is not None:  # keyed by the tokenizer itself
         spec["tokenizer"] = hashlib.sha256(json.dumps(tokenizer.to_json(), sort_keys=True).encode()).hexdigest()

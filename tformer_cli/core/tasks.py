@@ -34,7 +34,7 @@ def _val_text(cfg) -> str:
     """The validation split of the corpus, from its first full line (as data.prepare splits it)."""
     from tformer_cli.core.data import read_corpus
 
-    text, _ = read_corpus(cfg.data.corpus, cfg.data.max_chars)
+    text, _ = read_corpus(cfg.data.corpus, cfg.data.max_chars, cfg.data.text_field)
     val = text[int(len(text) * (1.0 - cfg.data.val_fraction)):]
     return val[val.index("\n") + 1:]
 
