@@ -119,6 +119,7 @@ class TrainConfig:
     eval_iters: int = 20
     log_interval: int = 10
     ckpt_interval: Optional[int] = None  # None: at every evaluation
+    tensorboard: bool = True  # TensorBoard event files in the run directory, beside metrics.jsonl
     seed: int = 1337
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on CUDA, fp32 elsewhere) | float32 | bfloat16 | float16

@@ -128,6 +128,6 @@ def _remove_unfinished(path: Path) -> None:
     rd = RunDir(path)
     if rd.has_checkpoint():
         return
-    for name in RunDir.FILES:
+    for f in rd.written_files():
         with contextlib.suppress(OSError):
-            (path / name).unlink()
+            f.unlink()

@@ -27,6 +27,7 @@ from tformer_cli.core.io import atomic_write_text
 from tformer_cli.errors import ConfigError
 from tformer_cli.run.result import SummaryFile
 
+EVENTS_GLOB = "events.out.tfevents.*"  # TensorBoard's event files (run/tensorboard.py)
 LOCK_NAME = ".tformer.lock"  # held by the process working in the directory (tformer_cli.run.lock)
 
 
@@ -123,6 +124,10 @@ class RunDir(SummaryFile):
     def write_summary(self, data: dict[str, Any]) -> None:
         atomic_write_text(self.summary, json.dumps(data, indent=2) + "\n")
 
+    def written_files(self) -> list[Path]:
+        """Every file a run writes here: FILES and its TensorBoard event files."""
+        return [self.path / name for name in self.FILES] + sorted(self.path.glob(EVENTS_GLOB))
+
     def prepare(self, overwrite: bool) -> None:
         """Create the directory; refuse to clobber anything unless told to.
 
@@ -147,8 +152,8 @@ class RunDir(SummaryFile):
                         raise ConfigError(f"--out {path} is not a run, but holds {', '.join(clash)}, which "
                                           "tformer did not write; --overwrite replaces only a run's files",
                                           hint="choose another --out, or move those files away")
-                for name in self.FILES:
-                    (path / name).unlink(missing_ok=True)
+                for f in self.written_files():
+                    f.unlink(missing_ok=True)
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"

@@ -36,7 +36,7 @@ from tformer_cli.core.data import prepare
 from tformer_cli.errors import RunError, TformerError
 from tformer_cli.run.result import TrainResult
 from tformer_cli.train.distributed import DistInfo
-from tformer_cli.train.loop import Loop, RunLog, nan_error
+from tformer_cli.train.loop import Loop, RunLog, nan_error, train_bytes_per_token
 from tformer_cli.train.optim import load_optimizer_state, make_stacked_optimizer, seed_state, set_lr, stacked_state
 from tformer_cli.train.task import Event, LoopStats
 
@@ -150,7 +150,7 @@ class _Group:
                 raise RunError(f"cannot restore the optimizer from {saved[0].path}: {str(e)[:160]}") from None
         for s in self.seeds:
             s.task.write_files(s.state)
-            s.log = RunLog(s.task.run_dir, self.start_step, True)
+            s.log = RunLog(s.task.run_dir, self.start_step, True, s.task.cfg, train_bytes_per_token(s.task))
         n = len(self.seeds)
         self.loss_sum = torch.tensor([s.state["loss_sum"] for s in self.seeds], device=self.device)
         self.loss_count = int(self.seeds[0].state["loss_count"])

@@ -98,14 +98,20 @@ def run_task(task: Task, *, resume: bool = False, progress: Callable[[Event], No
     return Loop(task, resume, progress, should_stop, dist or DistInfo()).run()
 
 
+def train_bytes_per_token(task) -> float | None:
+    """A language-model task's bytes of training text per token (for bits per byte), else None."""
+    return getattr(getattr(task, "ds", None), "train_bytes_per_token", None)
+
+
 class RunLog:
     """metrics.jsonl (deterministic fields only) and perf.jsonl (timings), written by rank 0.
 
     On resume both are first cut back to the checkpoint's step, so a resumed run's files end up
     identical to an uninterrupted run's."""
 
-    def __init__(self, run_dir: Path, start_step: int, main: bool):
-        self.metrics = self.perf = None
+    def __init__(self, run_dir: Path, start_step: int, main: bool, cfg=None,
+                 train_bytes_per_token: float | None = None):
+        self.metrics = self.perf = self.events = None
         if not main:
             return
         rd = RunDir(run_dir)
@@ -114,17 +120,26 @@ class RunLog:
             kept = rd.metric_rows(upto=start_step, perf=perf, strict=True)  # drop what came after the checkpoint
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
         self.metrics, self.perf = (open(path, "a") for path in paths)
+        if cfg is not None and getattr(getattr(cfg, "train", None), "tensorboard", False):
+            from tformer_cli.run.tensorboard import EventLog  # the same rows, as TensorBoard scalars
+
+            text = cfg.to_yaml() if hasattr(cfg, "to_yaml") else None
+            self.events = EventLog(run_dir, start_step, text, train_bytes_per_token)
 
     def write(self, row: dict[str, Any], perf: bool = False) -> None:
         f = self.perf if perf else self.metrics
         if f is not None:
             f.write(json.dumps(row) + "\n")
             f.flush()
+        if self.events is not None:
+            self.events.row(row)
 
     def close(self) -> None:
         for f in (self.metrics, self.perf):
             if f is not None:
                 f.close()
+        if self.events is not None:
+            self.events.close()
 
 
 class Loop:
@@ -144,7 +159,7 @@ class Loop:
         self._model_and_state()
         if dist.main:
             task.write_files(self.state)
-        self.log = RunLog(self.run_dir, self.start_step, dist.main)
+        self.log = RunLog(self.run_dir, self.start_step, dist.main, self.cfg, train_bytes_per_token(task))
         self.graph_step = None
         if self.graphed:  # after the optimizer's state is restored: its learning rate goes to the device
             lr_to_device(self.optimizer, self.device)
