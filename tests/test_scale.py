@@ -63,6 +63,7 @@ def test_study_ladder_runs_each_rung_and_gives_each_claim_a_trend(cli, monkeypat
     assert r.code == 0, r.err
     assert "rung 1 of 2: the study as written" in r.out and "rung 2 of 2: model.n_layer=3" in r.out
     assert "trend: " in r.out and "the claim at each size" in r.out
+    assert "(rungs" not in r.out  # every rung ran: no scope
     report = json.loads((out / "scale.json").read_text())
     assert [x["rung"] for x in report["rungs"]] == [1, 2] and report["rule"].startswith("one layer more")
     (t,) = report["trends"]
@@ -76,6 +77,7 @@ def test_study_ladder_runs_each_rung_and_gives_each_claim_a_trend(cli, monkeypat
         assert len(res["verdicts"]) == 1 and len(res["rows"]) == 6
     again = cli("study", path, "--rungs", "2", "--out", out, "--jobs", "1")  # continues: nothing retrained
     assert again.code == 0 and "finished earlier, skipped" in again.out + again.err
+    assert "(rungs 2 of 2)" in again.out  # the trend says which rungs it read
     assert [x["rung"] for x in json.loads((out / "scale.json").read_text())["rungs"]] == [2]
 
 

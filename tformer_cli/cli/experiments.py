@@ -237,7 +237,7 @@ def run_scale(o: ExperimentOptions, path: Path, out: Path | None = None, show_re
         again = (where / "experiment.json").exists()
         one = replace(o, resume=where if again else None, ladder=False, rungs=None)
         done.append(scale.ScaleRung(r.index, execute(one, None if again else spec, where, emit_json=False)))
-    trends = scale.trends(done)
+    trends = scale.trends(done, len(ladder.rungs))
     plot = None
     try:
         plot = scale_plot(trends, root / SCALE_PNG, f"tformer study {path.stem}: the claim at each size")

@@ -40,7 +40,8 @@ def notes(p: RungPoint) -> str:
 def trend_line(t: Trend) -> str:
     """One line: the trend, then each rung's effect and interval at its size."""
     at = "; ".join(f"rung {p.rung} ({fmt_params(p.params)}): {effect(p, t.metric)} {p.outcome}" for p in t.points)
-    return f"trend: {t.trend.upper()}: {at}"
+    scope = f" ({t.scope})" if t.scope else ""
+    return f"trend: {t.trend.upper()}{scope}: {at}"
 
 
 def show_scale(con: Console, name: str, ladder: Ladder, trends: Sequence[Trend], plot: Path | None) -> None:
@@ -78,12 +79,16 @@ def scale_plot(trends: Sequence[Trend], out: Path, title: str) -> Path:
             ax.annotate(f"rung {p.rung}: {p.outcome}" + (" (overfit)" if p.overfit else ""), (p.params, p.delta),
                         textcoords="offset points", xytext=(6, 6), fontsize=7)
         ax.axhline(0, color="gray", lw=0.8)
+        if t.margin:
+            ax.axhspan(-t.margin, t.margin, color="gray", alpha=0.12,
+                       label=f"±{t.margin:g}: no difference that matters")
+            ax.legend(fontsize=7, loc="best")
         if xs:
             ax.set_xscale("log")
             ax.set_xlim(min(xs) / 1.6, max(xs) * 1.6)
         ax.set_xlabel("parameters of the claim's member (log scale)")
         ax.set_ylabel(f"Δ {t.metric} (member - baseline), 95% CI")
-        ax.set_title(_wrap(t.statement, 48) + f"\n{t.trend}", fontsize=8)
+        ax.set_title(_wrap(t.statement, 48) + f"\n{t.trend}" + (f" ({t.scope})" if t.scope else ""), fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
@@ -107,7 +112,7 @@ def scale_markdown(name: str, ladder: Ladder, trends: Sequence[Trend], plot: str
     """The ladder's section of findings.md."""
     out = [f"## {name}: the scale ladder", "", f"Rule: {ladder.rule}", ""]
     for t in trends:
-        out += [f"**{t.statement}**: {t.trend}.", "",
+        out += [f"**{t.statement}**: {t.trend}" + (f" ({t.scope})" if t.scope else "") + ".", "",
                 "| rung | params | verdict | Δ (95% CI) | seeds | notes |", "| --- | --- | --- | --- | --- | --- |"]
         out += [f"| {p.rung} | {fmt_params(p.params)} | {p.outcome} | {effect(p, t.metric, 4)} | {p.n} | "
                 f"{notes(p)} |" for p in t.points]

@@ -139,6 +139,15 @@ class Trend:
     metric: str
     trend: str  # HOLDS | FAILS | APPEARS | VANISHES | CHANGES | "undecided at rung N"
     points: list[RungPoint]
+    margin: float = 0.0  # the claim's smallest difference that matters
+    rungs_in_ladder: int = 0  # how many rungs the ladder has (the points may be some of them)
+
+    @property
+    def scope(self) -> str:
+        """"" when every rung ran, else which did: "rungs 1, 2 of 3"."""
+        if not self.rungs_in_ladder or len(self.points) >= self.rungs_in_ladder:
+            return ""
+        return f"rungs {', '.join(str(p.rung) for p in self.points)} of {self.rungs_in_ladder}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -175,7 +184,7 @@ def _point(index: int, result: ExperimentResult, v) -> RungPoint:
                      max(epochs) if epochs else None)
 
 
-def trends(rungs: list[ScaleRung]) -> list[Trend]:
+def trends(rungs: list[ScaleRung], rungs_in_ladder: int = 0) -> list[Trend]:
     """One Trend per claim of the study (matched by position: every rung has the same claims)."""
     if not rungs:
         return []
@@ -183,7 +192,8 @@ def trends(rungs: list[ScaleRung]) -> list[Trend]:
     for i, first in enumerate(rungs[0].result.verdicts):
         points = [_point(r.index, r.result, r.result.verdicts[i]) for r in rungs if i < len(r.result.verdicts)]
         out.append(Trend(first.statement, first.metric, trend_of([p.outcome for p in points],
-                                                                  [p.rung for p in points]), points))
+                                                                  [p.rung for p in points]), points,
+                         first.margin, rungs_in_ladder))
     return out
 
 
