@@ -536,6 +536,36 @@ def runs(
     show_runs(console(), entries, directory)
 
 
+COMPARE_HELP = (
+    "Draw the validation curves of runs and of experiments' members on one axis (compare.png) and "
+    "list where each ended. A run is one curve; an experiment gives one per member and seed, a "
+    "member's seeds in one colour.\n\nExamples:\n\n"
+    "  tformer compare runs/a runs/b\n\n"
+    "  tformer compare runs/base runs/ablate-20260101-120000 --x tokens --out cmp.png"
+)
+
+
+def compare(
+    paths: Annotated[List[Path], typer.Argument(help="Run or experiment directories.", show_default=False)],
+    x: Annotated[str, typer.Option("--x", help="The x axis: steps, tokens, or time (training seconds, "
+                                   "evaluation left out).")] = "steps",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the PNG.")] = Path("compare.png"),
+    json_: JsonOpt = False,
+) -> None:
+    from dataclasses import asdict
+
+    from tformer_cli.render.compare import compare_plot, show_compare
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.study.compare import curves
+
+    found = curves([Path(p) for p in paths], x)
+    plot = compare_plot(found, x, out)
+    if json_:
+        print_json({"plot": str(plot), "x": x, "curves": [asdict(c) for c in found]})
+    else:
+        show_compare(console(), found, plot)
+
+
 def register(app: typer.Typer) -> None:
     for name, fn, help_, short in (
         (None, ablate, ABLATE_HELP, "Baseline vs one member per flag, same data, seeds and budget."),
@@ -544,5 +574,6 @@ def register(app: typer.Typer) -> None:
         ("sweep-dmodel", sweep_dmodel, SWEEP_DMODEL_HELP, "Different widths d_model at a fixed head count."),
         ("study", study_, STUDY_HELP, "Run a built-in study or a study file as it ships."),
         (None, runs, RUNS_HELP, "List runs and experiments with their key figures."),
+        (None, compare, COMPARE_HELP, "Validation curves of runs and experiment members on one plot."),
     ):
         app.command(name, help=help_, short_help=short)(fn)
