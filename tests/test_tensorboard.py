@@ -62,6 +62,8 @@ def test_the_events_hold_metrics_jsonl_and_a_resume_shows_no_step_twice(tmp_path
         assert s["lr"] == pytest.approx(_rows(run, "lr"))
         assert set(s["perf/tokens_per_s"]) == set(_rows(run, "train_loss"))
         assert all(math.isfinite(v) for v in s["bits_per_byte/train"].values())
+        assert set(s["grad_norm"]) == set(s["perf/flops_per_s"]) == set(_rows(run, "train_loss"))
+        assert all(v > 0 for v in [*s["grad_norm"].values(), *s["perf/flops_per_s"].values()])
     assert scalars(part)["loss/train"] == pytest.approx(scalars(full)["loss/train"])
 
 

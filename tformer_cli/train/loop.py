@@ -160,6 +160,9 @@ class Loop:
         if dist.main:
             task.write_files(self.state)
         self.log = RunLog(self.run_dir, self.start_step, dist.main, self.cfg, train_bytes_per_token(task))
+        self.grad_norm: torch.Tensor | None = None  # the last step's, before clipping
+        totals = getattr(task, "totals", None)
+        self.flops_per_token = getattr(totals, "flops_per_token", None)  # training FLOPs a token (language models)
         self.graph_step = None
         if self.graphed:  # after the optimizer's state is restored: its learning rate goes to the device
             lr_to_device(self.optimizer, self.device)
@@ -301,9 +304,9 @@ class Loop:
             self.loss_sum += loss.detach().float()  # stays on the device: no sync in the hot loop
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-        if cfg.train.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_([p for p in self.raw_model.parameters() if p.requires_grad],
-                                           cfg.train.grad_clip)
+        if cfg.train.grad_clip > 0:  # its norm before clipping stays on the device (TensorBoard reads it per log)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in self.raw_model.parameters() if p.requires_grad], cfg.train.grad_clip)
         if self.scaler is None:
             self.optimizer.step()
         else:  # skips the step when the scaled gradients overflowed, then adapts the scale
@@ -337,6 +340,11 @@ class Loop:
         self.state["last_train_loss"] = mean
         self.log.write({"step": step, "train_loss": round(mean, 6), "lr": lr, **self.task.log_row(step)})
         self.log.write({"step": step, "tokens_per_s": round(rate, 1)}, perf=True)
+        if self.log.events is not None:  # TensorBoard only: the last step's gradient norm, achieved FLOP/s
+            extra = {"step": step, "flops_per_s": rate * self.flops_per_token if self.flops_per_token else None}
+            if self.grad_norm is not None:
+                extra["grad_norm"] = float(self.grad_norm)
+            self.log.events.row(extra)
         self.report(Event("log", step, self.cfg.train.steps, train_loss=mean, lr=lr, tokens_per_s=rate,
                           elapsed=now - self.t_start))
         self.loss_sum.zero_()
