@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from tformer_cli.core import hooks as _hooks
 from tformer_cli.core.config import ModelConfig, head_count_problem
 from tformer_cli.core.loss import lm_loss
 from tformer_cli.errors import ConfigError
@@ -120,14 +121,21 @@ class CausalSelfAttention(nn.Module):
         the keys and values as one view of the projection's output, or None (see _qkv)."""
         B, T, C = x.shape
         q, k, v, pair = self._qkv(x, rope, paired=attend is not None)
+        hooked = _hooks.ACTIVE is not None  # named hook points (core/hooks.py): nothing to do without one
+        if hooked:
+            q, k, v = (_hooks.apply(f"blocks.{layer}.attn.{n}", t) for n, t in (("q", q), ("k", k), ("v", v)))
+            explicit = explicit or _hooks.wants(f"blocks.{layer}.attn.pattern")
         if attend is not None:
             y, weights = attend(self, q, k, v, pair), None
         else:
             y, weights = self._attend(q, k, v, cache, layer, explicit)
         if head_mask is not None:
             y = y * head_mask.view(1, -1, 1, 1).to(y.dtype)  # zero the output of masked heads
+        if hooked:
+            y = _hooks.apply(f"blocks.{layer}.attn.z", y)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
-        return self.resid_dropout(self.proj(y)), weights
+        out = self.resid_dropout(self.proj(y))
+        return (_hooks.apply(f"blocks.{layer}.attn.out", out) if hooked else out), weights
 
     def _qkv(self, x: torch.Tensor, rope, paired: bool = False):
         """Queries (B, nh, T, hs), keys and values (B, n_kv, T, hs), normed and rotated; and, when
@@ -165,6 +173,8 @@ class CausalSelfAttention(nn.Module):
             if self.causal:
                 att = att.masked_fill(_future_mask(T, Tk, q.device), float("-inf"))
             weights = F.softmax(att.float(), dim=-1).type_as(q)
+            if _hooks.ACTIVE is not None:
+                weights = _hooks.apply(f"blocks.{layer}.attn.pattern", weights)
             return self.attn_dropout(weights) @ v, weights  # (B, nh, T, hs)
         # The fast path: fused kernels (flash / memory-efficient on GPU).
         dropout = self.dropout if self.training else 0.0
@@ -204,8 +214,11 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layer: int = 0) -> torch.Tensor:
+        hooked = _hooks.ACTIVE is not None
         h = self.w1(x)
+        if hooked:
+            h = _hooks.apply(f"blocks.{layer}.mlp.pre", h)
         if self.activation == "relu":
             h = F.relu(h)
         elif self.activation == "gelu":
@@ -216,7 +229,10 @@ class FeedForward(nn.Module):
             h = F.relu(h).square()
         else:
             h = F.silu(h) * self.w3(x)
-        return self.dropout(self.w2(h))
+        if hooked:
+            h = _hooks.apply(f"blocks.{layer}.mlp.post", h)
+        out = self.dropout(self.w2(h))
+        return _hooks.apply(f"blocks.{layer}.mlp.out", out) if hooked else out
 
 
 # ---------------------------------------------------------------- block and GPT
@@ -243,14 +259,21 @@ class Block(nn.Module):
 
     def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None, attend=None):
         """attend: the static decode step's attention (CausalSelfAttention.forward)."""
+        hooked = _hooks.ACTIVE is not None  # the residual stream's named points (core/hooks.py)
+        if hooked:
+            x = _hooks.apply(f"blocks.{layer}.resid_pre", x)
         if self.post:
             a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, attend)
             x = self.ln1(x + a)
-            return (x if self.ffn is None else self.ln2(x + self.ffn(x))), weights
-        a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, attend)
-        x = x + a
+        else:
+            a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, attend)
+            x = x + a
+        if hooked:
+            x = _hooks.apply(f"blocks.{layer}.resid_mid", x)
         if self.ffn is not None:
-            x = x + self.ffn(self.ln2(x))
+            x = self.ln2(x + self.ffn(x, layer)) if self.post else x + self.ffn(self.ln2(x), layer)
+        if hooked:
+            x = _hooks.apply(f"blocks.{layer}.resid_post", x)
         return x, weights
 
 
@@ -361,12 +384,17 @@ class GPT(nn.Module):
         """Token embeddings plus positions, and RoPE's cos/sin rows: ``rows`` is a slice of window
         positions, or a (T,) long tensor of them on the device (the static step, core/decode.py)."""
         x = self.tok_emb(idx)  # (B, T, C)
+        hooked = _hooks.ACTIVE is not None
+        if hooked:
+            x = _hooks.apply("embed", x)
         if self.pos_emb is not None:
             x = x + _rows(self.pos_emb.weight, rows)
         elif self.cfg.pos_encoding == "sinusoidal":
             # Vaswani et al. (2017), 3.4: embeddings times sqrt(d_model), so the fixed table
             # (amplitude 1) does not drown embeddings initialised with std 0.02.
             x = x * math.sqrt(self.cfg.d_model) + _rows(self.pos_table, rows).to(x.dtype)
+        if hooked and self.cfg.pos_encoding in ("learned", "sinusoidal"):
+            x = _hooks.apply("pos_embed", x)
         rope = None
         if self.cfg.pos_encoding == "rope":
             rope = (_rows(self.rope_cos, rows), _rows(self.rope_sin, rows))
@@ -374,10 +402,13 @@ class GPT(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, V) logits of the real vocabulary, capped when model.logit_softcap is set."""
-        logits = real_vocab(self.lm_head(self.ln_f(x)), self)
+        x = self.ln_f(x)
+        if _hooks.ACTIVE is not None:
+            x = _hooks.apply("ln_final", x)
+        logits = real_vocab(self.lm_head(x), self)
         if (cap := self.cfg.logit_softcap) is not None:  # smooth cap to (-cap, cap) (Gemma 2)
             logits = cap * torch.tanh(logits / cap)
-        return logits
+        return _hooks.apply("logits", logits) if _hooks.ACTIVE is not None else logits
 
     cache_name = "KV cache"
 
