@@ -140,10 +140,45 @@ def heads(
     show_heads(console(), result, png)
 
 
+LENS_HELP = (
+    "The logit lens (each layer's residual stream through the final norm and unembedding: its top "
+    "next tokens and its loss) and direct logit attribution (each head's and each FFN's share of "
+    "the target token's logit) of a GPT run, with a PNG.\n\nExamples:\n\n"
+    "  tformer lens runs/quick20 --prompt \"The cat sat on the\"\n\n"
+    "  tformer lens RUN --prompt \"abcabc\" --target a --json"
+)
+
+
+def lens(
+    run: RunArg,
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to look at (its last block_size tokens).")],
+    target: Annotated[Optional[str], typer.Option("--target", help="The token whose logit is attributed, "
+                                                  "at the last position (default: the prompt's last token, "
+                                                  "at the position before it).", show_default=False)] = None,
+    out: PngOpt = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.inside.lens import lens_report, total
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.lens import lens_png, show_lens
+
+    _check_image(out)
+    with StopOnInterrupt(message=""):
+        result = lens_report(run, prompt, target, device or "auto")
+    png = lens_png(result, out or Path(run) / "lens.png",
+                   f"logit lens of {Path(run).name} on {len(result.tokens)} tokens")
+    if json_:
+        print_json({**result.to_dict(), "sum": total(result), "png": str(png)})
+        return
+    show_lens(console(), result, png)
+
+
 def register(app: typer.Typer) -> None:
     app.command(help=INSPECT_HELP, short_help="Parameters, FLOPs and memory by component (no training).")(inspect)
     app.command(help=ATTENTION_HELP, short_help="Attention maps of a trained GPT and a label per head.")(attention)
     app.command(help=HEADS_HELP, short_help="Head importance by masking, and a pruning curve.")(heads)
+    app.command(help=LENS_HELP, short_help="Logit lens and direct logit attribution of a GPT run.")(lens)
 
 
 def _check_index(flag: str, value: Optional[int], n: int) -> None:
