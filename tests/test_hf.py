@@ -153,6 +153,10 @@ def test_commands_that_read_a_run_work_on_an_imported_run(imported, tmp_path, cl
     r = cli("heads", run, "--batches", "1", "--context", "16", "--out", tmp_path / "h.png", "--json")
     assert r.code == 0, r
     assert len(json.loads(r.out)["importance"]) == 2
+    r = cli("lens", run, "--prompt", "The cat sat", "--out", tmp_path / "l.png", "--json")  # hooks on GPT-2
+    assert r.code == 0, r
+    lensed = json.loads(r.out)
+    assert len(lensed["layers"]) == 3 and abs(lensed["sum"] - lensed["logit"]) < 1e-3
     (tmp_path / "t.txt").write_text(TEXT)
     r = cli("eval", run, "--data", tmp_path / "t.txt", "--causal-consistent", "--max-tokens", "200", "--json")
     assert r.code == 0, r
