@@ -174,11 +174,47 @@ def lens(
     show_lens(console(), result, png)
 
 
+PATCH_HELP = (
+    "Activation patching: run the corrupted prompt with one activation from the clean run (the "
+    "residual stream at one layer and position; one head's output), and show how much of the clean "
+    "run's target logit each restores (0 = corrupted, 1 = clean), with heatmaps. The prompts must "
+    "be the same length in tokens.\n\nExamples:\n\n"
+    "  tformer patch RUN --clean \"abcab\" --corrupt \"abdab\"\n\n"
+    "  tformer patch RUN --clean \"The cat\" --corrupt \"The dog\" --target s --json"
+)
+
+
+def patch(
+    run: RunArg,
+    clean: Annotated[str, typer.Option("--clean", help="The prompt whose activations are patched in.")],
+    corrupt: Annotated[str, typer.Option("--corrupt", help="The prompt run with them (same length in tokens).")],
+    target: Annotated[Optional[str], typer.Option("--target", help="The token whose logit at the last position "
+                                                  "is the metric (default: the clean run's top token).",
+                                                  show_default=False)] = None,
+    out: PngOpt = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.inside.patch import patch_report
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.patch import patch_png, show_patch
+
+    _check_image(out)
+    with StopOnInterrupt(message=""):
+        result = patch_report(run, clean, corrupt, target, device or "auto")
+    png = patch_png(result, out or Path(run) / "patch.png", f"activation patching of {Path(run).name}")
+    if json_:
+        print_json({**result.to_dict(), "png": str(png)})
+        return
+    show_patch(console(), result, png)
+
+
 def register(app: typer.Typer) -> None:
     app.command(help=INSPECT_HELP, short_help="Parameters, FLOPs and memory by component (no training).")(inspect)
     app.command(help=ATTENTION_HELP, short_help="Attention maps of a trained GPT and a label per head.")(attention)
     app.command(help=HEADS_HELP, short_help="Head importance by masking, and a pruning curve.")(heads)
     app.command(help=LENS_HELP, short_help="Logit lens and direct logit attribution of a GPT run.")(lens)
+    app.command(help=PATCH_HELP, short_help="Activation patching: what restores a corrupted prompt.")(patch)
 
 
 def _check_index(flag: str, value: Optional[int], n: int) -> None:
