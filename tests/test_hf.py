@@ -157,6 +157,11 @@ def test_commands_that_read_a_run_work_on_an_imported_run(imported, tmp_path, cl
     assert r.code == 0, r
     lensed = json.loads(r.out)
     assert len(lensed["layers"]) == 3 and abs(lensed["sum"] - lensed["logit"]) < 1e-3
+    r = cli("patch", run, "--clean", "The cat", "--corrupt", "The dog", "--out", tmp_path / "p.png", "--json")
+    assert r.code == 0, r
+    assert abs(json.loads(r.out)["residual"][-1][-1] - 1.0) < 1e-3
+    r = cli("embed", run, "--out", tmp_path / "e.png", "--json")
+    assert r.code == 0 and len(json.loads(r.out)["position_similarity"]) == 32  # GPT-2's learned table
     (tmp_path / "t.txt").write_text(TEXT)
     r = cli("eval", run, "--data", tmp_path / "t.txt", "--causal-consistent", "--max-tokens", "200", "--json")
     assert r.code == 0, r

@@ -209,12 +209,45 @@ def patch(
     show_patch(console(), result, png)
 
 
+EMBED_HELP = (
+    "How a GPT run arranges its vectors: each chosen token's nearest tokens in the embedding (cosine "
+    "similarity), and the similarity of every pair of position vectors (learned or sinusoidal) with a "
+    "PNG; RoPE and no positions say why they have none.\n\nExamples:\n\n"
+    "  tformer embed RUN\n\n"
+    "  tformer embed RUN --tokens a,e,T --json"
+)
+
+
+def embed(
+    run: RunArg,
+    tokens: Annotated[Optional[str], typer.Option("--tokens", help="Tokens to find neighbours of, comma-separated "
+                                                  "(default: a few common characters).", show_default=False)] = None,
+    out: PngOpt = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.inside.embed import embed_report
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.embed import embed_png, show_embed
+
+    _check_image(out)
+    chosen = [t for t in tokens.split(",")] if tokens else None
+    result = embed_report(run, chosen, device or "auto")
+    png = embed_png(result, out or Path(run) / "positions.png",
+                    f"position vectors of {Path(run).name} ({result.pos_encoding})")
+    if json_:
+        print_json({**result.to_dict(), "png": None if png is None else str(png)})
+        return
+    show_embed(console(), result, png)
+
+
 def register(app: typer.Typer) -> None:
     app.command(help=INSPECT_HELP, short_help="Parameters, FLOPs and memory by component (no training).")(inspect)
     app.command(help=ATTENTION_HELP, short_help="Attention maps of a trained GPT and a label per head.")(attention)
     app.command(help=HEADS_HELP, short_help="Head importance by masking, and a pruning curve.")(heads)
     app.command(help=LENS_HELP, short_help="Logit lens and direct logit attribution of a GPT run.")(lens)
     app.command(help=PATCH_HELP, short_help="Activation patching: what restores a corrupted prompt.")(patch)
+    app.command(help=EMBED_HELP, short_help="Nearest tokens and the position vectors' similarity.")(embed)
 
 
 def _check_index(flag: str, value: Optional[int], n: int) -> None:
