@@ -162,6 +162,8 @@ def test_commands_that_read_a_run_work_on_an_imported_run(imported, tmp_path, cl
     assert abs(json.loads(r.out)["residual"][-1][-1] - 1.0) < 1e-3
     r = cli("embed", run, "--out", tmp_path / "e.png", "--json")
     assert r.code == 0 and len(json.loads(r.out)["position_similarity"]) == 32  # GPT-2's learned table
+    r = cli("ffn", run, "--prompt", "The cat sat on the mat", "--json")
+    assert r.code == 0 and json.loads(r.out)["neurons"], r
     (tmp_path / "t.txt").write_text(TEXT)
     r = cli("eval", run, "--data", tmp_path / "t.txt", "--causal-consistent", "--max-tokens", "200", "--json")
     assert r.code == 0, r

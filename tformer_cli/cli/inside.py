@@ -241,6 +241,36 @@ def embed(
     show_embed(console(), result, png)
 
 
+FFN_HELP = (
+    "The feed-forward layer as key-value memories: for the neurons with the largest effect over a "
+    "text (the run's validation split, or --prompt), the tokens at which each fires most and the "
+    "tokens its output promotes through the unembedding.\n\nExamples:\n\n"
+    "  tformer ffn RUN\n\n"
+    "  tformer ffn RUN --layer 1 --prompt \"The cat sat on the mat.\" --json"
+)
+
+
+def ffn(
+    run: RunArg,
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Only this block's FFN (default: every one).",
+                                                 show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="The text to read (default: the run's "
+                                                  "validation split, its first windows).", show_default=False)] = None,
+    device: DeviceOpt = None,
+    json_: JsonOpt = False,
+) -> None:
+    from tformer_cli.inside.ffn import ffn_report
+    from tformer_cli.render.console import console, print_json
+    from tformer_cli.render.ffn import show_ffn
+
+    with StopOnInterrupt(message=""):
+        result = ffn_report(run, layer, prompt, device or "auto")
+    if json_:
+        print_json(result.to_dict())
+        return
+    show_ffn(console(), result)
+
+
 def register(app: typer.Typer) -> None:
     app.command(help=INSPECT_HELP, short_help="Parameters, FLOPs and memory by component (no training).")(inspect)
     app.command(help=ATTENTION_HELP, short_help="Attention maps of a trained GPT and a label per head.")(attention)
@@ -248,6 +278,7 @@ def register(app: typer.Typer) -> None:
     app.command(help=LENS_HELP, short_help="Logit lens and direct logit attribution of a GPT run.")(lens)
     app.command(help=PATCH_HELP, short_help="Activation patching: what restores a corrupted prompt.")(patch)
     app.command(help=EMBED_HELP, short_help="Nearest tokens and the position vectors' similarity.")(embed)
+    app.command(help=FFN_HELP, short_help="FFN neurons as memories: what fires them, what they write.")(ffn)
 
 
 def _check_index(flag: str, value: Optional[int], n: int) -> None:
