@@ -46,7 +46,9 @@ def test_every_point_is_reached_in_order_and_the_cache_changes_nothing(kw):
     assert hooks.ACTIVE is None  # the block leaves nothing behind
 
 
-def test_replacing_a_head_s_z_is_what_the_head_mask_does():
+def test_replacing_a_head_s_z_is_removing_its_slice_of_w_o():
+    from tformer_cli.inside.heads import head_mask_hooks
+
     m = model()
     mask = torch.ones(2, 4)
     mask[1, 2] = 0
@@ -58,8 +60,12 @@ def test_replacing_a_head_s_z_is_what_the_head_mask_does():
 
     with hooks.hooks(m, {"blocks.1.attn.z": zero_head}):
         hooked = m(IDX).logits
-    assert torch.allclose(hooked, m(IDX, head_mask=mask).logits, atol=1e-6)
-    assert not torch.allclose(hooked, m(IDX).logits)
+    with hooks.hooks(m, head_mask_hooks(mask)):  # what `tformer heads` masks with
+        assert torch.equal(m(IDX).logits, hooked)
+    plain = m(IDX).logits
+    with torch.no_grad():  # the same head removed from the weights: W_O's columns that read it
+        m.blocks[1].attn.proj.weight[:, 16:24] = 0
+    assert torch.allclose(hooked, m(IDX).logits, atol=1e-6) and not torch.allclose(hooked, plain)
 
 
 def test_patching_the_whole_residual_restores_the_clean_run():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import rule_oracle
-from tformer_cli.core import data, tasks
+from tformer_cli.core import data, hooks, tasks
 from tformer_cli.core.config import ModelConfig, from_dict
 from tformer_cli.inside import attention
 
@@ -139,7 +139,9 @@ class _FakeModel:
         self.cfg = ModelConfig(d_model=8, n_layer=1, n_head=2, block_size=block)
         self.rule, self.offset, self.shift = rule, offset, shift
 
-    def __call__(self, seqs, need_weights):
+    blocks = [None]  # one layer: what the hook points ask of a model (core/hooks.py)
+
+    def __call__(self, seqs):
         S, T = seqs.shape
         w = torch.zeros(S, 2, T, T)
         for b in range(S):
@@ -160,7 +162,8 @@ class _FakeModel:
                 else:
                     k = max(0, t - self.offset)
                 w[b, :, t, k] = 1.0
-        return type("Out", (), {"attentions": [w]})()
+        hooks.apply("blocks.0.attn.pattern", w)  # where a GPT's attention hands its weights to a probe
+        return type("Out", (), {})()
 
 
 def test_the_probe_draws_lines_like_the_corpus():

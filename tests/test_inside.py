@@ -11,10 +11,11 @@ import torch
 import yaml
 
 from conftest import rule_oracle, run_cli
-from tformer_cli.core import anatomy, tasks
+from tformer_cli.core import anatomy, hooks, tasks
 from tformer_cli.core.config import ModelConfig, from_dict
 from tformer_cli.core.model import GPT, build_model
 from tformer_cli.inside import attention, heads
+from tformer_cli.inside.heads import head_mask_hooks
 
 V = 29
 
@@ -173,15 +174,17 @@ def test_induction_score_of_a_perfect_induction_pattern():
 
     class Fake:
         cfg = ModelConfig(d_model=8, n_layer=1, n_head=2, block_size=2 * n)
+        blocks = [None]  # one layer: what the hook points ask of a model
 
-        def __call__(self, seq, need_weights):
+        def __call__(self, seq):
             S, T = seq.shape
             w = torch.zeros(S, 2, T, T)
             w[..., torch.arange(T), 0] = 1
             j = torch.arange(n - 1)
             w[..., n + j, :] = 0
             w[..., n + j, j + 1] = 1
-            return type("Out", (), {"attentions": [w]})()
+            hooks.apply("blocks.0.attn.pattern", w)
+            return type("Out", (), {})()
 
     score = attention.induction_scores(Fake(), V, torch.device("cpu"))
     assert score.shape == (1, 2) and torch.allclose(score, torch.ones(1, 2))
@@ -213,7 +216,8 @@ def test_masking_all_heads_of_a_layer_removes_its_attention(bias):
     idx = torch.randint(0, V, (2, 12))
     mask = torch.ones(3, 4)
     mask[1] = 0
-    masked = model(idx, head_mask=mask).logits
+    with hooks.hooks(model, head_mask_hooks(mask)):
+        masked = model(idx).logits
     attn = model.blocks[1].attn
     # The same model with layer 1's attention contributing nothing (its W_O bias, shared by the
     # heads and kept by head masking, aside).

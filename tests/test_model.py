@@ -94,7 +94,10 @@ def test_sdpa_equals_explicit_attention(pos, causal):
     idx = torch.randint(0, V, (2, 16))
     fast = model(idx).logits
     slow = model(idx, explicit=True)
-    weights = model(idx, need_weights=True).attentions
+    from tformer_cli.core import hooks
+
+    _, cache = hooks.run_with_cache(model, idx, ["blocks.0.attn.pattern", "blocks.1.attn.pattern"])
+    weights = [cache["blocks.0.attn.pattern"], cache["blocks.1.attn.pattern"]]
     assert torch.allclose(fast, slow.logits, atol=1e-5)
     assert len(weights) == 2 and weights[0].shape == (2, 4, 16, 16)
     assert torch.allclose(weights[0].sum(-1), torch.ones(2, 4, 16), atol=1e-5)

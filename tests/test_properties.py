@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tformer_cli.core import hooks
 from tformer_cli.core.config import POS_ENCODINGS, ModelConfig
 from tformer_cli.core.model import build_model
 
@@ -100,7 +101,8 @@ def test_without_the_mask_the_future_leaks(cfg, probe, explicit, seed):
     with torch.no_grad():
         a = model(x, explicit=explicit).logits
         b = model(x2, explicit=explicit).logits
-        weights = model(x, need_weights=True).attentions  # per layer (1, nh, T, T)
+        _, cache = hooks.run_with_cache(model, x, [f"blocks.{i}.attn.pattern" for i in range(cfg.n_layer)])
+        weights = [cache[f"blocks.{i}.attn.pattern"] for i in range(cfg.n_layer)]  # per layer (1, nh, T, T)
     # Every position, t included, attends to the later tokens: in every layer and head they get weight.
     future = torch.stack([w[0, :, t, t + 1:].sum() for w in weights])
     assert (future > 0).all(), future

@@ -113,7 +113,6 @@ class CausalSelfAttention(nn.Module):
         cache: KVCache | None = None,
         layer: int = 0,
         explicit: bool = False,
-        head_mask: torch.Tensor | None = None,
         attend: Callable | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """attend (the static decode step, core/decode.py): ``attend(self, q, k, v, pair)`` -> y
@@ -129,9 +128,7 @@ class CausalSelfAttention(nn.Module):
             y, weights = attend(self, q, k, v, pair), None
         else:
             y, weights = self._attend(q, k, v, cache, layer, explicit)
-        if head_mask is not None:
-            y = y * head_mask.view(1, -1, 1, 1).to(y.dtype)  # zero the output of masked heads
-        if hooked:
+        if hooked:  # each head's output before W_O: `tformer heads` masks a head here
             y = _hooks.apply(f"blocks.{layer}.attn.z", y)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, C)
         out = self.resid_dropout(self.proj(y))
@@ -257,16 +254,16 @@ class Block(nn.Module):
         self.ln2 = make_norm(cfg) if cfg.ffn else None
         self.ffn = FeedForward(cfg) if cfg.ffn else None
 
-    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, head_mask=None, attend=None):
+    def forward(self, x, rope=None, cache=None, layer=0, explicit=False, attend=None):
         """attend: the static decode step's attention (CausalSelfAttention.forward)."""
         hooked = _hooks.ACTIVE is not None  # the residual stream's named points (core/hooks.py)
         if hooked:
             x = _hooks.apply(f"blocks.{layer}.resid_pre", x)
         if self.post:
-            a, weights = self.attn(x, rope, cache, layer, explicit, head_mask, attend)
+            a, weights = self.attn(x, rope, cache, layer, explicit, attend)
             x = self.ln1(x + a)
         else:
-            a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, head_mask, attend)
+            a, weights = self.attn(self.ln1(x), rope, cache, layer, explicit, attend)
             x = x + a
         if hooked:
             x = _hooks.apply(f"blocks.{layer}.resid_mid", x)
@@ -289,7 +286,6 @@ def real_vocab(logits: torch.Tensor, model: nn.Module) -> torch.Tensor:
 class ModelOutput:
     logits: torch.Tensor  # (B, T, V), or (B, 1, V) with last_only
     loss: torch.Tensor | None = None
-    attentions: list[torch.Tensor] | None = None  # per layer (B, nh, T, Tk), with need_weights
 
 
 class GPT(nn.Module):
@@ -352,14 +348,14 @@ class GPT(nn.Module):
         *,
         start_pos: int = 0,
         cache: KVCache | None = None,
-        need_weights: bool = False,
         explicit: bool = False,
-        head_mask: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> ModelOutput:
         """idx (B, T) token ids at window positions start_pos..start_pos+T-1.
 
-        targets: (B, T) ids, -100 where no loss is taken.  head_mask: (n_layer, n_head) of 0/1.
+        targets: (B, T) ids, -100 where no loss is taken.  explicit: the written-out softmax
+        attention instead of the fused kernel (the batched trainer's).  To read or change an
+        activation (attention weights, a head's output, ...) use the hook points (core/hooks.py).
         """
         B, T = idx.shape
         if cache is not None and start_pos != cache.length:
@@ -367,18 +363,14 @@ class GPT(nn.Module):
         if start_pos + T > self.cfg.block_size:
             raise ValueError(f"sequence of {start_pos + T} tokens exceeds block_size={self.cfg.block_size}")
         x, rope = self.embed(idx, slice(start_pos, start_pos + T))
-        explicit = explicit or need_weights
-        attentions = [] if need_weights else None
         for i, block in enumerate(self.blocks):
-            x, w = block(x, rope, cache, i, explicit, None if head_mask is None else head_mask[i])
-            if need_weights:
-                attentions.append(w)
+            x, _ = block(x, rope, cache, i, explicit)
         if cache is not None:
             cache.length += T
         if last_only:
             x = x[:, -1:, :]
         logits = self.logits(x)  # (B, T, V)
-        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets), attentions)
+        return ModelOutput(logits, None if targets is None else lm_loss(logits, targets))
 
     def embed(self, idx: torch.Tensor, rows) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Token embeddings plus positions, and RoPE's cos/sin rows: ``rows`` is a slice of window

@@ -1,8 +1,8 @@
 """Attention maps of a trained GPT and a label for every head.
 
 Works on a run directory and returns an AttentionResult; render/inside.py shows it and
-render/plots.py draws it.  The model's hook used is ``GPT.forward(..., need_weights=True)``
-(per-layer (B, nh, T, Tk) softmax weights from the explicit masked-softmax path).
+render/plots.py draws it.  The weights are read at the hook points ``blocks.L.attn.pattern``
+(core/hooks.py: per layer (B, nh, T, Tk), from the explicit masked-softmax path).
 
 Head labels come from four simple scores (Olsson et al. 2022, "In-context learning and
 induction heads", for the induction score):
@@ -69,9 +69,20 @@ def attention_maps(model, ids: list[int], device):
     """Attention weights for one sequence: (n_layer, n_head, T, T), float32 on the CPU."""
     import torch
 
+    return patterns(model, torch.tensor([ids], device=device))
+
+
+def patterns(model, idx):
+    """Every layer's attention weights for the one sequence ``idx`` (1, T): (n_layer, n_head, T, T),
+    float32 on the CPU, read at the hook points blocks.L.attn.pattern."""
+    import torch
+
+    from tformer_cli.core import hooks
+
+    names = [f"blocks.{i}.attn.pattern" for i in range(model.cfg.n_layer)]
     with torch.no_grad():
-        out = model(torch.tensor([ids], device=device), need_weights=True)
-    return torch.stack([w[0].float().cpu() for w in out.attentions])
+        _, cache = hooks.run_with_cache(model, idx, names)
+    return torch.stack([cache[n][0].float().cpu() for n in names])
 
 
 def _row_scores(w, causal: bool):
@@ -208,9 +219,7 @@ def _pair_means(model, probe: InductionProbe, device):
         stop.check(STOPPED)
         if not pairs:
             continue
-        with torch.no_grad():
-            out = model(torch.tensor([seq], device=device), need_weights=True)
-        w = torch.stack([a[0].float().cpu() for a in out.attentions])  # (L, nh, T, T)
+        w = patterns(model, torch.tensor([seq], device=device))  # (L, nh, T, T)
         q = torch.tensor([a for a, _ in pairs])
         k = torch.tensor([b for _, b in pairs])
         picked.append(w[:, :, q, k])  # (L, nh, pairs)

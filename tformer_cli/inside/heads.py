@@ -1,8 +1,8 @@
 """Head importance by ablation and a pruning curve, on a run's validation batches.
 
 Works on a run directory and returns a HeadsResult; render/inside.py shows it and
-render/plots.py draws it.  The model's hook used is ``head_mask`` ((n_layer, n_head) of 0/1,
-zeroing a head's output before W_O).
+render/plots.py draws it.  A head is masked through its hook point ``blocks.L.attn.z``
+(core/hooks.py): its output is zeroed before W_O.
 """
 
 from __future__ import annotations
@@ -66,17 +66,30 @@ class ValBatches:
         return self.n * cfg.train.batch_size * cfg.model.block_size
 
 
+def head_mask_hooks(head_mask) -> dict:
+    """The hook functions that zero the masked heads' outputs (``head_mask``: (n_layer, n_head) of
+    0/1), one per layer that masks a head."""
+    def zero(row):
+        return lambda z, name: z * row.view(1, -1, 1, 1).to(z.dtype)
+
+    return {f"blocks.{i}.attn.z": zero(row) for i, row in enumerate(head_mask) if not bool(row.all())}
+
+
 def masked_loss(model, batches, head_mask, device, dtype) -> float:
     """Mean val loss over ``batches`` with ``head_mask`` ((n_layer, n_head) of 0/1, or None)."""
+    import contextlib
+
     import torch
 
     from tformer_cli.core import device as dev
+    from tformer_cli.core import hooks
 
+    fns = head_mask_hooks(head_mask) if head_mask is not None else {}
     total = 0.0
-    with torch.no_grad(), dev.autocast(device, dtype):
+    with torch.no_grad(), dev.autocast(device, dtype), (hooks.hooks(model, fns) if fns else contextlib.nullcontext()):
         for x, y in batches:
             stop.check(STOPPED)  # a Ctrl-C or SIGTERM is honoured between batches (Stopped, exit 130)
-            total += model(x, y, head_mask=head_mask).loss.item()
+            total += model(x, y).loss.item()
     return total / len(batches)
 
 
