@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from conftest import one_line, train_tiny_run
+from conftest import one_line
 
 DOCS = [f"Document {i}: the quick brown fox jumps over the lazy dog. " * 20 for i in range(60)]
 
@@ -18,12 +18,18 @@ def _jsonl(path, rows):
 
 
 def _trains(tmp_path, corpus, **data):
-    from conftest import TINY
+    """`tformer train --preset quick --data CORPUS` for a few steps: the summary."""
+    from conftest import run_cli
 
-    cfg = {k: dict(v) for k, v in TINY.items()}
-    cfg["data"] = {**cfg["data"], "corpus": str(corpus), **data}
-    run = train_tiny_run(tmp_path, "run", config=cfg, steps=4)
-    return json.loads((run / "summary.json").read_text())
+    out = tmp_path / "run"
+    sets = [f"data.{k}={v}" for k, v in data.items()] + ["train.eval_interval=3", "train.eval_iters=2",
+                                                          "train.log_interval=1", "train.device=cpu"]
+    args = ["train", "--preset", "quick", "--data", str(corpus), "--steps", "3", "--out", out]
+    for x in sets:
+        args += ["--set", x]
+    r = run_cli(*args)
+    assert r.code == 0, r
+    return json.loads((out / "summary.json").read_text())
 
 
 def test_a_jsonl_file_trains_on_its_text_field(tmp_path):
@@ -34,7 +40,7 @@ def test_a_jsonl_file_trains_on_its_text_field(tmp_path):
     assert text == "\n\n".join(DOCS) and label == str(path)
     assert read_corpus(str(path), 5000, "body")[0] == text[:5000]  # read no further than max_chars
     s = _trains(tmp_path, path, text_field="body")
-    assert s["steps_done"] == 4 and s["corpus_sha256"]
+    assert s["steps_done"] == 3 and s["corpus_sha256"]
 
 
 def test_a_parquet_file_trains_on_its_column(tmp_path):
@@ -46,7 +52,7 @@ def test_a_parquet_file_trains_on_its_column(tmp_path):
     path = tmp_path / "docs.parquet"
     pq.write_table(pa.table({"text": DOCS, "n": list(range(len(DOCS)))}), path, row_group_size=7)
     assert read_corpus(str(path))[0] == "\n\n".join(DOCS)
-    assert _trains(tmp_path, path)["steps_done"] == 4
+    assert _trains(tmp_path, path)["steps_done"] == 3
 
 
 def test_a_dataset_saved_to_disk_trains_and_its_splits_are_named(tmp_path):
@@ -58,7 +64,7 @@ def test_a_dataset_saved_to_disk_trains_and_its_splits_are_named(tmp_path):
                           "test": datasets.Dataset.from_dict({"text": DOCS[:3]})}).save_to_disk(str(folder))
     assert read_corpus(f"hf:{folder}")[0] == "\n\n".join(DOCS)
     assert read_corpus(f"hf:{folder}:test")[0] == "\n\n".join(DOCS[:3])
-    assert _trains(tmp_path, f"hf:{folder}")["steps_done"] == 4
+    assert _trains(tmp_path, f"hf:{folder}")["steps_done"] == 3
 
 
 def test_hf_names_parse_into_name_config_and_split():

@@ -3,11 +3,12 @@
 Beside metrics.jsonl, rank 0 of a run writes what it logs as scalars: the training and validation
 loss in nats (``loss/train``, ``loss/val``) and in bits per byte (``bits_per_byte/...``), the
 learning rate, tokens/s (``perf/tokens_per_s``), the training FLOP/s they amount to
-(``perf/flops_per_s``, MFU's numerator: the summary divides it by the machine's peak, timed at the
-end), the gradient norm of each interval's last step before clipping (``grad_norm``; the loop's
-own runs, not a batched group's), and a task's own metrics (``metrics/...``); at step 0 the
-resolved config as text.  So `tensorboard --logdir runs` shows every run, and
-`tensorboard --logdir EXP` an experiment's members and seeds, each run named by its directory
+(``perf/flops_per_s``) and, on a GPU whose datasheet peak is known, the MFU (``perf/mfu``;
+elsewhere the peak is a timed matmul, which the summary times after training), the gradient norm
+of each interval's last step before clipping (``grad_norm``; the loop's own runs, not a batched
+group's), and a task's own metrics (``metrics/...``); at step 0 the resolved config as text.
+So `tensorboard --logdir runs` shows every run, and `tensorboard --logdir EXP` an experiment's
+members and seeds, each run named by its directory
 (members/NAME-sSEED: filter by a member's name to group its seeds).
 
 A resumed run opens a new event file whose first record purges every later step of the earlier
@@ -24,7 +25,7 @@ from typing import Any
 
 TAGS = {"train_loss": "loss/train", "val_loss": "loss/val", "val_bpb": "bits_per_byte/val", "lr": "lr",
         "tokens_per_s": "perf/tokens_per_s", "tokens": "tokens", "grad_norm": "grad_norm",
-        "flops_per_s": "perf/flops_per_s"}
+        "flops_per_s": "perf/flops_per_s", "mfu": "perf/mfu"}
 FLUSH_SECS = 5
 
 

@@ -98,6 +98,15 @@ def run_task(task: Task, *, resume: bool = False, progress: Callable[[Event], No
     return Loop(task, resume, progress, should_stop, dist or DistInfo()).run()
 
 
+def _datasheet_peak(device: torch.device, dtype: torch.dtype) -> float | None:
+    """The card's datasheet bf16 peak (FLOP/s) where the run computes in bf16 or fp16 on a known
+    GPU, else None: elsewhere the peak is a timed matmul, which the summary times after training."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return None
+    known = dev.datasheet_peak(torch.cuda.get_device_name(device))
+    return known[1] if known else None
+
+
 def train_bytes_per_token(task) -> float | None:
     """A language-model task's bytes of training text per token (for bits per byte), else None."""
     return getattr(getattr(task, "ds", None), "train_bytes_per_token", None)
@@ -163,6 +172,7 @@ class Loop:
         self.grad_norm: torch.Tensor | None = None  # the last step's, before clipping
         totals = getattr(task, "totals", None)
         self.flops_per_token = getattr(totals, "flops_per_token", None)  # training FLOPs a token (language models)
+        self.known_peak = _datasheet_peak(self.device, self.dtype) if self.log.events is not None else None
         self.graph_step = None
         if self.graphed:  # after the optimizer's state is restored: its learning rate goes to the device
             lr_to_device(self.optimizer, self.device)
@@ -341,7 +351,10 @@ class Loop:
         self.log.write({"step": step, "train_loss": round(mean, 6), "lr": lr, **self.task.log_row(step)})
         self.log.write({"step": step, "tokens_per_s": round(rate, 1)}, perf=True)
         if self.log.events is not None:  # TensorBoard only: the last step's gradient norm, achieved FLOP/s
-            extra = {"step": step, "flops_per_s": rate * self.flops_per_token if self.flops_per_token else None}
+            flops = rate * self.flops_per_token if self.flops_per_token else None
+            extra = {"step": step, "flops_per_s": flops}
+            if flops and self.known_peak:  # MFU per interval where the peak costs no timing (a known card)
+                extra["mfu"] = flops / (self.known_peak * self.dist.world)
             if self.grad_norm is not None:
                 extra["grad_norm"] = float(self.grad_norm)
             self.log.events.row(extra)
