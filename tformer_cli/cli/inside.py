@@ -160,18 +160,12 @@ def lens(
     json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.inside.lens import lens_report, total
-    from tformer_cli.render.console import console, print_json
     from tformer_cli.render.lens import lens_png, show_lens
 
-    _check_image(out)
-    with StopOnInterrupt(message=""):
-        result = lens_report(run, prompt, target, device or "auto")
-    png = lens_png(result, out or Path(run) / "lens.png",
-                   f"logit lens of {Path(run).name} on {len(result.tokens)} tokens")
-    if json_:
-        print_json({**result.to_dict(), "sum": total(result), "png": str(png)})
-        return
-    show_lens(console(), result, png)
+    _probe(out, json_, lambda: lens_report(run, prompt, target, device or "auto"),
+           lambda r: lens_png(r, out or Path(run) / "lens.png",
+                              f"logit lens of {Path(run).name} on {len(r.tokens)} tokens"),
+           show_lens, lambda r: {"sum": total(r)})
 
 
 PATCH_HELP = (
@@ -196,17 +190,11 @@ def patch(
     json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.inside.patch import patch_report
-    from tformer_cli.render.console import console, print_json
     from tformer_cli.render.patch import patch_png, show_patch
 
-    _check_image(out)
-    with StopOnInterrupt(message=""):
-        result = patch_report(run, clean, corrupt, target, device or "auto")
-    png = patch_png(result, out or Path(run) / "patch.png", f"activation patching of {Path(run).name}")
-    if json_:
-        print_json({**result.to_dict(), "png": str(png)})
-        return
-    show_patch(console(), result, png)
+    _probe(out, json_, lambda: patch_report(run, clean, corrupt, target, device or "auto"),
+           lambda r: patch_png(r, out or Path(run) / "patch.png", f"activation patching of {Path(run).name}"),
+           show_patch)
 
 
 EMBED_HELP = (
@@ -227,18 +215,13 @@ def embed(
     json_: JsonOpt = False,
 ) -> None:
     from tformer_cli.inside.embed import embed_report
-    from tformer_cli.render.console import console, print_json
     from tformer_cli.render.embed import embed_png, show_embed
 
-    _check_image(out)
-    chosen = [t for t in tokens.split(",")] if tokens else None
-    result = embed_report(run, chosen, device or "auto")
-    png = embed_png(result, out or Path(run) / "positions.png",
-                    f"position vectors of {Path(run).name} ({result.pos_encoding})")
-    if json_:
-        print_json({**result.to_dict(), "png": None if png is None else str(png)})
-        return
-    show_embed(console(), result, png)
+    chosen = tokens.split(",") if tokens else None
+    _probe(out, json_, lambda: embed_report(run, chosen, device or "auto"),
+           lambda r: embed_png(r, out or Path(run) / "positions.png",
+                               f"position vectors of {Path(run).name} ({r.pos_encoding})"),
+           show_embed)
 
 
 FFN_HELP = (
@@ -289,6 +272,21 @@ def _check_index(flag: str, value: Optional[int], n: int) -> None:
 
 
 IMAGE_TYPES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
+
+
+def _probe(out, json_: bool, compute, draw, show, extra=lambda r: {}) -> None:
+    """A probe command's run: the PNG path checked, the probe computed (Ctrl-C or SIGTERM: one line,
+    exit 130), its picture drawn, then --json or the terminal's tables."""
+    from tformer_cli.render.console import console, print_json
+
+    _check_image(out)
+    with StopOnInterrupt(message=""):
+        result = compute()
+    png = draw(result)
+    if json_:
+        print_json({**result.to_dict(), **extra(result), "png": None if png is None else str(png)})
+        return
+    show(console(), result, png)
 
 
 def _check_image(out: Optional[Path]) -> None:
