@@ -97,6 +97,13 @@ for s in ${STEPS:-tests decode suite quick train sample study eager_ab}; do
             --set train.dtype=bfloat16 --set train.tf32=true --out "$RUN_DIR-normpos-bf16" ;;
     study_all) rm -rf "$RUN_DIR-all"
         step study_all 240 "$PY" -m tformer_cli study --all --device cuda --out "$RUN_DIR-all" ;;
+    # issue 29 on the card (STEPS="tests loss ladder ladder_all"): the chunked loss against the float32
+    # copy at GPT-2's shape, one study's whole ladder, then every study's (goal: 10 minutes)
+    loss) step loss 60 "$PY" -m bench.loss --device cuda ;;
+    ladder) rm -rf "$RUN_DIR-ladder"
+        step ladder 200 "$PY" -m tformer_cli study ablate_positions --ladder --device cuda --out "$RUN_DIR-ladder" ;;
+    ladder_all) rm -rf "$RUN_DIR-ladder-all"
+        step ladder_all 540 "$PY" -m tformer_cli study --all --ladder --device cuda --out "$RUN_DIR-ladder-all" ;;
     *) echo "unknown step $s" | tee -a "$OUT/summary.md" ;;
     esac
 done
