@@ -17,6 +17,7 @@ sees, or a missing gradient average, moves the loss by > 1e-3.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -207,7 +208,19 @@ def test_only_rank_0_prints_and_writes(runs):
     # tokens for the whole job: 2 processes x 4 rows x 2 micro-steps x 16 tokens per step
     assert summary["tokens_seen"] == 4 * 8 * 2 * 16
     assert runs["ddp_stderr"].count("step 3/") == 1  # one progress stream
-    assert sorted(p.name for p in runs["mid"].iterdir()) == sorted(p.name for p in runs["ref"].iterdir())
+    def files(run):  # the TensorBoard event files are named by the second and the session: compared below
+        return sorted(p.name for p in run.iterdir() if not p.name.startswith("events.out.tfevents."))
+
+    assert files(runs["mid"]) == files(runs["ref"])
+    ddp = [p.name for p in runs["mid"].glob("events.out.tfevents.*") if p.name.endswith("from-step-0000000002")]
+    assert len(ddp) == 1  # the distributed session wrote one event file: rank 0's
+    if importlib.util.find_spec("tensorboard") is not None:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(runs["mid"]))
+        acc.Reload()
+        logged = [e.step for e in acc.Scalars("loss/train")]
+        assert logged == [r["step"] for r in metrics(runs["mid"]) if "train_loss" in r]  # each step once
     assert yaml.safe_load((runs["mid"] / "config.yaml").read_text())["train"]["batch_size"] == 4
     assert not (runs["root"] / "runs").exists()  # no rank made a default run directory of its own
 
