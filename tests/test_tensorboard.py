@@ -97,3 +97,20 @@ def test_an_experiment_s_members_and_seeds_are_runs_of_their_own(tmp_path):
     runs = sorted(mux.Runs())
     assert runs == ["members/baseline-s1337", "members/baseline-s1338", "members/no-ffn-s1337",
                     "members/no-ffn-s1338"], runs
+
+
+def test_mfu_per_interval_only_where_the_card_s_peak_is_known(monkeypatch):
+    """perf/mfu needs a peak that costs no timing: the datasheet of a known GPU in bf16/fp16; the CPU and
+    float32 runs get none (their peak is the summary's timed matmul, after training)."""
+    import torch
+
+    from tformer_cli.core import device as dev
+    from tformer_cli.train.loop import _datasheet_peak
+
+    assert _datasheet_peak(torch.device("cpu"), torch.bfloat16) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H100 80GB HBM3")
+    known = dev.datasheet_peak("NVIDIA H100 80GB HBM3")
+    assert known is not None and _datasheet_peak(torch.device("cuda"), torch.bfloat16) == known[1]
+    assert _datasheet_peak(torch.device("cuda"), torch.float32) is None
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some Unknown Card")
+    assert _datasheet_peak(torch.device("cuda"), torch.bfloat16) is None

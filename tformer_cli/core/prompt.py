@@ -79,18 +79,33 @@ def prompt_ids(tokenizer, text: str, skip_unknown: bool,
     return [0]
 
 
-def window_ids(tokenizer, text: str, block_size: int) -> tuple[list[int], int]:
-    """Token ids of ``text`` (the last block_size of them) and how many were dropped: the
-    prompt `tformer attention` looks at, which must be known to the tokenizer."""
+def known_ids(tokenizer, text: str, flag: str = "--prompt") -> list[int]:
+    """Token ids of ``text``, which must be non-empty and known to the tokenizer (``flag`` names
+    the option it came from in the error)."""
     if not text:
-        raise ConfigError("--prompt is empty", hint='give some text, e.g. --prompt "The cat sat"')
+        raise ConfigError(f"{flag} is empty", hint=f'give some text, e.g. {flag} "The cat sat"')
     unknown = tokenizer.unknown(text)
     if unknown:
         shown = ", ".join(repr(c) for c in unknown[:8])
-        raise ConfigError(f"--prompt has characters the run's tokenizer does not know: {shown}",
+        raise ConfigError(f"{flag} has characters the run's tokenizer does not know: {shown}",
                           hint="use characters of the training corpus")
-    ids = tokenizer.encode(text)
+    return tokenizer.encode(text)
+
+
+def window_ids(tokenizer, text: str, block_size: int, flag: str = "--prompt") -> tuple[list[int], int]:
+    """Token ids of ``text`` (the last block_size of them) and how many were dropped: the
+    prompt `tformer attention` looks at, which must be known to the tokenizer."""
+    ids = known_ids(tokenizer, text, flag)
     return ids[-block_size:], max(0, len(ids) - block_size)
+
+
+def single_token(tokenizer, text: str, flag: str = "--target") -> int:
+    """The id of ``text``, which must be exactly one token of the tokenizer."""
+    ids = tokenizer.encode(text) if text and not tokenizer.unknown(text) else []
+    if len(ids) != 1:
+        raise ConfigError(f"{flag} {text!r} is {len(ids)} tokens of the run's tokenizer, not one",
+                          hint="name a single token (for a character-level run: one character)")
+    return ids[0]
 
 
 def display_token(tokenizer, i: int) -> str:

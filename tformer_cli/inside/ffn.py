@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from tformer_cli.core import hooks
-from tformer_cli.core.prompt import display_token
+from tformer_cli.core.prompt import display_token, known_ids
 from tformer_cli.errors import ConfigError
 from tformer_cli.inside.load import load_gpt
 
@@ -87,11 +87,7 @@ def ffn_report(run_dir, layer: int | None, prompt: str | None, device_name: str 
         raise ConfigError(f"--layer {layer}: the model has layers 0 to {n - 1}")
     layers = [layer] if layer is not None else list(range(n))
     if prompt:
-        if unknown := tok.unknown(prompt):
-            shown = ", ".join(repr(c) for c in unknown[:8])
-            raise ConfigError(f"--prompt has characters the run's tokenizer does not know: {shown}",
-                              hint="use characters of the training corpus")
-        return ffn(model.eval(), tok, tok.encode(prompt), layers, "--prompt")
+        return ffn(model.eval(), tok, known_ids(tok, prompt), layers, "--prompt")
     from tformer_cli.core.data import prepare
 
     ds = prepare(cfg.data, tokenizer=tok)

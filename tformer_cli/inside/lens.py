@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from tformer_cli.core import hooks
-from tformer_cli.core.prompt import display_token, window_ids
+from tformer_cli.core.prompt import display_token, single_token, window_ids
 from tformer_cli.errors import ConfigError
 from tformer_cli.inside.load import load_gpt
 
@@ -90,11 +90,7 @@ def lens(model, tok, ids: list[int], truncated: int, target: str | None = None, 
                                   hint="give a longer --prompt, or name --target TOKEN")
             pos, tid = T - 2, int(idx[0, -1])
         else:
-            tids = tok.encode(target)
-            if len(tids) != 1 or tok.unknown(target):
-                raise ConfigError(f"--target {target!r} is {len(tids)} tokens of the run's tokenizer, not one",
-                                  hint="name a single token (for a character-level run: one character)")
-            pos, tid = T - 1, tids[0]
+            pos, tid = T - 1, single_token(tok, target)
         pre_cap = model.lm_head(model.ln_f(cache[resid_names[-1]]))[0, pos, tid].item()
         result = LensResult([display_token(tok, i) for i in ids], truncated, layers, display_token(tok, tid), pos,
                             pre_cap, n_layer=cfg.n_layer, n_head=cfg.n_head)
@@ -143,8 +139,6 @@ def _attribute(model, cache, pos: int, tid: int, result: LensResult) -> None:
 
 def lens_report(run_dir, prompt: str, target: str | None, device_name: str = "auto", top: int = TOP) -> LensResult:
     model, tok, cfg, _device = load_gpt(run_dir, device_name)
-    if cfg.model.dropout and model.training:
-        model.eval()
     ids, truncated = window_ids(tok, prompt, cfg.model.block_size)
     return lens(model.eval(), tok, ids, truncated, target, top)
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from tformer_cli.core import hooks
-from tformer_cli.core.prompt import display_token
+from tformer_cli.core.prompt import display_token, single_token, window_ids
 from tformer_cli.errors import ConfigError
 from tformer_cli.inside.load import load_gpt
 
@@ -61,11 +61,7 @@ def patch(model, tok, clean_ids: list[int], corrupt_ids: list[int], target: str 
         if target is None:
             tid = int(out.logits[0, -1].argmax())
         else:
-            tids = tok.encode(target)
-            if len(tids) != 1 or tok.unknown(target):
-                raise ConfigError(f"--target {target!r} is {len(tids)} tokens of the run's tokenizer, not one",
-                                  hint="name a single token (for a character-level run: one character)")
-            tid = tids[0]
+            tid = single_token(tok, target)
         m_clean = out.logits[0, -1, tid].float().item()
         m_corrupt = _metric(model, corrupt, tid)
         if abs(m_clean - m_corrupt) < 1e-6:
@@ -95,14 +91,6 @@ def patch(model, tok, clean_ids: list[int], corrupt_ids: list[int], target: str 
 
 def patch_report(run_dir, clean: str, corrupt: str, target: str | None, device_name: str = "auto") -> PatchResult:
     model, tok, cfg, _device = load_gpt(run_dir, device_name)
-    ids = []
-    for flag, text in (("--clean", clean), ("--corrupt", corrupt)):
-        if not text:
-            raise ConfigError(f"{flag} is empty", hint="give some text")
-        if unknown := tok.unknown(text):
-            shown = ", ".join(repr(c) for c in unknown[:8])
-            raise ConfigError(f"{flag} has characters the run's tokenizer does not know: {shown}",
-                              hint="use characters of the training corpus")
-        ids.append(tok.encode(text))
     block = cfg.model.block_size  # as sample and attention read a prompt: its last block_size tokens
-    return patch(model.eval(), tok, ids[0][-block:], ids[1][-block:], target)
+    (a, _), (b, _) = (window_ids(tok, text, block, flag) for flag, text in (("--clean", clean), ("--corrupt", corrupt)))
+    return patch(model.eval(), tok, a, b, target)

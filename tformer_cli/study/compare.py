@@ -75,11 +75,10 @@ def _x(rows: list[dict], perf: list[dict], axis: str):
     """step -> x on ``axis``: the step itself, the tokens seen by then, or the seconds of training."""
     if axis == "steps":
         return float
+    tokens = {r["step"]: r["tokens"] for r in rows if isinstance(r.get("tokens"), (int, float))}
     if axis == "tokens":
-        tokens = {r["step"]: r["tokens"] for r in rows if isinstance(r.get("tokens"), (int, float))}
         steps = sorted(tokens)
         return lambda s: _at(steps, tokens, s)
-    tokens = {r["step"]: r["tokens"] for r in rows if isinstance(r.get("tokens"), (int, float))}
     rate = {r["step"]: r["tokens_per_s"] for r in perf if r.get("tokens_per_s")}
     seconds, t, prev = {0: 0.0}, 0.0, 0
     for step in sorted(set(tokens) & set(rate)):
