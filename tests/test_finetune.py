@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from conftest import train_tiny_run
+from conftest import one_line, train_tiny_run
 
 TINY_SETS = ["--preset", "quick", "--set", "model.d_model=32", "--set", "model.n_layer=1", "--set",
              "model.n_head=2", "--set", "model.block_size=16"]
@@ -398,6 +398,48 @@ def test_the_q1_question_is_a_study_file_whose_bodies_the_runner_pretrains(cli, 
     assert "verdict: " in cli("runs", tmp_path).out
     again = cli("ablate", "--resume", out, "--jobs", "1")
     assert again.code == 0 and (again.out + again.err).count("finished earlier, skipped") == 8
+
+
+def test_a_q1_ladder_resizes_the_bodies_with_their_members(cli, tmp_path):
+    """A rung's pretrain.NAME.section.key keys resize the pretrained bodies, each rung pretrains
+    its own (OUT/rung-N/pretrain), and the claim on held-out accuracy gets a trend."""
+    import yaml
+
+    path = _tiny_q1(tmp_path, steps=4, pretrain_steps=2)
+    study = yaml.safe_load(path.read_text())
+    wide = {"model.d_model": 32, "pretrain.gpt.model.d_model": 32, "pretrain.encoder.model.d_model": 32,
+            "seeds": 2}
+    study["ladder"] = {"rule": "width x2 (a test)", "rungs": [{}, wide], "budget": {"cpu": "s", "gpu": "s"}}
+    study["experiment"]["seeds"] = 2
+    path.write_text(yaml.safe_dump(study))
+    out = tmp_path / "q1-ladder"
+    r = cli("study", path, "--ladder", "--out", out, "--jobs", "1")
+    assert r.code == 0, r
+    for rung, width in ((1, 16), (2, 32)):
+        body = yaml.safe_load((out / f"rung-{rung}" / "pretrain" / "gpt" / "config.yaml").read_text())
+        assert body["model"]["d_model"] == width
+        member = yaml.safe_load((out / f"rung-{rung}" / "members" / "encoder-s0" / "finetune.yaml").read_text())
+        assert member["model"]["d_model"] == width
+    trends = json.loads((out / "scale.json").read_text())["trends"]
+    assert trends[0]["metric"] == "accuracy" and [p["rung"] for p in trends[0]["points"]] == [1, 2]
+    assert trends[0]["points"][0]["params"] < trends[0]["points"][1]["params"]
+
+
+def test_a_member_that_does_not_fit_its_body_is_refused_before_anything_trains(cli, tmp_path):
+    path = _tiny_q1(tmp_path)
+    out = tmp_path / "q1"
+    one_line(cli("study", path, "--set", "pretrain.gpt.model.d_model=32", "--out", out), 2,
+             "member baseline: its model does not fit pretrain/gpt (d_model 16 against 32)")
+    one_line(cli("study", path, "--set", "pretrain.gtp.model.n_layer=2", "--out", out), 2,
+             "no pretrained model 'gtp' (known: ")
+    one_line(cli("study", path, "--set", "pretrain.gpt.d_model=2", "--out", out), 2,
+             "unknown key 'pretrain.gpt.d_model'")
+    assert not out.exists()
+    from tformer_cli.errors import ConfigError
+    from tformer_cli.study import files
+
+    with pytest.raises(ConfigError, match="expected pretrain.NAME.section.key"):  # a ladder rung's key
+        files.study_from(files.Source(path, None, {"pretrain.gpt.d_model": 2}, None))
 
 
 def test_a_pretrain_section_is_checked_as_configs(tmp_path):

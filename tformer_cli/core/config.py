@@ -483,7 +483,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             problems.append(f"--set {short(item)}: expected KEY=VALUE, e.g. model.n_head=8")
             continue
         key, raw = pair
-        if key not in all_keys():
+        body_key = key.split(".", 2)[2] if key.startswith("pretrain.") and key.count(".") == 3 else None
+        if key not in all_keys() and body_key not in all_keys():  # pretrain.NAME.KEY: a study's pretrain: model
             problems.append(f"--set: unknown key {short(key)}{_suggest(key[:80], all_keys())}")
             continue
         try:

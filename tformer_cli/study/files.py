@@ -30,7 +30,10 @@ SECTION_KEYS = {"ablate": ABLATE_KEYS, "sweep": SWEEP_KEYS}
 def experiment_config(config: Path | None, preset: str | None,
                       overrides: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
     """(base Config, the file's experiment: section); defaults < preset < file < ``overrides``
-    (the flags, then --set)."""
+    (the flags, then --set).  An override ``pretrain.NAME.section.key`` changes the pretrain:
+    section's model NAME instead (a ladder's rung resizes the bodies its members fine-tune)."""
+    body_keys = {k: v for k, v in overrides.items() if k.startswith(PRETRAIN_PREFIX)}
+    overrides = {k: v for k, v in overrides.items() if k not in body_keys}
     file_over: dict[str, Any] = {}
     exp: dict[str, Any] = {}
     if config is not None:
@@ -48,9 +51,37 @@ def experiment_config(config: Path | None, preset: str | None,
             if not isinstance(values, dict):  # let from_dict name the problem
                 values = {"__invalid__": values} if values is not None else {}
             file_over.update({f"{section}.{k}": v for k, v in values.items()})
+    if body_keys:
+        exp = {**exp, "pretrain": _with_body_keys(exp.get("pretrain"), body_keys, config)}
     if config is None and preset is None:
         preset = "quick"
     return cfgmod.resolve(None, preset, {**file_over, **overrides}), exp
+
+
+PRETRAIN_PREFIX = "pretrain."
+
+
+def _with_body_keys(raw: Any, keys: dict[str, Any], where) -> dict[str, Any]:
+    """The pretrain: section with ``pretrain.NAME.section.key`` values set (a copy); a key naming
+    no pretrained model, or not of that form, is refused with the others."""
+    bodies = {n: {s: dict(v) if isinstance(v, dict) else v for s, v in (b or {}).items()}
+              for n, b in (raw.items() if isinstance(raw, dict) else [])}
+    problems = []
+    for key, value in keys.items():
+        parts = key.split(".")
+        if len(parts) != 4:
+            problems.append(f"{key}: expected pretrain.NAME.section.key, e.g. pretrain.gpt.model.d_model")
+        elif parts[1] not in bodies:
+            known = ", ".join(bodies) or "none: the file has no pretrain: section"
+            problems.append(f"{key}: no pretrained model {parts[1]!r} (known: {known})")
+        else:
+            section = bodies[parts[1]].setdefault(parts[2], {})
+            if isinstance(section, dict):
+                section[parts[3]] = value
+    if problems:
+        raise ConfigError([f"{where}: {p}" for p in problems] if where else problems,
+                          hint="see the pretrain: section of experiments/studies/finetune_q1.yaml")
+    return bodies
 
 
 def check_section(exp: dict[str, Any], kind: str, path) -> None:
@@ -258,7 +289,37 @@ def study_from(src: Source, rung=None) -> Spec:
     check_members(claims, spec)
     spec.claims = claims
     spec.pretrain = pretrain_section(exp.get("pretrain"), config)
+    check_bodies(spec, config)
     return spec
+
+
+# the model keys that shape or mean the weights: a member fine-tuning a pretrained model must share them
+BODY_KEYS = ("arch", "d_model", "n_layer", "n_head", "d_ff", "bias", "activation", "pos_encoding", "ffn",
+             "tie_weights", "norm", "norm_position", "n_kv_head", "qk_norm", "vocab_multiple")
+
+
+def check_bodies(spec: Spec, where) -> None:
+    """Every member whose task.source_run is pretrain/<name> has the architecture of that model
+    (and, with learned positions, a block no longer than its), before anything trains."""
+    from tformer_cli.study.runner import PRETRAIN
+
+    problems = []
+    for m in spec.members:
+        cfg = spec.member_config(m, spec.seeds[0])
+        src = Path(cfg.task.source_run or "")
+        if src.parts[:1] != (PRETRAIN,) or len(src.parts) != 2 or src.parts[1] not in spec.pretrain:
+            continue
+        body = cfgmod.from_dict(spec.pretrain[src.parts[1]]).model
+        diff = [f"{k} {getattr(cfg.model, k)!r} against {getattr(body, k)!r}" for k in BODY_KEYS
+                if getattr(cfg.model, k) != getattr(body, k)]
+        if body.pos_encoding == "learned" and cfg.model.block_size > body.block_size:
+            diff.append(f"block_size {cfg.model.block_size} against {body.block_size}")
+        if diff:
+            problems.append(f"member {m.name}: its model does not fit {src} ({'; '.join(diff)})")
+    if problems:
+        raise ConfigError([f"{where}: {p}" for p in problems],
+                          hint="give the member and its pretrained model the same model keys "
+                               "(a ladder's rung: model.KEY and pretrain.NAME.model.KEY)")
 
 
 def pretrain_section(raw: Any, where) -> dict[str, dict[str, Any]]:
