@@ -440,6 +440,10 @@ def test_a_member_that_does_not_fit_its_body_is_refused_before_anything_trains(c
 
     with pytest.raises(ConfigError, match="expected pretrain.NAME.section.key"):  # a ladder rung's key
         files.study_from(files.Source(path, None, {"pretrain.gpt.d_model": 2}, None))
+    # --device: where the bodies train too, unless a pretrain key names theirs
+    spec = files.study_from(files.Source(path, None, {"train.device": "mps", "pretrain.gpt.train.device": "cpu"},
+                                         None))
+    assert (spec.pretrain["encoder"]["train"]["device"], spec.pretrain["gpt"]["train"]["device"]) == ("mps", "cpu")
 
 
 def test_a_pretrain_section_is_checked_as_configs(tmp_path):

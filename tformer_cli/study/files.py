@@ -31,7 +31,8 @@ def experiment_config(config: Path | None, preset: str | None,
                       overrides: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
     """(base Config, the file's experiment: section); defaults < preset < file < ``overrides``
     (the flags, then --set).  An override ``pretrain.NAME.section.key`` changes the pretrain:
-    section's model NAME instead (a ladder's rung resizes the bodies its members fine-tune)."""
+    section's model NAME instead (a ladder's rung resizes the bodies its members fine-tune);
+    train.device (--device) applies to those models too, unless a pretrain key names theirs."""
     body_keys = {k: v for k, v in overrides.items() if k.startswith(PRETRAIN_PREFIX)}
     overrides = {k: v for k, v in overrides.items() if k not in body_keys}
     file_over: dict[str, Any] = {}
@@ -51,6 +52,9 @@ def experiment_config(config: Path | None, preset: str | None,
             if not isinstance(values, dict):  # let from_dict name the problem
                 values = {"__invalid__": values} if values is not None else {}
             file_over.update({f"{section}.{k}": v for k, v in values.items()})
+    if "train.device" in overrides and isinstance(exp.get("pretrain"), dict):  # --device: the bodies' too
+        body_keys = {**{f"{PRETRAIN_PREFIX}{n}.train.device": overrides["train.device"] for n in exp["pretrain"]},
+                     **body_keys}
     if body_keys:
         exp = {**exp, "pretrain": _with_body_keys(exp.get("pretrain"), body_keys, config)}
     if config is None and preset is None:
