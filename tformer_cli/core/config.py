@@ -473,6 +473,15 @@ def split_assignment(item: str) -> tuple[str, str] | None:
     return key.strip(), raw
 
 
+PRETRAIN_PREFIX = "pretrain."
+
+
+def pretrain_key(key: str) -> tuple[str, str] | None:
+    """``"pretrain.NAME.section.key"`` -> (NAME, "section.key"); None for a key of any other form."""
+    parts = key.split(".")
+    return (parts[1], f"{parts[2]}.{parts[3]}") if len(parts) == 4 and key.startswith(PRETRAIN_PREFIX) else None
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """``["model.n_head=8", "train.lr=3e-4"]`` -> ``{"model.n_head": 8, "train.lr": 0.0003}``."""
     out: dict[str, Any] = {}
@@ -483,8 +492,8 @@ def parse_set(items: list[str]) -> dict[str, Any]:
             problems.append(f"--set {short(item)}: expected KEY=VALUE, e.g. model.n_head=8")
             continue
         key, raw = pair
-        body_key = key.split(".", 2)[2] if key.startswith("pretrain.") and key.count(".") == 3 else None
-        if key not in all_keys() and body_key not in all_keys():  # pretrain.NAME.KEY: a study's pretrain: model
+        body = pretrain_key(key)  # pretrain.NAME.section.key: a model of a study's pretrain: section
+        if key not in all_keys() and (body is None or body[1] not in all_keys()):
             problems.append(f"--set: unknown key {short(key)}{_suggest(key[:80], all_keys())}")
             continue
         try:

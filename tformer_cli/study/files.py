@@ -33,7 +33,7 @@ def experiment_config(config: Path | None, preset: str | None,
     (the flags, then --set).  An override ``pretrain.NAME.section.key`` changes the pretrain:
     section's model NAME instead (a ladder's rung resizes the bodies its members fine-tune);
     train.device (--device) applies to those models too, unless a pretrain key names theirs."""
-    body_keys = {k: v for k, v in overrides.items() if k.startswith(PRETRAIN_PREFIX)}
+    body_keys = {k: v for k, v in overrides.items() if k.startswith(cfgmod.PRETRAIN_PREFIX)}
     overrides = {k: v for k, v in overrides.items() if k not in body_keys}
     file_over: dict[str, Any] = {}
     exp: dict[str, Any] = {}
@@ -53,16 +53,13 @@ def experiment_config(config: Path | None, preset: str | None,
                 values = {"__invalid__": values} if values is not None else {}
             file_over.update({f"{section}.{k}": v for k, v in values.items()})
     if "train.device" in overrides and isinstance(exp.get("pretrain"), dict):  # --device: the bodies' too
-        body_keys = {**{f"{PRETRAIN_PREFIX}{n}.train.device": overrides["train.device"] for n in exp["pretrain"]},
-                     **body_keys}
+        device = overrides["train.device"]
+        body_keys = {**{f"{cfgmod.PRETRAIN_PREFIX}{n}.train.device": device for n in exp["pretrain"]}, **body_keys}
     if body_keys:
         exp = {**exp, "pretrain": _with_body_keys(exp.get("pretrain"), body_keys, config)}
     if config is None and preset is None:
         preset = "quick"
     return cfgmod.resolve(None, preset, {**file_over, **overrides}), exp
-
-
-PRETRAIN_PREFIX = "pretrain."
 
 
 def _with_body_keys(raw: Any, keys: dict[str, Any], where) -> dict[str, Any]:
@@ -72,16 +69,17 @@ def _with_body_keys(raw: Any, keys: dict[str, Any], where) -> dict[str, Any]:
               for n, b in (raw.items() if isinstance(raw, dict) else [])}
     problems = []
     for key, value in keys.items():
-        parts = key.split(".")
-        if len(parts) != 4:
+        body = cfgmod.pretrain_key(key)
+        if body is None:
             problems.append(f"{key}: expected pretrain.NAME.section.key, e.g. pretrain.gpt.model.d_model")
-        elif parts[1] not in bodies:
+        elif body[0] not in bodies:
             known = ", ".join(bodies) or "none: the file has no pretrain: section"
-            problems.append(f"{key}: no pretrained model {parts[1]!r} (known: {known})")
+            problems.append(f"{key}: no pretrained model {body[0]!r} (known: {known})")
         else:
-            section = bodies[parts[1]].setdefault(parts[2], {})
+            section_name, name = body[1].split(".")
+            section = bodies[body[0]].setdefault(section_name, {})
             if isinstance(section, dict):
-                section[parts[3]] = value
+                section[name] = value
     if problems:
         raise ConfigError([f"{where}: {p}" for p in problems] if where else problems,
                           hint="see the pretrain: section of experiments/studies/finetune_q1.yaml")
@@ -297,29 +295,29 @@ def study_from(src: Source, rung=None) -> Spec:
     return spec
 
 
-# the model keys that shape or mean the weights: a member fine-tuning a pretrained model must share them
-BODY_KEYS = ("arch", "d_model", "n_layer", "n_head", "d_ff", "bias", "activation", "pos_encoding", "ffn",
-             "tie_weights", "norm", "norm_position", "n_kv_head", "qk_norm", "vocab_multiple")
-
-
 def check_bodies(spec: Spec, where) -> None:
-    """Every member whose task.source_run is pretrain/<name> has the architecture of that model
-    (and, with learned positions, a block no longer than its), before anything trains."""
-    from tformer_cli.study.runner import PRETRAIN
+    """Every member that fine-tunes a model of the pretrain: section has that model's architecture,
+    by the rule of --init-from (only run.init.INIT_CHANGES may differ, the block no longer), before
+    anything trains."""
+    from dataclasses import fields
+
+    from tformer_cli.run.init import INIT_CHANGES
+    from tformer_cli.study.runner import pretrain_name
 
     problems = []
     for m in spec.members:
         cfg = spec.member_config(m, spec.seeds[0])
-        src = Path(cfg.task.source_run or "")
-        if src.parts[:1] != (PRETRAIN,) or len(src.parts) != 2 or src.parts[1] not in spec.pretrain:
+        name = pretrain_name(cfg.task.source_run)
+        if name not in spec.pretrain:
             continue
-        body = cfgmod.from_dict(spec.pretrain[src.parts[1]]).model
-        diff = [f"{k} {getattr(cfg.model, k)!r} against {getattr(body, k)!r}" for k in BODY_KEYS
-                if getattr(cfg.model, k) != getattr(body, k)]
-        if body.pos_encoding == "learned" and cfg.model.block_size > body.block_size:
+        body = cfgmod.from_dict(spec.pretrain[name]).model
+        diff = [f"{f.name} {getattr(cfg.model, f.name)!r} against {getattr(body, f.name)!r}"
+                for f in fields(body) if f"model.{f.name}" not in INIT_CHANGES
+                and getattr(cfg.model, f.name) != getattr(body, f.name)]
+        if cfg.model.block_size > body.block_size:
             diff.append(f"block_size {cfg.model.block_size} against {body.block_size}")
         if diff:
-            problems.append(f"member {m.name}: its model does not fit {src} ({'; '.join(diff)})")
+            problems.append(f"member {m.name}: its model does not fit {cfg.task.source_run} ({'; '.join(diff)})")
     if problems:
         raise ConfigError([f"{where}: {p}" for p in problems],
                           hint="give the member and its pretrained model the same model keys "

@@ -158,11 +158,17 @@ def pretrain(spec: Spec, out_dir: Path, trainer, display, say, stop) -> None:
             raise RunError(f"pretraining {name} failed: {o.error}", hint=o.hint or f"see {j.run_dir}")
 
 
+def pretrain_name(source_run: str | None) -> str | None:
+    """NAME when a task.source_run is pretrain/NAME (a model of the experiment's pretrain:), else None."""
+    parts = Path(source_run).parts if source_run else ()
+    return parts[1] if len(parts) == 2 and parts[0] == PRETRAIN else None
+
+
 def resolved(cfg: Config, out_dir: Path) -> Config:
     """A member's config with a task.source_run of pretrain/<name> pointed into ``out_dir``."""
     src = cfg.task.source_run
     if src and Path(src).parts[:1] == (PRETRAIN,):
-        return cfg.replace({"task.source_run": str(out_dir / src)})
+        return cfg.replace({"task.source_run": str(out_dir / cfg.task.source_run)})
     return cfg
 
 
